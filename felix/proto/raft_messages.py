@@ -1,0 +1,196 @@
+"""Messages Raft peers exchange (one CBOR map per frame, opened by `PeerHello`).
+
+Field names follow the Raft paper (§5) and thesis.  The sender of a message is not on the
+wire: the transport knows it from the connection's `PeerHello` and hands the core
+``(sender, message)``.  Two fields go beyond the paper's figure 2:
+
+* ``AppendEntries.seq`` / ``AppendResponse.seq``: a per-leader round counter echoed by the
+  follower, so the leader can tell which heartbeat round a reply confirms.  ReadIndex
+  (thesis §6.4) and check-quorum (thesis §6.2) count replies to rounds that started after
+  the request, not replies that were already in flight.
+* ``RequestVote.leader_transfer``: set on the election a `TimeoutNow` starts (thesis
+  §3.10), so voters skip the "I heard from a leader recently" check that otherwise
+  protects a healthy leader from disruption (thesis §4.2.3).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, wire_array, wire_type
+
+PROTOCOL_VERSION: Final = 1
+NODE_ID_MAX: Final = 2**63 - 1
+ENTRIES_PER_MESSAGE_MAX: Final = 65_536
+MEMBERS_MAX: Final = 64
+
+NodeId = Annotated[int, IntRange(1, NODE_ID_MAX)]
+"""Raft member ids are positive; ``None`` stands for "no node" (no vote, no leader)."""
+ClusterId = Annotated[str, MaxLen(128)]
+
+
+class EntryKind(enum.IntEnum):
+    NORMAL = 0  # an opaque state-machine command
+    NOOP = 1  # the entry a new leader appends to commit its term (§5.4.2, §8)
+    CONFIG = 2  # a membership change (thesis §4.1), data is an encoded `ConfChange`
+
+
+@wire_array
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry; sent as ``[index, term, kind, data]`` to keep batches compact."""
+
+    index: int
+    term: int
+    kind: EntryKind
+    data: bytes
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """Membership: voters count toward quorums, learners only replicate (thesis §4.2.1)."""
+
+    voters: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX)]
+    learners: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX)]
+
+
+class ConfChangeKind(enum.IntEnum):
+    ADD_LEARNER = 0
+    PROMOTE = 1
+    REMOVE = 2
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """The payload of a CONFIG entry: one single-server change (thesis §4.1)."""
+
+    kind: ConfChangeKind
+    node: NodeId
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot covers: the log up to ``index``/``term`` and the membership then.
+
+    ``size`` and ``crc32`` describe the whole snapshot payload so a receiver can check a
+    reassembled transfer before installing it.
+    """
+
+    index: int
+    term: int
+    conf: ConfState
+    size: int
+    crc32: Annotated[int, IntRange(0, 2**32 - 1)]
+
+
+PEER = Registry("peer")
+
+
+@PEER.message("Hello")
+@dataclass(frozen=True, slots=True)
+class PeerHello:
+    """First frame on every peer connection; a mismatch closes the connection."""
+
+    cluster_id: ClusterId
+    node_id: NodeId
+    protocol_version: Annotated[int, IntRange(0, 65535)]
+
+
+@PEER.message("RequestVote")
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """§5.2; with ``pre_vote`` the thesis §9.6 pre-vote that changes no state."""
+
+    term: int
+    candidate: NodeId
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool
+    leader_transfer: bool
+
+
+@PEER.message("VoteResponse")
+@dataclass(frozen=True, slots=True)
+class VoteResponse:
+    term: int
+    granted: bool
+    pre_vote: bool
+
+
+@PEER.message("AppendEntries")
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """§5.3; an empty ``entries`` is a heartbeat."""
+
+    term: int
+    leader: NodeId
+    prev_log_index: int
+    prev_log_term: int
+    entries: Annotated[tuple[Entry, ...], MaxItems(ENTRIES_PER_MESSAGE_MAX)]
+    leader_commit: int
+    seq: int
+
+
+@PEER.message("AppendResponse")
+@dataclass(frozen=True, slots=True)
+class AppendResponse:
+    """§5.3.  On rejection ``conflict_term``/``conflict_index`` let the leader skip a whole
+    term at a time (the fast back-off of §5.3's closing paragraphs)."""
+
+    term: int
+    success: bool
+    match_index: int
+    conflict_index: int
+    conflict_term: int | None
+    seq: int
+
+
+@PEER.message("InstallSnapshot")
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """§7: one chunk of a snapshot at byte ``offset``; ``done`` marks the last chunk."""
+
+    term: int
+    leader: NodeId
+    meta: SnapshotMeta
+    offset: int
+    chunk: Annotated[bytes, MaxLen(16 * 1024 * 1024)]
+    done: bool
+
+
+@PEER.message("SnapshotResponse")
+@dataclass(frozen=True, slots=True)
+class SnapshotResponse:
+    """The follower's progress on snapshot ``snapshot_index``: the next byte it expects
+    (so a lost chunk is resent from there), and whether it has installed the snapshot."""
+
+    term: int
+    snapshot_index: int
+    next_offset: int
+    installed: bool
+
+
+@PEER.message("TimeoutNow")
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Thesis §3.10: the leader tells a caught-up target to start an election now."""
+
+    term: int
+    leader: NodeId
+
+
+RaftMessage = (
+    RequestVote
+    | VoteResponse
+    | AppendEntries
+    | AppendResponse
+    | InstallSnapshot
+    | SnapshotResponse
+    | TimeoutNow
+)
+PeerMessage = PeerHello | RaftMessage
