@@ -1,12 +1,50 @@
-"""Small value types shared by the Raft core, storage and the simulation."""
+"""Value types at the Raft core's boundary: its inputs, its configuration, its hard state.
+
+The core is driven like etcd-io/raft: the driver calls ``core.step(input)`` any number of
+times, then ``core.take_ready()`` to collect one `felix.raft.ready.Ready` batch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 
-from felix.proto.raft_messages import ConfState, Entry, EntryKind, SnapshotMeta
+from felix.proto.raft_messages import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryKind,
+    RaftMessage,
+    SnapshotMeta,
+)
 
-__all__ = ["ConfState", "Entry", "EntryKind", "HardState", "SnapshotMeta"]
+__all__ = [
+    "Campaign",
+    "ConfChange",
+    "ConfState",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "Input",
+    "Persisted",
+    "Propose",
+    "ProposeConfChange",
+    "RaftConfig",
+    "ReadIndex",
+    "Receive",
+    "Role",
+    "SnapshotMeta",
+    "SnapshotTaken",
+    "Tick",
+    "TransferLeader",
+]
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,3 +56,104 @@ class HardState:
     term: int = 0
     vote: int | None = None
     commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Timings are in ticks; the driver decides how long a tick is."""
+
+    node_id: int
+    election_ticks: int = 10  # randomized per election in [n, 2n) (§5.2)
+    heartbeat_ticks: int = 1
+    pre_vote: bool = True  # thesis §9.6
+    check_quorum: bool = True  # thesis §6.2
+    inflight_msgs_max: int = 64  # AppendEntries in flight per peer in replicate state
+    entries_per_msg_max: int = 1024
+    bytes_per_msg_max: int = 1 << 20
+    snapshot_chunk_bytes: int = 256 * 1024
+    # Test-only switches that break the core on purpose, so the simulation's checkers can
+    # prove they catch the bug: "ack_before_persist", "commit_old_term", "double_vote".
+    sabotage: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One unit of logical time passed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """A message from peer ``sender`` (the transport knows who, from the handshake)."""
+
+    sender: int
+    message: RaftMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """Append ``data`` as a NORMAL entry.  Refused on a non-leader (see `Ready.refused`)."""
+
+    request_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeConfChange:
+    """One single-server membership change (thesis §4.1)."""
+
+    request_id: int
+    change: ConfChange
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """Ask for a linearizable read point (thesis §6.4); answered in `Ready.read_states`."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """Everything in earlier Ready batches up to log ``index`` of ``term`` is durable.
+
+    The leader counts itself toward a quorum only up to what it has persisted, which is
+    what lets it send AppendEntries in parallel with its own fsync (thesis §10.2.1).
+    """
+
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Start an election now (tests, bootstrap)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    """Hand leadership to ``target`` (thesis §3.10)."""
+
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken:
+    """The driver durably saved a state-machine snapshot covering the log up to ``index``
+    (``data`` is its payload).  The core may drop the log prefix up to ``index`` and sends
+    ``data`` in chunks to followers that are behind its log start."""
+
+    index: int
+    data: bytes
+
+
+Input = (
+    Tick
+    | Receive
+    | Propose
+    | ProposeConfChange
+    | ReadIndex
+    | Persisted
+    | Campaign
+    | TransferLeader
+    | SnapshotTaken
+)
