@@ -19,6 +19,7 @@ from felix.proto.raft_messages import (
 )
 
 __all__ = [
+    "BootState",
     "Campaign",
     "ConfChange",
     "ConfState",
@@ -56,6 +57,21 @@ class HardState:
     term: int = 0
     vote: int | None = None
     commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BootState:
+    """What a node starts from: the WAL's replay (or an empty state on first boot).
+
+    ``conf`` is the bootstrap membership; a snapshot's ``meta.conf`` and CONFIG entries
+    in ``entries`` override it (a server uses the latest configuration in its log,
+    committed or not: thesis §4.1).  ``entries`` follow the snapshot without gaps.
+    """
+
+    hard_state: HardState
+    conf: ConfState
+    snapshot: tuple[SnapshotMeta, bytes] | None = None
+    entries: tuple[Entry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
