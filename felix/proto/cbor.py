@@ -206,10 +206,13 @@ def _enum_codec(enum_type: type[enum.Enum]) -> FieldCodec:
             raise SchemaError(f"{value!r} is not one of {allowed}")
         return member
 
-    def encode(member: enum.Enum) -> object:
-        return member.value
+    # IntEnum/StrEnum members are ints/strs already: they encode as themselves.
+    plain = issubclass(enum_type, (int, str))
+    return FieldCodec(decode, None if plain else _enum_value, 0, enum_type.__name__)
 
-    return FieldCodec(decode, encode, 0, enum_type.__name__)
+
+def _enum_value(member: enum.Enum) -> object:
+    return member.value
 
 
 def _optional_codec(inner: FieldCodec) -> FieldCodec:
@@ -237,7 +240,7 @@ def _tuple_codec(inner: FieldCodec, limit: int) -> FieldCodec:
             raise SchemaError(f"array of {len(value)} items exceeds the limit of {limit}")
         try:
             return tuple([inner_decode(item) for item in value])
-        except SchemaError as exc:
+        except SchemaError:
             for index, item in enumerate(value):  # error path only: find the culprit
                 try:
                     inner_decode(item)
@@ -331,6 +334,8 @@ class _Schema:
     codecs: tuple[FieldCodec, ...]
     as_array: bool
     depth: int
+    decode: Callable[[object], Any]
+    encode: Callable[[Any], Any]
 
 
 _SCHEMAS: dict[type, _Schema] = {}
@@ -378,18 +383,9 @@ def _codec_for(hint: Any, owner: str) -> FieldCodec:
             limit.n if limit else ITEMS_MAX_DEFAULT,
         )
     if isinstance(hint, type) and hint in _SCHEMAS:
-        return _nested_codec(_SCHEMAS[hint])
+        nested = _SCHEMAS[hint]
+        return FieldCodec(nested.decode, nested.encode, nested.depth, hint.__name__)
     raise TypeError(f"{owner}: unsupported field type {hint!r}")
-
-
-def _nested_codec(schema: _Schema) -> FieldCodec:
-    def decode(value: object) -> Any:
-        return _decode_fields(schema, value)
-
-    def encode(obj: Any) -> object:
-        return _encode_fields(schema, obj)
-
-    return FieldCodec(decode, encode, schema.depth, schema.cls.__name__)
 
 
 def _compile(cls: type, as_array: bool) -> _Schema:
@@ -405,7 +401,108 @@ def _compile(cls: type, as_array: bool) -> _Schema:
         raise TypeError(f"{cls.__name__}: 'type' is reserved for the message type")
     codecs = tuple(_codec_for(hints[f.name], f"{cls.__name__}.{f.name}") for f in fields)
     depth = 1 + max((c.depth for c in codecs), default=0)
-    return _Schema(cls, names, codecs, as_array, depth)
+    decode = _generate_decoder(cls, names, codecs, as_array)
+    encode = _generate_encoder(cls, names, codecs, as_array)
+    return _Schema(cls, names, codecs, as_array, depth, decode, encode)
+
+
+# The per-class decoder and encoder are generated as straight-line code (the way
+# `dataclasses` generates __init__): one call per field, no loops, no per-field try.
+# Any SchemaError sends the value through `_explain`, which finds the culprit field for
+# the error message; the happy path pays nothing for it.
+
+
+def _generate_decoder(
+    cls: type, names: tuple[str, ...], codecs: tuple[FieldCodec, ...], as_array: bool
+) -> Callable[[object], Any]:
+    env: dict[str, Any] = {"cls": cls, "SchemaError": SchemaError, "explain": None}
+    args = []
+    for i, codec in enumerate(codecs):
+        env[f"d{i}"] = codec.decode
+        args.append(f"d{i}(v{i})")
+    targets = "".join(f"v{i}, " for i in range(len(names)))
+    if as_array:
+        check = f"type(value) is not list or len(value) != {len(names)}"
+        source_of_items = "value"
+    else:
+        check = f"type(value) is not dict or len(value) != {len(names)}"
+        source_of_items = ", ".join(f"value[{name!r}]" for name in names) + ","
+    lines = [
+        "def decode(value):",
+        f"    if {check}:",
+        "        explain(value)",
+        "    try:",
+        f"        ({targets}) = {source_of_items}",
+        f"        return cls({', '.join(args)})",
+        "    except (SchemaError, KeyError):",
+        "        explain(value)",
+        "        raise",
+    ]
+    source = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<decoder {cls.__name__}>", "exec"), env, namespace)
+
+    def explain(value: object) -> None:
+        _explain(cls, names, codecs, as_array, value)
+
+    env["explain"] = explain
+    decoder: Callable[[object], Any] = namespace["decode"]
+    return decoder
+
+
+def _explain(
+    cls: type,
+    names: tuple[str, ...],
+    codecs: tuple[FieldCodec, ...],
+    as_array: bool,
+    value: object,
+) -> None:
+    """Slow path: raise the SchemaError that says exactly what is wrong with ``value``."""
+    if as_array:
+        if type(value) is not list:
+            raise SchemaError(f"expected array ({cls.__name__}), got {_type_name(value)}")
+        if len(value) != len(names):
+            raise SchemaError(
+                f"{cls.__name__} needs {len(names)} items ({', '.join(names)}), got {len(value)}"
+            )
+        items = list(value)
+    else:
+        if type(value) is not dict:
+            raise SchemaError(f"expected map ({cls.__name__}), got {_type_name(value)}")
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise SchemaError(f"missing field(s): {', '.join(missing)}")
+        extra = sorted(str(k) for k in value if k not in names)
+        if extra:
+            raise SchemaError(f"unexpected field(s): {', '.join(extra)}")
+        items = [value[name] for name in names]
+    for name, codec, item in zip(names, codecs, items, strict=True):
+        try:
+            codec.decode(item)
+        except SchemaError as exc:
+            raise exc.under(name) from None
+
+
+def _generate_encoder(
+    cls: type, names: tuple[str, ...], codecs: tuple[FieldCodec, ...], as_array: bool
+) -> Callable[[Any], Any]:
+    env: dict[str, Any] = {}
+    parts = []
+    for i, (name, codec) in enumerate(zip(names, codecs, strict=True)):
+        if codec.encode is None:
+            parts.append(f"obj.{name}")
+        else:
+            env[f"e{i}"] = codec.encode
+            parts.append(f"e{i}(obj.{name})")
+    if as_array:
+        body = "[" + ", ".join(parts) + "]"
+    else:
+        body = "{" + ", ".join(f"{n!r}: {p}" for n, p in zip(names, parts, strict=True)) + "}"
+    namespace: dict[str, Any] = {}
+    source = f"def encode(obj):\n    return {body}\n"
+    exec(compile(source, f"<encoder {cls.__name__}>", "exec"), env, namespace)
+    encoder: Callable[[Any], Any] = namespace["encode"]
+    return encoder
 
 
 def wire_type(cls: type[T], *, as_array: bool = False) -> type[T]:
@@ -420,44 +517,11 @@ def wire_array(cls: type[T]) -> type[T]:
 
 
 def _decode_fields(schema: _Schema, value: object) -> Any:
-    names, codecs = schema.names, schema.codecs
-    if schema.as_array:
-        if type(value) is not list:
-            raise SchemaError(f"expected array ({schema.cls.__name__}), got {_type_name(value)}")
-        if len(value) != len(names):
-            raise SchemaError(
-                f"{schema.cls.__name__} needs {len(names)} items "
-                f"({', '.join(names)}), got {len(value)}"
-            )
-        items = value
-    else:
-        if type(value) is not dict:
-            raise SchemaError(f"expected map ({schema.cls.__name__}), got {_type_name(value)}")
-        try:
-            items = [value[name] for name in names]
-        except KeyError:
-            missing = [n for n in names if n not in value]
-            raise SchemaError(f"missing field(s): {', '.join(missing)}") from None
-        if len(value) != len(names):
-            extra = sorted(str(k) for k in value if k not in names)
-            raise SchemaError(f"unexpected field(s): {', '.join(extra)}")
-    args = []
-    for name, codec, item in zip(names, codecs, items, strict=True):
-        try:
-            args.append(codec.decode(item))
-        except SchemaError as exc:
-            raise exc.under(name) from None
-    return schema.cls(*args)
+    return schema.decode(value)
 
 
 def _encode_fields(schema: _Schema, obj: Any) -> Any:
-    values = [
-        (getattr(obj, name) if codec.encode is None else codec.encode(getattr(obj, name)))
-        for name, codec in zip(schema.names, schema.codecs, strict=True)
-    ]
-    if schema.as_array:
-        return values
-    return dict(zip(schema.names, values, strict=True))
+    return schema.encode(obj)
 
 
 def to_plain(obj: object) -> Any:

@@ -1,0 +1,182 @@
+"""Messages between brokers (and admin clients) and the control plane (DESIGN.md §3).
+
+Each WebSocket binary message is one CBOR map with a ``type``.  There are two registries,
+one per direction, so a server never accepts a server-only message from a client and a
+broker never accepts a client-only message from a server.
+
+The metadata itself travels as `Change` records: ``kind`` (node, stream, shard, config,
+tenant, ...), ``key`` within that kind, and a flat ``value`` map (``None`` = deleted).
+A `Delta` is everything one committed Raft entry changed; versions are Raft indexes, so
+they are identical on every control-plane node and a broker can resume on any of them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, ScalarValue, wire_array
+
+CHANGES_PER_DELTA_MAX: Final = 1_000_000
+DELTAS_PER_MESSAGE_MAX: Final = 100_000
+RECORD_FIELDS_MAX: Final = 256
+
+BrokerId = Annotated[int, IntRange(0, 2**63 - 1)]
+Name = Annotated[str, MaxLen(256)]
+Digest = Annotated[bytes, MaxLen(64)]
+Detail = Annotated[str, MaxLen(4096)]
+Record = Annotated[dict[Name, ScalarValue], MaxItems(RECORD_FIELDS_MAX)]
+
+
+class HealthStatus(enum.StrEnum):
+    UP = "up"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
+@wire_array
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One record set (``value`` is a map) or deleted (``value`` is None)."""
+
+    kind: Name
+    key: Name
+    value: Record | None
+
+
+@wire_array
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What one committed entry changed; applies only on top of ``prev_version``.
+
+    ``digest`` is the order-independent state digest after applying it, so a broker can
+    prove its copy equals the control plane's.
+    """
+
+    prev_version: int
+    version: int
+    digest: Digest
+    changes: Annotated[tuple[Change, ...], MaxItems(CHANGES_PER_DELTA_MAX)]
+
+
+CLIENT_TO_SERVER = Registry("client-to-server")
+SERVER_TO_CLIENT = Registry("server-to-client")
+
+
+# --- client -> server ----------------------------------------------------------------
+
+
+@CLIENT_TO_SERVER.message("Hello")
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """Opens a session and starts `WatchUpdates(from_version)`.
+
+    ``from_version`` None asks for a snapshot first; otherwise deltas after
+    ``from_version`` follow (or a snapshot if that version is no longer retained).
+    ``node_id`` None is an admin/CLI session that does not watch as a broker.
+    """
+
+    node_id: BrokerId | None
+    from_version: int | None
+    token: Annotated[str, MaxLen(4096)]
+
+
+@CLIENT_TO_SERVER.message("GetSnapshot")
+@dataclass(frozen=True, slots=True)
+class GetSnapshot:
+    request_id: int
+    linearizable: bool
+
+
+@CLIENT_TO_SERVER.message("ReportHealth")
+@dataclass(frozen=True, slots=True)
+class ReportHealth:
+    node_id: BrokerId
+    status: HealthStatus
+    applied_version: int
+
+
+@CLIENT_TO_SERVER.message("Write")
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """An admin or broker write: ``command`` names a metadata command, ``args`` its
+    arguments; ``expected_version`` makes it a compare-and-set on the state version."""
+
+    request_id: int
+    command: Name
+    args: Record
+    expected_version: int | None
+
+
+# --- server -> client ----------------------------------------------------------------
+
+
+@SERVER_TO_CLIENT.message("WriteResult")
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The write committed and was applied at ``version``."""
+
+    request_id: int
+    version: int
+
+
+@SERVER_TO_CLIENT.message("Snapshot")
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """One chunk of the full view at ``version``; ``last`` is the end marker.  A client
+    applies the view only once ``last`` arrives (chunks are numbered by ``seq``)."""
+
+    request_id: int | None
+    version: int
+    digest: Digest
+    seq: int
+    records: Annotated[tuple[Change, ...], MaxItems(CHANGES_PER_DELTA_MAX)]
+    last: bool
+
+
+@SERVER_TO_CLIENT.message("Deltas")
+@dataclass(frozen=True, slots=True)
+class Deltas:
+    """One or more consecutive versions, each chained to the previous by prev_version."""
+
+    deltas: Annotated[tuple[Delta, ...], MaxItems(DELTAS_PER_MESSAGE_MAX)]
+
+
+@SERVER_TO_CLIENT.message("Progress")
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """In order with deltas: everything up to ``version`` has been sent."""
+
+    version: int
+
+
+@SERVER_TO_CLIENT.message("Resync")
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The server cannot continue this stream without gaps: take a snapshot."""
+
+    reason: Detail
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    NOT_LEADER = "not_leader"
+    CONFLICT = "conflict"  # compare-and-set failed
+    REJECTED = "rejected"  # a metadata command failed validation
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+@SERVER_TO_CLIENT.message("Error")
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: ErrorCode
+    detail: Detail
+    request_id: int | None
+
+
+ClientMessage = ClientHello | GetSnapshot | ReportHealth | WriteRequest
+ServerMessage = WriteResult | SnapshotChunk | Deltas | Progress | Resync | Error

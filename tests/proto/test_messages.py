@@ -1,0 +1,232 @@
+"""Round trips for every message type, and the decoder's refusal of everything else."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from felix.proto.cbor import Registry, safe_loads, to_plain
+from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT
+from felix.proto.errors import DecodeError, SchemaError, UnknownMessageType
+from felix.proto.raft_messages import PEER, AppendEntries, Entry, EntryKind, TimeoutNow
+from tests.proto.strategies import message_strategy
+
+REGISTRIES = (PEER, CLIENT_TO_SERVER, SERVER_TO_CLIENT)
+ALL_TYPES = [(reg, cls) for reg in REGISTRIES for cls in reg.classes]
+
+
+def test_every_message_type_is_covered() -> None:
+    names = {cls.__name__ for _, cls in ALL_TYPES}
+    for expected in (
+        "PeerHello",
+        "RequestVote",
+        "VoteResponse",
+        "AppendEntries",
+        "AppendResponse",
+        "InstallSnapshot",
+        "SnapshotResponse",
+        "TimeoutNow",
+        "ClientHello",
+        "ReportHealth",
+        "WriteRequest",
+        "WriteResult",
+        "SnapshotChunk",
+        "Deltas",
+        "Progress",
+        "Resync",
+        "Error",
+    ):
+        assert expected in names
+
+
+@pytest.mark.parametrize(
+    ("registry", "cls"), ALL_TYPES, ids=[f"{r.name}:{c.__name__}" for r, c in ALL_TYPES]
+)
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_round_trip(registry: Registry, cls: type, data: st.DataObject) -> None:
+    """80 examples × 19 message types > 1,000 round trips per run."""
+    msg = data.draw(message_strategy(cls))
+    encoded = registry.encode(msg)
+    assert registry.decode(encoded) == msg
+    # Encoding is deterministic: the same message gives the same bytes.
+    assert registry.encode(registry.decode(encoded)) == encoded
+
+
+def _append(**overrides: Any) -> dict[str, Any]:
+    plain: dict[str, Any] = {
+        "type": "AppendEntries",
+        "term": 2,
+        "leader": 1,
+        "prev_log_index": 0,
+        "prev_log_term": 0,
+        "entries": [[1, 2, 0, b"x"]],
+        "leader_commit": 0,
+        "seq": 0,
+    }
+    plain.update(overrides)
+    return plain
+
+
+def _decode_plain(plain: Any, registry: Registry = PEER) -> Any:
+    return registry.decode(cbor2.dumps(plain))
+
+
+def test_valid_plain_map_decodes() -> None:
+    msg = _decode_plain(_append())
+    assert msg == AppendEntries(2, 1, 0, 0, (Entry(1, 2, EntryKind.NORMAL, b"x"),), 0, 0)
+    assert isinstance(msg.entries[0].kind, EntryKind)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"term": -1}, "AppendEntries.term: integer -1 out of range"),
+        ({"term": 2**64 - 1}, "AppendEntries.term: integer 18446744073709551615 out of range"),
+        ({"term": "2"}, "AppendEntries.term: expected integer, got text"),
+        ({"term": True}, "AppendEntries.term: expected integer, got bool"),
+        ({"term": 2.0}, "AppendEntries.term: expected integer, got float"),
+        ({"leader": 0}, "AppendEntries.leader: integer 0 out of range"),
+        ({"leader": None}, "AppendEntries.leader: expected integer, got null"),
+        ({"entries": {}}, "AppendEntries.entries: expected array, got map"),
+        ({"entries": [[1, 2, 0]]}, "AppendEntries.entries[0]: Entry needs 4 items"),
+        ({"entries": [[1, 2, 0, b""], [2, 2, 7, b""]]}, "entries[1].kind: 7 is not one of"),
+        ({"entries": [[1, 2, 0, "text"]]}, "entries[0].data: expected bytes, got text"),
+        ({"seq": [1]}, "AppendEntries.seq: expected integer, got array"),
+        ({"extra": 1}, "AppendEntries: unexpected field(s): extra"),
+    ],
+)
+def test_schema_errors_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(SchemaError) as info:
+        _decode_plain(_append(**overrides))
+    assert message in str(info.value)
+
+
+def test_missing_field_is_named() -> None:
+    plain = _append()
+    del plain["leader_commit"]
+    with pytest.raises(SchemaError, match=r"missing field\(s\): leader_commit"):
+        _decode_plain(plain)
+
+
+def test_missing_type_and_unknown_type() -> None:
+    plain = _append()
+    del plain["type"]
+    with pytest.raises(SchemaError, match="missing field: type"):
+        _decode_plain(plain)
+    with pytest.raises(UnknownMessageType, match="'Nope'"):
+        _decode_plain(_append(type="Nope"))
+    with pytest.raises(UnknownMessageType):
+        _decode_plain(_append(type=7))
+
+
+def test_channels_do_not_accept_each_others_messages() -> None:
+    encoded = PEER.encode(TimeoutNow(term=1, leader=2))
+    for registry in (CLIENT_TO_SERVER, SERVER_TO_CLIENT):
+        with pytest.raises(UnknownMessageType):
+            registry.decode(encoded)
+
+
+def test_top_level_must_be_a_map() -> None:
+    for item in ([1, 2], 5, "AppendEntries", None, b"x"):
+        with pytest.raises(SchemaError, match="must be a map"):
+            _decode_plain(item)
+
+
+def test_trailing_bytes_refused() -> None:
+    encoded = PEER.encode(TimeoutNow(term=1, leader=2))
+    with pytest.raises(DecodeError, match="1 trailing byte"):
+        PEER.decode(encoded + b"\x00")
+
+
+@pytest.mark.parametrize("tag", [*range(0, 64), 100, 256, 258, 260, 261, 1004, 55799, 2**32])
+def test_every_tag_refused(tag: int) -> None:
+    """Felix uses no CBOR tags: dates, bignums, shared refs, regexes... all refused."""
+    for payload in (1, b"\x01" * 8, "x", [1], {"a": 1}):
+        tagged = cbor2.dumps(cbor2.CBORTag(tag, payload))
+        with pytest.raises(DecodeError, match="invalid CBOR"):
+            safe_loads(tagged, max_depth=8)
+    inside = cbor2.dumps(_append(seq=cbor2.CBORTag(tag, 1)))
+    with pytest.raises(DecodeError):
+        PEER.decode(inside)
+
+
+def test_shared_reference_amplification_refused() -> None:
+    """Tags 28/29 would let 30 KB expand to megabytes; refused outright."""
+    shared = b"\xd8\x1c" + cbor2.dumps(list(range(100)))  # tag 28: shareable
+    payload = b"\x98\x64" + shared + b"\xd8\x1d\x00" * 99  # 100 refs to the same list
+    with pytest.raises(DecodeError):
+        safe_loads(payload, max_depth=8)
+
+
+def test_regex_tag_refused() -> None:
+    with pytest.raises(DecodeError):
+        safe_loads(b"\xd8\x23" + cbor2.dumps("(a+)+$"), max_depth=8)
+
+
+def test_nesting_deeper_than_the_schema_needs_is_refused() -> None:
+    # Peer messages need depth 4 at most (InstallSnapshot.meta.conf.voters).
+    assert PEER.max_depth == 4
+    deep = _append(entries=[[1, 2, 0, [[[[b""]]]]]])
+    with pytest.raises(DecodeError, match="invalid CBOR"):
+        _decode_plain(deep)
+    bomb = b"\x81" * 100_000 + b"\x00"
+    for registry in REGISTRIES:
+        with pytest.raises(DecodeError):
+            registry.decode(bomb)
+
+
+def test_indefinite_lengths_refused() -> None:
+    with pytest.raises(DecodeError):
+        safe_loads(b"\x9f\x01\x02\xff", max_depth=4)  # indefinite array
+    with pytest.raises(DecodeError):
+        safe_loads(b"\x5f\x41a\x41b\xff", max_depth=4)  # indefinite bytes
+
+
+def test_duplicate_and_non_text_keys_refused() -> None:
+    with pytest.raises(DecodeError):
+        safe_loads(b"\xa2\x61a\x01\x61a\x02", max_depth=4)  # {"a": 1, "a": 2}
+    with pytest.raises(DecodeError):
+        safe_loads(b"\xa1\x81\x01\x01", max_depth=4)  # {[1]: 1}
+
+
+def test_invalid_utf8_refused() -> None:
+    with pytest.raises(DecodeError):
+        safe_loads(b"\x62\xff\xfe", max_depth=4)
+
+
+def test_huge_declared_lengths_fail_without_allocating() -> None:
+    for header in (b"\x5b", b"\x7b", b"\x9b", b"\xbb"):  # bytes, text, array, map
+        with pytest.raises(DecodeError):
+            safe_loads(header + b"\x00\x00\x00\x01\x00\x00\x00\x00", max_depth=4)
+
+
+def test_string_length_bounds() -> None:
+    hello = {"type": "Hello", "cluster_id": "c" * 129, "node_id": 1, "protocol_version": 1}
+    with pytest.raises(SchemaError, match=r"Hello\.cluster_id: text of 129 characters exceeds"):
+        _decode_plain(hello)
+
+
+def test_record_values_are_checked() -> None:
+    def deltas(value: Any) -> dict[str, Any]:
+        change = ["stream", "s1", {"retention": value}]
+        return {"type": "Deltas", "deltas": [[0, 1, b"", [change]]]}
+
+    assert _decode_plain(deltas([1, "a"]), SERVER_TO_CLIENT).deltas[0].changes[0].value == {
+        "retention": (1, "a")
+    }
+    with pytest.raises(SchemaError, match=r"deltas\[0\]\.changes\[0\]\.value\.retention"):
+        _decode_plain(deltas({"nested": 1}), SERVER_TO_CLIENT)
+    with pytest.raises(SchemaError, match="expected integer or text, got float"):
+        _decode_plain(deltas([1.5]), SERVER_TO_CLIENT)
+
+
+def test_to_plain_matches_the_wire() -> None:
+    msg = TimeoutNow(term=3, leader=4)
+    decoded = cbor2.load(io.BytesIO(PEER.encode(msg)))
+    assert decoded == {"type": "TimeoutNow", **to_plain(msg)}
