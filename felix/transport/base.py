@@ -1,0 +1,45 @@
+"""The seam every peer transport implements, and the counters it keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from felix.proto.raft_messages import RaftMessage
+
+Deliver = Callable[[int, RaftMessage], Awaitable[None]]
+"""Hands one received message and its sender to the node.  Awaiting it is backpressure:
+a node whose input channel is full slows its peers' connections down instead of
+buffering without bound."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    sent: int = 0
+    received: int = 0
+    dropped_queue_full: int = 0
+    dropped_unknown_peer: int = 0
+    protocol_errors: int = 0
+    handshakes_refused: int = 0
+    connects: int = 0
+    inbound_connections: int = 0
+
+
+class PeerTransport(Protocol):
+    node_id: int
+    stats: TransportStats
+
+    def send_nowait(self, to: int, message: RaftMessage) -> bool:
+        """Queue ``message`` for peer ``to`` without blocking.
+
+        False if it was dropped (unknown peer, or that peer's bounded queue is full):
+        Raft retransmits, so dropping is always safe and never stalls the Raft loop.
+        """
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started()`` once messages can flow."""
+        ...

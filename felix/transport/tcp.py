@@ -1,0 +1,255 @@
+"""Raft messages over TCP: length-prefixed CBOR frames, one connection per direction.
+
+Theory of operation
+-------------------
+Node A sends to node B only over a connection A dialed; B's messages to A travel over the
+connection B dialed (like etcd's per-direction peer streams).  So each connection has one
+writer and one reader, and neither side ever waits on the other's replies.
+
+* **Dialer** (one task per peer): connect, send `PeerHello`, then pump the peer's bounded
+  send queue into the socket, coalescing whatever is queued into one ``send_all``
+  (pipelined AppendEntries: nothing waits for a reply).  On any failure it reconnects
+  with jittered exponential back-off.  A message taken from the queue when a connection
+  breaks is lost, which Raft tolerates: it retransmits.
+* **Listener**: for each inbound connection, read `PeerHello` within a timeout, refuse a
+  wrong cluster id, protocol version or unknown node id with one clear log line, then
+  decode frames and hand them to the node.  Any `ProtocolError` closes that connection
+  only; the node keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+
+from felix.proto.errors import ProtocolError
+from felix.proto.frames import CLOSED, FRAME_BYTES_MAX_DEFAULT, FrameDecoder, encode_frame
+from felix.proto.raft_messages import (
+    PEER,
+    PROTOCOL_VERSION,
+    PeerHello,
+    PeerMessage,
+    RaftMessage,
+)
+from felix.transport.base import Deliver, TransportStats
+
+log = logging.getLogger("felix.transport")
+
+RECEIVE_BYTES_MAX = 256 * 1024
+SEND_BATCH_BYTES_MAX = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTransportConfig:
+    node_id: int
+    cluster_id: str
+    listen_host: str
+    listen_port: int  # 0 picks a free port; see `TcpTransport.listen_port`
+    peers: Mapping[int, PeerAddress]
+    frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+    send_queue_max: int = 1024  # messages per peer; overflow drops
+    backoff_s_min: float = 0.02
+    backoff_s_max: float = 1.0
+    connect_timeout_s: float = 2.0
+    handshake_timeout_s: float = 5.0
+
+
+class HandshakeRefused(ProtocolError):
+    """The peer's Hello does not belong in this cluster."""
+
+
+class TcpTransport:
+    def __init__(self, config: TcpTransportConfig, deliver: Deliver, rng: random.Random) -> None:
+        if config.node_id in config.peers:
+            raise ValueError(f"node {config.node_id} lists itself among its peers")
+        self.config = config
+        self.node_id = config.node_id
+        self.stats = TransportStats()
+        self.listen_port = config.listen_port
+        self._deliver = deliver
+        self._rng = rng
+        self._addresses = dict(config.peers)
+        self._listeners: list[trio.SocketListener] = []
+        self._queues: dict[int, trio.MemorySendChannel[RaftMessage]] = {}
+        self._receivers: dict[int, trio.MemoryReceiveChannel[RaftMessage]] = {}
+        for peer in config.peers:
+            send, receive = trio.open_memory_channel[RaftMessage](config.send_queue_max)
+            self._queues[peer] = send
+            self._receivers[peer] = receive
+        self._hello = encode_frame(
+            PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
+        )
+
+    def send_nowait(self, to: int, message: RaftMessage) -> bool:
+        queue = self._queues.get(to)
+        if queue is None:
+            self.stats.dropped_unknown_peer += 1
+            return False
+        try:
+            queue.send_nowait(message)
+        except trio.WouldBlock:
+            self.stats.dropped_queue_full += 1
+            return False
+        return True
+
+    def set_peer_address(self, peer: int, address: PeerAddress) -> None:
+        """Where to dial ``peer`` from the next connection attempt on."""
+        if peer not in self._addresses:
+            raise KeyError(f"node {peer} is not a configured peer")
+        self._addresses[peer] = address
+
+    async def bind(self) -> int:
+        """Open the listening socket now (so port 0 can be learned before `run`)."""
+        if not self._listeners:
+            self._listeners = await trio.open_tcp_listeners(
+                self.config.listen_port, host=self.config.listen_host
+            )
+            self.listen_port = self._listeners[0].socket.getsockname()[1]
+        return self.listen_port
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.bind()
+        listeners, self._listeners = self._listeners, []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._serve_inbound, listeners)
+            for peer in self._addresses:
+                nursery.start_soon(self._dial_loop, peer)
+            task_status.started()
+
+    # --- outbound ------------------------------------------------------------------
+
+    async def _dial_loop(self, peer: int) -> None:
+        backoff = self.config.backoff_s_min
+        failures = 0
+        while True:
+            address = self._addresses[peer]
+            try:
+                with trio.fail_after(self.config.connect_timeout_s):
+                    stream = await trio.open_tcp_stream(address.host, address.port)
+            except (OSError, trio.TooSlowError) as exc:
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    log.info("peer %d at %s unreachable (%s); retrying", peer, address, exc)
+            else:
+                failures = 0
+                backoff = self.config.backoff_s_min
+                self.stats.connects += 1
+                await self._pump(peer, stream)
+            # Full jitter keeps restarted nodes from reconnecting in lockstep.
+            await trio.sleep(backoff * (0.5 + self._rng.random() / 2))
+            backoff = min(backoff * 2, self.config.backoff_s_max)
+
+    async def _pump(self, peer: int, stream: trio.SocketStream) -> None:
+        receiver = self._receivers[peer]
+        try:
+            async with stream:
+                await stream.send_all(self._hello)
+                while True:
+                    batch = [self._frame(await receiver.receive())]
+                    size = len(batch[0])
+                    while size < SEND_BATCH_BYTES_MAX:
+                        try:
+                            frame = self._frame(receiver.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                        batch.append(frame)
+                        size += len(frame)
+                    await stream.send_all(b"".join(batch))
+                    self.stats.sent += len(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("connection to peer %d lost: %s", peer, exc or type(exc).__name__)
+
+    def _frame(self, message: RaftMessage) -> bytes:
+        return encode_frame(PEER.encode(message), self.config.frame_bytes_max)
+
+    # --- inbound -------------------------------------------------------------------
+
+    async def _serve_inbound(self, stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder(self.config.frame_bytes_max)
+        remote = _describe_remote(stream)
+        self.stats.inbound_connections += 1
+        async with stream:  # closed only after the reason is counted and logged
+            try:
+                await self._receive_loop(stream, decoder, remote)
+            except HandshakeRefused as exc:
+                self.stats.handshakes_refused += 1
+                log.warning("refused peer connection from %s: %s", remote, exc)
+            except ProtocolError as exc:
+                self.stats.protocol_errors += 1
+                log.warning("closing peer connection from %s: protocol error: %s", remote, exc)
+            except trio.TooSlowError:
+                log.warning(
+                    "closing peer connection from %s: no Hello within %.1f s",
+                    remote,
+                    self.config.handshake_timeout_s,
+                )
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _receive_loop(
+        self, stream: trio.SocketStream, decoder: FrameDecoder, remote: str
+    ) -> None:
+        with trio.fail_after(self.config.handshake_timeout_s):
+            hello = await _read_message(stream, decoder)
+        sender = self._check_hello(hello, remote)
+        while True:
+            message = await _read_message(stream, decoder)
+            if message is None:
+                return
+            if isinstance(message, PeerHello):
+                raise ProtocolError("second Hello on one connection")
+            self.stats.received += 1
+            await self._deliver(sender, message)
+
+    def _check_hello(self, hello: object, remote: str) -> int:
+        if not isinstance(hello, PeerHello):
+            what = "end of stream" if hello is None else type(hello).__name__
+            raise HandshakeRefused(f"expected Hello first, got {what}")
+        if hello.cluster_id != self.config.cluster_id:
+            raise HandshakeRefused(
+                f"node {hello.node_id} belongs to cluster {hello.cluster_id!r},"
+                f" this is {self.config.cluster_id!r}"
+            )
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise HandshakeRefused(
+                f"node {hello.node_id} speaks protocol version {hello.protocol_version},"
+                f" this node speaks {PROTOCOL_VERSION}"
+            )
+        if hello.node_id not in self.config.peers:
+            raise HandshakeRefused(f"node id {hello.node_id} is not a configured peer")
+        return hello.node_id
+
+
+async def _read_message(
+    stream: trio.abc.ReceiveStream, decoder: FrameDecoder
+) -> PeerMessage | None:
+    """The next decoded message, or None on a clean end of stream."""
+    while True:
+        frame = decoder.next_frame()
+        if isinstance(frame, bytes):
+            message: PeerMessage = PEER.decode(frame)
+            return message
+        if frame is CLOSED:
+            return None
+        decoder.feed(await stream.receive_some(RECEIVE_BYTES_MAX))
+
+
+def _describe_remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
