@@ -1,0 +1,275 @@
+"""Node configuration: defaults < TOML file < ``FELIX_*`` environment < command-line flags.
+
+Every layer is a nested mapping of raw values; they are merged key by key, then checked
+once against the frozen dataclasses below.  Every error names the key, the offending
+value and where it came from, and unknown keys are refused with a suggestion — a typo in
+a config file must never silently fall back to a default.
+
+Environment variables use ``__`` for nesting: ``FELIX_RAFT__ELECTION_TICKS=20`` sets
+``[raft] election_ticks``.  On the command line, ``--set raft.election_ticks=20`` does the
+same for any key.  ``peers`` is written ``"1=host:port,2=host:port"`` in env and flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FELIX_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    peer: Endpoint = Endpoint("127.0.0.1", 7001)  # Raft peers (TCP, CBOR frames)
+    client: Endpoint = Endpoint("127.0.0.1", 8001)  # brokers and admin (WebSocket)
+    ops: Endpoint = Endpoint("127.0.0.1", 9001)  # /livez /readyz /metrics (HTTP)
+
+
+@dataclass(frozen=True, slots=True)
+class RaftTimings:
+    tick_ms: int = 50
+    heartbeat_ticks: int = 2  # 100 ms
+    election_ticks: int = 10  # 500-1000 ms, randomized
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    frame_bytes_max: int = 4 * 1024 * 1024
+    peer_send_queue_max: int = 4096
+    inputs_queue_max: int = 4096
+    proposals_pending_max: int = 10_000
+    entries_per_msg_max: int = 1024
+    proposal_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    entries: int = 10_000  # take a snapshot every N applied entries...
+    bytes: int = 64 * 1024 * 1024  # ...or when the log since the last one exceeds this
+    keep: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"  # or "json"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int = 1
+    cluster_id: str = "felix"
+    data_dir: Path = Path("./felix-data/node-1")
+    peers: Mapping[int, Endpoint] = field(default_factory=dict)  # the other voters
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    raft: RaftTimings = field(default_factory=RaftTimings)
+    limits: Limits = field(default_factory=Limits)
+    snapshot: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> NodeConfig:
+        checks: list[tuple[bool, str]] = [
+            (self.node_id >= 1, "node_id: must be >= 1"),
+            (bool(self.cluster_id), "cluster_id: must not be empty"),
+            (self.node_id not in self.peers, "peers: must not list this node's own id"),
+            (self.raft.tick_ms >= 1, "raft.tick_ms: must be >= 1"),
+            (self.raft.heartbeat_ticks >= 1, "raft.heartbeat_ticks: must be >= 1"),
+            (
+                self.raft.election_ticks > 2 * self.raft.heartbeat_ticks,
+                "raft.election_ticks: must be more than twice raft.heartbeat_ticks",
+            ),
+            (self.snapshot.entries >= 1, "snapshot.entries: must be >= 1"),
+            (self.snapshot.keep >= 1, "snapshot.keep: must be >= 1"),
+            (self.log.format in ("text", "json"), "log.format: must be 'text' or 'json'"),
+            (
+                self.log.level in ("debug", "info", "warning", "error"),
+                "log.level: must be debug, info, warning or error",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    value: Any
+    source: str  # "felix.toml", "FELIX_RAFT__TICK_MS", "--set raft.tick_ms"
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """Build the node's config from a TOML file, the environment and CLI overrides."""
+    layers: dict[str, _Raw] = {}
+    if path is not None:
+        layers.update(_flatten(_read_toml(path), str(path)))
+    env = os.environ if env is None else env
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and name not in _IGNORED_ENV:
+            key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            layers[key] = _Raw(value, name)
+    for key, value in (overrides or {}).items():
+        layers[key] = _Raw(value, f"--set {key}")
+    valid = set(_all_keys(NodeConfig))
+    for key, raw in layers.items():
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r} (from {raw.source}){_suggest(key)}")
+    config: NodeConfig = _build(NodeConfig, layers, "")
+    return config.validate()
+
+
+# Variables with the prefix that are not config keys (used by tests and tools).
+_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR"})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fp:
+            return tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _flatten(table: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, _Raw]:
+    flat: dict[str, _Raw] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "peers":
+            flat.update(_flatten(value, source, dotted + "."))
+        else:
+            flat[dotted] = _Raw(value, source)
+    return flat
+
+
+def _build(cls: type, layers: dict[str, _Raw], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    mine = {k: v for k, v in layers.items() if k.startswith(prefix)}
+    kwargs: dict[str, Any] = {}
+    for name in fields:
+        dotted = prefix + name
+        hint = hints[name]
+        if _is_section(hint):
+            kwargs[name] = _build(hint, mine, dotted + ".")
+        elif dotted in mine:
+            raw = mine[dotted]
+            kwargs[name] = _convert(hint, raw, dotted)
+    return cls(**kwargs)
+
+
+def _is_section(hint: Any) -> bool:
+    """A nested table of settings (a dataclass other than a value type like Endpoint)."""
+    return dataclasses.is_dataclass(hint) and hint is not Endpoint
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if _is_section(hint):
+            keys += _all_keys(hint, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys(NodeConfig), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _convert(hint: Any, raw: _Raw, key: str) -> Any:
+    value = raw.value
+    where = f"{key} = {value!r} (from {raw.source})"
+    try:
+        if hint is bool:
+            return _to_bool(value)
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError("a boolean is not an integer")
+            return int(value) if isinstance(value, (int, str)) else _fail("an integer")
+        if hint is str:
+            return value if isinstance(value, str) else _fail("a string")
+        if hint is Path:
+            return Path(value) if isinstance(value, str) else _fail("a path string")
+        if hint is Endpoint:
+            return parse_endpoint(value)
+        if typing.get_origin(hint) in (Mapping, dict):
+            return parse_peers(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid {where}: {exc}") from None
+    raise ConfigError(f"invalid {where}: unsupported setting type")  # pragma: no cover
+
+
+def _fail(expected: str) -> Any:
+    raise ValueError(f"expected {expected}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_endpoint(value: Any) -> Endpoint:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected 'host:port'")
+    host, _, port_text = value.rpartition(":")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return Endpoint(host.strip("[]") or "127.0.0.1", port)
+
+
+def parse_peers(value: Any) -> dict[int, Endpoint]:
+    """``{"2": "host:port"}`` (TOML table) or ``"2=host:port,3=host:port"`` (env, flags)."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("expected 'id=host:port,id=host:port'")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of node id = 'host:port'")
+    peers: dict[int, Endpoint] = {}
+    for node, address in value.items():
+        node_id = int(node)
+        if node_id < 1:
+            raise ValueError(f"peer id {node_id} must be >= 1")
+        peers[node_id] = parse_endpoint(address)
+    return peers

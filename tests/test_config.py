@@ -1,0 +1,98 @@
+"""Configuration precedence and validation: every error names the key and the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from felix.config import ConfigError, Endpoint, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "felix.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config(env={})
+    assert config.node_id == 1
+    assert config.raft.election_ticks == 10
+    assert config.peers == {}
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+node_id = 2
+cluster_id = "prod"
+[raft]
+election_ticks = 12
+heartbeat_ticks = 3
+[peers]
+1 = "10.0.0.1:7001"
+3 = "10.0.0.3:7001"
+""",
+    )
+    config = load_config(path, env={})
+    assert (config.node_id, config.cluster_id, config.raft.election_ticks) == (2, "prod", 12)
+    assert config.peers == {1: Endpoint("10.0.0.1", 7001), 3: Endpoint("10.0.0.3", 7001)}
+
+    env = {"FELIX_RAFT__ELECTION_TICKS": "20", "FELIX_CLUSTER_ID": "env", "PATH": "/bin"}
+    config = load_config(path, env=env)
+    assert (config.cluster_id, config.raft.election_ticks, config.raft.heartbeat_ticks) == (
+        "env",
+        20,
+        3,
+    )
+
+    config = load_config(path, env=env, overrides={"raft.election_ticks": "30"})
+    assert config.raft.election_ticks == 30
+    assert config.cluster_id == "env"
+
+
+def test_peers_and_endpoints_from_strings() -> None:
+    config = load_config(
+        env={"FELIX_PEERS": "2=127.0.0.1:7002, 3=[::1]:7003", "FELIX_LISTEN__OPS": ":9100"}
+    )
+    assert config.peers == {2: Endpoint("127.0.0.1", 7002), 3: Endpoint("::1", 7003)}
+    assert config.listen.ops == Endpoint("127.0.0.1", 9100)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[raft]\nelecton_ticks = 5\n", "unknown key 'raft.electon_ticks' (from"),
+        ("[raft]\nelecton_ticks = 5\n", "did you mean 'raft.election_ticks'?"),
+        ("nodeid = 5\n", "unknown key 'nodeid'"),
+        ("node_id = 'two'\n", "invalid node_id = 'two'"),
+        ("node_id = true\n", "a boolean is not an integer"),
+        ("[raft]\npre_vote = 'maybe'\n", "invalid raft.pre_vote = 'maybe'"),
+        ("[listen]\npeer = 'nohost'\n", "invalid listen.peer = 'nohost'"),
+        ("[listen]\npeer = 'h:70000'\n", "port 70000 out of range"),
+        ("node_id = 0\n", "node_id: must be >= 1"),
+        ("[peers]\n1 = '127.0.0.1:1'\n", "peers: must not list this node's own id"),
+        ("[raft]\nelection_ticks = 2\nheartbeat_ticks = 1\n", "more than twice"),
+        ("[log]\nformat = 'xml'\n", "log.format"),
+        ("node_id = \n", "is not valid TOML"),
+    ],
+)
+def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert message in str(info.value)
+
+
+def test_bad_env_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"from FELIX_RAFT__TICK_MS"):
+        load_config(env={"FELIX_RAFT__TICK_MS": "fast"})
+    with pytest.raises(ConfigError, match=r"unknown key 'raft.tik_ms' \(from FELIX_RAFT__TIK_MS\)"):
+        load_config(env={"FELIX_RAFT__TIK_MS": "5"})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(Path("/nonexistent/felix.toml"), env={})
