@@ -1,0 +1,150 @@
+"""Operations endpoints over a tiny HTTP/1.1 server: /livez, /readyz, /metrics.
+
+``/livez`` is local only (the event loop answers, storage is writable) and never depends
+on peers: restarting a node because its peers are down would make an outage worse.
+``/readyz`` says whether this node should get broker traffic: it knows a leader, it is
+not a learner, and its applied index is close to its commit index.  Both follow the
+Kubernetes convention (etcd's too): 200 or 503, named sub-checks at ``/readyz/<name>``,
+``?verbose`` lists every check, ``?exclude=<name>`` skips one.
+
+Requests are read with a size bound and a timeout; anything malformed gets a 400 and
+the connection is closed.  The server never crashes on a bad request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+log = logging.getLogger("felix.health")
+
+REQUEST_BYTES_MAX = 8192
+REQUEST_TIMEOUT_S = 5.0
+
+Check = Callable[[], tuple[bool, str]]
+"""Returns (ok, detail); must be cheap and must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+class OpsServer:
+    def __init__(
+        self,
+        livez: Mapping[str, Check],
+        readyz: Mapping[str, Check],
+        metrics: Callable[[], bytes],
+    ) -> None:
+        self._groups = {"livez": dict(livez), "readyz": dict(readyz)}
+        self._metrics = metrics
+        self.port = 0
+
+    async def run(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self.handle, listeners)
+            task_status.started(self.port)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    head = await _read_head(stream)
+                response = self.respond(head)
+            except trio.TooSlowError:
+                return
+            except ValueError as exc:
+                response = Response(400, f"bad request: {exc}\n".encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            try:
+                await stream.send_all(_render(response))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+
+    def respond(self, head: bytes) -> Response:
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            raise ValueError("malformed request line")
+        method, target, _ = parts
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"only GET\n")
+        url = urlsplit(target)
+        query = parse_qs(url.query, keep_blank_values=True)
+        path = url.path.rstrip("/") or "/"
+        if path == "/metrics":
+            return Response(200, self._metrics(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/health":  # etcd-compatible summary
+            ok = self._run_checks("readyz", None, set())[0]
+            summary = b'{"health":"true"}\n' if ok else b'{"health":"false"}\n'
+            return Response(200 if ok else 503, summary, "application/json")
+        group, _, single = path.lstrip("/").partition("/")
+        if group not in self._groups or (single and single not in self._groups[group]):
+            return Response(404, b"not found\n")
+        ok, lines = self._run_checks(group, single or None, set(query.get("exclude", [])))
+        verbose = "verbose" in query or not ok
+        body = "\n".join([*lines, f"{group} {'check passed' if ok else 'check failed'}"]) + "\n"
+        if not verbose:
+            body = "ok\n"
+        return Response(200 if ok else 503, body.encode())
+
+    def _run_checks(
+        self, group: str, only: str | None, exclude: set[str]
+    ) -> tuple[bool, list[str]]:
+        ok = True
+        lines = []
+        for name, check in self._groups[group].items():
+            if (only and name != only) or name in exclude:
+                continue
+            try:
+                passed, detail = check()
+            except Exception as exc:  # a broken check is a failed check, not a crash
+                passed, detail = False, f"check raised {type(exc).__name__}: {exc}"
+            ok = ok and passed
+            lines.append(
+                f"[{'+' if passed else '-'}]{name} {'ok' if passed else 'failed'}: {detail}"
+            )
+        return ok, lines
+
+
+async def _read_head(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        if len(data) > REQUEST_BYTES_MAX:
+            raise ValueError("request head too large")
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise ValueError("connection closed before the request was complete")
+        data += chunk
+    return bytes(data.split(b"\r\n\r\n", 1)[0])
+
+
+def _render(response: Response) -> bytes:
+    head = (
+        f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + response.body

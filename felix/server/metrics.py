@@ -1,0 +1,83 @@
+"""Prometheus metrics of one node, in a registry of its own.
+
+A registry per node (not the global default) lets ``felix dev`` run three nodes in one
+process and lets tests read one node's numbers.  Buckets start at 50 µs: fsync here takes
+0.1-0.2 ms and a commit about a millisecond, so the default 5 ms-10 s buckets would put
+everything in the first one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+FAST_BUCKETS_S: Final = tuple(0.00005 * 2**k for k in range(18))  # 50 µs .. 6.5 s
+
+
+class NodeMetrics:
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.term = Gauge("felix_raft_term", "Current Raft term", registry=r)
+        self.role = Gauge("felix_raft_role", "1 for this node's current role", ["role"], registry=r)
+        self.is_leader = Gauge("felix_raft_is_leader", "1 if this node leads", registry=r)
+        self.has_leader = Gauge("felix_raft_has_leader", "1 if a leader is known", registry=r)
+        self.leader_changes = Counter(
+            "felix_raft_leader_changes_seen", "Leader changes this node saw", registry=r
+        )
+        self.commit_index = Gauge("felix_raft_commit_index", "Commit index", registry=r)
+        self.applied_index = Gauge("felix_raft_applied_index", "Applied index", registry=r)
+        self.proposals_committed = Counter(
+            "felix_raft_proposals_committed", "Proposals committed", registry=r
+        )
+        self.proposals_applied = Counter(
+            "felix_raft_proposals_applied", "Entries applied to the state machine", registry=r
+        )
+        self.proposals_failed = Counter(
+            "felix_raft_proposals_failed", "Proposals that failed", ["reason"], registry=r
+        )
+        self.proposals_pending = Gauge(
+            "felix_raft_proposals_pending", "Proposals waiting to commit", registry=r
+        )
+        self.commit_latency = Histogram(
+            "felix_raft_proposal_duration_seconds",
+            "Proposal to applied, on the node that proposed",
+            buckets=FAST_BUCKETS_S,
+            registry=r,
+        )
+        self.fsync_duration = Histogram(
+            "felix_wal_fsync_duration_seconds",
+            "One WAL batch write + fsync",
+            buckets=FAST_BUCKETS_S,
+            registry=r,
+        )
+        self.wal_write_bytes = Counter(
+            "felix_wal_write_bytes", "Bytes written to the WAL", registry=r
+        )
+        self.peer_rtt = Histogram(
+            "felix_peer_round_trip_time_seconds",
+            "AppendEntries round trip to a peer",
+            ["peer"],
+            buckets=FAST_BUCKETS_S,
+            registry=r,
+        )
+        self.peer_send_drops = Counter(
+            "felix_peer_send_failures",
+            "Messages dropped on a full peer queue",
+            ["peer"],
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge("felix_snapshot_bytes", "Size of the last snapshot", registry=r)
+        self.snapshot_duration = Histogram(
+            "felix_snapshot_duration_seconds",
+            "Taking and saving a snapshot",
+            buckets=FAST_BUCKETS_S,
+            registry=r,
+        )
+        self.inputs_queue_depth = Gauge(
+            "felix_raft_inputs_queue_depth", "Inputs waiting for the Raft loop", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
