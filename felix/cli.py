@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import felix
 
-COMMAND_MODULES: tuple[str, ...] = ("felix.proto.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("felix.proto.cli", "felix.storage.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

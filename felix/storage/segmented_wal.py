@@ -1,0 +1,619 @@
+"""The write-ahead log: segment files, group commit, crash recovery.
+
+Theory of operation
+-------------------
+A data directory holds ``wal/`` (segments, see `felix.storage.segment_format`) and
+``snap/`` (snapshot files, see `felix.storage.snapshots`).
+
+*Writing.*  Each `Ready` becomes one BATCH record appended to the active segment and one
+fsync (group commit): the snapshot marker, the entries and the hard state are durable
+together or not at all.  A snapshot received from the leader is first saved atomically
+in ``snap/``; the marker in the batch then restarts the log after it.  Suffix truncation
+is logical: a batch whose entries start at index i replaces everything from i on when
+the log is replayed, so the disk only ever sees appends (a crash can leave at most a torn
+final record).  When the active segment reaches ``segment_bytes_max``, it is fsynced and
+a new one is started with a STATE record (hard state, snapshot base, last index), so
+every segment can be read without the ones before it.
+
+*Compaction.*  Segment k is deleted (oldest first) once the next segment starts at or
+below the compaction index, which is capped at the newest snapshot on disk: every entry
+still live in segment k is then covered by a durable snapshot.
+
+*Recovery* (`SyncWal.open`).  Segments are read in sequence order; a gap in the sequence
+numbers is refused.  Each record's checksum is verified.  A defect that a crash can leave
+(record cut short, zero-filled tail, bad checksum on the very last record) is truncated,
+but only at the tail of the last segment: those bytes were never acknowledged.  Any other
+defect -- a bad checksum before the tail, a damaged older segment, a malformed payload --
+raises `CorruptLogError` naming the file, the offset and what to do.  The replayed log is
+then joined with the newest snapshot into a `BootState`.
+
+The sync `SyncWal` does only file operations (testable without trio); `SegmentedWal` is
+the thin async facade that runs them in a worker thread so the event loop never blocks
+on the disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+import trio
+
+from felix.proto.raft_messages import ConfState, Entry, SnapshotMeta
+from felix.raft.ready import Ready
+from felix.raft.types import BootState, HardState
+from felix.storage.errors import CorruptLogError, WalFailedError
+from felix.storage.files import Files, OsFiles, append_all
+from felix.storage.segment_format import (
+    PAYLOAD_ERRORS,
+    SEGMENT_HEADER_BYTES,
+    BatchRecord,
+    FormatError,
+    RecordScanner,
+    RecordType,
+    SegmentHeader,
+    StateRecord,
+    decode_batch,
+    decode_segment_header,
+    decode_state,
+    encode_batch,
+    encode_segment_header,
+    encode_state,
+    parse_segment_name,
+    segment_name,
+)
+from felix.storage.snapshots import SNAPSHOTS_KEEP_DEFAULT, SnapshotStore
+
+WAL_DIR: Final = "wal"
+SNAP_DIR: Final = "snap"
+SEGMENT_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ReplayedLog:
+    """The log as the records describe it: entries ``first..last`` after a snapshot base.
+
+    Entries ``base_index+1 .. first-1`` were in segments deleted by compaction.
+    """
+
+    hard_state: HardState = field(default_factory=HardState)
+    base_index: int = 0
+    base_term: int = 0
+    first: int = 1
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def last_index(self) -> int:
+        return self.first + len(self.entries) - 1
+
+    def start(self, state: StateRecord) -> None:
+        """Begin from the first segment's STATE record."""
+        self.hard_state = state.hard_state
+        self.base_index, self.base_term = state.base_index, state.base_term
+        self.first = state.last_index + 1
+        self.entries = []
+
+    def check_continues(self, state: StateRecord) -> str | None:
+        """A later segment's STATE must describe exactly the log replayed so far."""
+        ours = (self.hard_state, self.base_index, self.base_term, self.last_index)
+        theirs = (state.hard_state, state.base_index, state.base_term, state.last_index)
+        if ours != theirs:
+            return f"segment start state {theirs} disagrees with the log before it {ours}"
+        return None
+
+    def apply(self, batch: BatchRecord) -> str | None:
+        """Apply one batch in the `Ready` order; returns a problem, or None."""
+        if batch.snapshot is not None:
+            index, term = batch.snapshot
+            if index < self.base_index:
+                return f"snapshot marker {index} is older than the log base {self.base_index}"
+            self.base_index, self.base_term = index, term
+            self.first, self.entries = index + 1, []
+        if batch.entries:
+            start = batch.entries[0].index
+            if start <= self.base_index:
+                return f"entries from {start} overwrite snapshot {self.base_index}"
+            if start > self.last_index + 1:
+                return f"entries from {start} leave a gap after {self.last_index}"
+            if start < self.first:  # overwrites entries held only by deleted segments
+                self.first, self.entries = start, []
+            else:
+                del self.entries[start - self.first :]
+            self.entries.extend(batch.entries)
+        if batch.hard_state is not None:
+            self.hard_state = batch.hard_state
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    seq: int
+    first_index: int
+    path: str
+
+
+class SyncWal:
+    """The WAL's file operations, synchronous (see the module docstring).
+
+    Call `open` once; then `save` (or `write` + `sync`) per `Ready`, `compact` after a
+    snapshot.  After any failed disk operation the instance refuses further use
+    (`WalFailedError`): the node must restart and recover from what is on disk.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        files: Files | None = None,
+        segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
+        snapshots_keep: int = SNAPSHOTS_KEEP_DEFAULT,
+    ) -> None:
+        self.files: Files = files if files is not None else OsFiles()
+        self.directory = directory
+        self.wal_dir = posixpath.join(directory, WAL_DIR)
+        self.snapshots = SnapshotStore(
+            posixpath.join(directory, SNAP_DIR), self.files, snapshots_keep
+        )
+        self.segment_bytes_max = segment_bytes_max
+        self._segments: list[_Segment] = []
+        self._active_bytes = 0
+        self._hard_state = HardState()
+        self._base = (0, 0)
+        self._last_index = 0
+        self._dirty = False
+        self._failed: BaseException | None = None
+
+    # -- boot ----------------------------------------------------------------------------
+
+    def open(self, conf: ConfState) -> BootState:
+        """Replay the log (repairing a torn tail) and return what the Raft core starts from.
+
+        ``conf`` is the bootstrap membership, used when no snapshot overrides it.
+        """
+        return self._guarded(self._open, conf)
+
+    def _open(self, conf: ConfState) -> BootState:
+        self.files.makedirs(self.wal_dir)
+        self.snapshots.open()
+        segments = list_segments(self.files, self.wal_dir)
+        log = self._replay(segments) if segments else None
+        if log is None:
+            return self._init_fresh(conf)
+        boot, reset = join_snapshot(log, self.snapshots, conf, self.wal_dir)
+        self._hard_state, self._base = log.hard_state, (log.base_index, log.base_term)
+        self._last_index = log.last_index
+        self._active_bytes = self.files.size(self._segments[-1].path)
+        if reset is not None:
+            self.write(reset.hard_state, (), None, marker=reset.snapshot)
+            self.sync()
+        return boot
+
+    def _init_fresh(self, conf: ConfState) -> BootState:
+        if self.snapshots.names():
+            raise CorruptLogError(
+                self.wal_dir,
+                None,
+                "no WAL segments, but snapshots exist: the term and vote are lost",
+            )
+        self._segments = []
+        self._start_segment(0, 1)
+        return BootState(HardState(), conf)
+
+    def _replay(self, segments: list[_Segment]) -> ReplayedLog | None:
+        """Read every segment in order; repair or refuse defects (see module docstring)."""
+        log: ReplayedLog | None = None
+        self._segments = list(segments)
+        for position, segment in enumerate(segments):
+            is_last = position == len(segments) - 1
+            replayed = replay_segment(self.files, segment, log, repair=is_last)
+            if replayed is None:  # only possible for the last segment
+                self._drop_torn_segment(segment)
+                self._segments.pop()
+                return log
+            log = replayed
+        return log
+
+    def _drop_torn_segment(self, segment: _Segment) -> None:
+        """A last segment whose STATE record never became durable: a torn rotation."""
+        self.files.remove(segment.path)
+        self.files.fsync_dir(self.wal_dir)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def save(
+        self,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: tuple[SnapshotMeta, bytes] | None = None,
+    ) -> None:
+        """Persist one batch with one fsync; returns only when it is durable."""
+        self.write(hard_state, entries, snapshot)
+        self.sync()
+
+    def save_ready(self, ready: Ready) -> None:
+        """Persist what ``ready`` asks for, in its order, then honour ``compact_to``."""
+        self.save(ready.hard_state, ready.entries, ready.snapshot)
+        if ready.compact_to is not None:
+            self.compact(ready.compact_to)
+
+    def write(
+        self,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: tuple[SnapshotMeta, bytes] | None = None,
+        *,
+        marker: tuple[int, int] | None = None,
+    ) -> None:
+        """Append one batch record without fsync (a crash may lose it until `sync`).
+
+        A ``snapshot`` is saved to the snapshot store first (durably: its own fsyncs).
+        """
+        self._check_usable()
+        if snapshot is not None:
+            meta, data = snapshot
+            self._guarded(self.snapshots.save, meta, data)
+            marker = (meta.index, meta.term)
+        if hard_state is None and not entries and marker is None:
+            return
+        self._check_batch(entries, marker)
+        record = encode_batch(BatchRecord(marker, entries, hard_state))
+        self._guarded(self._append, record)
+        if marker is not None:
+            self._base, self._last_index = marker, marker[0]
+        if entries:
+            self._last_index = entries[-1].index
+        if hard_state is not None:
+            self._hard_state = hard_state
+
+    def sync(self) -> None:
+        """Make every written batch durable (one fsync)."""
+        self._check_usable()
+        if self._dirty:
+            self._guarded(self.files.fsync, self._segments[-1].path)
+            self._dirty = False
+
+    def _check_batch(self, entries: Sequence[Entry], marker: tuple[int, int] | None) -> None:
+        base, last = (marker[0], marker[0]) if marker else (self._base[0], self._last_index)
+        if entries and not base < entries[0].index <= last + 1:
+            raise ValueError(
+                f"entries from {entries[0].index} do not fit a log with snapshot {base} "
+                f"and last index {last}"
+            )
+
+    def _append(self, record: bytes) -> None:
+        if self._active_bytes >= self.segment_bytes_max:
+            self._rotate()
+        append_all(self.files, self._segments[-1].path, record)
+        self._active_bytes += len(record)
+        self._dirty = True
+
+    def _rotate(self) -> None:
+        """Seal the active segment (fsync), then start the next one durably."""
+        active = self._segments[-1]
+        if self._dirty:
+            self.files.fsync(active.path)
+            self._dirty = False
+        self._start_segment(active.seq + 1, self._last_index + 1)
+
+    def _start_segment(self, seq: int, first_index: int) -> None:
+        path = posixpath.join(self.wal_dir, segment_name(seq, first_index))
+        state = StateRecord(self._hard_state, *self._base, first_index - 1)
+        head = encode_segment_header(seq, first_index) + encode_state(state)
+        self.files.create(path)
+        append_all(self.files, path, head)
+        self.files.fsync(path)
+        self.files.fsync_dir(self.wal_dir)
+        self._segments.append(_Segment(seq, first_index, path))
+        self._active_bytes = len(head)
+
+    # -- compaction ----------------------------------------------------------------------
+
+    def compact(self, index: int) -> int:
+        """Delete segments holding only entries up to ``index``; returns how many.
+
+        ``index`` is capped at the newest snapshot on disk, so nothing is deleted that
+        only the log holds.
+        """
+        return self._guarded(self._compact, index)
+
+    def _compact(self, index: int) -> int:
+        latest = self.snapshots.latest_meta()
+        if latest is None:
+            return 0
+        index = min(index, latest.index)
+        count = 0
+        while (
+            count + 1 < len(self._segments) and self._segments[count + 1].first_index - 1 <= index
+        ):
+            count += 1
+        for segment in self._segments[:count]:
+            self.files.remove(segment.path)
+        if count:
+            self.files.fsync_dir(self.wal_dir)
+            del self._segments[:count]
+        return count
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def last_index(self) -> int:
+        return self._last_index
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    def close(self) -> None:
+        self.files.close()
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise WalFailedError(
+                f"{self.wal_dir}: an earlier disk operation failed ({self._failed!r}); "
+                "restart the node to recover from what is on disk"
+            ) from self._failed
+
+    def _guarded(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a disk operation; any failure makes this instance unusable (fsyncgate)."""
+        self._check_usable()
+        try:
+            return fn(*args)
+        except ValueError:
+            raise  # a caller's mistake, refused before touching the disk
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+
+def list_segments(files: Files, wal_dir: str) -> list[_Segment]:
+    """Segment files sorted by sequence number; a gap in the sequence is refused."""
+    found: list[tuple[SegmentHeader, str]] = [
+        (parsed, name)
+        for name in files.listdir(wal_dir)
+        if (parsed := parse_segment_name(name)) is not None
+    ]
+    found.sort(key=lambda item: item[0].seq)
+    segments = [_Segment(h.seq, h.first_index, posixpath.join(wal_dir, n)) for h, n in found]
+    for before, after in itertools.pairwise(segments):
+        if after.seq != before.seq + 1:
+            raise CorruptLogError(
+                after.path,
+                None,
+                f"segment sequence jumps from {before.seq} to {after.seq}: "
+                "a segment is missing or duplicated",
+            )
+    return segments
+
+
+def replay_segment(
+    files: Files, segment: _Segment, log: ReplayedLog | None, *, repair: bool
+) -> ReplayedLog | None:
+    """Apply one segment's records to ``log`` (None: this is the first segment).
+
+    With ``repair`` (the last segment) a torn tail is truncated durably, and None is
+    returned if the segment holds no durable STATE record (a torn rotation).
+    """
+    buf = files.read(segment.path)
+    try:
+        header = decode_segment_header(buf)
+    except FormatError as exc:
+        if exc.torn and repair:
+            return None
+        raise CorruptLogError(segment.path, exc.offset, exc.problem) from None
+    if (header.seq, header.first_index) != (segment.seq, segment.first_index):
+        raise CorruptLogError(segment.path, 0, f"header {header} disagrees with the file name")
+    scanner = RecordScanner(buf, SEGMENT_HEADER_BYTES)
+    records = iter(scanner)
+    first = next(records, None)
+    if first is None:
+        _handle_defect(files, segment, scanner, repair)
+        if repair:
+            return None
+        raise CorruptLogError(segment.path, SEGMENT_HEADER_BYTES, "segment has no STATE record")
+    log = _apply_first(segment, first, log)
+    for offset, record_type, payload in records:
+        problem = _apply_record(log, record_type, payload)
+        if problem is not None:
+            raise CorruptLogError(segment.path, offset, problem)
+    _handle_defect(files, segment, scanner, repair)
+    return log
+
+
+def _apply_first(
+    segment: _Segment, first: tuple[int, int, memoryview], log: ReplayedLog | None
+) -> ReplayedLog:
+    offset, record_type, payload = first
+    if record_type != RecordType.STATE:
+        raise CorruptLogError(segment.path, offset, "a segment must start with a STATE record")
+    try:
+        state = decode_state(payload)
+    except PAYLOAD_ERRORS as exc:
+        raise CorruptLogError(segment.path, offset, f"malformed STATE record: {exc}") from None
+    if state.last_index + 1 != segment.first_index:
+        raise CorruptLogError(segment.path, offset, "STATE record disagrees with the file name")
+    if log is None:
+        log = ReplayedLog()
+        log.start(state)
+        return log
+    problem = log.check_continues(state)
+    if problem is not None:
+        raise CorruptLogError(segment.path, offset, problem)
+    return log
+
+
+def _apply_record(log: ReplayedLog, record_type: int, payload: memoryview) -> str | None:
+    if record_type != RecordType.BATCH:
+        return "a STATE record in the middle of a segment"
+    try:
+        batch = decode_batch(payload)
+    except PAYLOAD_ERRORS as exc:
+        return f"malformed BATCH record: {exc}"
+    return log.apply(batch)
+
+
+def _handle_defect(files: Files, segment: _Segment, scanner: RecordScanner, repair: bool) -> None:
+    defect = scanner.defect
+    if defect is None:
+        return
+    if not (defect.torn and repair):
+        raise CorruptLogError(segment.path, defect.offset, defect.problem)
+    files.truncate(segment.path, defect.offset)
+    files.fsync(segment.path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reset:
+    hard_state: HardState
+    snapshot: tuple[int, int]
+
+
+def join_snapshot(
+    log: ReplayedLog, store: SnapshotStore, conf: ConfState, wal_dir: str
+) -> tuple[BootState, _Reset | None]:
+    """Combine the replayed log with the newest snapshot on disk into a `BootState`.
+
+    The snapshot store may be ahead of the log (a snapshot saved just before a crash):
+    the log's entries after it are kept only if the log holds the snapshot's last entry
+    with the same term (Raft §7); otherwise they belong to a history the snapshot
+    replaced, and the returned `_Reset` tells the caller to restart the log after it.
+    """
+    snap = store.latest()
+    if snap is None:
+        if log.base_index or log.first > 1:
+            raise CorruptLogError(
+                wal_dir,
+                None,
+                f"log entries before {log.first} are missing (snapshot {log.base_index} or "
+                f"a segment), and {store.directory} holds no snapshot covering them",
+            )
+        return BootState(log.hard_state, conf, None, tuple(log.entries)), None
+    meta = snap[0]
+    if meta.index < log.base_index or meta.index < log.first - 1:
+        raise CorruptLogError(
+            wal_dir,
+            None,
+            f"the newest snapshot ({meta.index}) is older than the log's first entry "
+            f"({log.first}) or base ({log.base_index}): a snapshot or segment is missing",
+        )
+    hs = _hard_state_after(log.hard_state, meta)
+    offset = meta.index - log.first
+    if meta.index > log.last_index:
+        conflict = True  # the snapshot is ahead of everything the log holds
+    elif offset >= 0:
+        conflict = log.entries[offset].term != meta.term
+    else:
+        conflict = False  # its last entry was in a compacted segment: same history
+    if conflict:
+        return BootState(hs, meta.conf, snap, ()), _Reset(hs, (meta.index, meta.term))
+    return BootState(hs, meta.conf, snap, tuple(log.entries[offset + 1 :])), None
+
+
+def _hard_state_after(hs: HardState, meta: SnapshotMeta) -> HardState:
+    """A snapshot's entries are committed; its term is a term this node has seen."""
+    commit = max(hs.commit, meta.index)
+    if meta.term > hs.term:
+        return HardState(meta.term, None, commit)
+    return HardState(hs.term, hs.vote, commit)
+
+
+def iter_records(files: Files, wal_dir: str) -> Iterator[tuple[str, int, int, object]]:
+    """Every record in every segment as ``(segment path, offset, type, decoded)``.
+
+    For inspection (``felix wal dump``): nothing is repaired; a defect raises
+    `CorruptLogError` after the good records before it were yielded.
+    """
+    for segment in list_segments(files, wal_dir):
+        buf = files.read(segment.path)
+        try:
+            decode_segment_header(buf)
+        except FormatError as exc:
+            raise CorruptLogError(segment.path, exc.offset, exc.problem) from None
+        scanner = RecordScanner(buf, SEGMENT_HEADER_BYTES)
+        for offset, record_type, payload in scanner:
+            decoder = decode_state if record_type == RecordType.STATE else decode_batch
+            try:
+                decoded: object = decoder(payload)
+            except PAYLOAD_ERRORS as exc:
+                raise CorruptLogError(segment.path, offset, f"malformed record: {exc}") from None
+            yield segment.path, offset, record_type, decoded
+        if scanner.defect is not None:
+            kind = "torn tail (recovery would truncate it)" if scanner.defect.torn else "corrupt"
+            raise CorruptLogError(
+                segment.path,
+                scanner.defect.offset,
+                f"{scanner.defect.problem} ({kind})",
+                "inspect the records above; recovery decides whether this node may start",
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# The async facade
+
+
+class SegmentedWal:
+    """Async facade over a `SyncWal`: one disk operation at a time, in a worker thread.
+
+    ``offload=False`` runs operations inline (after a checkpoint): for in-memory backends
+    under `trio.testing.MockClock`, where a thread would let the clock jump mid-operation.
+    A cancelled call still completes its disk work (threads are not abandoned), so a batch
+    is never half-acknowledged.
+    """
+
+    def __init__(self, core: SyncWal, *, offload: bool = True) -> None:
+        self.core = core
+        self.offload = offload
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        directory: str,
+        conf: ConfState,
+        *,
+        segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
+        snapshots_keep: int = SNAPSHOTS_KEEP_DEFAULT,
+    ) -> tuple[SegmentedWal, BootState]:
+        """Open (or create) the WAL in ``directory`` on the real disk and replay it."""
+        core = SyncWal(
+            directory, segment_bytes_max=segment_bytes_max, snapshots_keep=snapshots_keep
+        )
+        wal = cls(core)
+        boot = await wal._run(core.open, conf)
+        return wal, boot
+
+    async def save(self, ready: Ready) -> None:
+        """Persist ``ready`` (snapshot, entries, hard state; one fsync), then compact."""
+        await self._run(self.core.save_ready, ready)
+
+    async def append(
+        self,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: tuple[SnapshotMeta, bytes] | None = None,
+    ) -> None:
+        await self._run(self.core.save, hard_state, entries, snapshot)
+
+    async def compact(self, index: int) -> int:
+        return await self._run(self.core.compact, index)
+
+    async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Durably store a snapshot the state machine took (before `compact`)."""
+        await self._run(self.core.snapshots.save, meta, data)
+
+    async def read_snapshot_chunk(self, meta: SnapshotMeta, offset: int, size: int) -> bytes:
+        return await self._run(self.core.snapshots.read_chunk, meta, offset, size)
+
+    async def aclose(self) -> None:
+        await self._run(self.core.close)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            if not self.offload:
+                await trio.lowlevel.checkpoint()
+                return fn(*args)
+            return await trio.to_thread.run_sync(fn, *args)
