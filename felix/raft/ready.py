@@ -7,7 +7,9 @@ The driver handles a Ready in this order:
    heartbeats, InstallSnapshot chunks and TimeoutNow (thesis §10.2.1 — the leader may
    replicate before its own fsync; it counts itself only after `Persisted`).
 2. Persist, in one durable write (group commit): ``snapshot`` (if any; it replaces the
-   log up to its index), then ``entries`` (the log is first truncated from
+   log up to its index — and, since the core installs a received snapshot only when its
+   log does not hold the snapshot's last entry, the durable entries after it too), then
+   ``entries`` (the log is first truncated from
    ``entries[0].index`` on, then they are appended), then ``hard_state``.  Then
    ``compact_to`` may drop the durable log prefix up to and including that index.
 3. Step ``Persisted(index, term)`` of the last entry written (if any) back into the core.
@@ -15,6 +17,8 @@ The driver handles a Ready in this order:
    describe is on disk (§5.1 figure 2: "respond after updating stable storage").
 5. Apply ``snapshot`` (if any) to the state machine, then ``committed`` in order.  These
    are committed and durable; apply strictly in order, never an entry not listed here.
+   After a restart the core re-emits every committed entry after its boot snapshot (the
+   driver restores the state machine from that snapshot, then applies these).
 6. Answer ``read_states`` once the state machine has applied their index; resolve
    ``proposed``/``refused`` requests.
 """

@@ -87,6 +87,9 @@ class RaftConfig:
     entries_per_msg_max: int = 1024
     bytes_per_msg_max: int = 1 << 20
     snapshot_chunk_bytes: int = 256 * 1024
+    # A learner is promoted only if its match index is within this many entries of the
+    # leader's last index (thesis §4.2.1: a new voter must be caught up first).
+    promote_lag_entries_max: int = 64
     # Test-only switches that break the core on purpose, so the simulation's checkers can
     # prove they catch the bug: "ack_before_persist", "commit_old_term", "double_vote".
     sabotage: frozenset[str] = field(default_factory=frozenset)

@@ -1,0 +1,484 @@
+"""`RaftNode`: the one task that owns a Raft core (DESIGN.md §1).
+
+Theory of operation
+-------------------
+Everything that wants something from Raft — the ticker, the peer transport, client
+requests — puts an input on one bounded memory channel.  The loop takes an input, then
+drains whatever else is already waiting (so a burst of proposals becomes one batch),
+steps them all into the core, and handles the resulting `Ready` in the contract's order
+(felix/raft/ready.py):
+
+1. ``send_now`` goes to the transport's per-peer queues (non-blocking; the transport's
+   tasks write to sockets while we fsync: thesis §10.2.1);
+2. one durable WAL write for snapshot + entries + hard state (group commit), then
+   ``Persisted`` back into the core;
+3. ``send_after_persist`` (votes and acks promise durability);
+4. apply the snapshot and committed entries, resolve proposals and reads.
+
+A proposal's caller awaits a `_Waiter`.  The core tells us the (index, term) it was
+appended at; when the entry applied at that index has that term the proposal succeeded,
+otherwise a new leader overwrote it and the caller gets `ProposalLost` (never a false
+success).  Every wait is bounded by a timeout at the call site.
+
+Snapshots are taken by a separate task so the loop never waits for one: the state
+machine hands over an encoder for a frozen view, which runs in a worker thread; the file
+is saved durably, and only then does ``SnapshotTaken`` let the core (and WAL) drop the
+log prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import random
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from felix.proto.raft_messages import (
+    ConfChange,
+    ConfChangeKind,
+    ConfState,
+    Entry,
+    RaftMessage,
+    SnapshotMeta,
+)
+from felix.raft.core import RaftCore
+from felix.raft.ready import ProposalRefused, ReadRefused, Ready
+from felix.raft.types import (
+    BootState,
+    Campaign,
+    Input,
+    Persisted,
+    Propose,
+    ProposeConfChange,
+    RaftConfig,
+    ReadIndex,
+    Receive,
+    Role,
+    SnapshotTaken,
+    Tick,
+    TransferLeader,
+)
+from felix.server.metrics import NodeMetrics
+from felix.transport.base import Deliver, PeerTransport
+
+log = logging.getLogger("felix.raft_node")
+
+INPUTS_BATCH_MAX = 512
+
+
+# --- errors a caller can get -------------------------------------------------------------
+
+
+class NodeError(Exception):
+    """A request this node could not carry out; the message says why."""
+
+
+class NotLeader(NodeError):
+    def __init__(self, leader_hint: int | None, reason: str = "not the leader") -> None:
+        self.leader_hint = leader_hint
+        hint = f"; the leader is node {leader_hint}" if leader_hint else "; no leader known"
+        super().__init__(reason + hint)
+
+
+class ProposalLost(NodeError):
+    """The entry was overwritten by a new leader: it did not commit."""
+
+
+class ProposalTimeout(NodeError):
+    """No outcome within the timeout: the write may or may not commit later."""
+
+
+class Overloaded(NodeError):
+    """Too many proposals pending; try again later."""
+
+
+class ShuttingDown(NodeError):
+    """The node is stopping."""
+
+
+# --- seams -----------------------------------------------------------------------------
+
+
+class StateMachine(Protocol):
+    def apply(self, entry: Entry) -> Any:
+        """Apply one committed entry (NORMAL, NOOP or CONFIG); the result goes to the
+        proposer.  Must be deterministic: every node applies the same entries."""
+        ...
+
+    def snapshot_encoder(self) -> Callable[[], bytes]:
+        """A function that encodes a frozen view of the current state (thread-safe)."""
+        ...
+
+    def restore(self, data: bytes, index: int) -> None: ...
+
+
+class LogStore(Protocol):
+    async def save(self, ready: Ready) -> None: ...
+
+    async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: int
+    role: str
+    term: int
+    leader_id: int | None
+    commit_index: int
+    applied_index: int
+    last_index: int
+    first_index: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    snapshot_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    tick_s: float = 0.05
+    inputs_queue_max: int = 4096
+    proposals_pending_max: int = 10_000
+    proposal_timeout_s: float = 5.0
+    snapshot_entries: int = 10_000
+    # Encode snapshots in a worker thread (off the event loop).  Simulations on MockClock
+    # turn it off: a thread would let virtual time jump while it runs.
+    snapshot_in_thread: bool = True
+
+
+@dataclass(slots=True)
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    index: int = 0
+    term: int = 0
+    result: Any = None
+    error: NodeError | None = None
+    started: float = 0.0
+
+    def finish(self, result: Any = None, error: NodeError | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class RaftNode:
+    def __init__(
+        self,
+        raft_config: RaftConfig,
+        boot: BootState,
+        wal: LogStore,
+        transport_factory: Callable[[Deliver], PeerTransport],
+        state_machine: StateMachine,
+        *,
+        settings: NodeSettings = NodeSettings(),
+        metrics: NodeMetrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = raft_config.node_id
+        self.settings = settings
+        self.metrics = metrics or NodeMetrics(self.node_id)
+        self.state_machine = state_machine
+        self.wal = wal
+        self.core = RaftCore(raft_config, rng or random.Random(), boot)
+        self.transport = transport_factory(self.deliver)
+        self._inputs_send, self._inputs = trio.open_memory_channel[Input](settings.inputs_queue_max)
+        self._request_ids = itertools.count(1)
+        self._proposals: dict[int, _Waiter] = {}  # request id -> waiter
+        self._by_index: dict[int, int] = {}  # log index -> request id
+        self._reads: dict[int, _Waiter] = {}  # request id -> waiter
+        self._reads_ready: list[tuple[int, int]] = []  # (index, request id) to release
+        self._changed = trio.Event()  # set (and replaced) whenever a Ready was handled
+        self.applied_index = 0
+        self._snapshot_index = boot.snapshot[0].index if boot.snapshot else 0
+        self._snapshotting = False
+        self._stopping = False
+        self._last_leader: int | None = None
+        if boot.snapshot:
+            meta, data = boot.snapshot
+            state_machine.restore(data, meta.index)
+            self.applied_index = meta.index
+
+    # --- public API (any task) -------------------------------------------------------
+
+    async def deliver(self, sender: int, message: RaftMessage) -> None:
+        await self._inputs_send.send(Receive(sender, message))
+
+    async def propose(self, data: bytes, *, timeout_s: float | None = None) -> tuple[int, Any]:
+        """Replicate ``data``; returns (applied index, state machine result)."""
+        return await self._request(lambda rid: Propose(rid, data), timeout_s)
+
+    async def change_membership(
+        self, kind: ConfChangeKind, node: int, *, timeout_s: float | None = None
+    ) -> int:
+        index, _ = await self._request(
+            lambda rid: ProposeConfChange(rid, ConfChange(kind, node)), timeout_s
+        )
+        return index
+
+    async def read_index(self, *, timeout_s: float | None = None) -> int:
+        """A linearizable read point: returns once this node has applied it (§6.4)."""
+        rid, waiter = self._new_waiter(self._reads)
+        try:
+            await self._inputs_send.send(ReadIndex(rid))
+            return int(await self._wait(waiter, timeout_s))
+        finally:
+            self._reads.pop(rid, None)
+
+    async def transfer_leader(self, target: int, *, timeout_s: float = 5.0) -> None:
+        """Ask this node (the leader) to hand leadership to ``target`` (thesis §3.10);
+        returns once this node sees ``target`` lead."""
+        await self._inputs_send.send(TransferLeader(target))
+        with trio.move_on_after(timeout_s):
+            while self.core.leader_id != target:
+                await self.wait_changed()
+            return
+        raise ProposalTimeout(f"leadership did not move to node {target} within {timeout_s} s")
+
+    async def campaign(self) -> None:
+        await self._inputs_send.send(Campaign())
+
+    async def wait_changed(self) -> None:
+        """Wait until the next Ready has been handled (for status watchers and tests)."""
+        await self._changed.wait()
+
+    def status(self) -> NodeStatus:
+        core = self.core
+        return NodeStatus(
+            node_id=self.node_id,
+            role=core.role.value,
+            term=core.term,
+            leader_id=core.leader_id,
+            commit_index=core.commit_index,
+            applied_index=self.applied_index,
+            last_index=core.last_index,
+            first_index=core.first_index,
+            voters=core.conf.voters,
+            learners=core.conf.learners,
+            snapshot_index=self._snapshot_index,
+        )
+
+    @property
+    def inputs_queue_depth(self) -> int:
+        return self._inputs.statistics().current_buffer_used
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.transport.run)
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._loop)
+                task_status.started()
+        finally:
+            self._stopping = True
+            self._fail_all(ShuttingDown(f"node {self.node_id} is shutting down"))
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.settings.tick_s)
+            # A saturated loop skips a tick: that only delays timeouts.
+            with contextlib.suppress(trio.WouldBlock):
+                self._inputs_send.send_nowait(Tick())
+
+    async def _loop(self) -> None:
+        core = self.core
+        while True:
+            core.step(await self._inputs.receive())
+            for _ in range(INPUTS_BATCH_MAX):
+                try:
+                    core.step(self._inputs.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            while core.has_ready():
+                await self._handle_ready(core.take_ready())
+            self._publish()
+
+    async def _handle_ready(self, ready: Ready) -> None:
+        send = self.transport.send_nowait
+        for out in ready.send_now:
+            if not send(out.to, out.message):
+                self.metrics.peer_send_drops.labels(str(out.to)).inc()
+        if ready.snapshot or ready.entries or ready.hard_state or ready.compact_to is not None:
+            started = time.perf_counter()
+            await self.wal.save(ready)
+            self.metrics.fsync_duration.observe(time.perf_counter() - started)
+        if ready.entries:
+            last = ready.entries[-1]
+            self.core.step(Persisted(last.index, last.term))
+        for out in ready.send_after_persist:
+            if not send(out.to, out.message):
+                self.metrics.peer_send_drops.labels(str(out.to)).inc()
+        self._resolve_requests(ready)
+        if ready.snapshot:
+            meta, data = ready.snapshot
+            self.state_machine.restore(data, meta.index)
+            self.applied_index = meta.index
+            self._snapshot_index = max(self._snapshot_index, meta.index)
+        for entry in ready.committed:
+            self._apply(entry)
+        self._release_reads()
+        self._maybe_snapshot()
+
+    def _apply(self, entry: Entry) -> None:
+        result = self.state_machine.apply(entry)
+        self.applied_index = entry.index
+        self.metrics.proposals_applied.inc()
+        rid = self._by_index.pop(entry.index, None)
+        if rid is None:
+            return
+        waiter = self._proposals.pop(rid, None)
+        if waiter is None:
+            return
+        if entry.term == waiter.term:
+            self.metrics.proposals_committed.inc()
+            self.metrics.commit_latency.observe(time.perf_counter() - waiter.started)
+            waiter.finish((entry.index, result))
+        else:
+            self.metrics.proposals_failed.labels("lost").inc()
+            waiter.finish(
+                error=ProposalLost(f"entry {entry.index} was overwritten by a new leader")
+            )
+
+    def _resolve_requests(self, ready: Ready) -> None:
+        for accepted in ready.proposed:
+            waiter = self._proposals.get(accepted.request_id)
+            if waiter is not None:
+                waiter.index, waiter.term = accepted.index, accepted.term
+                self._by_index[accepted.index] = accepted.request_id
+        for refused in ready.refused:
+            table = self._reads if isinstance(refused, ReadRefused) else self._proposals
+            waiter = table.pop(refused.request_id, None)
+            if waiter is not None:
+                reason = "proposal refused" if isinstance(refused, ProposalRefused) else "read"
+                self.metrics.proposals_failed.labels("refused").inc()
+                waiter.finish(error=NotLeader(refused.leader_hint, f"{reason}: {refused.reason}"))
+        for state in ready.read_states:
+            self._reads_ready.append((state.index, state.request_id))
+
+    def _release_reads(self) -> None:
+        if not self._reads_ready:
+            return
+        keep = []
+        for index, rid in self._reads_ready:
+            if index <= self.applied_index:
+                waiter = self._reads.get(rid)
+                if waiter is not None:
+                    waiter.finish(index)
+            else:
+                keep.append((index, rid))
+        self._reads_ready = keep
+
+    def _publish(self) -> None:
+        core, metrics = self.core, self.metrics
+        metrics.term.set(core.term)
+        for role in Role:
+            metrics.role.labels(role.value).set(1 if core.role is role else 0)
+        metrics.is_leader.set(1 if core.role is Role.LEADER else 0)
+        metrics.has_leader.set(1 if core.leader_id is not None else 0)
+        if core.leader_id != self._last_leader and core.leader_id is not None:
+            metrics.leader_changes.inc()
+            log.info(
+                "node %d: leader is now node %d (term %d)", self.node_id, core.leader_id, core.term
+            )
+        self._last_leader = core.leader_id
+        metrics.commit_index.set(core.commit_index)
+        metrics.applied_index.set(self.applied_index)
+        metrics.proposals_pending.set(len(self._proposals))
+        metrics.inputs_queue_depth.set(self.inputs_queue_depth)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        due = self.applied_index - self._snapshot_index >= self.settings.snapshot_entries
+        if not due or self._snapshotting or self._stopping:
+            return
+        index = self.applied_index
+        term = self.core.entries(index, index + 1)[0].term
+        conf = self.core.confs.at(index)
+        self._snapshotting = True
+        self._nursery.start_soon(
+            self._take_snapshot, index, term, conf, self.state_machine.snapshot_encoder()
+        )
+
+    async def _take_snapshot(
+        self, index: int, term: int, conf: ConfState, encode: Callable[[], bytes]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if self.settings.snapshot_in_thread:
+                data = await trio.to_thread.run_sync(encode)
+            else:
+                await trio.lowlevel.checkpoint()
+                data = encode()
+            meta = SnapshotMeta(index, term, conf, len(data), zlib.crc32(data))
+            await self.wal.save_snapshot(meta, data)
+            await self._inputs_send.send(SnapshotTaken(index, data))
+            self._snapshot_index = index
+            self.metrics.snapshot_bytes.set(len(data))
+            self.metrics.snapshot_duration.observe(time.perf_counter() - started)
+            log.info("node %d: snapshot at index %d (%d bytes)", self.node_id, index, len(data))
+        finally:
+            self._snapshotting = False
+
+    # --- requests ---------------------------------------------------------------------
+
+    def _new_waiter(self, table: dict[int, _Waiter]) -> tuple[int, _Waiter]:
+        if self._stopping:
+            raise ShuttingDown(f"node {self.node_id} is shutting down")
+        if len(self._proposals) + len(self._reads) >= self.settings.proposals_pending_max:
+            self.metrics.proposals_failed.labels("overloaded").inc()
+            raise Overloaded(
+                f"{self.settings.proposals_pending_max} requests already pending on node "
+                f"{self.node_id}"
+            )
+        rid = next(self._request_ids)
+        waiter = table[rid] = _Waiter(started=time.perf_counter())
+        return rid, waiter
+
+    async def _request(
+        self, make: Callable[[int], Input], timeout_s: float | None
+    ) -> tuple[int, Any]:
+        rid, waiter = self._new_waiter(self._proposals)
+        try:
+            await self._inputs_send.send(make(rid))
+            result: tuple[int, Any] = await self._wait(waiter, timeout_s)
+            return result
+        finally:
+            self._proposals.pop(rid, None)
+            if self._by_index.get(waiter.index) == rid:
+                del self._by_index[waiter.index]
+
+    async def _wait(self, waiter: _Waiter, timeout_s: float | None) -> Any:
+        timeout = self.settings.proposal_timeout_s if timeout_s is None else timeout_s
+        with trio.move_on_after(timeout if timeout > 0 else math.inf):
+            await waiter.done.wait()
+        if not waiter.done.is_set():
+            self.metrics.proposals_failed.labels("timeout").inc()
+            raise ProposalTimeout(f"no outcome within {timeout} s; the write may still commit")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _fail_all(self, error: NodeError) -> None:
+        for table in (self._proposals, self._reads):
+            for waiter in table.values():
+                waiter.finish(error=error)
+            table.clear()
+        self._by_index.clear()
+
+
+def bootstrap_conf(voters: list[int]) -> ConfState:
+    return ConfState(tuple(sorted(voters)), ())

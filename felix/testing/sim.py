@@ -1,0 +1,1075 @@
+"""Tier-A deterministic whole-cluster simulation of the pure Raft cores (DESIGN.md §5).
+
+Theory of operation
+-------------------
+N `RaftCore`s (3 or 5) live in one process with no Trio, no clock and no threads.  One
+heap of ``(time, seq, event)`` is the only scheduler and one ``random.Random(seed)`` the
+only source of chance, so a seed replays bit for bit.  Each seed draws a `FaultPlan`
+(`felix.testing.faults`): message drop, duplication, delay and reorder, symmetric,
+non-transitive and one-way partitions (also around the current leader), crashes that lose
+unsynced (possibly torn) writes, per-node clock rates, leadership transfers, forced
+campaigns and snapshot/compaction every K applied entries.
+
+A node is driven exactly as `felix.raft.ready` says: ``send_now`` goes out at once, the
+batch is handed to the node's `SimDisk` and becomes durable only when a simulated fsync
+completes (so a crash between "sent" and "durable" happens); then ``Persisted`` is stepped,
+``send_after_persist`` goes out, committed entries are applied, reads are answered.  One
+batch is on disk at a time; inputs keep reaching the core meanwhile.
+
+Clients (`felix.testing.clients`) write unique values and read keys of a replicated
+register through the node they believe leads; the history feeds the linearizability
+checker.  After the fault phase everything heals and the cluster must elect a leader and
+commit a fresh probe on every node within `FaultPlan.liveness_ms` (liveness).
+`ClusterChecker` watches every step.
+
+Usage
+-----
+Soak many seeds and print a summary (exit status 1 if any seed failed)::
+
+    python -m felix.testing.sim --seeds 20000 --start 0
+
+Replay one seed with a full event trace (also ``FELIX_SIM_SEED=<n> pytest tests/sim``)::
+
+    python -m felix.testing.sim --seed 1234 --verbose
+
+Run with a sabotaged core to see the checkers fire::
+
+    python -m felix.testing.sim --seeds 50 --sabotage ack_before_persist
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import math
+import random
+import sys
+import tempfile
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from felix.proto.raft_messages import (
+    AppendResponse,
+    ConfState,
+    EntryKind,
+    RaftMessage,
+    SnapshotMeta,
+    SnapshotResponse,
+    VoteResponse,
+)
+from felix.raft.core import RaftCore
+from felix.raft.ready import (
+    Outbound,
+    ProposalAccepted,
+    ProposalRefused,
+    ReadRefused,
+    ReadState,
+    Ready,
+)
+from felix.raft.types import (
+    Campaign,
+    Entry,
+    Input,
+    Persisted,
+    Propose,
+    RaftConfig,
+    ReadIndex,
+    Receive,
+    Role,
+    SnapshotTaken,
+    Tick,
+    TransferLeader,
+)
+from felix.testing.checkers import ClusterChecker, InvariantViolation, chain_digest
+from felix.testing.clients import (
+    ClientOp,
+    ClientReply,
+    ClientRequest,
+    ReplyOutcome,
+    decode_command,
+    decode_state,
+    encode_command,
+    encode_state,
+)
+from felix.testing.faults import (
+    HEALTHY_NETWORK,
+    ChurnEvent,
+    ChurnKind,
+    CrashEpisode,
+    FaultPlan,
+    PartitionEpisode,
+    PartitionKind,
+    generate_plan,
+)
+from felix.testing.linearizability import Operation, OpKind, check_register_history
+from felix.testing.simdisk import DiskWrite, SimDisk
+
+__all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
+
+EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
+CLIENT_LINK_MS = (0.2, 2.0)
+PROBE_REQUEST_BASE = 1 << 48
+PROBE_RETRY_MS = 50.0
+
+
+def replay_line(seed: int) -> str:
+    return f"FELIX_SIM_SEED={seed} pytest tests/sim"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class _Tick:
+    node: int
+    incarnation: int
+
+
+@dataclass(slots=True)
+class _Deliver:
+    src: int
+    dst: int
+    message: RaftMessage
+    link_seq: int
+
+
+@dataclass(slots=True)
+class _FsyncDone:
+    node: int
+    incarnation: int
+
+
+@dataclass(slots=True)
+class _ClientArrive:
+    node: int
+    request: ClientRequest
+
+
+@dataclass(slots=True)
+class _ClientReplyArrive:
+    reply: ClientReply
+
+
+@dataclass(slots=True)
+class _ClientTimeout:
+    client: int
+    op_seq: int
+
+
+@dataclass(slots=True)
+class _ClientIssue:
+    client: int
+
+
+@dataclass(slots=True)
+class _ClientRetry:
+    client: int
+    op_seq: int
+
+
+@dataclass(slots=True)
+class _PartitionStart:
+    episode_id: int
+    episode: PartitionEpisode
+
+
+@dataclass(slots=True)
+class _PartitionEnd:
+    episode_id: int
+
+
+@dataclass(slots=True)
+class _Crash:
+    episode: CrashEpisode
+
+
+@dataclass(slots=True)
+class _CrashNow:
+    node: int
+    incarnation: int
+    downtime_ms: float
+
+
+@dataclass(slots=True)
+class _PowerLoss:
+    at_commit: bool = False  # wait for the next commit advance on a leader, then strike
+
+
+@dataclass(slots=True)
+class _Restart:
+    node: int
+
+
+@dataclass(slots=True)
+class _Churn:
+    event: ChurnEvent
+
+
+@dataclass(slots=True)
+class _Heal:
+    pass
+
+
+@dataclass(slots=True)
+class _LivenessDeadline:
+    pass
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Node:
+    """One simulated server: its core (None while crashed), disk and state machine."""
+
+    node_id: int
+    disk: SimDisk = field(default_factory=SimDisk)
+    core: RaftCore | None = None
+    incarnation: int = 0
+    in_flight: Ready | None = None
+    kv: dict[str, str] = field(default_factory=dict)
+    applied: int = 0
+    digest: int = 0
+    snapshot_index: int = 0
+    crash_armed_ms: float | None = None  # crash at the next disk write, down this long
+    leader_term: int | None = None
+    last_commit: int = 0
+    requests: dict[int, ClientRequest] = field(default_factory=dict)
+    proposals: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    pending_reads: list[ReadState] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+
+@dataclass(slots=True)
+class _Client:
+    client_id: int
+    believed_leader: int
+    op: ClientOp | None = None
+    next_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    seed: int
+    plan: FaultPlan
+    violation: InvariantViolation | None
+    fired: dict[str, int]
+    history_ops: int
+    client_acks: int
+    events: int
+    sim_ms: float
+    trace_hash: str
+    leaders_elected: int
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    def report(self) -> str:
+        """What a failing run prints: the plan, the violation, the replay command."""
+        return (
+            f"FAULT PLAN {self.plan.describe()}\n"
+            f"VIOLATION {self.violation}\n"
+            f"replay: {replay_line(self.seed)}"
+        )
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+class Simulation:
+    """One seeded run: build with a plan, call `run` once."""
+
+    def __init__(
+        self,
+        plan: FaultPlan,
+        *,
+        sabotage: frozenset[str] = frozenset(),
+        disabled: frozenset[str] = frozenset(),
+        trace: list[str] | None = None,
+        hash_trace: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.sabotage = sabotage
+        self.rng = random.Random(plan.seed)
+        self.checker = ClusterChecker(disabled)
+        self.conf = ConfState(voters=tuple(range(1, plan.nodes + 1)), learners=())
+        self.nodes = {i: _Node(i) for i in self.conf.voters}
+        self.clients = [_Client(c, self.rng.choice(self.conf.voters)) for c in range(plan.clients)]
+        self.queue: list[tuple[float, int, Any]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.step_no = 0
+        self.history: list[Operation] = []
+        self.applied_values: set[str] = set()
+        self.fired: Counter[str] = Counter()
+        self.network = plan.network
+        self.clock_rates = list(plan.clock_rates)
+        self.blocked: Counter[tuple[int, int]] = Counter()
+        self.active_partitions: dict[int, list[tuple[int, int]]] = {}
+        self.link_sent: Counter[tuple[int, int]] = Counter()
+        self.link_delivered: dict[tuple[int, int], int] = {}
+        self.next_request_id = 1
+        self.in_liveness = False
+        self.live = False
+        self.probe_terms: set[int] = set()
+        self.probe_retry_ms: float | None = None
+        self.probe_count = 0
+        self.power_loss_armed = False
+        self.probe_points: list[tuple[int, int]] = []
+        self.leader_terms: set[int] = set()
+        self.trace = trace
+        self.hasher = hashlib.blake2b(digest_size=16) if hash_trace or trace is not None else None
+        self.handlers: dict[type, Callable[[Any], None]] = {
+            _Tick: self._on_tick,
+            _Deliver: self._on_deliver,
+            _FsyncDone: self._on_fsync,
+            _ClientArrive: self._on_client_arrive,
+            _ClientReplyArrive: self._on_client_reply,
+            _ClientTimeout: self._on_client_timeout,
+            _ClientIssue: self._on_client_issue,
+            _ClientRetry: self._on_client_retry,
+            _PartitionStart: self._on_partition_start,
+            _PartitionEnd: self._on_partition_end,
+            _Crash: self._on_crash,
+            _CrashNow: self._on_crash_now,
+            _PowerLoss: self._on_power_loss,
+            _Restart: self._on_restart,
+            _Churn: self._on_churn,
+            _Heal: self._on_heal,
+            _LivenessDeadline: self._on_liveness_deadline,
+        }
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _at(self, delay_ms: float, event: object) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (self.now + delay_ms, self.seq, event))
+
+    def _schedule_plan(self) -> None:
+        plan = self.plan
+        for node in self.nodes.values():
+            self._boot(node)
+        for client in self.clients:
+            self._at(self.rng.uniform(0, plan.client_think_ms_max), _ClientIssue(client.client_id))
+        for i, episode in enumerate(plan.partitions):
+            self._at(episode.start_ms, _PartitionStart(i, episode))
+            self._at(episode.start_ms + episode.duration_ms, _PartitionEnd(i))
+        for crash in plan.crashes:
+            self._at(crash.start_ms, _Crash(crash))
+        for i, at_ms in enumerate(plan.power_losses):
+            self._at(at_ms, _PowerLoss(at_commit=i % 2 == 0))
+        for churn in plan.churn:
+            self._at(churn.at_ms, _Churn(churn))
+        self._at(plan.fault_phase_ms, _Heal())
+
+    def run(self) -> SimResult:
+        violation: InvariantViolation | None = None
+        try:
+            self._schedule_plan()
+            self._loop()
+            self._final_checks()
+        except InvariantViolation as exc:
+            violation = exc
+        except Exception as exc:  # a crash inside the core is a finding too
+            detail = "".join(traceback.format_exception(exc)[-6:])
+            violation = InvariantViolation("exception", f"at step {self.step_no}: {detail}")
+        return SimResult(
+            seed=self.plan.seed,
+            plan=self.plan,
+            violation=violation,
+            fired=dict(self.fired),
+            history_ops=len(self.history),
+            client_acks=len(self.checker.acked),
+            events=self.step_no,
+            sim_ms=self.now,
+            trace_hash=self.hasher.hexdigest() if self.hasher else "",
+            leaders_elected=len(self.leader_terms),
+        )
+
+    def _loop(self) -> None:
+        while self.queue and not self.live:
+            time_ms, _, event = heapq.heappop(self.queue)
+            self.now = time_ms
+            self.step_no += 1
+            if self.step_no > EVENTS_MAX:
+                self.checker.fail("liveness", f"more than {EVENTS_MAX} events")
+            if self.hasher is not None:
+                self._record(event)
+            self.handlers[type(event)](event)
+            if self.in_liveness:
+                self._liveness_progress()
+        if not self.live:
+            self.checker.fail("liveness", "event queue ran dry")
+
+    def _settled_history(self) -> list[Operation]:
+        """Drop unknown writes whose unique value no node ever applied: they never took
+        effect (as etcd's robustness suite patches its histories).  Keeps the search
+        small; unknown writes that were applied stay unknown-but-possible."""
+        return [
+            op
+            for op in self.history
+            if not (op.unknown and op.kind is OpKind.WRITE and op.value not in self.applied_values)
+        ]
+
+    def _record(self, event: object) -> None:
+        line = f"{self.step_no} {self.now:.6f} {event!r}"
+        assert self.hasher is not None
+        self.hasher.update(line.encode())
+        if self.trace is not None:
+            self.trace.append(line)
+
+    def _final_checks(self) -> None:
+        for client in self.clients:  # still in flight when the run stopped: unknown
+            op = client.op
+            if op is not None and op.kind is OpKind.WRITE:
+                self.history.append(
+                    Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
+                )
+        self.checker.check_durability()
+        result = check_register_history(self._settled_history())
+        if not result.ok:
+            why = "check ran out of budget" if result.exhausted else "not linearizable"
+            ops = [op for op in self.history if op.key == result.key]
+            path = _dump_history(self.plan.seed, ops)
+            self.checker.fail(
+                "linearizability", f"key {result.key}: {why}; {len(ops)} ops written to {path}"
+            )
+
+    # ------------------------------------------------------------------ nodes
+
+    def _boot(self, node: _Node) -> None:
+        """Start (or restart) a node from what its disk holds durably."""
+        tuning = self.plan.tuning
+        config = RaftConfig(
+            node_id=node.node_id,
+            election_ticks=tuning.election_ticks,
+            heartbeat_ticks=tuning.heartbeat_ticks,
+            pre_vote=tuning.pre_vote,
+            check_quorum=tuning.check_quorum,
+            entries_per_msg_max=tuning.entries_per_msg_max,
+            inflight_msgs_max=tuning.inflight_msgs_max,
+            sabotage=self.sabotage,
+        )
+        core_rng = random.Random(self.rng.getrandbits(64))
+        node.incarnation += 1
+        node.kv, node.applied, node.digest = {}, 0, 0
+        node.leader_term, node.last_commit, node.in_flight = None, 0, None
+        node.snapshot_index = 0
+        node.core = RaftCore(config, core_rng, node.disk.boot_state(self.conf))
+        if node.disk.snapshot is not None:
+            self._restore(node, *node.disk.snapshot)
+            node.snapshot_index = node.applied
+        self._schedule_tick(node)
+        self._after_input(node)
+
+    def _schedule_tick(self, node: _Node) -> None:
+        rate = self.clock_rates[node.node_id - 1]
+        if rate != 1.0:
+            self.fired["clock_skew"] += 1
+        self._at(self.plan.tick_ms * rate, _Tick(node.node_id, node.incarnation))
+
+    def _step(self, node: _Node, inp: Input) -> None:
+        assert node.core is not None
+        node.core.step(inp)
+        self._after_input(node)
+
+    def _after_input(self, node: _Node) -> None:
+        self._observe(node)
+        self._drain(node)
+
+    def _observe(self, node: _Node) -> None:
+        """Feed the checkers what the core's state shows right now."""
+        core = node.core
+        if core is None:
+            return
+        commit = core.commit_index
+        self.checker.observe_commit(node.node_id, node.incarnation, commit)
+        if core.role is Role.LEADER:
+            term = core.term
+            self.checker.observe_leader(node.node_id, term)
+            self.leader_terms.add(term)
+            if node.leader_term != term:
+                node.leader_term = term
+                log = core.entries(core.first_index, core.last_index + 1)
+                self.checker.observe_new_leader(node.node_id, term, core.first_index - 1, log)
+            elif commit > node.last_commit:
+                commit_term = _term_at(core, commit)
+                self.checker.observe_leader_commit(node.node_id, term, commit, commit_term)
+                if self.power_loss_armed:
+                    self.power_loss_armed = False
+                    self._at(0.0, _PowerLoss())
+        else:
+            node.leader_term = None
+        node.last_commit = commit
+
+    def _drain(self, node: _Node) -> None:
+        """Take Ready batches while the node's disk is free (one write at a time)."""
+        while node.core is not None and node.in_flight is None and node.core.has_ready():
+            ready = node.core.take_ready()
+            self._observe(node)
+            self._start_ready(node, ready)
+
+    def _start_ready(self, node: _Node, ready: Ready) -> None:
+        """Steps 1–2 of the Ready contract: send_now, then hand the batch to the disk."""
+        if ready.entries:
+            prev_term = _term_at_or_none(node.core, ready.entries[0].index - 1)
+            self.checker.observe_entries(node.node_id, ready.entries, prev_term)
+        self._send_all(node, ready.send_now)
+        write = DiskWrite(ready.snapshot, ready.entries, ready.hard_state, ready.compact_to)
+        node.disk.submit(write)
+        if ready.snapshot is None and not ready.entries and ready.hard_state is None:
+            node.disk.complete_oldest()  # compaction only, or nothing: no fsync to wait for
+            self._finish_ready(node, ready)
+            return
+        node.in_flight = ready
+        fsync_ms = self.rng.uniform(self.plan.fsync_ms_min, self.plan.fsync_ms_max)
+        self._at(fsync_ms, _FsyncDone(node.node_id, node.incarnation))
+        if node.crash_armed_ms is not None:  # crash while this write is unsynced
+            crash = _CrashNow(node.node_id, node.incarnation, node.crash_armed_ms)
+            node.crash_armed_ms = None
+            self._at(self.rng.uniform(0, fsync_ms * 0.99), crash)
+
+    def _on_fsync(self, event: _FsyncDone) -> None:
+        node = self.nodes[event.node]
+        if node.incarnation != event.incarnation or node.in_flight is None:
+            return
+        node.disk.complete_oldest()
+        ready, node.in_flight = node.in_flight, None
+        self._finish_ready(node, ready)
+        self._drain(node)
+
+    def _finish_ready(self, node: _Node, ready: Ready) -> None:
+        """Steps 3–6: Persisted, send_after_persist, apply, answer."""
+        assert node.core is not None
+        if ready.entries:
+            last = ready.entries[-1]
+            node.core.step(Persisted(last.index, last.term))
+            self._observe(node)
+        self._send_all(node, ready.send_after_persist)
+        if ready.snapshot is not None:
+            self._restore(node, *ready.snapshot)
+            self.fired["install_snapshot"] += 1
+        for entry in ready.committed:
+            self._apply(node, entry)
+        node.pending_reads.extend(ready.read_states)
+        self._answer_reads(node)
+        for accepted in ready.proposed:
+            self._on_accepted(node, accepted)
+        for refused in ready.refused:
+            self._on_refused(node, refused)
+        self._maybe_snapshot(node)
+
+    # ------------------------------------------------------------------ state machine
+
+    def _apply(self, node: _Node, entry: Entry) -> None:
+        before = node.applied
+        node.digest = chain_digest(node.digest, entry)
+        node.applied = entry.index
+        if entry.kind is EntryKind.NORMAL:
+            command = decode_command(entry.data)
+            if command is not None:
+                node.kv[command[0]] = command[1]
+                self.applied_values.add(command[1])
+        self.checker.observe_apply(node.node_id, before, entry, node.digest)
+        for request_id, term in node.proposals.pop(entry.index, ()):
+            outcome = ReplyOutcome.OK if term == entry.term else ReplyOutcome.FAILED
+            self._reply(node, request_id, outcome, index=entry.index, term=term)
+
+    def _restore(self, node: _Node, meta: SnapshotMeta, data: bytes) -> None:
+        applied, digest, kv = decode_state(data)
+        if applied != meta.index:
+            self.checker.fail("state_machine_safety", f"snapshot {meta} holds state {applied}")
+        node.applied, node.digest, node.kv = applied, digest, kv
+        self.checker.observe_restore(node.node_id, meta.index, meta.term, digest)
+        for index in [i for i in node.proposals if i <= applied]:
+            del node.proposals[index]  # unresolvable now: those clients time out
+        self._answer_reads(node)
+
+    def _maybe_snapshot(self, node: _Node) -> None:
+        """Every K applied entries, snapshot the state machine and let the core compact."""
+        every = self.plan.snapshot_every
+        core = node.core
+        if not every or core is None or node.applied - node.snapshot_index < every:
+            return
+        data = encode_state(node.applied, node.digest, node.kv)
+        core.step(SnapshotTaken(node.applied, data))
+        node.snapshot_index = node.applied
+        meta = core.snapshot_meta
+        if meta is not None and meta.index == node.applied:
+            node.disk.save_snapshot(meta, data)
+            self.fired["snapshot"] += 1
+        # else: the core already holds a newer snapshot (a leader's, not yet handed over)
+        self._observe(node)
+
+    def _answer_reads(self, node: _Node) -> None:
+        waiting = []
+        for read in node.pending_reads:
+            if read.index > node.applied:
+                waiting.append(read)
+                continue
+            request = node.requests.get(read.request_id)
+            value = node.kv.get(request.key) if request else None
+            self._reply(node, read.request_id, ReplyOutcome.OK, value=value)
+        node.pending_reads = waiting
+
+    def _on_accepted(self, node: _Node, accepted: ProposalAccepted) -> None:
+        if accepted.request_id >= PROBE_REQUEST_BASE:
+            self.probe_points.append((accepted.index, accepted.term))
+        elif accepted.index > node.applied:
+            node.proposals.setdefault(accepted.index, []).append(
+                (accepted.request_id, accepted.term)
+            )
+
+    def _on_refused(self, node: _Node, refused: ProposalRefused | ReadRefused) -> None:
+        if refused.request_id >= PROBE_REQUEST_BASE:
+            self.probe_retry_ms = self.now + PROBE_RETRY_MS  # e.g. a transfer in progress
+        self._reply(node, refused.request_id, ReplyOutcome.REFUSED, hint=refused.leader_hint)
+
+    # ------------------------------------------------------------------ network
+
+    def _send_all(self, node: _Node, outbound: Sequence[Outbound]) -> None:
+        for item in outbound:
+            self._check_promise(node, item)
+            self._transmit(node.node_id, item.to, item.message)
+
+    def _check_promise(self, node: _Node, item: Outbound) -> None:
+        """Votes and acks promise durable state (§5.1 figure 2): check the disk."""
+        msg, disk = item.message, node.disk
+        if isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
+            hs = disk.hard_state
+            durable = hs.term > msg.term or (hs.term == msg.term and hs.vote == item.to)
+            self.checker.observe_send_promise(
+                node.node_id, f"a vote for {item.to} in term {msg.term}", durable,
+                lambda: f"its durable hard state {hs} records it",
+            )  # fmt: skip
+            self.checker.observe_vote_sent(node.node_id, msg.term, item.to)
+        elif isinstance(msg, AppendResponse) and msg.success:
+            durable = disk.last_index >= msg.match_index
+            self.checker.observe_send_promise(
+                node.node_id, f"an ack of index {msg.match_index}", durable,
+                lambda: f"its durable log (last index {disk.last_index}) holds it",
+            )  # fmt: skip
+        elif isinstance(msg, SnapshotResponse) and msg.installed:
+            durable = disk.last_index >= msg.snapshot_index
+            self.checker.observe_send_promise(
+                node.node_id, f"an install ack of snapshot {msg.snapshot_index}", durable,
+                lambda: f"its durable snapshot and log (to {disk.last_index}) cover it",
+            )  # fmt: skip
+
+    def _transmit(self, src: int, dst: int, message: RaftMessage) -> None:
+        if self.blocked[(src, dst)]:
+            return
+        net = self.network
+        if net.drop_rate and self.rng.random() < net.drop_rate:
+            self.fired["drop"] += 1
+            return
+        copies = 1
+        if net.duplicate_rate and self.rng.random() < net.duplicate_rate:
+            copies = 2
+            self.fired["duplicate"] += 1
+        self.link_sent[(src, dst)] += 1
+        for _ in range(copies):
+            delay = self.rng.uniform(net.delay_ms_min, net.delay_ms_max)
+            if net.reorder_rate and self.rng.random() < net.reorder_rate:
+                delay += self.rng.uniform(0, net.reorder_ms_max)
+            if delay > HEALTHY_NETWORK.delay_ms_max:
+                self.fired["delay"] += 1
+            self._at(delay, _Deliver(src, dst, message, self.link_sent[(src, dst)]))
+
+    def _on_deliver(self, event: _Deliver) -> None:
+        node = self.nodes[event.dst]
+        link = (event.src, event.dst)
+        if node.core is None or self.blocked[link]:
+            return
+        newest = self.link_delivered.get(link, 0)
+        if event.link_seq < newest:
+            self.fired["reorder"] += 1
+        self.link_delivered[link] = max(newest, event.link_seq)
+        self._step(node, Receive(event.src, event.message))
+
+    def _on_tick(self, event: _Tick) -> None:
+        node = self.nodes[event.node]
+        if node.core is None or node.incarnation != event.incarnation:
+            return
+        self._schedule_tick(node)
+        self._step(node, Tick())
+
+    # ------------------------------------------------------------------ clients
+
+    def _on_client_issue(self, event: _ClientIssue) -> None:
+        if self.in_liveness:
+            return
+        client = self.clients[event.client]
+        client.next_seq += 1
+        key = f"k{self.rng.randrange(self.plan.keys)}"
+        if self.rng.random() < 0.5:
+            kind, value = OpKind.WRITE, f"c{client.client_id}.{client.next_seq}"
+        else:
+            kind, value = OpKind.READ, None
+        client.op = ClientOp(client.next_seq, kind, key, value, self.step_no)
+        client.op.target = client.believed_leader
+        self._send_request(client, client.op)
+        self._at(self.plan.client_timeout_ms, _ClientTimeout(client.client_id, client.op.seq))
+
+    def _send_request(self, client: _Client, op: ClientOp) -> None:
+        op.attempt += 1
+        request = ClientRequest(client.client_id, op.seq, op.attempt, op.kind, op.key, op.value)
+        self._at(self.rng.uniform(*CLIENT_LINK_MS), _ClientArrive(op.target, request))
+
+    def _on_client_arrive(self, event: _ClientArrive) -> None:
+        node = self.nodes[event.node]
+        if node.core is None:
+            return  # lost with the crashed node: the client will time out
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        request = event.request
+        node.requests[request_id] = request
+        if request.kind is OpKind.WRITE:
+            assert request.value is not None
+            self._step(node, Propose(request_id, encode_command(request.key, request.value)))
+        else:
+            self._step(node, ReadIndex(request_id))
+
+    def _reply(
+        self,
+        node: _Node,
+        request_id: int,
+        outcome: ReplyOutcome,
+        *,
+        value: str | None = None,
+        hint: int | None = None,
+        index: int = 0,
+        term: int = 0,
+    ) -> None:
+        request = node.requests.pop(request_id, None)
+        if request is None:
+            return
+        reply = ClientReply(
+            request.client, request.op_seq, request.attempt, outcome, value, hint, index, term
+        )
+        self._at(self.rng.uniform(*CLIENT_LINK_MS), _ClientReplyArrive(reply))
+
+    def _on_client_reply(self, event: _ClientReplyArrive) -> None:
+        reply = event.reply
+        client = self.clients[reply.client]
+        op = client.op
+        if op is None or op.seq != reply.op_seq or op.attempt != reply.attempt:
+            return  # an answer to an attempt the client gave up on
+        if reply.outcome is ReplyOutcome.REFUSED:
+            client.believed_leader = reply.leader_hint or self.rng.choice(self.conf.voters)
+            op.target = client.believed_leader
+            self._at(self.rng.uniform(1.0, 10.0), _ClientRetry(client.client_id, op.seq))
+            return
+        if reply.outcome is ReplyOutcome.OK:
+            client.believed_leader = op.target
+            self.history.append(
+                Operation(client.client_id, op.call, self.step_no, op.kind, op.key,
+                          op.value if op.kind is OpKind.WRITE else reply.value)
+            )  # fmt: skip
+            if op.kind is OpKind.WRITE:
+                self.checker.observe_client_ack(reply.index, reply.term)
+        self._finish_op(client)
+
+    def _on_client_retry(self, event: _ClientRetry) -> None:
+        client = self.clients[event.client]
+        if client.op is not None and client.op.seq == event.op_seq:
+            self._send_request(client, client.op)
+
+    def _on_client_timeout(self, event: _ClientTimeout) -> None:
+        client = self.clients[event.client]
+        op = client.op
+        if op is None or op.seq != event.op_seq:
+            return
+        if op.kind is OpKind.WRITE:
+            self.history.append(
+                Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
+            )
+        client.believed_leader = self.rng.choice(self.conf.voters)
+        self._finish_op(client)
+
+    def _finish_op(self, client: _Client) -> None:
+        client.op = None
+        self._at(self.rng.uniform(0, self.plan.client_think_ms_max), _ClientIssue(client.client_id))
+
+    # ------------------------------------------------------------------ faults
+
+    def _current_leader(self) -> _Node | None:
+        leaders = [
+            n for n in self.nodes.values() if n.core is not None and n.core.role is Role.LEADER
+        ]
+        return max(leaders, key=lambda n: n.core.term if n.core else 0, default=None)
+
+    def _partition_pairs(self, episode: PartitionEpisode) -> list[tuple[int, int]]:
+        everyone = list(self.conf.voters)
+        kind = episode.kind
+        if kind is PartitionKind.ISOLATE_LEADER:
+            leader = self._current_leader()
+            alone = leader.node_id if leader else self.rng.choice(everyone)
+            return _cut(alone, [n for n in everyone if n != alone], both_ways=True)
+        if kind in (PartitionKind.ONE_WAY_OUT, PartitionKind.ONE_WAY_IN):
+            (alone,) = episode.side
+            others = [n for n in everyone if n != alone]
+            pairs = _cut(alone, others, both_ways=False)
+            return pairs if kind is PartitionKind.ONE_WAY_OUT else [(b, a) for a, b in pairs]
+        other_side = [n for n in everyone if n not in episode.side]
+        if kind is PartitionKind.BRIDGE and len(other_side) > 1:
+            other_side.remove(self.rng.choice(other_side))
+        return [pair for a in episode.side for pair in _cut(a, other_side, both_ways=True)]
+
+    def _on_partition_start(self, event: _PartitionStart) -> None:
+        if self.in_liveness:
+            return
+        pairs = self._partition_pairs(event.episode)
+        self.active_partitions[event.episode_id] = pairs
+        self.blocked.update(pairs)
+        kind = event.episode.kind
+        if kind in (PartitionKind.SPLIT, PartitionKind.BRIDGE):
+            self.fired["partition"] += 1
+        elif kind is PartitionKind.ISOLATE_LEADER:
+            self.fired["isolate_leader"] += 1
+        else:
+            self.fired["one_way_partition"] += 1
+
+    def _on_partition_end(self, event: _PartitionEnd) -> None:
+        pairs = self.active_partitions.pop(event.episode_id, [])
+        self.blocked.subtract(pairs)
+
+    def _on_crash(self, event: _Crash) -> None:
+        if self.in_liveness:
+            return
+        victim = self._crash_victim(event.episode.node)
+        if victim is None:
+            return
+        if event.episode.at_storage_op:
+            victim.crash_armed_ms = event.episode.downtime_ms
+        else:
+            self._crash(victim, event.episode.downtime_ms)
+
+    def _on_crash_now(self, event: _CrashNow) -> None:
+        node = self.nodes[event.node]
+        if node.core is not None and node.incarnation == event.incarnation:
+            self._crash(node, event.downtime_ms)
+
+    def _on_power_loss(self, event: _PowerLoss) -> None:
+        """Every running node loses power at once; each comes back on its own.  Armed
+        "at commit", it strikes right after a leader advances its commit index, when
+        followers' acks may still be unsynced (the window a persist-order bug opens)."""
+        if self.in_liveness:
+            return
+        if event.at_commit:
+            self.power_loss_armed = True
+            return
+        self.fired["power_loss"] += 1
+        for node in self.nodes.values():
+            if node.core is not None:
+                self._crash(node, self.rng.uniform(10.0, 300.0))
+
+    def _crash(self, victim: _Node, downtime_ms: float) -> None:
+        """Power loss: unsynced writes go (maybe leaving a torn tail), so does memory."""
+        loss = victim.disk.crash(self.rng, self.plan.torn_write_rate)
+        self.fired["crash"] += 1
+        if loss.writes_lost:
+            self.fired["unsynced_loss"] += 1
+        if loss.torn_entries_kept:
+            self.fired["torn_write"] += 1
+        victim.core = None
+        victim.in_flight = None
+        victim.requests.clear()
+        victim.proposals.clear()
+        victim.pending_reads.clear()
+        self._at(downtime_ms, _Restart(victim.node_id))
+
+    def _crash_victim(self, node_id: int | None) -> _Node | None:
+        if node_id is None:
+            return self._current_leader()
+        node = self.nodes[node_id]
+        return node if node.alive else None
+
+    def _on_restart(self, event: _Restart) -> None:
+        node = self.nodes[event.node]
+        if node.core is None:
+            self._boot(node)
+
+    def _on_churn(self, event: _Churn) -> None:
+        if self.in_liveness:
+            return
+        if event.event.kind is ChurnKind.TRANSFER_LEADER:
+            leader = self._current_leader()
+            if leader is None:
+                return
+            target = self.rng.choice([n for n in self.conf.voters if n != leader.node_id])
+            self.fired["leader_transfer"] += 1
+            self._step(leader, TransferLeader(target))
+        else:
+            alive = [n for n in self.nodes.values() if n.alive]
+            if alive:
+                self.fired["campaign"] += 1
+                self._step(self.rng.choice(alive), Campaign())
+
+    # ------------------------------------------------------------------ liveness
+
+    def _on_heal(self, _event: _Heal) -> None:
+        """End of the fault phase: heal the network, clocks and crashed nodes."""
+        self.in_liveness = True
+        self.blocked.clear()
+        self.active_partitions.clear()
+        self.network = HEALTHY_NETWORK
+        self.clock_rates = [1.0] * self.plan.nodes
+        self.power_loss_armed = False
+        for node in self.nodes.values():
+            node.crash_armed_ms = None
+            if node.core is None:
+                self._boot(node)
+        self._at(self.plan.liveness_ms, _LivenessDeadline())
+
+    def _liveness_progress(self) -> None:
+        """Propose a probe to each new leader; done once one probe is applied everywhere."""
+        leader = self._current_leader()
+        if self.probe_retry_ms is not None and self.now >= self.probe_retry_ms:
+            self.probe_retry_ms = None
+            self.probe_terms.clear()
+        if leader is not None and leader.core is not None:
+            term = leader.core.term
+            if term not in self.probe_terms:
+                self.probe_terms.add(term)
+                self.probe_count += 1
+                request_id = PROBE_REQUEST_BASE + self.probe_count
+                self._step(leader, Propose(request_id, f"probe|{term}".encode()))
+        applied_everywhere = min(n.applied for n in self.nodes.values())
+        for index, term in self.probe_points:
+            record = self.checker.applied.get(index)
+            if record and record.term == term and applied_everywhere >= index:
+                self.live = True
+
+    def _on_liveness_deadline(self, _event: _LivenessDeadline) -> None:
+        if not self.live:
+            states = ", ".join(
+                f"{n.node_id}:{n.core.role.value}/t{n.core.term}/c{n.core.commit_index}"
+                f"/a{n.applied}"
+                for n in self.nodes.values()
+                if n.core is not None
+            )
+            self.checker.fail(
+                "liveness",
+                f"no probe applied on every node {self.plan.liveness_ms:.0f}ms after healing "
+                f"[{states}]",
+            )
+
+
+def _dump_history(seed: int, ops: Sequence[Operation]) -> str:
+    """Write a failing key's history where a human can read it, one op per line."""
+    path = Path(tempfile.gettempdir()) / f"felix_sim_history_{seed}.txt"
+    lines = [
+        f"client={op.client} call={op.call} ret={op.ret} {op.kind.value} {op.value}" for op in ops
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _cut(node: int, others: Iterable[int], *, both_ways: bool) -> list[tuple[int, int]]:
+    pairs = [(node, other) for other in others]
+    return pairs + [(b, a) for a, b in pairs] if both_ways else pairs
+
+
+def _term_at_or_none(core: RaftCore | None, index: int) -> int | None:
+    if core is None:
+        return None
+    if index == 0:
+        return 0
+    meta = core.snapshot_meta
+    if meta is not None and meta.index == index:
+        return meta.term
+    if core.first_index <= index <= core.last_index:
+        return core.entries(index, index + 1)[0].term
+    return None
+
+
+def _term_at(core: RaftCore, index: int) -> int:
+    term = _term_at_or_none(core, index)
+    if term is None:
+        raise InvariantViolation("log_matching", f"node {core.node_id} lacks index {index}")
+    return term
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_seed(
+    seed: int,
+    *,
+    sabotage: Iterable[str] = (),
+    disabled: Iterable[str] = (),
+    trace: list[str] | None = None,
+    hash_trace: bool = False,
+    fault_phase_ms: float = 3000.0,
+) -> SimResult:
+    """Run one seed: its plan, the simulation, the checkers."""
+    plan = generate_plan(seed, fault_phase_ms)
+    sim = Simulation(
+        plan,
+        sabotage=frozenset(sabotage),
+        disabled=frozenset(disabled),
+        trace=trace,
+        hash_trace=hash_trace,
+    )
+    return sim.run()
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m felix.testing.sim", description="Felix tier-A simulation soak."
+    )
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--seed", type=int, help="run only this seed (replay)")
+    parser.add_argument("--verbose", action="store_true", help="print every event")
+    parser.add_argument("--sabotage", action="append", default=[], help="break the core")
+    parser.add_argument("--phase-ms", type=float, default=3000.0, help="fault phase length")
+    parser.add_argument("--stop-on-failure", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
+    fired: Counter[str] = Counter()
+    failures: list[SimResult] = []
+    events = 0
+    for seed in seeds:
+        trace: list[str] | None = [] if args.verbose else None
+        result = run_seed(seed, sabotage=args.sabotage, trace=trace, fault_phase_ms=args.phase_ms)
+        for line in trace or ():
+            print(line)
+        events += result.events
+        fired.update(kind for kind, count in result.fired.items() if count)
+        if not result.ok:
+            failures.append(result)
+            print(result.report(), flush=True)
+            if args.stop_on_failure:
+                break
+    _print_summary(len(seeds), events, fired, failures)
+    return 1 if failures else 0
+
+
+def _print_summary(
+    seed_count: int, events: int, fired: Counter[str], failures: list[SimResult]
+) -> None:
+    print(f"seeds={seed_count} events={events} failures={len(failures)}")
+    for kind, count in sorted(fired.items()):
+        print(f"  {kind:<18} fired in {count} seeds")
+    for result in failures:
+        print(f"  FAILED seed {result.seed}: {result.violation}".splitlines()[0])
+        print(f"    {replay_line(result.seed)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Checker self-test: a core broken on purpose must be caught within 50 seeds.
+
+The core's ``RaftConfig.sabotage`` switches break one rule each.  With every checker on,
+the direct checks (``persist_before_send``, ``vote_once``, ``leader_commit_rule``) point
+at the cause.  With those disabled, the effect checks (election safety, state-machine
+safety, durability, linearizability ...) must still see the damage for the sabotages
+whose damage random faults reach quickly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from felix.testing.checkers import DIRECT_CHECKS
+from felix.testing.sim import SimResult, run_seed
+
+SEEDS_MAX = 50
+SELFTEST_PHASE_MS = 3000.0
+
+EXPECTED_DIRECT = {
+    "ack_before_persist": {"persist_before_send"},
+    "double_vote": {"vote_once", "persist_before_send", "election_safety"},
+    "commit_old_term": {"leader_commit_rule"},
+}
+
+
+def first_caught(sabotage: str, disabled: frozenset[str] = frozenset()) -> SimResult | None:
+    for seed in range(SEEDS_MAX):
+        result = run_seed(
+            seed, sabotage=[sabotage], disabled=disabled, fault_phase_ms=SELFTEST_PHASE_MS
+        )
+        if not result.ok:
+            return result
+    return None
+
+
+@pytest.mark.parametrize("sabotage", sorted(EXPECTED_DIRECT))
+def test_sabotage_is_caught(sabotage: str) -> None:
+    result = first_caught(sabotage)
+    assert result is not None, f"{sabotage}: no violation in {SEEDS_MAX} seeds"
+    assert result.violation is not None
+    print(f"\n{sabotage}: seed {result.seed} -> {result.violation}")
+    assert result.violation.invariant in EXPECTED_DIRECT[sabotage]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sabotage", ["double_vote"])
+def test_sabotage_is_caught_by_effect_checks_alone(sabotage: str) -> None:
+    result = first_caught(sabotage, disabled=DIRECT_CHECKS)
+    assert result is not None, f"{sabotage}: effect checks saw nothing in {SEEDS_MAX} seeds"
+    assert result.violation is not None
+    print(f"\n{sabotage} (effect checks only): seed {result.seed} -> {result.violation}")
+    assert result.violation.invariant not in DIRECT_CHECKS
+
+
+def test_correct_core_passes_the_selftest_seeds() -> None:
+    """The self-test's seeds are clean without sabotage (else a catch proves nothing)."""
+    for seed in range(10):
+        result = run_seed(seed, fault_phase_ms=SELFTEST_PHASE_MS)
+        assert result.ok, result.report()
