@@ -73,7 +73,8 @@ async def test_metrics_and_health() -> None:
 async def test_bad_requests_get_400_or_405() -> None:
     server = make_server([True])
     assert (await get(server, b"garbage\r\n\r\n"))[0] == 400
-    assert (await get(server, b"POST /livez HTTP/1.1\r\n\r\n"))[0] == 405
+    assert (await get(server, b"PUT /livez HTTP/1.1\r\n\r\n"))[0] == 405
+    assert (await get(server, b"POST /livez HTTP/1.1\r\n\r\n"))[0] == 404
     assert (await get(server, b"GET /" + b"a" * 10000))[0] == 400
     status, body = await get(server, b"GET /livez HTTP/1.1\r\n")  # closed early
     assert status == 400 and "closed before" in body

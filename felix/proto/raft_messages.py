@@ -66,10 +66,14 @@ class ConfChangeKind(enum.IntEnum):
 @wire_type
 @dataclass(frozen=True, slots=True)
 class ConfChange:
-    """The payload of a CONFIG entry: one single-server change (thesis §4.1)."""
+    """The payload of a CONFIG entry: one single-server change (thesis §4.1).
+
+    ``address`` (``host:port``, or empty) travels with an ADD_LEARNER so every member
+    learns where to reach the new node, as etcd's member-add carries peer URLs."""
 
     kind: ConfChangeKind
     node: NodeId
+    address: Annotated[str, MaxLen(300)] = ""
 
 
 @wire_type

@@ -14,7 +14,7 @@ the connection is closed.  The server never crashes on a bad request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +27,10 @@ REQUEST_TIMEOUT_S = 5.0
 
 Check = Callable[[], tuple[bool, str]]
 """Returns (ok, detail); must be cheap and must not block."""
+
+Query = dict[str, list[str]]
+Route = Callable[[Query], Awaitable["Response"]]
+"""An admin or status handler: query parameters in, a response out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +55,13 @@ class OpsServer:
         livez: Mapping[str, Check],
         readyz: Mapping[str, Check],
         metrics: Callable[[], bytes],
+        get_routes: Mapping[str, Route] | None = None,
+        post_routes: Mapping[str, Route] | None = None,
     ) -> None:
         self._groups = {"livez": dict(livez), "readyz": dict(readyz)}
         self._metrics = metrics
+        self._get = dict(get_routes or {})
+        self._post = dict(post_routes or {})
         self.port = 0
 
     async def run(
@@ -70,7 +78,7 @@ class OpsServer:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT_S):
                     head = await _read_head(stream)
-                response = self.respond(head)
+                response = await self.respond(head)
             except trio.TooSlowError:
                 return
             except ValueError as exc:
@@ -82,17 +90,22 @@ class OpsServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
 
-    def respond(self, head: bytes) -> Response:
+    async def respond(self, head: bytes) -> Response:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             raise ValueError("malformed request line")
         method, target, _ = parts
-        if method not in ("GET", "HEAD"):
-            return Response(405, b"only GET\n")
         url = urlsplit(target)
         query = parse_qs(url.query, keep_blank_values=True)
         path = url.path.rstrip("/") or "/"
+        if method == "POST":
+            route = self._post.get(path)
+            return await self._call(route, query) if route else Response(404, b"not found\n")
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"only GET and POST\n")
+        if path in self._get:
+            return await self._call(self._get[path], query)
         if path == "/metrics":
             return Response(200, self._metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/health":  # etcd-compatible summary
@@ -108,6 +121,13 @@ class OpsServer:
         if not verbose:
             body = "ok\n"
         return Response(200 if ok else 503, body.encode())
+
+    async def _call(self, route: Route, query: Query) -> Response:
+        try:
+            return await route(query)
+        except Exception as exc:  # a failing handler answers 500; the server lives on
+            log.exception("admin handler failed")
+            return Response(500, f"internal error: {type(exc).__name__}: {exc}\n".encode())
 
     def _run_checks(
         self, group: str, only: str | None, exclude: set[str]

@@ -41,11 +41,14 @@ from typing import Any, Protocol
 
 import trio
 
+from felix.proto.cbor import from_plain, safe_loads
+from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import (
     ConfChange,
     ConfChangeKind,
     ConfState,
     Entry,
+    EntryKind,
     RaftMessage,
     SnapshotMeta,
 )
@@ -141,6 +144,7 @@ class NodeStatus:
     voters: tuple[int, ...]
     learners: tuple[int, ...]
     snapshot_index: int
+    match_index: dict[int, int]  # leader only: how far each peer's log is known to match
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +221,12 @@ class RaftNode:
         return await self._request(lambda rid: Propose(rid, data), timeout_s)
 
     async def change_membership(
-        self, kind: ConfChangeKind, node: int, *, timeout_s: float | None = None
+        self, kind: ConfChangeKind, node: int, *, address: str = "", timeout_s: float | None = None
     ) -> int:
+        if address:  # the leader must reach the new node before it can replicate to it
+            self.transport.add_peer(node, address)
         index, _ = await self._request(
-            lambda rid: ProposeConfChange(rid, ConfChange(kind, node)), timeout_s
+            lambda rid: ProposeConfChange(rid, ConfChange(kind, node, address)), timeout_s
         )
         return index
 
@@ -264,6 +270,9 @@ class RaftNode:
             voters=core.conf.voters,
             learners=core.conf.learners,
             snapshot_index=self._snapshot_index,
+            match_index={peer: progress.match for peer, progress in sorted(core.progress.items())}
+            if core.role is Role.LEADER
+            else {},
         )
 
     @property
@@ -331,6 +340,8 @@ class RaftNode:
         self._maybe_snapshot()
 
     def _apply(self, entry: Entry) -> None:
+        if entry.kind is EntryKind.CONFIG:
+            self._learn_address(entry)
         result = self.state_machine.apply(entry)
         self.applied_index = entry.index
         self.metrics.proposals_applied.inc()
@@ -349,6 +360,25 @@ class RaftNode:
             waiter.finish(
                 error=ProposalLost(f"entry {entry.index} was overwritten by a new leader")
             )
+
+    def _learn_address(self, entry: Entry) -> None:
+        """A member added with an address becomes reachable from every node."""
+        try:
+            change = from_plain(ConfChange, safe_loads(entry.data, max_depth=4))
+        except ProtocolError as exc:  # the core validated it; never crash on apply
+            log.warning("node %d: undecodable CONFIG entry %d: %s", self.node_id, entry.index, exc)
+            return
+        if change.kind is ConfChangeKind.ADD_LEARNER and change.address:
+            try:
+                self.transport.add_peer(change.node, change.address)
+            except (KeyError, ValueError) as exc:
+                log.warning(
+                    "node %d: cannot reach new member %d at %r: %s",
+                    self.node_id,
+                    change.node,
+                    change.address,
+                    exc,
+                )
 
     def _resolve_requests(self, ready: Ready) -> None:
         for accepted in ready.proposed:

@@ -40,6 +40,10 @@ class PeerTransport(Protocol):
         """
         ...
 
+    def add_peer(self, peer: int, address: str) -> None:
+        """Start talking to a node that joined (``address`` is ``host:port``)."""
+        ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started()`` once messages can flow."""
         ...

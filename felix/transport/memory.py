@@ -150,6 +150,11 @@ class MemoryTransport:
             return False
         return True
 
+    def add_peer(self, peer: int, address: str) -> None:
+        """Every node of the memory network is reachable by id; only a queue is needed."""
+        if peer != self.node_id and peer not in self._queues:
+            raise KeyError(f"node {peer} is not on this memory network's id list")
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         endpoint = self._receive
         try:

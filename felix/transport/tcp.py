@@ -83,6 +83,7 @@ class TcpTransport:
         self._rng = rng
         self._addresses = dict(config.peers)
         self._listeners: list[trio.SocketListener] = []
+        self._nursery: trio.Nursery | None = None
         self._queues: dict[int, trio.MemorySendChannel[RaftMessage]] = {}
         self._receivers: dict[int, trio.MemoryReceiveChannel[RaftMessage]] = {}
         for peer in config.peers:
@@ -111,6 +112,25 @@ class TcpTransport:
             raise KeyError(f"node {peer} is not a configured peer")
         self._addresses[peer] = address
 
+    def add_peer(self, peer: int, address: str) -> None:
+        """Dial a node that joined the cluster (a learner being added)."""
+        if peer == self.node_id:
+            return
+        host, _, port = address.rpartition(":")
+        parsed = PeerAddress(host.strip("[]"), int(port))
+        if peer in self._addresses:
+            self._addresses[peer] = parsed
+            return
+        self._addresses[peer] = parsed
+        send, receive = trio.open_memory_channel[RaftMessage](self.config.send_queue_max)
+        self._queues[peer] = send
+        self._receivers[peer] = receive
+        if self._nursery is not None:
+            self._nursery.start_soon(self._dial_loop, peer)
+
+    def _known_peer(self, node_id: int) -> bool:
+        return node_id in self._addresses
+
     async def bind(self) -> int:
         """Open the listening socket now (so port 0 can be learned before `run`)."""
         if not self._listeners:
@@ -124,8 +144,9 @@ class TcpTransport:
         await self.bind()
         listeners, self._listeners = self._listeners, []
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(trio.serve_listeners, self._serve_inbound, listeners)
-            for peer in self._addresses:
+            for peer in list(self._addresses):
                 nursery.start_soon(self._dial_loop, peer)
             task_status.started()
 
@@ -228,7 +249,7 @@ class TcpTransport:
                 f"node {hello.node_id} speaks protocol version {hello.protocol_version},"
                 f" this node speaks {PROTOCOL_VERSION}"
             )
-        if hello.node_id not in self.config.peers:
+        if not self._known_peer(hello.node_id):
             raise HandshakeRefused(f"node id {hello.node_id} is not a configured peer")
         return hello.node_id
 
