@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import felix
 
-COMMAND_MODULES: tuple[str, ...] = ("felix.proto.cli", "felix.storage.cli")
+COMMAND_MODULES: tuple[str, ...] = ("felix.server.cli", "felix.storage.cli", "felix.proto.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

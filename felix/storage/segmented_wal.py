@@ -351,6 +351,11 @@ class SyncWal:
     def close(self) -> None:
         self.files.close()
 
+    @property
+    def failed(self) -> BaseException | None:
+        """The disk error that made this WAL unusable, if any (for /livez)."""
+        return self._failed
+
     def _check_usable(self) -> None:
         if self._failed is not None:
             raise WalFailedError(

@@ -1,0 +1,380 @@
+"""``felix serve``, ``felix dev`` and the admin commands that talk to running nodes.
+
+Admin commands speak HTTP to the nodes' ops endpoints (``--endpoints``, default the
+``felix dev`` cluster's).  Reads ask every endpoint; writes go to the leader, found by
+asking, so an operator never has to know which node leads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from felix.config import ConfigError, Endpoint, NodeConfig, load_config, parse_endpoint
+from felix.logs import setup_logging
+
+DEV_ENDPOINTS = "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003"
+HTTP_TIMEOUT_S = 10.0
+
+log = logging.getLogger("felix.cli")
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="run one control-plane node")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--node-id", help="this node's id (config: node_id)")
+    serve.add_argument("--cluster-id", help="cluster id (config: cluster_id)")
+    serve.add_argument("--data-dir", help="WAL and snapshots (config: data_dir)")
+    serve.add_argument("--peers", help="the other voters: '2=host:port,3=host:port'")
+    serve.add_argument("--listen-peer", help="host:port for Raft peers")
+    serve.add_argument("--listen-client", help="host:port for brokers")
+    serve.add_argument("--listen-ops", help="host:port for /livez /readyz /metrics and admin")
+    serve.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    serve.set_defaults(handler=run_serve)
+
+    dev = subparsers.add_parser("dev", help="run a local 3-node cluster on loopback")
+    dev.add_argument("--data-dir", type=Path, default=Path("./felix-data"))
+    dev.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
+    dev.add_argument("--base-port", type=int, default=7001, help="peer ports start here")
+    dev.add_argument("--fresh", action="store_true", help="delete --data-dir first")
+    dev.add_argument("--log-format", choices=("text", "json"), default="text")
+    dev.set_defaults(handler=run_dev)
+
+    status = subparsers.add_parser("status", help="members, roles, leader, term, indexes")
+    _endpoints_arg(status)
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.set_defaults(handler=run_status)
+
+    transfer = subparsers.add_parser("transfer-leader", help="move leadership")
+    _endpoints_arg(transfer)
+    transfer.add_argument("--to", type=int, help="target node (default: most caught up)")
+    transfer.set_defaults(handler=run_transfer)
+
+    member = subparsers.add_parser("member", help="change membership")
+    _endpoints_arg(member)
+    member_sub = member.add_subparsers(dest="member_command", metavar="COMMAND", required=True)
+    add = member_sub.add_parser("add", help="add a node as a learner")
+    add.add_argument("id", type=int)
+    add.add_argument("--address", required=True, help="the new node's peer host:port")
+    add.add_argument(
+        "--learner",
+        action="store_true",
+        default=True,
+        help="(the only mode: nodes join as learners, then get promoted)",
+    )
+    add.set_defaults(handler=lambda a: run_member(a, "add"))
+    promote = member_sub.add_parser("promote", help="make a caught-up learner a voter")
+    promote.add_argument("id", type=int)
+    promote.set_defaults(handler=lambda a: run_member(a, "promote"))
+    remove = member_sub.add_parser("remove", help="remove a member (the leader too)")
+    remove.add_argument("id", type=int)
+    remove.set_defaults(handler=lambda a: run_member(a, "remove"))
+
+    put = subparsers.add_parser("put", help="write a key (through the leader)")
+    _endpoints_arg(put)
+    put.add_argument("key")
+    put.add_argument("value")
+    put.set_defaults(handler=run_put)
+    get = subparsers.add_parser("get", help="linearizable read of a key")
+    _endpoints_arg(get)
+    get.add_argument("key")
+    get.set_defaults(handler=run_get)
+
+
+def _endpoints_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoints", default=DEV_ENDPOINTS, help=f"ops host:port list (default {DEV_ENDPOINTS})"
+    )
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"felix: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides[key] = value
+    flags = {
+        "node_id": args.node_id,
+        "cluster_id": args.cluster_id,
+        "data_dir": args.data_dir,
+        "peers": args.peers,
+        "listen.peer": args.listen_peer,
+        "listen.client": args.listen_client,
+        "listen.ops": args.listen_ops,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"felix: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.format)
+    trio.run(_serve_until_signal, [config])
+    return 0
+
+
+async def _serve_until_signal(configs: list[NodeConfig], banner: bool = False) -> None:
+    """Run the nodes until SIGTERM/SIGINT, then stop them gracefully (a second signal
+    exits at once)."""
+    from felix.server.app import NodeHandle, run_node
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as outer:
+            handles: list[NodeHandle] = []
+
+            async def watch_signals() -> None:
+                seen = 0
+                async for signum in signals:
+                    seen += 1
+                    if seen > 1:
+                        log.warning("second signal: exiting now")
+                        raise SystemExit(1)
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    for handle in handles:
+                        handle.request_stop(others_stopping=len(handles) > 1)
+
+            outer.start_soon(watch_signals)
+            async with trio.open_nursery() as nodes:
+                for config in configs:
+                    handles.append(await nodes.start(run_node, config))
+                if banner:
+                    nodes.start_soon(_announce, handles)
+            outer.cancel_scope.cancel()
+
+
+async def _announce(handles: list[Any]) -> None:
+    """Print the endpoints, then the leader once one is elected."""
+    for handle in handles:
+        c = handle.config
+        print(
+            f"node {c.node_id}: peer {c.listen.peer}  ops http://{c.listen.ops.host}:"
+            f"{handle.ops_port}  data {c.data_dir}",
+            flush=True,
+        )
+    endpoints = ",".join(f"{h.config.listen.ops.host}:{h.ops_port}" for h in handles)
+    last_leader = None
+    while not all(h.stop_requested.is_set() for h in handles):
+        leaders = [h.node for h in handles if h.node.core.leader_id is not None]
+        leader = leaders[0].core.leader_id if leaders else None
+        if leader is not None and leader != last_leader:
+            term = leaders[0].core.term
+            print(f"leader: node {leader} (term {term})", flush=True)
+            if last_leader is None:
+                print(
+                    f"try:   felix status --endpoints {endpoints}\n"
+                    f"       felix put greeting hello --endpoints {endpoints}\n"
+                    "Ctrl-C stops the cluster cleanly.",
+                    flush=True,
+                )
+            last_leader = leader
+        await trio.sleep(0.2)
+
+
+# --- dev ------------------------------------------------------------------------------
+
+
+def dev_configs(data_dir: Path, nodes: int, base_port: int) -> list[NodeConfig]:
+    ids = list(range(1, nodes + 1))
+    peer_ports = {i: base_port + i - 1 for i in ids}
+    configs = []
+    for i in ids:
+        peers = ",".join(f"{p}=127.0.0.1:{peer_ports[p]}" for p in ids if p != i)
+        overrides = {
+            "node_id": str(i),
+            "cluster_id": "felix-dev",
+            "data_dir": str(data_dir / f"node-{i}"),
+            "listen.peer": f"127.0.0.1:{peer_ports[i]}",
+            "listen.client": f"127.0.0.1:{base_port + 1000 + i - 1}",
+            "listen.ops": f"127.0.0.1:{base_port + 2000 + i - 1}",
+        }
+        if peers:
+            overrides["peers"] = peers
+        configs.append(load_config(None, env={}, overrides=overrides))
+    return configs
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    setup_logging("info", args.log_format)
+    if args.fresh and args.data_dir.exists():
+        shutil.rmtree(args.data_dir)
+    try:
+        configs = dev_configs(args.data_dir, args.nodes, args.base_port)
+    except ConfigError as exc:
+        print(f"felix: {exc}", file=sys.stderr)
+        return 2
+    print(f"felix dev: {args.nodes}-node cluster on 127.0.0.1, data in {args.data_dir}", flush=True)
+    try:
+        trio.run(_serve_until_signal, configs, True)
+    except OSError as exc:
+        print(f"felix dev: cannot start: {exc}", file=sys.stderr)
+        return 1
+    print("felix dev: stopped", flush=True)
+    return 0
+
+
+# --- admin ------------------------------------------------------------------------------
+
+
+class AdminError(Exception):
+    pass
+
+
+def _request(endpoint: str, path: str, *, post: bool = False) -> tuple[int, Any]:
+    url = f"http://{endpoint}{path}"
+    request = urllib.request.Request(
+        url, method="POST" if post else "GET", data=b"" if post else None
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, {"error": f"HTTP {exc.code}"}
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminError(f"{endpoint}: {reason}") from None
+
+
+def _endpoints(args: argparse.Namespace) -> list[str]:
+    endpoints = []
+    for item in args.endpoints.split(","):
+        item = item.strip()
+        if item:
+            endpoint: Endpoint = parse_endpoint(item)
+            endpoints.append(f"{endpoint.host}:{endpoint.port}")
+    return endpoints
+
+
+def _statuses(endpoints: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for endpoint in endpoints:
+        try:
+            code, body = _request(endpoint, "/v1/status")
+            row = body if code == 200 else {"error": f"HTTP {code}"}
+        except AdminError as exc:
+            row = {"error": str(exc)}
+        row["endpoint"] = endpoint
+        rows.append(row)
+    return rows
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        rows = _statuses(_endpoints(args))
+    except ValueError as exc:
+        print(f"felix: --endpoints: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        headers = [
+            "ENDPOINT",
+            "NODE",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "COMMIT",
+            "APPLIED",
+            "VOTERS",
+            "LEARNERS",
+        ]
+        table = [headers]
+        for r in rows:
+            if "error" in r:
+                table.append(
+                    [r["endpoint"], "-", f"unreachable ({r['error']})", "", "", "", "", "", ""]
+                )
+                continue
+            table.append(
+                [
+                    r["endpoint"],
+                    str(r["node_id"]),
+                    r["role"],
+                    str(r["term"]),
+                    str(r["leader_id"] or "-"),
+                    str(r["commit_index"]),
+                    str(r["applied_index"]),
+                    ",".join(map(str, r["voters"])),
+                    ",".join(map(str, r["learners"])) or "-",
+                ]
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+def _leader_endpoint(endpoints: list[str]) -> str:
+    rows = _statuses(endpoints)
+    for row in rows:
+        if row.get("role") == "leader":
+            return str(row["endpoint"])
+    reachable = [r for r in rows if "error" not in r]
+    raise AdminError(
+        "no leader among the endpoints"
+        + ("" if reachable else " (none reachable: is the cluster running? see --endpoints)")
+    )
+
+
+def _post_to_leader(args: argparse.Namespace, path: str) -> int:
+    try:
+        leader = _leader_endpoint(_endpoints(args))
+        code, body = _request(leader, path, post=True)
+    except (AdminError, ValueError) as exc:
+        print(f"felix: {exc}", file=sys.stderr)
+        return 1
+    if code != 200:
+        print(
+            f"felix: {body.get('error', body) if isinstance(body, dict) else body}", file=sys.stderr
+        )
+        return 1
+    print(json.dumps(body))
+    return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    query = f"?to={args.to}" if args.to is not None else ""
+    return _post_to_leader(args, f"/v1/transfer-leader{query}")
+
+
+def run_member(args: argparse.Namespace, action: str) -> int:
+    params = {"id": str(args.id)}
+    if action == "add":
+        params["address"] = args.address
+    return _post_to_leader(args, f"/v1/members/{action}?{urllib.parse.urlencode(params)}")
+
+
+def run_put(args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode({"key": args.key, "value": args.value})
+    return _post_to_leader(args, f"/v1/kv?{query}")
+
+
+def run_get(args: argparse.Namespace) -> int:
+    try:
+        leader = _leader_endpoint(_endpoints(args))
+        code, body = _request(leader, f"/v1/kv?{urllib.parse.urlencode({'key': args.key})}")
+    except (AdminError, ValueError) as exc:
+        print(f"felix: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(body))
+    return 0 if code == 200 else 1
