@@ -237,11 +237,16 @@ def build_ops_server(config: NodeConfig, node: RaftNode, wal: SegmentedWal) -> O
         return _json(200, {"index": index})
 
     async def get(query: Query) -> Response:
+        """Linearizable by default (ReadIndex on the leader); ``local`` reads this node's
+        applied state as it is (serializable: may be stale, works on any node)."""
         key = query.get("key", [""])[0]
-        try:
-            index = await node.read_index()
-        except NodeError as exc:
-            return _error(exc)
+        if "local" in query:
+            index = node.applied_index
+        else:
+            try:
+                index = await node.read_index()
+            except NodeError as exc:
+                return _error(exc)
         sm = node.state_machine
         assert isinstance(sm, KvStateMachine)
         value = sm.items.get(key)

@@ -11,16 +11,31 @@ failing run; the same seed always yields the same plan.
 Times are simulated milliseconds.  Episodes that name no node (``node=None``) pick their
 victim when they start: the leader at that moment, which is what makes "isolate the
 leader" and "crash the leader" meaningful.
+
+Some seeds also open with a *script* (`Script`): a fixed schedule of links, crashes,
+restarts, campaigns and writes, each step waiting for a condition on the cluster, that
+steers the cluster into a known dangerous corner before the random faults start:
+
+* ``figure8``: the Raft paper's figure 8 (§5.4.2).  An old-term entry reaches a majority
+  under a later leader, that leader crashes, and a node whose log ends in a conflicting
+  entry of a newer term wins the next election.  A leader that commits old-term entries by
+  counting replicas has then committed an entry the next leader overwrites.
+* ``ack_crash``: followers crash right after acknowledging an entry (before their fsync
+  returns), the leader crashes after committing it, and the survivors elect a leader.  A
+  follower that acknowledges before persisting has then acknowledged a write that is gone.
+
+A correct core passes both: the dangerous step simply never happens (the wait times out).
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "FAULT_KINDS",
+    "SCRIPTS",
     "ChurnEvent",
     "ChurnKind",
     "CrashEpisode",
@@ -28,7 +43,10 @@ __all__ = [
     "NetworkFaults",
     "PartitionEpisode",
     "PartitionKind",
+    "Script",
+    "ScriptStep",
     "generate_plan",
+    "script_plan",
 ]
 
 FAULT_KINDS: tuple[str, ...] = (
@@ -42,15 +60,26 @@ FAULT_KINDS: tuple[str, ...] = (
     "crash",
     "power_loss",
     "unsynced_loss",
+    "unsynced_kept",
     "torn_write",
+    "wal_rotate",
+    "wal_compact",
     "clock_skew",
     "leader_transfer",
     "campaign",
     "snapshot",
     "install_snapshot",
+    "figure8",
+    "ack_crash",
 )
 """What the simulation counts as *fired* per seed (a kind can be planned yet not fire,
-e.g. a crash that found no pending write loses nothing: no ``unsynced_loss``)."""
+e.g. a crash that found no pending write loses nothing: no ``unsynced_loss``).
+
+Storage kinds are what the node's real WAL (`felix.storage.memory_wal.MemoryWal`) went
+through: ``unsynced_loss`` a crash dropped an unsynced batch record, ``unsynced_kept`` a
+crash kept all of it (its fsync had not returned, the bytes made it anyway),
+``torn_write`` a crash left part of one (recovery must truncate it), ``wal_rotate`` a
+segment filled up, ``wal_compact`` segments were deleted behind a snapshot."""
 
 
 class PartitionKind(enum.Enum):
@@ -132,6 +161,202 @@ def _tuning(rng: random.Random) -> CoreTuning:
     )
 
 
+# --------------------------------------------------------------------------- scripts
+# The mark: the log index a script step talks about.  `Write` sets it to the index the
+# write will get; conditions test it.
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Only links inside a group are up (both ways), except the one-way ``cut`` pairs
+    ``(src, dst)``.  A node in no group hears nobody.  Messages in flight on a link that
+    goes down are lost (links are checked on delivery)."""
+
+    groups: tuple[tuple[int, ...], ...]
+    cut: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CrashNodes:
+    """Power loss on running ``nodes`` (unsynced writes lost); down until restarted."""
+
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CrashOnWrite:
+    """Arm each of ``nodes`` to crash right after it hands a write reaching the mark to
+    its disk: after the batch's ``send_now`` went out, before its fsync returns."""
+
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartNodes:
+    """Boot ``nodes`` that are down from what their WAL holds."""
+
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StartCampaign:
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A client writes through ``node``; the mark becomes the index the write gets."""
+
+    node: int
+
+
+ScriptAction = Links | CrashNodes | CrashOnWrite | RestartNodes | StartCampaign | Write
+
+
+@dataclass(frozen=True, slots=True)
+class IsLeader:
+    """One of ``nodes`` is leader."""
+
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """There is a leader and every running node applied up to its last index."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    """Each of ``nodes`` holds the mark in its log (``durable``: in its fsynced WAL)."""
+
+    nodes: tuple[int, ...]
+    durable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """``node``'s commit index reached the mark."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """``node`` applied the mark (a client write there is acknowledged)."""
+
+    node: int
+
+
+ScriptCondition = IsLeader | CaughtUp | Holds | Committed | Applied
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptStep:
+    """Do ``do``, then wait for ``until`` (None: go on at once).  With ``retry_ms`` the
+    actions are redone that often while waiting (so they must be idempotent: links,
+    crashes, restarts, campaigns).  After ``timeout_ms`` the script goes on regardless:
+    a correct core never reaches some of the conditions."""
+
+    do: tuple[ScriptAction, ...] = ()
+    until: ScriptCondition | None = None
+    retry_ms: float | None = None
+    timeout_ms: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    steps: tuple[ScriptStep, ...]
+
+
+CAMPAIGN_RETRY_MS = 40.0
+
+
+def figure8_script() -> Script:
+    """Raft paper figure 8 (§5.4.2) on five nodes, S1..S5 = nodes 1..5."""
+    everyone = ((1, 2, 3, 4, 5),)
+    retry = CAMPAIGN_RETRY_MS
+    return Script(
+        "figure8",
+        (
+            # (a) S1 leads and everyone holds its log; S1 then replicates an entry (at the
+            # mark, old term T) to S2 only.
+            ScriptStep((Links(everyone), StartCampaign(1)), IsLeader((1,)), retry),
+            ScriptStep((), CaughtUp()),
+            ScriptStep((Links(((1, 2), (3, 4, 5))), Write(1)), Holds((1, 2), durable=True)),
+            # (b) S1 crashes; S5 wins with S3 and S4 and appends its own entry at the mark
+            # (term > T), which nobody else receives; it crashes too.
+            ScriptStep(
+                (CrashNodes((1,)), Links(((3, 4, 5),)), StartCampaign(5)), IsLeader((5,)), retry
+            ),
+            ScriptStep((Links(((3, 4),)),), Holds((5,), durable=True)),
+            # (c) S1 restarts and wins with S2 and S3 in a later term; its term-T entry at
+            # the mark reaches S3, but nothing after it: the old-term entry is on a majority
+            # (S1, S2, S3), the new leader's NOOP only on S1 and S2.  A correct leader does
+            # not commit the mark now; one that counts replicas of old terms does.
+            ScriptStep(
+                (CrashNodes((5,)), RestartNodes((1,)), Links(((1, 2, 3),)), StartCampaign(1)),
+                IsLeader((1,)),
+                retry,
+            ),
+            ScriptStep((), Holds((3,))),
+            ScriptStep((Links(((1, 2, 3),), cut=((1, 3),)),), Committed(1), timeout_ms=100.0),
+            # (d) S1 crashes; S5 restarts and wins with S3 and S4 (its entry at the mark is
+            # newer than theirs), and overwrites the mark everywhere.
+            ScriptStep(
+                (CrashNodes((1,)), RestartNodes((5,)), Links(((2, 3, 4, 5),)), StartCampaign(5)),
+                IsLeader((5,)),
+                retry,
+                timeout_ms=1000.0,
+            ),
+            ScriptStep((), CaughtUp()),
+        ),
+    )
+
+
+def ack_crash_script(nodes: int) -> Script:
+    """Followers crash right after acknowledging; the leader after committing."""
+    everyone = tuple(range(1, nodes + 1))
+    ackers = tuple(range(2, nodes // 2 + 2))  # with the leader: a bare majority
+    others = everyone[len(ackers) + 1 :]
+    survivors = everyone[1:]
+    retry = CAMPAIGN_RETRY_MS
+    return Script(
+        "ack_crash",
+        (
+            ScriptStep((Links((everyone,)), StartCampaign(1)), IsLeader((1,)), retry),
+            ScriptStep((), CaughtUp()),
+            # S1 reaches only the ackers; each crashes as soon as its write of the new
+            # entry starts, i.e. right after an acknowledgement sent before persisting.
+            ScriptStep(
+                (Links(((1, *ackers), (*ackers, *others))), CrashOnWrite(ackers), Write(1)),
+                Committed(1),
+                timeout_ms=100.0,
+            ),
+            ScriptStep((), Applied(1), timeout_ms=100.0),  # the client hears "ok"
+            # S1 crashes; the others restart and elect a leader among themselves.
+            ScriptStep(
+                (CrashNodes((1,)), RestartNodes(ackers), Links((survivors,)), StartCampaign(2)),
+                IsLeader(survivors),
+                retry,
+                timeout_ms=1000.0,
+            ),
+            ScriptStep((), CaughtUp()),
+        ),
+    )
+
+
+SCRIPTS: tuple[str, ...] = ("figure8", "ack_crash")
+SCRIPT_TUNING = CoreTuning(
+    election_ticks=50,  # no spontaneous election while a script runs (a few 100 ms)
+    heartbeat_ticks=1,
+    pre_vote=False,
+    check_quorum=False,
+    entries_per_msg_max=1,  # figure 8 (c) needs an old entry to arrive without the next
+    inflight_msgs_max=1,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
     seed: int
@@ -154,6 +379,8 @@ class FaultPlan:
     client_think_ms_max: float
     client_timeout_ms: float
     planned: frozenset[str] = field(default_factory=frozenset)
+    wal_segment_bytes: int = 64 * 1024  # small segments: rotation and compaction happen
+    script: Script | None = None  # runs first; the random faults start when it ends
 
     @property
     def liveness_ms(self) -> float:
@@ -184,7 +411,8 @@ class FaultPlan:
             f"fsync={self.fsync_ms_min:.1f}-{self.fsync_ms_max:.1f}ms "
             f"torn={self.torn_write_rate:.2f} snapshot_every={self.snapshot_every} "
             f"clock=[{rates}] partitions=[{parts}] crashes=[{crashes}] "
-            f"power_loss=[{power}] churn=[{churn}] "
+            f"power_loss=[{power}] churn=[{churn}] wal_segment={self.wal_segment_bytes} "
+            f"script={self.script.name if self.script else None} "
             f"planned={sorted(self.planned)} {self.tuning}"
         )
 
@@ -288,6 +516,10 @@ _PLAN_ODDS: dict[str, float] = {
 }
 
 
+WAL_SEGMENT_BYTES_CHOICES = (4 * 1024, 16 * 1024, 64 * 1024)
+SCRIPT_ODDS = 0.3
+
+
 def generate_plan(seed: int, fault_phase_ms: float = 3000.0) -> FaultPlan:
     """The fault plan of ``seed`` (its own `random.Random`, independent of the run's)."""
     rng = random.Random(f"felix-fault-plan-{seed}")
@@ -295,7 +527,7 @@ def generate_plan(seed: int, fault_phase_ms: float = 3000.0) -> FaultPlan:
     nodes = rng.choice((3, 5))
     slow_disk = rng.random() < 0.3  # fsync stalls of tens of ms happen on real disks
     fsync_max = rng.uniform(10.0, 40.0) if slow_disk else rng.uniform(0.5, 6.0)
-    return FaultPlan(
+    plan = FaultPlan(
         seed=seed,
         nodes=nodes,
         clients=rng.randint(3, 6),
@@ -321,4 +553,33 @@ def generate_plan(seed: int, fault_phase_ms: float = 3000.0) -> FaultPlan:
         client_think_ms_max=rng.uniform(2.0, 30.0),
         client_timeout_ms=rng.uniform(300.0, 1000.0),
         planned=frozenset(planned),
+    )
+    # Drawn after everything above, so adding them left every seed's random faults as
+    # they were.
+    segment_bytes = rng.choice(WAL_SEGMENT_BYTES_CHOICES)
+    script = None
+    if rng.random() < SCRIPT_ODDS:
+        script = "figure8" if nodes == 5 and rng.random() < 0.6 else "ack_crash"
+    plan = replace(plan, wal_segment_bytes=segment_bytes)
+    return _with_script(plan, script) if script else plan
+
+
+def script_plan(seed: int, script: str, fault_phase_ms: float = 3000.0) -> FaultPlan:
+    """The plan of ``seed``, made to open with ``script`` (one of `SCRIPTS`)."""
+    if script not in SCRIPTS:
+        raise ValueError(f"unknown script {script!r}; known: {SCRIPTS}")
+    return _with_script(generate_plan(seed, fault_phase_ms), script)
+
+
+def _with_script(plan: FaultPlan, name: str) -> FaultPlan:
+    nodes = plan.nodes
+    if name == "figure8" and nodes != 5:
+        nodes = 5  # episodes name nodes 1..3 only: still valid; new nodes keep time
+        plan = replace(plan, nodes=5, clock_rates=(*plan.clock_rates, 1.0, 1.0))
+    script = figure8_script() if name == "figure8" else ack_crash_script(nodes)
+    return replace(
+        plan,
+        script=script,
+        tuning=SCRIPT_TUNING,
+        planned=(plan.planned - set(SCRIPTS)) | {name},
     )

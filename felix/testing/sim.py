@@ -11,10 +11,24 @@ unsynced (possibly torn) writes, per-node clock rates, leadership transfers, for
 campaigns and snapshot/compaction every K applied entries.
 
 A node is driven exactly as `felix.raft.ready` says: ``send_now`` goes out at once, the
-batch is handed to the node's `SimDisk` and becomes durable only when a simulated fsync
-completes (so a crash between "sent" and "durable" happens); then ``Persisted`` is stepped,
-``send_after_persist`` goes out, committed entries are applied, reads are answered.  One
-batch is on disk at a time; inputs keep reaching the core meanwhile.
+batch is written to the node's real WAL (`felix.storage.memory_wal.MemoryWal` on
+simulated files) without fsync, and becomes durable only when the simulated fsync
+completes and the driver calls ``sync`` (so a crash between "sent" and "durable"
+happens); then ``Persisted`` is stepped, ``send_after_persist`` goes out, committed
+entries are applied, reads are answered, and ``compact_to`` compacts the WAL.  One batch
+is on disk at a time; inputs keep reaching the core meanwhile.  A snapshot the node takes
+itself is saved to the WAL's snapshot store before the core hears ``SnapshotTaken``.
+
+A crash is a power loss of the simulated disk (`MemoryWal.crash`): the unsynced batch
+record is lost, kept whole, or torn (a prefix kept), and a restart is the production
+recovery, ``open`` -> `BootState` -> a fresh `RaftCore`.  Next to each WAL runs a model of
+its durable image (`felix.testing.simdisk.SimDisk`); the checkers read "durable" from
+the model, and every recovery -- and a final power loss at the end of each run -- must
+give back exactly the model's image (the ``recovery`` invariant), so a WAL that loses or
+invents anything fails the seed.
+
+Some seeds open with a scripted schedule (`felix.testing.faults.Script`: Raft's figure
+8, followers crashing right after an acknowledgement) before the random faults start.
 
 Clients (`felix.testing.clients`) write unique values and read keys of a replicated
 register through the node they believe leads; the history feeds the linearizability
@@ -96,18 +110,36 @@ from felix.testing.clients import (
     encode_command,
     encode_state,
 )
+from felix.storage.errors import StorageError
+from felix.storage.memory_wal import MemoryWal
+from felix.storage.snapshots import snapshot_meta
 from felix.testing.faults import (
     HEALTHY_NETWORK,
+    Applied,
+    CaughtUp,
     ChurnEvent,
     ChurnKind,
+    Committed,
     CrashEpisode,
+    CrashNodes,
+    CrashOnWrite,
     FaultPlan,
+    Holds,
+    IsLeader,
+    Links,
     PartitionEpisode,
     PartitionKind,
+    RestartNodes,
+    Script,
+    ScriptAction,
+    ScriptCondition,
+    StartCampaign,
+    Write,
     generate_plan,
+    script_plan,
 )
 from felix.testing.linearizability import Operation, OpKind, check_register_history
-from felix.testing.simdisk import DiskWrite, SimDisk
+from felix.testing.simdisk import DiskWrite, SimDisk, SimFiles
 
 __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
 
@@ -115,6 +147,8 @@ EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
 CLIENT_LINK_MS = (0.2, 2.0)
 PROBE_REQUEST_BASE = 1 << 48
 PROBE_RETRY_MS = 50.0
+KEEP_WHOLE_ODDS = 0.25  # a torn-write crash keeps the whole unsynced record this often
+SCRIPT_FSYNC_MS_MAX = 2.0  # while a script runs: its waits assume a quick disk
 
 
 def replay_line(seed: int) -> str:
@@ -192,7 +226,7 @@ class _Crash:
 class _CrashNow:
     node: int
     incarnation: int
-    downtime_ms: float
+    downtime_ms: float | None  # None: down until something restarts it
 
 
 @dataclass(slots=True)
@@ -220,15 +254,25 @@ class _LivenessDeadline:
     pass
 
 
+@dataclass(slots=True)
+class _ScriptWake:
+    step: int  # re-evaluate the script (a retry or a timeout is due)
+
+
 # --------------------------------------------------------------------------- state
 
 
 @dataclass(slots=True)
 class _Node:
-    """One simulated server: its core (None while crashed), disk and state machine."""
+    """One simulated server: its core (None while crashed), WAL and state machine.
+
+    ``files`` is the WAL's simulated disk; ``model`` what it holds durably (see
+    `felix.testing.simdisk`)."""
 
     node_id: int
-    disk: SimDisk = field(default_factory=SimDisk)
+    files: SimFiles
+    wal: MemoryWal
+    model: SimDisk = field(default_factory=SimDisk)
     core: RaftCore | None = None
     incarnation: int = 0
     in_flight: Ready | None = None
@@ -237,6 +281,7 @@ class _Node:
     digest: int = 0
     snapshot_index: int = 0
     crash_armed_ms: float | None = None  # crash at the next disk write, down this long
+    crash_on_write: bool = False  # script: crash once a write reaches the mark
     leader_term: int | None = None
     last_commit: int = 0
     requests: dict[int, ClientRequest] = field(default_factory=dict)
@@ -268,6 +313,7 @@ class SimResult:
     sim_ms: float
     trace_hash: str
     leaders_elected: int
+    script_steps: tuple[str, ...] = ()  # per script step: "ok" or "timeout"
 
     @property
     def ok(self) -> bool:
@@ -302,7 +348,7 @@ class Simulation:
         self.rng = random.Random(plan.seed)
         self.checker = ClusterChecker(disabled)
         self.conf = ConfState(voters=tuple(range(1, plan.nodes + 1)), learners=())
-        self.nodes = {i: _Node(i) for i in self.conf.voters}
+        self.nodes = {i: self._new_node(i) for i in self.conf.voters}
         self.clients = [_Client(c, self.rng.choice(self.conf.voters)) for c in range(plan.clients)]
         self.queue: list[tuple[float, int, Any]] = []
         self.seq = 0
@@ -326,6 +372,13 @@ class Simulation:
         self.power_loss_armed = False
         self.probe_points: list[tuple[int, int]] = []
         self.leader_terms: set[int] = set()
+        self.fsync_ms_max = plan.fsync_ms_max
+        self.script: Script | None = None  # while the plan's script runs
+        self.script_step = 0
+        self.script_deadline = 0.0
+        self.script_retry_at = math.inf
+        self.script_mark = 0
+        self.script_steps: list[str] = []
         self.trace = trace
         self.hasher = hashlib.blake2b(digest_size=16) if hash_trace or trace is not None else None
         self.handlers: dict[type, Callable[[Any], None]] = {
@@ -346,7 +399,13 @@ class Simulation:
             _Churn: self._on_churn,
             _Heal: self._on_heal,
             _LivenessDeadline: self._on_liveness_deadline,
+            _ScriptWake: lambda _event: None,  # the loop re-evaluates the script
         }
+
+    def _new_node(self, node_id: int) -> _Node:
+        files = SimFiles()
+        wal = MemoryWal(disk=files, segment_bytes_max=self.plan.wal_segment_bytes)
+        return _Node(node_id, files, wal)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -355,9 +414,16 @@ class Simulation:
         heapq.heappush(self.queue, (self.now + delay_ms, self.seq, event))
 
     def _schedule_plan(self) -> None:
-        plan = self.plan
         for node in self.nodes.values():
             self._boot(node)
+        if self.plan.script is not None:
+            self._start_script(self.plan.script)
+        else:
+            self._schedule_faults()
+
+    def _schedule_faults(self) -> None:
+        """Clients and the random faults, from now on (after the script, if any)."""
+        plan = self.plan
         for client in self.clients:
             self._at(self.rng.uniform(0, plan.client_think_ms_max), _ClientIssue(client.client_id))
         for i, episode in enumerate(plan.partitions):
@@ -393,6 +459,7 @@ class Simulation:
             sim_ms=self.now,
             trace_hash=self.hasher.hexdigest() if self.hasher else "",
             leaders_elected=len(self.leader_terms),
+            script_steps=tuple(self.script_steps),
         )
 
     def _loop(self) -> None:
@@ -405,6 +472,8 @@ class Simulation:
             if self.hasher is not None:
                 self._record(event)
             self.handlers[type(event)](event)
+            if self.script is not None:
+                self._script_progress()
             if self.in_liveness:
                 self._liveness_progress()
         if not self.live:
@@ -434,6 +503,7 @@ class Simulation:
                 self.history.append(
                     Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
                 )
+        self._final_power_loss()
         self.checker.check_durability()
         result = check_register_history(self._settled_history())
         if not result.ok:
@@ -447,7 +517,7 @@ class Simulation:
     # ------------------------------------------------------------------ nodes
 
     def _boot(self, node: _Node) -> None:
-        """Start (or restart) a node from what its disk holds durably."""
+        """Start (or restart) a node from what its WAL recovers."""
         tuning = self.plan.tuning
         config = RaftConfig(
             node_id=node.node_id,
@@ -464,12 +534,37 @@ class Simulation:
         node.kv, node.applied, node.digest = {}, 0, 0
         node.leader_term, node.last_commit, node.in_flight = None, 0, None
         node.snapshot_index = 0
-        node.core = RaftCore(config, core_rng, node.disk.boot_state(self.conf))
-        if node.disk.snapshot is not None:
-            self._restore(node, *node.disk.snapshot)
+        boot = self._recover(node)
+        node.core = RaftCore(config, core_rng, boot)
+        if boot.snapshot is not None:
+            self._restore(node, *boot.snapshot)
             node.snapshot_index = node.applied
         self._schedule_tick(node)
         self._after_input(node)
+
+    def _recover(self, node: _Node) -> BootState:
+        """Open the WAL (replay, repair a torn tail); it must give back the model's image."""
+        try:
+            boot = node.wal.open(self.conf)
+        except StorageError as exc:
+            raise InvariantViolation(
+                "recovery", f"node {node.node_id} cannot recover its WAL: {exc}"
+            ) from exc
+        expected = node.model.expected_boot(self.conf)
+        if boot != expected:
+            self.checker.fail(
+                "recovery", f"node {node.node_id}: {_boot_difference(boot, expected)}"
+            )
+        return boot
+
+    def _final_power_loss(self) -> None:
+        """Every node loses power once more and recovers: what each WAL holds durably must
+        be exactly what the checkers took for durable all along."""
+        for node in self.nodes.values():
+            node.wal.crash("lose")
+            node.model.crash()
+            node.wal.close()
+            self._recover(node)
 
     def _schedule_tick(self, node: _Node) -> None:
         rate = self.clock_rates[node.node_id - 1]
@@ -524,28 +619,44 @@ class Simulation:
             prev_term = _term_at_or_none(node.core, ready.entries[0].index - 1)
             self.checker.observe_entries(node.node_id, ready.entries, prev_term)
         self._send_all(node, ready.send_now)
-        write = DiskWrite(ready.snapshot, ready.entries, ready.hard_state, ready.compact_to)
-        node.disk.submit(write)
+        node.model.submit(
+            DiskWrite(ready.snapshot, ready.entries, ready.hard_state, ready.compact_to)
+        )
         if ready.snapshot is None and not ready.entries and ready.hard_state is None:
-            node.disk.complete_oldest()  # compaction only, or nothing: no fsync to wait for
+            node.model.complete_oldest()  # compaction only, or nothing: no fsync to wait for
+            self._compact(node, ready.compact_to)
             self._finish_ready(node, ready)
             return
+        segments = node.wal.segment_count
+        node.wal.write(ready.hard_state, ready.entries, ready.snapshot)  # no fsync yet
+        if node.wal.segment_count > segments:
+            self.fired["wal_rotate"] += 1
         node.in_flight = ready
-        fsync_ms = self.rng.uniform(self.plan.fsync_ms_min, self.plan.fsync_ms_max)
+        fsync_ms = self.rng.uniform(self.plan.fsync_ms_min, self.fsync_ms_max)
         self._at(fsync_ms, _FsyncDone(node.node_id, node.incarnation))
         if node.crash_armed_ms is not None:  # crash while this write is unsynced
             crash = _CrashNow(node.node_id, node.incarnation, node.crash_armed_ms)
             node.crash_armed_ms = None
             self._at(self.rng.uniform(0, fsync_ms * 0.99), crash)
+        if node.crash_on_write and ready.entries and ready.entries[-1].index >= self.script_mark:
+            node.crash_on_write = False  # script: right after this batch's send_now
+            self._at(0.0, _CrashNow(node.node_id, node.incarnation, None))
 
     def _on_fsync(self, event: _FsyncDone) -> None:
         node = self.nodes[event.node]
         if node.incarnation != event.incarnation or node.in_flight is None:
             return
-        node.disk.complete_oldest()
+        node.wal.sync()
+        node.model.complete_oldest()
         ready, node.in_flight = node.in_flight, None
+        self._compact(node, ready.compact_to)
         self._finish_ready(node, ready)
         self._drain(node)
+
+    def _compact(self, node: _Node, index: int | None) -> None:
+        """``compact_to``, once the batch is durable: drop WAL segments behind it."""
+        if index is not None and node.wal.compact(index):
+            self.fired["wal_compact"] += 1
 
     def _finish_ready(self, node: _Node, ready: Ready) -> None:
         """Steps 3–6: Persisted, send_after_persist, apply, answer."""
@@ -595,19 +706,23 @@ class Simulation:
         self._answer_reads(node)
 
     def _maybe_snapshot(self, node: _Node) -> None:
-        """Every K applied entries, snapshot the state machine and let the core compact."""
+        """Every K applied entries, snapshot the state machine, save it durably in the
+        WAL's snapshot store, and only then tell the core (which may then compact)."""
         every = self.plan.snapshot_every
         core = node.core
         if not every or core is None or node.applied - node.snapshot_index < every:
             return
-        data = encode_state(node.applied, node.digest, node.kv)
-        core.step(SnapshotTaken(node.applied, data))
-        node.snapshot_index = node.applied
-        meta = core.snapshot_meta
-        if meta is not None and meta.index == node.applied:
-            node.disk.save_snapshot(meta, data)
-            self.fired["snapshot"] += 1
-        # else: the core already holds a newer snapshot (a leader's, not yet handed over)
+        index = node.snapshot_index = node.applied
+        held = core.snapshot_meta
+        if held is not None and held.index >= index:
+            return  # the core holds a newer snapshot (a leader's, not yet handed over)
+        data = encode_state(index, node.digest, node.kv)
+        meta = snapshot_meta(index, _term_at(core, index), core.confs.at(index), data)
+        node.wal.snapshots.save(meta, data)
+        node.model.save_snapshot(meta, data)
+        core.step(SnapshotTaken(index, data))
+        assert core.snapshot_meta == meta, f"core took {core.snapshot_meta}, saved {meta}"
+        self.fired["snapshot"] += 1
         self._observe(node)
 
     def _answer_reads(self, node: _Node) -> None:
@@ -643,7 +758,7 @@ class Simulation:
 
     def _check_promise(self, node: _Node, item: Outbound) -> None:
         """Votes and acks promise durable state (§5.1 figure 2): check the disk."""
-        msg, disk = item.message, node.disk
+        msg, disk = item.message, node.model
         if isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
             hs = disk.hard_state
             durable = hs.term > msg.term or (hs.term == msg.term and hs.vote == item.to)

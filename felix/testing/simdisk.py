@@ -1,17 +1,29 @@
-"""A simulated disk for one node: writes become durable only when their fsync completes.
+"""The simulation's disk: the real WAL on simulated files, and a model to check it against.
 
 Theory of operation
 -------------------
-The driver hands each `Ready`'s persistence work to `SimDisk.submit` as one `DiskWrite`
-(group commit).  The write sits in a volatile queue until the simulation's event queue
-says its fsync finished (`complete_oldest`); only then is it applied to the durable image
-(hard state, snapshot, log).  `crash` throws the queue away, optionally keeping a torn
-prefix of the oldest write's records (snapshot, then entries, never the hard state that
-comes last), which is what a WAL recovering a torn tail ends up with.  `boot_state` reads
-the durable image back as the core's `BootState`.
+Each simulated node persists through the production WAL (`felix.storage.memory_wal.
+MemoryWal`: segment format, group commit, snapshot store, recovery) on `SimFiles`, a
+`MemoryFiles` that also counts how many appended bytes are not yet fsynced.  The driver
+writes a `Ready` at once (``write``, no fsync), calls ``sync`` when the simulated fsync
+completes, and on a crash calls ``MemoryWal.crash`` -- losing the unsynced bytes, or
+keeping a prefix of them (a torn tail) -- and ``open`` to recover.
 
-The durable log is kept contiguous after the durable snapshot; a write that would leave
-a gap is a bug in whoever produced it and raises `DiskContractError`.
+`SimDisk` is the *model* of what that WAL holds durably: an independent, obviously
+correct picture (hard state, newest snapshot, contiguous log) fed the same batches.  A
+batch counts only once its fsync completes (`complete_oldest`).  It is what the checkers
+consult for "durable" (persist before send), and every recovery is compared with it
+(`expected_boot`): the WAL must give back exactly the model's image, or -- when a crash
+happened to keep the whole unsynced batch record -- the image with that batch applied.
+
+Two details follow the WAL's contract.  A snapshot in a batch is saved to the snapshot
+store before the batch record is written, durably on its own, so a crash that loses the
+record keeps the snapshot (the log after it survives only if it holds the snapshot's last
+entry with the same term, Raft §7).  And booting from a snapshot raises the hard state to
+cover it (its entries are committed, its term has been seen).
+
+The model keeps its log contiguous after its snapshot; a write that would leave a gap,
+or a compaction past the durable snapshot, is a driver bug and raises `DiskContractError`.
 """
 
 from __future__ import annotations
@@ -22,12 +34,61 @@ from dataclasses import dataclass
 
 from felix.proto.raft_messages import ConfState, Entry, SnapshotMeta
 from felix.raft.types import BootState, HardState
+from felix.storage.files import MemoryFiles, UnsyncedMode
 
-__all__ = ["CrashLoss", "DiskContractError", "DiskWrite", "SimDisk"]
+__all__ = ["CrashLoss", "DiskContractError", "DiskWrite", "SimDisk", "SimFiles"]
 
 
 class DiskContractError(AssertionError):
     """A write the WAL contract forbids (a gap in the log, compaction past the snapshot)."""
+
+
+class SimFiles(MemoryFiles):
+    """`MemoryFiles` that knows how many appended bytes each file holds unsynced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._unsynced: dict[str, int] = {}
+
+    @property
+    def unsynced_bytes(self) -> int:
+        return sum(self._unsynced.values())
+
+    def unsynced_files(self) -> int:
+        return sum(1 for count in self._unsynced.values() if count)
+
+    def append(self, path: str, data: bytes | memoryview) -> int:
+        count = super().append(path, data)
+        self._unsynced[path] = self._unsynced.get(path, 0) + count
+        return count
+
+    def fsync(self, path: str) -> None:
+        super().fsync(path)
+        self._unsynced.pop(path, None)
+
+    def truncate(self, path: str, size: int) -> None:
+        super().truncate(path, size)
+        self._unsynced.pop(path, None)  # only recovery truncates, and fsyncs right after
+
+    def rename(self, src: str, dst: str) -> None:
+        super().rename(src, dst)
+        moved = self._unsynced.pop(src, 0)
+        if moved:
+            self._unsynced[dst] = moved
+
+    def remove(self, path: str) -> None:
+        super().remove(path)
+        self._unsynced.pop(path, None)
+
+    def crash(
+        self,
+        unsynced: UnsyncedMode = "lose",
+        *,
+        torn_bytes: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().crash(unsynced, torn_bytes=torn_bytes, rng=rng)
+        self._unsynced.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +101,10 @@ class DiskWrite:
 
 @dataclass(frozen=True, slots=True)
 class CrashLoss:
-    """What a crash threw away: whole writes, and how many entries a torn tail kept."""
+    """What a crash did to the pending (unsynced) batches."""
 
     writes_lost: int
-    torn_entries_kept: int
+    writes_kept: int
 
 
 class SimDisk:
@@ -84,19 +145,36 @@ class SimDisk:
         """Durably store a snapshot the node took itself (temp file, fsync, rename)."""
         self._install_snapshot(meta, data)
 
-    def crash(self, rng: random.Random, torn_write_rate: float) -> CrashLoss:
-        """Lose every unsynced write; maybe keep a torn prefix of the oldest one."""
-        lost = len(self.pending)
-        kept = 0
-        if self.pending and rng.random() < torn_write_rate:
-            oldest = self.pending[0]
-            kept = rng.randint(0, len(oldest.entries))
-            self._apply(DiskWrite(oldest.snapshot, oldest.entries[:kept]))
+    def crash(self, *, writes_kept: int = 0) -> CrashLoss:
+        """Power loss: the oldest ``writes_kept`` pending writes made it to disk whole
+        (their fsync never returned, the bytes got there anyway); of the others only the
+        snapshot survives (the store saved it durably before the batch was written)."""
+        kept = min(writes_kept, len(self.pending))
+        for i, write in enumerate(self.pending):
+            if i < kept:
+                self._apply(write)
+            elif write.snapshot is not None:
+                self._install_snapshot(*write.snapshot)
+        lost = len(self.pending) - kept
         self.pending.clear()
         return CrashLoss(lost, kept)
 
     def boot_state(self, conf: ConfState) -> BootState:
         return BootState(self.hard_state, conf, self.snapshot, tuple(self.log))
+
+    def expected_boot(self, conf: ConfState) -> BootState:
+        """What a WAL holding exactly this durable image must recover: the hard state
+        raised to cover the snapshot, the snapshot's membership over ``conf``."""
+        if self.snapshot is None:
+            return self.boot_state(conf)
+        meta = self.snapshot[0]
+        hs = self.hard_state
+        commit = max(hs.commit, meta.index)
+        if meta.term > hs.term:
+            hs = HardState(meta.term, None, commit)
+        else:
+            hs = HardState(hs.term, hs.vote, commit)
+        return BootState(hs, meta.conf, self.snapshot, tuple(self.log))
 
     def _apply(self, write: DiskWrite) -> None:
         if write.snapshot is not None:

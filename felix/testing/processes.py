@@ -1,0 +1,188 @@
+"""Real `felix serve` processes on loopback, for process-level tests and benches.
+
+Every process is started with its own data dir and free ports, and stopped by its PID
+(SIGTERM, then SIGKILL after a grace period) — nothing outlives the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HTTP_TIMEOUT_S = 5.0
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class ServeProcess:
+    node_id: int
+    peer_port: int
+    ops_port: int
+    data_dir: Path
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ops(self) -> str:
+        return f"127.0.0.1:{self.ops_port}"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait()
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+        self.proc.terminate()
+        try:
+            return self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def get(self, path: str, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, Any]:
+        return http("GET", self.ops, path, timeout_s)
+
+    def post(self, path: str) -> tuple[int, Any]:
+        return http("POST", self.ops, path)
+
+
+def http(
+    method: str, endpoint: str, path: str, timeout_s: float = HTTP_TIMEOUT_S
+) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://{endpoint}{path}", method=method, data=b"" if method == "POST" else None
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@dataclass
+class ProcessCluster:
+    root: Path
+    size: int = 3
+    tick_ms: int = 20
+    nodes: dict[int, ServeProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ports = free_ports(3 * self.size)
+        ids = list(range(1, self.size + 1))
+        peer_ports = {i: ports[i - 1] for i in ids}
+        for i in ids:
+            peers = ",".join(f"{p}=127.0.0.1:{peer_ports[p]}" for p in ids if p != i)
+            ops_port = ports[self.size + i - 1]
+            client_port = ports[2 * self.size + i - 1]
+            data_dir = self.root / f"node-{i}"
+            args = [
+                sys.executable, "-m", "felix.cli", "serve",
+                "--node-id", str(i), "--cluster-id", "proc-test",
+                "--data-dir", str(data_dir), "--peers", peers,
+                "--listen-peer", f"127.0.0.1:{peer_ports[i]}",
+                "--listen-client", f"127.0.0.1:{client_port}",
+                "--listen-ops", f"127.0.0.1:{ops_port}",
+                "--set", f"raft.tick_ms={self.tick_ms}",
+            ]  # fmt: skip
+            self.nodes[i] = ServeProcess(
+                i, peer_ports[i], ops_port, data_dir, args, self.root / f"node-{i}.log"
+            )
+
+    def start_all(self) -> None:
+        for node in self.nodes.values():
+            node.start()
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def status(self, node_id: int) -> dict[str, Any] | None:
+        try:
+            # short: a paused (SIGSTOP) node accepts connections but never answers
+            code, body = self.nodes[node_id].get("/v1/status", timeout_s=0.3)
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        return body if code == 200 and isinstance(body, dict) else None
+
+    def wait_for_leader(self, timeout_s: float = 20.0, exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node_id in self.nodes:
+                if node_id in exclude:
+                    continue
+                status = self.status(node_id)
+                if status and status["role"] == "leader":
+                    return node_id
+            time.sleep(0.02)
+        raise TimeoutError(f"no leader within {timeout_s} s")
+
+    def put(self, key: str, value: str, timeout_s: float = 20.0) -> int:
+        """Write through the current leader, retrying across leader changes."""
+        deadline = time.monotonic() + timeout_s
+        query = urllib.parse.urlencode({"key": key, "value": value})
+        while time.monotonic() < deadline:
+            try:
+                leader = self.wait_for_leader(max(0.1, deadline - time.monotonic()))
+                code, body = self.nodes[leader].post(f"/v1/kv?{query}")
+            except (OSError, urllib.error.URLError, TimeoutError, ValueError):
+                continue
+            if code == 200:
+                return int(body["index"])
+            time.sleep(0.02)
+        raise TimeoutError(f"write {key!r} not acknowledged within {timeout_s} s")
+
+    def local_items(self, node_id: int, keys: list[str]) -> dict[str, str | None]:
+        """What ``node_id`` has applied for ``keys`` (a local, serializable read)."""
+        items = {}
+        for key in keys:
+            query = urllib.parse.urlencode({"key": key, "local": "1"})
+            _, body = self.nodes[node_id].get(f"/v1/kv?{query}")
+            items[key] = body["value"]
+        return items
+
+    def wait_caught_up(self, node_id: int, index: int, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status(node_id)
+            if status and status["applied_index"] >= index:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"node {node_id} did not apply index {index} within {timeout_s} s")
