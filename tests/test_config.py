@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults() -> None:
     config = load_config(env={})
     assert config.node_id == 1
-    assert config.raft.election_ticks == 10
+    assert config.raft.election_ticks == 8
     assert config.peers == {}
 
 

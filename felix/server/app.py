@@ -19,6 +19,7 @@ import trio
 from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfChangeKind, ConfState
 from felix.raft.types import RaftConfig, Role
+from felix.server.client_api import ClientApi
 from felix.server.health import OpsServer, Query, Response
 from felix.server.kv import KvStateMachine, encode_put
 from felix.server.metrics import NodeMetrics
@@ -108,6 +109,10 @@ async def run_node(
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
+            client_api = ClientApi(node)
+            await nursery.start(
+                client_api.run, config.listen.client.host, config.listen.client.port
+            )
             handle = NodeHandle(config, node, ops_port)
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",

@@ -206,6 +206,7 @@ class RaftNode:
         self._snapshotting = False
         self._stopping = False
         self._last_leader: int | None = None
+        self._durable_term_vote = (boot.hard_state.term, boot.hard_state.vote)
         if boot.snapshot:
             meta, data = boot.snapshot
             state_machine.restore(data, meta.index)
@@ -318,10 +319,12 @@ class RaftNode:
         for out in ready.send_now:
             if not send(out.to, out.message):
                 self.metrics.peer_send_drops.labels(str(out.to)).inc()
-        if ready.snapshot or ready.entries or ready.hard_state or ready.compact_to is not None:
+        if self._needs_write(ready):
             started = time.perf_counter()
             await self.wal.save(ready)
             self.metrics.fsync_duration.observe(time.perf_counter() - started)
+            if ready.hard_state is not None:
+                self._durable_term_vote = (ready.hard_state.term, ready.hard_state.vote)
         if ready.entries:
             last = ready.entries[-1]
             self.core.step(Persisted(last.index, last.term))
@@ -338,6 +341,16 @@ class RaftNode:
             self._apply(entry)
         self._release_reads()
         self._maybe_snapshot()
+
+    def _needs_write(self, ready: Ready) -> bool:
+        """A Ready whose only news is a higher commit index skips the fsync: the commit
+        index is not needed for safety (a restarted node learns it from the leader and
+        re-applies from its snapshot), and writing it would add an fsync to every commit
+        on every node."""
+        if ready.snapshot or ready.entries or ready.compact_to is not None:
+            return True
+        hs = ready.hard_state
+        return hs is not None and (hs.term, hs.vote) != self._durable_term_vote
 
     def _apply(self, entry: Entry) -> None:
         if entry.kind is EntryKind.CONFIG:
