@@ -94,6 +94,7 @@ async def run_node(
         proposals_pending_max=config.limits.proposals_pending_max,
         proposal_timeout_s=config.limits.proposal_timeout_ms / 1000,
         snapshot_entries=config.snapshot.entries,
+        snapshot_bytes=config.snapshot.bytes,
     )
     node = RaftNode(
         raft_config_for(config),

@@ -153,7 +153,8 @@ class NodeSettings:
     inputs_queue_max: int = 4096
     proposals_pending_max: int = 10_000
     proposal_timeout_s: float = 5.0
-    snapshot_entries: int = 10_000
+    snapshot_entries: int = 10_000  # take a snapshot every N applied entries...
+    snapshot_bytes: int = 64 * 1024 * 1024  # ...or once this many entry bytes were applied
     # Encode snapshots in a worker thread (off the event loop).  Simulations on MockClock
     # turn it off: a thread would let virtual time jump while it runs.
     snapshot_in_thread: bool = True
@@ -207,6 +208,7 @@ class RaftNode:
         self._stopping = False
         self._last_leader: int | None = None
         self._durable_term_vote = (boot.hard_state.term, boot.hard_state.vote)
+        self._bytes_since_snapshot = 0
         if boot.snapshot:
             meta, data = boot.snapshot
             state_machine.restore(data, meta.index)
@@ -337,6 +339,7 @@ class RaftNode:
             self.state_machine.restore(data, meta.index)
             self.applied_index = meta.index
             self._snapshot_index = max(self._snapshot_index, meta.index)
+            self._bytes_since_snapshot = 0
         for entry in ready.committed:
             self._apply(entry)
         self._release_reads()
@@ -357,6 +360,7 @@ class RaftNode:
             self._learn_address(entry)
         result = self.state_machine.apply(entry)
         self.applied_index = entry.index
+        self._bytes_since_snapshot += len(entry.data)
         self.metrics.proposals_applied.inc()
         rid = self._by_index.pop(entry.index, None)
         if rid is None:
@@ -445,13 +449,20 @@ class RaftNode:
     # --- snapshots -----------------------------------------------------------------------
 
     def _maybe_snapshot(self) -> None:
-        due = self.applied_index - self._snapshot_index >= self.settings.snapshot_entries
+        due = (
+            self.applied_index - self._snapshot_index >= self.settings.snapshot_entries
+            or self._bytes_since_snapshot >= self.settings.snapshot_bytes
+        )
         if not due or self._snapshotting or self._stopping:
+            return
+        if self.applied_index <= max(self._snapshot_index, self.core.first_index - 1):
+            self._bytes_since_snapshot = 0  # nothing new since the last (or installed) one
             return
         index = self.applied_index
         term = self.core.entries(index, index + 1)[0].term
         conf = self.core.confs.at(index)
         self._snapshotting = True
+        self._bytes_since_snapshot = 0
         self._nursery.start_soon(
             self._take_snapshot, index, term, conf, self.state_machine.snapshot_encoder()
         )

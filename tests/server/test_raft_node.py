@@ -155,3 +155,22 @@ async def test_snapshot_and_learner_catch_up(autojump_clock: trio.abc.Clock) -> 
                     await trio.sleep(TICK_S)
         assert 4 in leader.node.status().voters
         nursery.cancel_scope.cancel()
+
+
+async def test_snapshot_by_bytes(autojump_clock: trio.abc.Clock) -> None:
+    """The byte bound triggers a snapshot long before the entry bound would."""
+    settings = NodeSettings(
+        tick_s=TICK_S, snapshot_entries=10**9, snapshot_bytes=4000, snapshot_in_thread=False
+    )
+    async with trio.open_nursery() as nursery:
+        cluster = TrioCluster(nursery, [1, 2, 3], seed=8, settings=settings)
+        await cluster.start_all()
+        for i in range(20):
+            await write(cluster, f"k{i}", b"x" * 300)
+        leader = await cluster.wait_for_leader()
+        assert leader.node is not None
+        with trio.fail_after(30):
+            while leader.node.status().snapshot_index == 0:
+                await trio.sleep(TICK_S)
+        assert 0 < leader.node.status().snapshot_index <= leader.node.applied_index
+        nursery.cancel_scope.cancel()
