@@ -44,6 +44,8 @@ import trio
 from felix.proto.cbor import from_plain, safe_loads
 from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import (
+    AppendEntries,
+    AppendResponse,
     ConfChange,
     ConfChangeKind,
     ConfState,
@@ -75,6 +77,7 @@ from felix.transport.base import Deliver, PeerTransport
 log = logging.getLogger("felix.raft_node")
 
 INPUTS_BATCH_MAX = 512
+RTT_TRACKED_MAX = 4096
 
 
 # --- errors a caller can get -------------------------------------------------------------
@@ -209,6 +212,7 @@ class RaftNode:
         self._last_leader: int | None = None
         self._durable_term_vote = (boot.hard_state.term, boot.hard_state.vote)
         self._bytes_since_snapshot = 0
+        self._rtt_sent: dict[tuple[int, int], float] = {}
         if boot.snapshot:
             meta, data = boot.snapshot
             state_machine.restore(data, meta.index)
@@ -217,6 +221,10 @@ class RaftNode:
     # --- public API (any task) -------------------------------------------------------
 
     async def deliver(self, sender: int, message: RaftMessage) -> None:
+        if isinstance(message, AppendResponse) and message.seq:
+            sent = self._rtt_sent.pop((sender, message.seq), None)
+            if sent is not None:
+                self.metrics.peer_rtt.labels(str(sender)).observe(time.perf_counter() - sent)
         await self._inputs_send.send(Receive(sender, message))
 
     async def propose(self, data: bytes, *, timeout_s: float | None = None) -> tuple[int, Any]:
@@ -318,8 +326,12 @@ class RaftNode:
 
     async def _handle_ready(self, ready: Ready) -> None:
         send = self.transport.send_nowait
+        now = time.perf_counter()
         for out in ready.send_now:
-            if not send(out.to, out.message):
+            message = out.message
+            if isinstance(message, AppendEntries) and message.seq:
+                self._note_rtt_start(out.to, message.seq, now)
+            if not send(out.to, message):
                 self.metrics.peer_send_drops.labels(str(out.to)).inc()
         if self._needs_write(ready):
             started = time.perf_counter()
@@ -344,6 +356,13 @@ class RaftNode:
             self._apply(entry)
         self._release_reads()
         self._maybe_snapshot()
+
+    def _note_rtt_start(self, peer: int, seq: int, now: float) -> None:
+        """Peer round-trip time: from the first AppendEntries of a heartbeat round to the
+        first reply echoing that round (bounded: old unanswered rounds are forgotten)."""
+        if len(self._rtt_sent) >= RTT_TRACKED_MAX:
+            self._rtt_sent.clear()
+        self._rtt_sent.setdefault((peer, seq), now)
 
     def _needs_write(self, ready: Ready) -> bool:
         """A Ready whose only news is a higher commit index skips the fsync: the commit

@@ -44,6 +44,11 @@ async def test_three_nodes_elect_and_replicate(autojump_clock: trio.abc.Clock) -
         registry = leader.node.metrics.registry
         batches = registry.get_sample_value("felix_wal_fsync_duration_seconds_count")
         assert batches is not None and 0 < batches < leader.node.applied_index / 2
+        rtt = registry.get_sample_value(
+            "felix_peer_round_trip_time_seconds_count",
+            {"peer": str(next(s.node_id for s in cluster.running() if s is not leader))},
+        )
+        assert rtt is not None and rtt > 0
         nursery.cancel_scope.cancel()
 
 
