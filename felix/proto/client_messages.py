@@ -143,6 +143,20 @@ class Deltas:
     deltas: Annotated[tuple[Delta, ...], MaxItems(DELTAS_PER_MESSAGE_MAX)]
 
 
+@SERVER_TO_CLIENT.message("DeltaPart")
+@dataclass(frozen=True, slots=True)
+class DeltaPart:
+    """Part ``seq`` of one delta too big for one message; ``last`` is the end marker.
+    The broker buffers parts and applies the delta atomically at the last one."""
+
+    prev_version: int
+    version: int
+    digest: Digest
+    seq: int
+    last: bool
+    changes: Annotated[tuple[Change, ...], MaxItems(CHANGES_PER_DELTA_MAX)]
+
+
 @SERVER_TO_CLIENT.message("Progress")
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -179,4 +193,4 @@ class Error:
 
 
 ClientMessage = ClientHello | GetSnapshot | ReportHealth | WriteRequest
-ServerMessage = WriteResult | SnapshotChunk | Deltas | Progress | Resync | Error
+ServerMessage = WriteResult | SnapshotChunk | Deltas | DeltaPart | Progress | Resync | Error

@@ -1,0 +1,1 @@
+"""The broker-side library: connect to any control-plane node and keep a current view."""

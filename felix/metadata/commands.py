@@ -1,0 +1,302 @@
+"""Metadata commands: typed, schema-checked, and encoded once for the Raft log.
+
+A command travels as CBOR ``[name, args, expected_version]`` (the same three things a
+`WriteRequest` carries), and both the client API and apply go through
+`command_from_request`, so a command is validated by exactly one piece of code: the
+schema of its dataclass (types, ranges, lengths, missing/extra fields) plus the static
+checks below (name syntax, enum values).  Checks that depend on the state happen at
+apply time in `state.py`.
+
+``expected_version`` makes any command a compare-and-set on the state version before
+apply (the version of the previous entry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
+
+from felix.metadata.errors import CommandError, bad_request
+from felix.proto.cbor import (
+    IntRange,
+    MaxLen,
+    ScalarValue,
+    dumps,
+    from_plain,
+    safe_loads,
+    schema_depth,
+    to_plain,
+    wire_array,
+    wire_type,
+)
+from felix.proto.client_messages import Name, Record
+from felix.proto.errors import ProtocolError
+
+NodeId = Annotated[int, IntRange(0, 2**63 - 1)]
+Version = Annotated[int, IntRange(0, 2**63 - 1)]
+Address = Annotated[str, MaxLen(256)]
+Shards = Annotated[int, IntRange(1, 100_000)]
+ReplicationFactor = Annotated[int, IntRange(1, 16)]
+RetentionMs = Annotated[int, IntRange(1, 2**62)]
+Quota = Annotated[int, IntRange(0, 2**62)]
+
+if TYPE_CHECKING:
+    ConfigArg = int | bool | str | None
+else:  # the wire schema: any scalar; `config.validate_config` checks the type per key
+    ConfigArg = ScalarValue
+
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+HEALTH_STATUSES: Final = ("up", "down")
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class RegisterNode:
+    """A broker (re)starts: new epoch = this entry's index; fenced until reported up."""
+
+    NAME: ClassVar[str] = "register_node"
+    node_id: NodeId
+    address: Address
+    rack: Address = ""
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    """The leader's health verdict (or a broker report); ``epoch`` fences stale ones."""
+
+    NAME: ClassVar[str] = "node_health"
+    node_id: NodeId
+    status: Name
+    epoch: Version | None = None
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class DrainNode:
+    NAME: ClassVar[str] = "drain_node"
+    node_id: NodeId
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class UndrainNode:
+    NAME: ClassVar[str] = "undrain_node"
+    node_id: NodeId
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class CreateStream:
+    """None for replication_factor / retention_ms means the cluster default (resolved
+    once, at creation, and stored on the stream)."""
+
+    NAME: ClassVar[str] = "create_stream"
+    name: Name
+    shards: Shards
+    tenant: Name
+    replication_factor: ReplicationFactor | None = None
+    retention_ms: RetentionMs | None = None
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class UpdateStream:
+    """None leaves a field unchanged; shards may only grow; replication factor is fixed."""
+
+    NAME: ClassVar[str] = "update_stream"
+    name: Name
+    shards: Shards | None = None
+    replication_factor: ReplicationFactor | None = None
+    retention_ms: RetentionMs | None = None
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class DeleteStream:
+    NAME: ClassVar[str] = "delete_stream"
+    name: Name
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class SetConfig:
+    """value None reverts the key to its default."""
+
+    NAME: ClassVar[str] = "set_config"
+    name: Name
+    value: ConfigArg
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class SetTenant:
+    """Create or update a tenant; ``remove`` deletes it (only when it owns no streams)."""
+
+    NAME: ClassVar[str] = "set_tenant"
+    name: Name
+    display_name: Name = ""
+    remove: bool = False
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class SetQuota:
+    """Replace all of a tenant's quotas (None = unlimited).  Lowering a quota below the
+    current usage is allowed: it only refuses further growth."""
+
+    NAME: ClassVar[str] = "set_quota"
+    tenant: Name
+    max_streams: Quota | None = None
+    max_shards: Quota | None = None
+    bytes_per_s: Quota | None = None
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class MoveShardLeader:
+    """Make ``node_id`` (a live replica) the leader of ``shard`` ("stream/index")."""
+
+    NAME: ClassVar[str] = "move_shard_leader"
+    shard: Name
+    node_id: NodeId
+    expected_version: Version | None = None
+
+
+Command = (
+    RegisterNode
+    | NodeHealth
+    | DrainNode
+    | UndrainNode
+    | CreateStream
+    | UpdateStream
+    | DeleteStream
+    | SetConfig
+    | SetTenant
+    | SetQuota
+    | MoveShardLeader
+)
+COMMAND_CLASSES: Final[dict[str, type[Command]]] = {
+    cls.NAME: cls
+    for cls in (
+        RegisterNode,
+        NodeHealth,
+        DrainNode,
+        UndrainNode,
+        CreateStream,
+        UpdateStream,
+        DeleteStream,
+        SetConfig,
+        SetTenant,
+        SetQuota,
+        MoveShardLeader,
+    )
+}
+
+
+@wire_array
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    command: Name
+    args: Record
+    expected_version: Version | None
+
+
+_ENVELOPE_DEPTH: Final = schema_depth(_Envelope)
+
+
+def command_from_request(
+    command: str, args: Record, expected_version: int | None = None
+) -> Command:
+    """Build a command from a `WriteRequest`'s name and args, or raise `CommandError`
+    (code ``bad_request``) saying what is wrong.  Optional args may be omitted."""
+    cls = COMMAND_CLASSES.get(command)
+    if cls is None:
+        known = ", ".join(sorted(COMMAND_CLASSES))
+        raise bad_request(f"unknown command {command!r} (known: {known})")
+    if "expected_version" in args:
+        raise bad_request(f"{command}: expected_version belongs on the request, not in args")
+    plain: dict[str, Any] = _defaults(cls)
+    plain.update(args)
+    plain["expected_version"] = expected_version
+    try:
+        cmd = from_plain(cls, plain)
+    except ProtocolError as exc:
+        raise bad_request(f"{command}: {exc}") from None
+    _check_static(cmd)
+    return cmd
+
+
+def _defaults(cls: type[Command]) -> dict[str, Any]:
+    return {
+        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+    }
+
+
+def _check_static(cmd: Command) -> None:
+    """State-independent checks the schema cannot express."""
+    for field in ("name", "tenant"):
+        value = getattr(cmd, field, None)
+        if isinstance(value, str) and not NAME_PATTERN.fullmatch(value):
+            raise bad_request(
+                f"{cmd.NAME}: {field} {value[:64]!r} must match {NAME_PATTERN.pattern}"
+            )
+    if isinstance(cmd, NodeHealth) and cmd.status not in HEALTH_STATUSES:
+        raise bad_request(f"node_health: status must be one of {HEALTH_STATUSES}")
+    if isinstance(cmd, RegisterNode) and not cmd.address:
+        raise bad_request("register_node: address must not be empty")
+
+
+def command_args(cmd: Command) -> Record:
+    """The args map of ``cmd`` (everything but expected_version), as in a WriteRequest."""
+    plain: dict[str, Any] = to_plain(cmd)
+    del plain["expected_version"]
+    return plain
+
+
+def encode_command(cmd: Command) -> bytes:
+    """The bytes proposed to Raft for ``cmd``."""
+    return dumps(to_plain(_Envelope(cmd.NAME, command_args(cmd), cmd.expected_version)))
+
+
+def decode_command(data: bytes) -> Command:
+    """Inverse of `encode_command`; any problem raises `CommandError` (bad_request)."""
+    try:
+        envelope = from_plain(_Envelope, safe_loads(data, max_depth=_ENVELOPE_DEPTH))
+    except ProtocolError as exc:
+        raise bad_request(f"undecodable command: {exc}") from None
+    return command_from_request(envelope.command, envelope.args, envelope.expected_version)
+
+
+__all__ = [
+    "COMMAND_CLASSES",
+    "Command",
+    "CommandError",
+    "CreateStream",
+    "DeleteStream",
+    "DrainNode",
+    "MoveShardLeader",
+    "NodeHealth",
+    "RegisterNode",
+    "SetConfig",
+    "SetQuota",
+    "SetTenant",
+    "UndrainNode",
+    "UpdateStream",
+    "command_args",
+    "command_from_request",
+    "decode_command",
+    "encode_command",
+]

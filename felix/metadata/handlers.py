@@ -1,0 +1,180 @@
+"""One handler per command: validate against the state, then mutate through it.
+
+A handler raises `CommandError` to reject; `MetadataState` rolls back whatever it had
+already written, so handlers stay straight-line.  Handlers only use the state's
+mutation helpers (`_put`, `_delete`, `_node_changed`, `_reelect`, `_add_shards`), which
+keep indexes and the digest in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from felix.metadata import commands as cmds
+from felix.metadata.config import config_bool, validate_config
+from felix.metadata.errors import CommandError, rejected
+from felix.metadata.model import (
+    KIND_CONFIG,
+    KIND_SHARD,
+    KIND_STREAM,
+    KIND_TENANT,
+    ConfigEntry,
+    Node,
+    NodeState,
+    Shard,
+    Stream,
+    Tenant,
+    shard_key,
+)
+from felix.proto.client_messages import ErrorCode
+
+if TYPE_CHECKING:
+    from felix.metadata.state import MetadataState
+
+
+def register_node(state: MetadataState, cmd: cmds.RegisterNode) -> None:
+    """Epoch = this entry's index (strictly increasing per registration, as in KRaft).
+    The node starts fenced (``registered``); a drain in progress survives a restart."""
+    for other in state.nodes.values():
+        if other.id != cmd.node_id and other.address == cmd.address and not _down(other):
+            raise rejected(f"address {cmd.address!r} is in use by live node {other.id}")
+    old = state.nodes.get(cmd.node_id)
+    draining = old.draining if old is not None else False
+    node = Node(cmd.node_id, cmd.address, cmd.rack, NodeState.REGISTERED, state._index,
+                draining, None)  # fmt: skip
+    state._node_changed(node)
+
+
+def _down(node: Node) -> bool:
+    return node.state == NodeState.DOWN
+
+
+def node_health(state: MetadataState, cmd: cmds.NodeHealth) -> None:
+    """Move a node up or down; an ``epoch`` from an older registration is a conflict."""
+    node = state._node(cmd.node_id)
+    if cmd.epoch is not None and cmd.epoch != node.epoch:
+        raise CommandError(
+            ErrorCode.CONFLICT,
+            f"node {node.id} epoch {cmd.epoch} is stale (current epoch {node.epoch})",
+        )
+    if node.state != cmd.status:
+        state._node_changed(dataclasses.replace(node, state=cmd.status))
+
+
+def drain_node(state: MetadataState, cmd: cmds.DrainNode) -> None:
+    node = state._node(cmd.node_id)
+    if not node.draining:
+        state._node_changed(dataclasses.replace(node, draining=True))
+
+
+def undrain_node(state: MetadataState, cmd: cmds.UndrainNode) -> None:
+    node = state._node(cmd.node_id)
+    if node.draining:
+        state._node_changed(dataclasses.replace(node, draining=False, drained_version=None))
+
+
+def create_stream(state: MetadataState, cmd: cmds.CreateStream) -> None:
+    if cmd.name in state.streams:
+        raise rejected(f"stream {cmd.name!r} already exists")
+    tenant = state._tenant(cmd.tenant)
+    _check_shard_count(state, cmd.shards)
+    state._check_stream_quotas(tenant, 1, cmd.shards)
+    rf = cmd.replication_factor or state._cfg_int("replication_factor_default")
+    retention = cmd.retention_ms or state._cfg_int("retention_ms_default")
+    stream = Stream(cmd.name, cmd.tenant, cmd.shards, rf, retention)
+    state._put(stream)
+    state._add_shards(stream, 0)
+
+
+def _check_shard_count(state: MetadataState, shards: int) -> None:
+    limit = state._cfg_int("max_shards_per_stream")
+    if shards > limit:
+        raise rejected(f"{shards} shards exceeds max_shards_per_stream={limit}")
+
+
+def update_stream(state: MetadataState, cmd: cmds.UpdateStream) -> None:
+    """Retention changes in place; new shards are placed like a create's."""
+    stream = state._stream(cmd.name)
+    rf = cmd.replication_factor
+    if rf is not None and rf != stream.replication_factor:
+        raise rejected("changing a stream's replication factor is not supported")
+    shards = stream.shards if cmd.shards is None else cmd.shards
+    if shards < stream.shards:
+        raise rejected(f"stream {stream.name!r} has {stream.shards} shards; cannot shrink")
+    _check_shard_count(state, shards)
+    state._check_stream_quotas(state._tenant(stream.tenant), 0, shards - stream.shards)
+    retention = stream.retention_ms if cmd.retention_ms is None else cmd.retention_ms
+    updated = dataclasses.replace(stream, shards=shards, retention_ms=retention)
+    state._put(updated)
+    if shards > stream.shards:
+        state._add_shards(updated, stream.shards)
+
+
+def delete_stream(state: MetadataState, cmd: cmds.DeleteStream) -> None:
+    if not config_bool(state.config_values(), "allow_stream_deletion"):
+        raise rejected("stream deletion is disabled (config allow_stream_deletion=false)")
+    stream = state._stream(cmd.name)
+    for index in range(stream.shards):
+        state._delete(KIND_SHARD, shard_key(stream.name, index))
+    state._delete(KIND_STREAM, stream.name)
+
+
+def set_config(state: MetadataState, cmd: cmds.SetConfig) -> None:
+    value = validate_config(cmd.name, cmd.value)
+    if value is None:
+        state._delete(KIND_CONFIG, cmd.name)
+    else:
+        state._put(ConfigEntry(cmd.name, value))
+
+
+def set_tenant(state: MetadataState, cmd: cmds.SetTenant) -> None:
+    old = state.tenants.get(cmd.name)
+    if cmd.remove:
+        if old is None:
+            raise rejected(f"tenant {cmd.name!r} does not exist")
+        streams, _ = state.tenant_usage(cmd.name)
+        if streams:
+            raise rejected(f"tenant {cmd.name!r} still owns {streams} stream(s)")
+        state._delete(KIND_TENANT, cmd.name)
+    elif old is None:
+        state._put(Tenant(cmd.name, cmd.display_name, None, None, None))
+    else:
+        state._put(dataclasses.replace(old, display_name=cmd.display_name))
+
+
+def set_quota(state: MetadataState, cmd: cmds.SetQuota) -> None:
+    tenant = state._tenant(cmd.tenant)
+    quotas = Tenant(tenant.name, tenant.display_name, cmd.max_streams, cmd.max_shards,
+                    cmd.bytes_per_s)  # fmt: skip
+    state._put(quotas)
+
+
+def move_shard_leader(state: MetadataState, cmd: cmds.MoveShardLeader) -> None:
+    shard: Shard | None = state.shards.get(cmd.shard)
+    if shard is None:
+        raise rejected(f"shard {cmd.shard!r} does not exist")
+    if cmd.node_id not in shard.replicas:
+        raise rejected(f"node {cmd.node_id} is not a replica of {cmd.shard} {shard.replicas}")
+    if not state._is_live(cmd.node_id):
+        raise rejected(f"node {cmd.node_id} is not live (up and not draining)")
+    if shard.leader != cmd.node_id:
+        epoch = shard.leader_epoch + 1
+        state._put(dataclasses.replace(shard, leader=cmd.node_id, leader_epoch=epoch))
+
+
+HANDLERS: Final[dict[type, Callable[[MetadataState, Any], None]]] = {
+    cmds.RegisterNode: register_node,
+    cmds.NodeHealth: node_health,
+    cmds.DrainNode: drain_node,
+    cmds.UndrainNode: undrain_node,
+    cmds.CreateStream: create_stream,
+    cmds.UpdateStream: update_stream,
+    cmds.DeleteStream: delete_stream,
+    cmds.SetConfig: set_config,
+    cmds.SetTenant: set_tenant,
+    cmds.SetQuota: set_quota,
+    cmds.MoveShardLeader: move_shard_leader,
+}
+assert set(HANDLERS) == set(cmds.COMMAND_CLASSES.values())

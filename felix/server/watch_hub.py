@@ -1,0 +1,369 @@
+"""The watch hub: committed deltas fan out to every subscribed broker, in order.
+
+Theory of operation
+-------------------
+*Publish* (the hot path) runs in the Raft loop after each applied batch: the batch's
+deltas are appended to the retained history, packed into ``Deltas`` messages of at most
+``message_bytes_max`` (split only at version boundaries; a single delta larger than that
+goes out as ``DeltaPart`` messages with an end marker), each message is CBOR-encoded and
+WebSocket-framed **once**, and the same bytes are handed to every live subscriber's
+`FrameSender` — a non-blocking write, no task switch per subscriber.
+
+*Subscribe* (``WatchUpdates(from_version)``) starts a subscriber in catch-up mode:
+- ``from_version`` retained in history: the deltas after it are sent from history;
+- ``from_version`` None, or older than the history: a ``Snapshot`` (chunks, end marker)
+  of the view at the current version, then deltas after it — never a silent gap;
+- ``from_version`` ahead of this node (a lagging follower): wait until the node has
+  applied it (bounded), else ``Resync``.
+While a subscriber catches up, live messages for it queue (bounded); then it turns live.
+
+*Slow subscribers*: a subscriber whose socket is full gets a bounded backlog drained by
+its flusher; past ``coalesce_after_frames`` queued messages its further deltas are held
+and coalesced into one message when the socket drains; past the byte bound it gets a
+``Resync`` and is disconnected.  Nobody else ever waits for it.
+
+*Progress*: every ``progress_interval_s`` without a publish, one pre-built
+``Progress{version}`` frame goes to every live subscriber (in order with deltas, since
+it travels the same socket path).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from felix.proto.client_messages import (
+    SERVER_TO_CLIENT,
+    Change,
+    Delta,
+    DeltaPart,
+    Deltas,
+    Progress,
+    Resync,
+    SnapshotChunk,
+)
+from felix.proto.ws_frames import server_frame
+from felix.server.ws_server import WsConnection
+
+log = logging.getLogger("felix.watch")
+
+SnapshotSource = Callable[[], tuple[int, bytes, Sequence[Change]]]
+"""Returns (version, digest, records) of the current view, consistently."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    history_versions_max: int = 100_000
+    history_bytes_max: int = 64 * 1024 * 1024
+    message_bytes_max: int = 1024 * 1024  # one Deltas message; bigger deltas are split
+    snapshot_chunk_records: int = 2000
+    coalesce_after_frames: int = 64
+    pending_frames_max: int = 10_000  # queued for a subscriber still catching up
+    wait_ahead_s: float = 10.0  # how long a broker ahead of this node may wait
+    progress_interval_s: float = 1.0
+
+
+@dataclass(slots=True)
+class HubStats:
+    deltas_published: int = 0
+    frames_built: int = 0
+    frames_sent: int = 0
+    coalesced: int = 0
+    resyncs: int = 0
+    slow_disconnects: int = 0
+    snapshots_sent: int = 0
+
+
+@dataclass(eq=False)
+class Subscriber:
+    connection: WsConnection
+    version: int  # the last version handed to this subscriber
+    live: bool = False
+    pending: list[bytes] = field(default_factory=list)  # while catching up
+    held: list[Delta] = field(default_factory=list)  # coalescing while the socket is full
+    done: trio.Event = field(default_factory=trio.Event)
+    reason: str = ""
+
+
+class WatchHub:
+    def __init__(self, snapshot_source: SnapshotSource, limits: HubLimits = HubLimits()) -> None:
+        self.limits = limits
+        self.stats = HubStats()
+        self._snapshot_source = snapshot_source
+        self._history: deque[tuple[Delta, int]] = deque()  # (delta, encoded size)
+        self._history_bytes = 0
+        self.version = 0  # last published version
+        self._subscribers: set[Subscriber] = set()
+        self._advanced = trio.Event()
+        self._published_since_progress = False
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def history_bytes(self) -> int:
+        return self._history_bytes
+
+    def oldest_resumable(self) -> int:
+        """The smallest ``from_version`` served from history."""
+        return self._history[0][0].prev_version if self._history else self.version
+
+    def reset(self, version: int) -> None:
+        """The state was replaced (snapshot installed): history no longer connects."""
+        self._history.clear()
+        self._history_bytes = 0
+        self.version = version
+        for sub in list(self._subscribers):
+            self._resync(sub, "the node installed a snapshot; take a fresh snapshot")
+
+    # --- publish (hot path) -----------------------------------------------------------
+
+    def publish(self, deltas: Sequence[Delta]) -> None:
+        if not deltas:
+            return
+        frames = self._frames_for(deltas)
+        self._remember(deltas)
+        self.version = deltas[-1].version
+        self.stats.deltas_published += len(deltas)
+        self._published_since_progress = True
+        for sub in list(self._subscribers):
+            self._deliver(sub, frames, deltas)
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    def _deliver(self, sub: Subscriber, frames: list[bytes], deltas: Sequence[Delta]) -> None:
+        if not sub.live:
+            sub.pending.extend(frames)
+            if len(sub.pending) > self.limits.pending_frames_max:
+                self._resync(sub, "too far behind while catching up")
+            return
+        sender = sub.connection.sender
+        if sub.held or sender.backlog_frames >= self.limits.coalesce_after_frames:
+            sub.held.extend(deltas)  # coalesced into one message once the socket drains
+            if sum(1 for _ in sub.held) > self.limits.history_versions_max:
+                self._resync(sub, "subscriber too slow")
+            return
+        for frame in frames:
+            if not sender.send(frame):
+                self._slow(sub)
+                return
+        self.stats.frames_sent += len(frames)
+        sub.version = deltas[-1].version
+
+    def _frames_for(self, deltas: Sequence[Delta]) -> list[bytes]:
+        messages = pack_deltas(deltas, self.limits.message_bytes_max)
+        frames = [server_frame(SERVER_TO_CLIENT.encode(m)) for m in messages]
+        self.stats.frames_built += len(frames)
+        return frames
+
+    def _remember(self, deltas: Iterable[Delta]) -> None:
+        for delta in deltas:
+            size = delta_size(delta)
+            self._history.append((delta, size))
+            self._history_bytes += size
+        limits = self.limits
+        while self._history and (
+            len(self._history) > limits.history_versions_max
+            or self._history_bytes > limits.history_bytes_max
+        ):
+            _, size = self._history.popleft()
+            self._history_bytes -= size
+
+    def _slow(self, sub: Subscriber) -> None:
+        self.stats.slow_disconnects += 1
+        self._resync(sub, "subscriber too slow: its send buffer overflowed")
+
+    def _resync(self, sub: Subscriber, reason: str) -> None:
+        """Tell the subscriber to start over from a snapshot, then disconnect it."""
+        self.stats.resyncs += 1
+        self._subscribers.discard(sub)
+        sub.connection.sender.send_final(server_frame(SERVER_TO_CLIENT.encode(Resync(reason))))
+        sub.reason = reason
+        sub.done.set()
+
+    # --- maintenance tasks --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Progress heartbeats and draining of coalesced deltas."""
+        interval = self.limits.progress_interval_s
+        tick = min(interval, 0.05)
+        elapsed = 0.0
+        while True:
+            await trio.sleep(tick)
+            elapsed += tick
+            self._flush_held()
+            if elapsed >= interval:
+                elapsed = 0.0
+                if not self._published_since_progress:
+                    self._broadcast_progress()
+                self._published_since_progress = False
+
+    def _broadcast_progress(self) -> None:
+        frame = server_frame(SERVER_TO_CLIENT.encode(Progress(self.version)))
+        for sub in list(self._subscribers):
+            if sub.live and not sub.held and not sub.connection.sender.send(frame):
+                self._slow(sub)
+
+    def _flush_held(self) -> None:
+        for sub in list(self._subscribers):
+            if sub.held and sub.connection.sender.backlog_frames == 0:
+                deltas, sub.held = sub.held, []
+                self.stats.coalesced += 1
+                for frame in self._frames_for(deltas):
+                    if not sub.connection.sender.send(frame):
+                        self._slow(sub)
+                        break
+                else:
+                    sub.version = deltas[-1].version
+
+    # --- subscribe ----------------------------------------------------------------------
+
+    async def watch(self, connection: WsConnection, from_version: int | None) -> str:
+        """Serve ``WatchUpdates(from_version)`` until the subscriber is dropped; returns
+        why (the caller closes the connection)."""
+        sub = Subscriber(connection, from_version or 0)
+        if from_version is not None and from_version > self.version:
+            with trio.move_on_after(self.limits.wait_ahead_s):
+                while from_version > self.version:
+                    await self._advanced.wait()
+            if from_version > self.version:
+                return self._refuse_ahead(connection, from_version)
+        self._subscribers.add(sub)
+        if from_version is not None and from_version >= self.oldest_resumable():
+            sent = self._history_frames_after(from_version)
+            await self._send_catch_up(sub, sent)
+        else:
+            await self._send_snapshot(sub, request_id=None)
+        await self._go_live(sub)
+        await sub.done.wait()
+        return sub.reason
+
+    def _refuse_ahead(self, connection: WsConnection, from_version: int) -> str:
+        reason = f"version {from_version} is ahead of this node ({self.version})"
+        self.stats.resyncs += 1
+        connection.sender.send(server_frame(SERVER_TO_CLIENT.encode(Resync(reason))))
+        return reason
+
+    def _history_frames_after(self, from_version: int) -> list[bytes]:
+        deltas = [d for d, _ in self._history if d.version > from_version]
+        return self._frames_for(deltas) if deltas else []
+
+    async def _send_catch_up(self, sub: Subscriber, frames: list[bytes]) -> None:
+        sender = sub.connection.sender
+        for frame in frames:
+            if not sender.send(frame):
+                self._slow(sub)
+                return
+            if sender.backlog_bytes > sender.backlog_bytes_max // 2:
+                await sender.drain()
+        self.stats.frames_sent += len(frames)
+
+    async def _send_snapshot(self, sub: Subscriber, request_id: int | None) -> None:
+        """Chunks of the current view; ``sub.pending`` holds what is published meanwhile."""
+        version, digest, records = self._snapshot_source()
+        await send_snapshot(sub.connection, version, digest, records, request_id, self.limits)
+        self.stats.snapshots_sent += 1
+        sub.version = version  # what was published meanwhile waits in sub.pending
+
+    async def _go_live(self, sub: Subscriber) -> None:
+        sender = sub.connection.sender
+        while sub.pending and not sub.done.is_set():
+            frames, sub.pending = sub.pending, []
+            for frame in frames:
+                if not sender.send(frame):
+                    self._slow(sub)
+                    return
+            await sender.drain()
+        sub.live = True
+        sub.version = self.version
+
+
+async def send_snapshot(
+    connection: WsConnection,
+    version: int,
+    digest: bytes,
+    records: Sequence[Change],
+    request_id: int | None,
+    limits: HubLimits,
+) -> None:
+    """``GetSnapshot`` / watch start: the view in chunks, the last one marked."""
+    size = limits.snapshot_chunk_records
+    chunks = max(1, (len(records) + size - 1) // size)
+    sender = connection.sender
+    for seq in range(chunks):
+        part = tuple(records[seq * size : (seq + 1) * size])
+        chunk = SnapshotChunk(request_id, version, digest, seq, part, seq == chunks - 1)
+        if not sender.send(server_frame(SERVER_TO_CLIENT.encode(chunk))):
+            return
+        await sender.drain()  # keeps memory to about one chunk per subscriber
+
+
+def delta_size(delta: Delta) -> int:
+    """A cheap estimate of a delta's encoded size (for packing and history bounds)."""
+    total = 32 + len(delta.digest)
+    for change in delta.changes:
+        total += 16 + len(change.kind) + len(change.key)
+        if change.value:
+            total += sum(8 + len(k) + _value_size(v) for k, v in change.value.items())
+    return total
+
+
+def _value_size(value: object) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value) + 2
+    if isinstance(value, tuple):
+        return sum(_value_size(v) for v in value) + 2
+    return 9
+
+
+def pack_deltas(deltas: Sequence[Delta], message_bytes_max: int) -> list[Deltas | DeltaPart]:
+    """Consecutive deltas packed into messages of at most ``message_bytes_max``, split only
+    at version boundaries; one oversized delta becomes `DeltaPart`s."""
+    messages: list[Deltas | DeltaPart] = []
+    batch: list[Delta] = []
+    batch_bytes = 0
+    for delta in deltas:
+        size = delta_size(delta)
+        if size > message_bytes_max:
+            if batch:
+                messages.append(Deltas(tuple(batch)))
+                batch, batch_bytes = [], 0
+            messages.extend(split_delta(delta, message_bytes_max))
+            continue
+        if batch and batch_bytes + size > message_bytes_max:
+            messages.append(Deltas(tuple(batch)))
+            batch, batch_bytes = [], 0
+        batch.append(delta)
+        batch_bytes += size
+    if batch:
+        messages.append(Deltas(tuple(batch)))
+    return messages
+
+
+def split_delta(delta: Delta, message_bytes_max: int) -> list[DeltaPart]:
+    """One command's oversized delta in parts; the broker applies it only at ``last``."""
+    parts: list[list[Change]] = [[]]
+    size = 0
+    for change in delta.changes:
+        change_size = delta_size(Delta(0, 0, b"", (change,)))
+        if parts[-1] and size + change_size > message_bytes_max:
+            parts.append([])
+            size = 0
+        parts[-1].append(change)
+        size += change_size
+    return [
+        DeltaPart(
+            delta.prev_version,
+            delta.version,
+            delta.digest,
+            seq,
+            seq == len(parts) - 1,
+            tuple(changes),
+        )
+        for seq, changes in enumerate(parts)
+    ]

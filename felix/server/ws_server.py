@@ -1,0 +1,282 @@
+"""A lean WebSocket server for the client API: wsproto for the handshake and for what
+clients send; pre-built frames and non-blocking socket writes for what the server sends.
+
+Why not trio-websocket for the stream to brokers: its ``send_message`` awaits the socket,
+costs ~60 µs per client per message and lets one slow reader stall the sender.  Here a
+publisher calls `FrameSender.send` — a synchronous, non-blocking ``socket.send`` of bytes
+built once for all subscribers (~7 µs).  Only when the kernel buffer is full does the
+rest go to a bounded backlog, drained by that connection's own flusher task; a backlog
+over its bound marks the connection overflowed and the owner disconnects it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from felix.proto.ws_frames import close_frame, server_frame
+
+log = logging.getLogger("felix.ws")
+
+RECEIVE_BYTES = 65536
+HANDSHAKE_TIMEOUT_S = 10.0
+CLIENT_MESSAGE_BYTES_MAX = 1 << 20
+
+
+class ConnectionGone(Exception):
+    """The peer closed, the socket broke, or the connection was closed locally."""
+
+
+class FrameSender:
+    """Writes whole frames to one socket without ever blocking the caller."""
+
+    def __init__(self, stream: trio.SocketStream, backlog_bytes_max: int) -> None:
+        self._fd = stream.socket.fileno()
+        self._raw = socket.socket(fileno=socket.dup(self._fd))  # a handle of our own
+        self._raw.setblocking(False)
+        self.backlog_bytes_max = backlog_bytes_max
+        self._backlog: deque[memoryview] = deque()
+        self.backlog_bytes = 0
+        self.broken = False
+        self.overflowed = False
+        self._wake = trio.Event()
+        self._emptied = trio.Event()  # set whenever the backlog drains (or the socket breaks)
+        self.frames_sent = 0
+
+    def send(self, frame: bytes) -> bool:
+        """Queue or write ``frame`` now; False if the connection is broken or overflowed."""
+        if self.broken or self.overflowed:
+            return False
+        if self._backlog:
+            return self._enqueue(memoryview(frame))
+        try:
+            sent = self._raw.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            self._wake.set()
+            return False
+        self.frames_sent += 1
+        if sent < len(frame):
+            return self._enqueue(memoryview(frame)[sent:])
+        return True
+
+    def send_final(self, frame: bytes) -> None:
+        """A last frame (Resync, close) that may exceed the backlog bound; nothing is
+        accepted after it."""
+        if self.broken:
+            return
+        self.overflowed = False
+        limit, self.backlog_bytes_max = self.backlog_bytes_max, 1 << 62
+        self.send(frame)
+        self.backlog_bytes_max = limit
+        self.overflowed = True
+
+    def _enqueue(self, rest: memoryview) -> bool:
+        if self.backlog_bytes + len(rest) > self.backlog_bytes_max:
+            self.overflowed = True
+            self._wake.set()
+            return False
+        self._backlog.append(rest)
+        self.backlog_bytes += len(rest)
+        self._wake.set()
+        return True
+
+    @property
+    def backlog_frames(self) -> int:
+        return len(self._backlog)
+
+    async def flush_forever(self) -> None:
+        """Drain the backlog whenever the socket can take more (the slow path).  The only
+        task that waits on the socket: Trio allows one writer-waiter per fd."""
+        try:
+            while not self.broken:
+                if not self._backlog:
+                    self._emptied.set()
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                await trio.lowlevel.wait_writable(self._fd)
+                self._drain()
+        finally:
+            self._emptied.set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been written (catch-up pacing, close)."""
+        while self._backlog and not self.broken:
+            self._emptied = trio.Event()
+            self._wake.set()
+            await self._emptied.wait()
+
+    def _drain(self) -> None:
+        while self._backlog:
+            head = self._backlog[0]
+            try:
+                sent = self._raw.send(head)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.broken = True
+                return
+            self.backlog_bytes -= sent
+            if sent < len(head):
+                self._backlog[0] = head[sent:]
+                return
+            self._backlog.popleft()
+
+    def close(self) -> None:
+        self.broken = True
+        self._wake.set()
+        with contextlib.suppress(OSError):
+            self._raw.close()
+
+
+class WsConnection:
+    """One accepted WebSocket connection."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection, sender: FrameSender) -> None:
+        self.stream = stream
+        self._ws = ws
+        self.sender = sender
+        self._parts: list[bytes] = []
+        self._parts_bytes = 0
+        self._pending: deque[bytes] = deque()
+        self.closed = False
+
+    def send_message(self, payload: bytes) -> bool:
+        return self.sender.send(server_frame(payload))
+
+    async def receive(self) -> bytes:
+        """The next binary message from the client; handles pings and close."""
+        while not self._pending:
+            if self.closed or self.sender.broken:
+                raise ConnectionGone("connection closed")
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionGone(str(exc)) from None
+            if not data:
+                raise ConnectionGone("client closed the connection")
+            try:
+                self._ws.receive_data(data)
+                self._handle_events()
+            except (RemoteProtocolError, LocalProtocolError) as exc:
+                await self.close(1002, "protocol error")
+                raise ConnectionGone(f"WebSocket protocol error: {exc}") from None
+        return self._pending.popleft()
+
+    def _handle_events(self) -> None:
+        for event in self._ws.events():
+            if isinstance(event, BytesMessage):
+                self._parts.append(bytes(event.data))
+                self._parts_bytes += len(event.data)
+                if self._parts_bytes > CLIENT_MESSAGE_BYTES_MAX:
+                    raise RemoteProtocolError("message too big", event_hint=None)
+                if event.message_finished:
+                    self._pending.append(b"".join(self._parts))
+                    self._parts, self._parts_bytes = [], 0
+            elif isinstance(event, Ping):
+                self.sender.send(self._ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                with contextlib.suppress(LocalProtocolError):
+                    self.sender.send(self._ws.send(event.response()))
+                self.closed = True
+            elif isinstance(event, TextMessage):
+                raise RemoteProtocolError("text messages are not accepted", event_hint=None)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            self.sender.send_final(close_frame(code, reason))
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self.sender.drain()
+
+
+Handler = Callable[[WsConnection], Awaitable[None]]
+
+
+async def serve_ws(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    backlog_bytes_max: int,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept WebSocket connections and run ``handler`` for each, in its own nursery."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        await _connection(stream, handler, backlog_bytes_max)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, on_connection, listeners)
+        task_status.started(bound)
+
+
+async def _connection(stream: trio.SocketStream, handler: Handler, backlog_bytes_max: int) -> None:
+    async with stream:
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                leftover = await _handshake(stream, ws)
+        except (
+            trio.TooSlowError,
+            ConnectionGone,
+            RemoteProtocolError,
+            LocalProtocolError,
+            OSError,
+            trio.BrokenResourceError,
+        ):
+            return
+        sender = FrameSender(stream, backlog_bytes_max)
+        connection = WsConnection(stream, ws, sender)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender.flush_forever)
+                if leftover:
+                    connection._handle_events()
+                try:
+                    await handler(connection)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except ConnectionGone:
+            pass
+        except Exception:  # one connection's bug must never take the server down
+            log.exception("client connection handler failed")
+        finally:
+            sender.close()
+
+
+async def _handshake(stream: trio.SocketStream, ws: WSConnection) -> bool:
+    """Run the HTTP upgrade; returns whether frames already arrived behind it."""
+    while True:
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            raise ConnectionGone("closed during the handshake")
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, Request):
+                await stream.send_all(ws.send(AcceptConnection()))
+                return True
+            await stream.send_all(ws.send(RejectConnection(status_code=400)))
+            raise ConnectionGone("not a WebSocket upgrade")
