@@ -132,7 +132,7 @@ async def connect(port: int, from_version: int | None) -> ClientConnection:
 
 
 async def test_snapshot_then_live_deltas_in_order() -> None:
-    async with serving(HubLimits(snapshot_chunk_records=7)) as (model, hub, port):
+    async with serving(HubLimits(snapshot_chunk_records=7)) as (model, _hub, port):
         model.write(30)
         conn = await connect(port, None)
         watcher = Watcher()
@@ -145,7 +145,7 @@ async def test_snapshot_then_live_deltas_in_order() -> None:
 
 
 async def test_resume_from_retained_version_sends_only_what_follows() -> None:
-    async with serving(HubLimits()) as (model, hub, port):
+    async with serving(HubLimits()) as (model, _hub, port):
         model.write(50)
         conn = await connect(port, 40)
         watcher = Watcher()
@@ -165,7 +165,7 @@ async def test_resume_below_history_gets_a_snapshot_not_a_gap() -> None:
 
 
 async def test_ahead_of_this_node_waits_until_it_catches_up() -> None:
-    async with serving(HubLimits(wait_ahead_s=5)) as (model, hub, port):
+    async with serving(HubLimits(wait_ahead_s=5)) as (model, _hub, port):
         model.write(10)
         conn = await connect(port, 12)
         watcher = Watcher()
@@ -177,7 +177,7 @@ async def test_ahead_of_this_node_waits_until_it_catches_up() -> None:
 
 
 async def test_ahead_forever_gets_resync() -> None:
-    async with serving(HubLimits(wait_ahead_s=0.05)) as (model, hub, port):
+    async with serving(HubLimits(wait_ahead_s=0.05)) as (_model, _hub, port):
         conn = await connect(port, 99)
         with trio.fail_after(10):
             message = await conn.receive()
@@ -185,7 +185,7 @@ async def test_ahead_forever_gets_resync() -> None:
 
 
 async def test_progress_when_idle() -> None:
-    async with serving(HubLimits(progress_interval_s=0.05)) as (model, hub, port):
+    async with serving(HubLimits(progress_interval_s=0.05)) as (model, _hub, port):
         model.write(3)
         conn = await connect(port, 3)
         watcher = Watcher()
@@ -198,7 +198,7 @@ async def test_progress_when_idle() -> None:
 
 
 async def test_big_delta_is_split_and_applied_atomically() -> None:
-    async with serving(HubLimits(message_bytes_max=2000)) as (model, hub, port):
+    async with serving(HubLimits(message_bytes_max=2000)) as (model, _hub, port):
         conn = await connect(port, 0)
         watcher = Watcher()
         watcher.version = 0
