@@ -22,8 +22,10 @@ from felix.raft.types import RaftConfig, Role
 from felix.server.client_api import ClientApi
 from felix.server.health import OpsServer, Query, Response
 from felix.server.kv import KvStateMachine, encode_put
+from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.metrics import NodeMetrics
 from felix.server.raft_node import NodeError, NodeSettings, NotLeader, RaftNode
+from felix.server.watch_hub import HubLimits, WatchHub
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
@@ -49,6 +51,17 @@ class NodeHandle:
         nobody to hand leadership to."""
         self.hand_off = not others_stopping
         self.stop_requested.set()
+
+
+def attach_hub(node: RaftNode, limits: HubLimits = HubLimits()) -> WatchHub:
+    """Publish the node's metadata deltas to a new watch hub."""
+    sm = node.state_machine
+    assert isinstance(sm, MetadataStateMachine)
+    hub = WatchHub(sm.view, limits)
+    hub.version = sm.version
+    sm.publish = hub.publish
+    sm.on_restore = hub.reset
+    return hub
 
 
 def raft_config_for(config: NodeConfig) -> RaftConfig:

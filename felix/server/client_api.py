@@ -1,34 +1,42 @@
-"""The client API over WebSockets: writes today; snapshots and watches build on it.
+"""The client API over WebSockets: WatchUpdates, GetSnapshot, ReportHealth and writes.
 
-Each connection is one task with its own nursery; requests on a connection run
-concurrently (bounded by ``requests_in_flight_max``), so one client can pipeline many
-writes over one socket.  Every handler is wrapped: a bad message gets an `Error` reply
-(and a protocol error closes the connection), never an exception that would take the
-whole server down (trio-websocket propagates handler exceptions out of
-``serve_websocket``).
+Each connection runs in its own nursery: a reader task takes client messages and runs
+each request as its own task (bounded by ``requests_in_flight_max``), so one client can
+pipeline many writes; a ``Hello`` starts the watch stream on the same connection.
+Replies and deltas share one `FrameSender`, so they leave in the order they were made.
+Every handler is wrapped: a bad message gets an `Error` reply (a malformed frame closes
+the connection), never an exception that would take the server down.
 
-Writes that reach a follower are refused with the leader's id (``not_leader``); the
-client retries there.  Forwarding to the leader comes with the broker API.
+Writes reaching a follower are refused with the leader's id (``not_leader``; the detail
+names the leader) and the client retries there.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from felix.metadata.commands import command_from_request, encode_command
+from felix.metadata.errors import CommandError
+from felix.metadata.state import ApplyResult
 from felix.proto.client_messages import (
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
+    ClientHello,
     Error,
     ErrorCode,
+    GetSnapshot,
+    ReportHealth,
     WriteRequest,
     WriteResult,
 )
 from felix.proto.errors import ProtocolError
-from felix.server.kv import encode_put
+from felix.proto.ws_frames import server_frame
+from felix.server.kv import KvStateMachine, encode_put
+from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import (
     NodeError,
     NotLeader,
@@ -37,17 +45,31 @@ from felix.server.raft_node import (
     RaftNode,
     ShuttingDown,
 )
+from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
+from felix.server.ws_server import ConnectionGone, WsConnection, serve_ws
 
 log = logging.getLogger("felix.client_api")
 
-MESSAGE_BYTES_MAX = 1 << 20
 REQUESTS_IN_FLIGHT_MAX = 256
-SEND_TIMEOUT_S = 10.0
+BACKLOG_BYTES_MAX = 4 * 1024 * 1024
+
+HealthSink = Callable[[ReportHealth], Any]
 
 
 class ClientApi:
-    def __init__(self, node: RaftNode, *, requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX):
+    def __init__(
+        self,
+        node: RaftNode,
+        hub: WatchHub | None = None,
+        *,
+        health: HealthSink | None = None,
+        requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
+        limits: HubLimits = HubLimits(),
+    ) -> None:
         self.node = node
+        self.hub = hub
+        self.health = health
+        self.limits = limits
         self.requests_in_flight_max = requests_in_flight_max
         self.connections = 0
         self.port = 0
@@ -56,84 +78,119 @@ class ClientApi:
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
+            self.port = await nursery.start(
+                lambda task_status: serve_ws(
                     self.handle,
                     host,
                     port,
-                    None,
-                    handler_nursery=nursery,
-                    max_message_size=MESSAGE_BYTES_MAX,
-                    message_queue_size=16,
+                    backlog_bytes_max=BACKLOG_BYTES_MAX,
                     task_status=task_status,
                 )
             )
-            self.port = server.port
+            if self.hub is not None:
+                nursery.start_soon(self.hub.run)
             task_status.started(self.port)
 
-    async def handle(self, request: WebSocketRequest) -> None:
-        try:
-            ws = await request.accept()
-        except (ConnectionClosed, OSError, trio.BrokenResourceError):
-            return
+    async def handle(self, conn: WsConnection) -> None:
         self.connections += 1
         try:
-            await self._serve(ws)
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            async with trio.open_nursery() as nursery:
+                await self._read_requests(conn, nursery)
+                nursery.cancel_scope.cancel()
+        except* ConnectionGone:
             pass
-        except Exception:  # never let one connection kill the server
-            log.exception("client connection failed")
         finally:
             self.connections -= 1
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                await ws.aclose()
 
-    async def _serve(self, ws: WebSocketConnection) -> None:
+    async def _read_requests(self, conn: WsConnection, nursery: trio.Nursery) -> None:
         limit = trio.Semaphore(self.requests_in_flight_max)
-        async with trio.open_nursery() as nursery:
-            while True:
-                data = await ws.get_message()
-                if isinstance(data, str):
-                    await self._reply(ws, Error(ErrorCode.BAD_REQUEST, "send binary CBOR", None))
-                    return
-                try:
-                    message = CLIENT_TO_SERVER.decode(data)
-                except ProtocolError as exc:
-                    await self._reply(ws, Error(ErrorCode.BAD_REQUEST, str(exc), None))
-                    return
-                await limit.acquire()
-                nursery.start_soon(self._handle_one, ws, message, limit)
+        watching = False
+        while True:
+            try:
+                message = CLIENT_TO_SERVER.decode(await conn.receive())
+            except ProtocolError as exc:
+                self._send(conn, Error(ErrorCode.BAD_REQUEST, str(exc), None))
+                await conn.close(1002, "protocol error")
+                return
+            if isinstance(message, ClientHello):
+                if watching or self.hub is None:
+                    self._send(conn, Error(ErrorCode.BAD_REQUEST, "already watching", None))
+                    continue
+                watching = True
+                nursery.start_soon(self._watch, conn, message.from_version, nursery)
+                continue
+            await limit.acquire()
+            nursery.start_soon(self._answer_one, conn, message, limit)
 
-    async def _handle_one(
-        self, ws: WebSocketConnection, message: Any, limit: trio.Semaphore
+    async def _watch(
+        self, conn: WsConnection, from_version: int | None, nursery: trio.Nursery
     ) -> None:
+        assert self.hub is not None
+        reason = await self.hub.watch(conn, from_version)
+        await conn.close(4001, reason[:100])
+        nursery.cancel_scope.cancel()
+
+    async def _answer_one(self, conn: WsConnection, message: Any, limit: trio.Semaphore) -> None:
         try:
-            await self._reply(ws, await self._answer(message))
+            reply = await self._answer(conn, message)
+            if reply is not None:
+                self._send(conn, reply)
+        except Exception as exc:  # never let one request take the connection down
+            log.exception("request failed")
+            self._send(conn, Error(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", None))
         finally:
             limit.release()
 
-    async def _answer(self, message: Any) -> Any:
-        if not isinstance(message, WriteRequest):
-            kind = type(message).__name__
-            return Error(ErrorCode.BAD_REQUEST, f"{kind} is not served by this node version", None)
-        if message.command != "kv.put":
-            return Error(
-                ErrorCode.BAD_REQUEST, f"unknown command {message.command!r}", message.request_id
-            )
-        key, value = message.args.get("key"), message.args.get("value")
-        if not isinstance(key, str) or not isinstance(value, (bytes, type(None))):
-            detail = "kv.put needs args key (text) and value (bytes or null)"
-            return Error(ErrorCode.BAD_REQUEST, detail, message.request_id)
-        try:
-            index, _ = await self.node.propose(encode_put(key, value))
-        except NodeError as exc:
-            return Error(_code_for(exc), str(exc), message.request_id)
-        return WriteResult(message.request_id, index)
+    async def _answer(self, conn: WsConnection, message: Any) -> Any:
+        if isinstance(message, WriteRequest):
+            return await self._write(message)
+        if isinstance(message, GetSnapshot):
+            return await self._snapshot(conn, message)
+        if isinstance(message, ReportHealth):
+            if self.health is None:
+                return Error(ErrorCode.BAD_REQUEST, "health reports are not served here", None)
+            return await self.health(message)
+        return Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}", None)
 
-    async def _reply(self, ws: WebSocketConnection, message: Any) -> None:
-        with trio.move_on_after(SEND_TIMEOUT_S):
-            await ws.send_message(SERVER_TO_CLIENT.encode(message))
+    async def _snapshot(self, conn: WsConnection, request: GetSnapshot) -> Any:
+        sm = self.node.state_machine
+        if not isinstance(sm, MetadataStateMachine):
+            return Error(ErrorCode.BAD_REQUEST, "this node serves no metadata", request.request_id)
+        if request.linearizable:
+            try:
+                await self.node.read_index()
+            except NodeError as exc:
+                return Error(_code_for(exc), str(exc), request.request_id)
+        version, digest, records = sm.view()
+        await send_snapshot(conn, version, digest, records, request.request_id, self.limits)
+        return None
+
+    async def _write(self, request: WriteRequest) -> Any:
+        try:
+            data = self._encode_write(request)
+        except CommandError as exc:
+            return Error(exc.code, exc.detail, request.request_id)
+        try:
+            index, result = await self.node.propose(data)
+        except NodeError as exc:
+            return Error(_code_for(exc), str(exc), request.request_id)
+        if isinstance(result, ApplyResult) and result.error is not None:
+            return Error(result.error.code, result.error.detail, request.request_id)
+        return WriteResult(request.request_id, index)
+
+    def _encode_write(self, request: WriteRequest) -> bytes:
+        if isinstance(self.node.state_machine, KvStateMachine):
+            key, value = request.args.get("key"), request.args.get("value")
+            if request.command != "kv.put" or not isinstance(key, str):
+                raise CommandError(ErrorCode.BAD_REQUEST, "this node serves kv.put only")
+            if not isinstance(value, (bytes, type(None))):
+                raise CommandError(ErrorCode.BAD_REQUEST, "kv.put value must be bytes or null")
+            return encode_put(key, value)
+        command = command_from_request(request.command, request.args, request.expected_version)
+        return encode_command(command)
+
+    def _send(self, conn: WsConnection, message: Any) -> None:
+        conn.sender.send(server_frame(SERVER_TO_CLIENT.encode(message)))
 
 
 def _code_for(exc: NodeError) -> ErrorCode:

@@ -354,6 +354,9 @@ class RaftNode:
             self._bytes_since_snapshot = 0
         for entry in ready.committed:
             self._apply(entry)
+        batch_applied = getattr(self.state_machine, "batch_applied", None)
+        if batch_applied is not None and (ready.committed or ready.snapshot):
+            batch_applied()
         self._release_reads()
         self._maybe_snapshot()
 

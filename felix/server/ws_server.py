@@ -259,9 +259,9 @@ async def _connection(stream: trio.SocketStream, handler: Handler, backlog_bytes
                     await handler(connection)
                 finally:
                     nursery.cancel_scope.cancel()
-        except ConnectionGone:
+        except* ConnectionGone:
             pass
-        except Exception:  # one connection's bug must never take the server down
+        except* Exception:  # one connection's bug must never take the server down
             log.exception("client connection handler failed")
         finally:
             sender.close()

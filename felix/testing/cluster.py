@@ -13,7 +13,7 @@ from what its disk holds.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -22,7 +22,7 @@ from felix.proto.raft_messages import ConfState, SnapshotMeta
 from felix.raft.ready import Ready
 from felix.raft.types import RaftConfig
 from felix.server.kv import KvStateMachine
-from felix.server.raft_node import NodeSettings, NodeStatus, RaftNode
+from felix.server.raft_node import NodeSettings, NodeStatus, RaftNode, StateMachine
 from felix.storage.memory_wal import MemoryWal
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
@@ -86,7 +86,9 @@ class TrioCluster:
         all_ids: Iterable[int] = range(1, 6),
         settings: NodeSettings | None = None,
         raft_overrides: dict[str, object] | None = None,
+        state_machine_factory: Callable[[], StateMachine] = KvStateMachine,
     ) -> None:
+        self.state_machine_factory = state_machine_factory
         self.nursery = nursery
         self.seed = seed
         self.voters = tuple(sorted(voters))
@@ -116,7 +118,13 @@ class TrioCluster:
 
         rng = random.Random(f"{self.seed}:{node_id}:{sim.incarnation}")
         sim.node = RaftNode(
-            config, boot, wal, transport, KvStateMachine(), settings=self.settings, rng=rng
+            config,
+            boot,
+            wal,
+            transport,
+            self.state_machine_factory(),
+            settings=self.settings,
+            rng=rng,
         )
         sim.stopped = trio.Event()
         sim.scope = await self.nursery.start(self._run, sim)
