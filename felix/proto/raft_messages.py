@@ -188,6 +188,33 @@ class TimeoutNow:
     leader: NodeId
 
 
+class ForwardKind(enum.IntEnum):
+    WRITE = 0  # an encoded state-machine command to propose
+    HEALTH = 1  # an encoded broker health report for the leader's session tracker
+
+
+@PEER.message("Forward")
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A follower hands a client's request to the leader over the authenticated peer
+    link (the Raft core never sees it)."""
+
+    request_id: int
+    kind: ForwardKind
+    data: Annotated[bytes, MaxLen(4 * 1024 * 1024)]
+
+
+@PEER.message("ForwardResult")
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """The leader's answer: the applied index, or an error code and detail."""
+
+    request_id: int
+    index: int
+    error_code: Annotated[str, MaxLen(64)]  # "" on success
+    detail: Annotated[str, MaxLen(4096)]
+
+
 RaftMessage = (
     RequestVote
     | VoteResponse
@@ -197,4 +224,5 @@ RaftMessage = (
     | SnapshotResponse
     | TimeoutNow
 )
-PeerMessage = PeerHello | RaftMessage
+ForwardMessage = Forward | ForwardResult
+PeerMessage = PeerHello | RaftMessage | ForwardMessage

@@ -17,7 +17,8 @@ from typing import Any
 import trio
 
 from felix.config import NodeConfig
-from felix.proto.raft_messages import ConfChangeKind, ConfState
+from felix.metadata.state import ApplyResult
+from felix.proto.raft_messages import ConfChangeKind, ConfState, ForwardKind
 from felix.raft.types import RaftConfig, Role
 from felix.server.client_api import ClientApi
 from felix.server.health import OpsServer, Query, Response
@@ -25,6 +26,7 @@ from felix.server.kv import KvStateMachine, encode_put
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.metrics import NodeMetrics
 from felix.server.raft_node import NodeError, NodeSettings, NotLeader, RaftNode
+from felix.server.sessions import SessionTracker
 from felix.server.watch_hub import HubLimits, WatchHub
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
@@ -53,15 +55,32 @@ class NodeHandle:
         self.stop_requested.set()
 
 
-def attach_hub(node: RaftNode, limits: HubLimits = HubLimits()) -> WatchHub:
+def attach_hub(node: RaftNode, limits: HubLimits | None = None) -> WatchHub:
     """Publish the node's metadata deltas to a new watch hub."""
     sm = node.state_machine
     assert isinstance(sm, MetadataStateMachine)
-    hub = WatchHub(sm.view, limits)
+    hub = WatchHub(sm.view, limits or HubLimits())
     hub.version = sm.version
     sm.publish = hub.publish
     sm.on_restore = hub.reset
+    node.result_error = rejection_of
     return hub
+
+
+def rejection_of(result: object) -> tuple[str, str] | None:
+    """A committed metadata command that was rejected deterministically."""
+    if isinstance(result, ApplyResult) and result.error is not None:
+        return result.error.code.value, result.error.detail
+    return None
+
+
+def attach_sessions(node: RaftNode) -> SessionTracker:
+    """Serve broker health reports (here as leader, or forwarded to the leader)."""
+    sm = node.state_machine
+    assert isinstance(sm, MetadataStateMachine)
+    tracker = SessionTracker(node, sm)
+    node.forward_handlers[ForwardKind.HEALTH] = tracker.handle_forwarded
+    return tracker
 
 
 def raft_config_for(config: NodeConfig) -> RaftConfig:

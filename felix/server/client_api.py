@@ -14,14 +14,12 @@ names the leader) and the client retries there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from felix.metadata.commands import command_from_request, encode_command
 from felix.metadata.errors import CommandError
-from felix.metadata.state import ApplyResult
 from felix.proto.client_messages import (
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
@@ -34,6 +32,7 @@ from felix.proto.client_messages import (
     WriteResult,
 )
 from felix.proto.errors import ProtocolError
+from felix.proto.raft_messages import ForwardKind
 from felix.proto.ws_frames import server_frame
 from felix.server.kv import KvStateMachine, encode_put
 from felix.server.metadata_sm import MetadataStateMachine
@@ -45,6 +44,7 @@ from felix.server.raft_node import (
     RaftNode,
     ShuttingDown,
 )
+from felix.server.sessions import encode_report
 from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
 from felix.server.ws_server import ConnectionGone, WsConnection, serve_ws
 
@@ -53,8 +53,6 @@ log = logging.getLogger("felix.client_api")
 REQUESTS_IN_FLIGHT_MAX = 256
 BACKLOG_BYTES_MAX = 4 * 1024 * 1024
 
-HealthSink = Callable[[ReportHealth], Any]
-
 
 class ClientApi:
     def __init__(
@@ -62,14 +60,12 @@ class ClientApi:
         node: RaftNode,
         hub: WatchHub | None = None,
         *,
-        health: HealthSink | None = None,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
-        limits: HubLimits = HubLimits(),
+        limits: HubLimits | None = None,
     ) -> None:
         self.node = node
         self.hub = hub
-        self.health = health
-        self.limits = limits
+        self.limits = limits or (hub.limits if hub else HubLimits())
         self.requests_in_flight_max = requests_in_flight_max
         self.connections = 0
         self.port = 0
@@ -105,6 +101,7 @@ class ClientApi:
     async def _read_requests(self, conn: WsConnection, nursery: trio.Nursery) -> None:
         limit = trio.Semaphore(self.requests_in_flight_max)
         watching = False
+        identity: int | None = None  # the broker id this connection said hello as
         while True:
             try:
                 message = CLIENT_TO_SERVER.decode(await conn.receive())
@@ -117,7 +114,14 @@ class ClientApi:
                     self._send(conn, Error(ErrorCode.BAD_REQUEST, "already watching", None))
                     continue
                 watching = True
+                identity = message.node_id
                 nursery.start_soon(self._watch, conn, message.from_version, nursery)
+                continue
+            if isinstance(message, ReportHealth) and identity not in (None, message.node_id):
+                detail = (
+                    f"this connection is broker {identity}; it may not report for {message.node_id}"
+                )
+                self._send(conn, Error(ErrorCode.UNAUTHORIZED, detail, None))
                 continue
             await limit.acquire()
             nursery.start_soon(self._answer_one, conn, message, limit)
@@ -147,9 +151,10 @@ class ClientApi:
         if isinstance(message, GetSnapshot):
             return await self._snapshot(conn, message)
         if isinstance(message, ReportHealth):
-            if self.health is None:
+            if ForwardKind.HEALTH not in self.node.forward_handlers:
                 return Error(ErrorCode.BAD_REQUEST, "health reports are not served here", None)
-            return await self.health(message)
+            _, code, detail = await self.node.submit(ForwardKind.HEALTH, encode_report(message))
+            return Error(ErrorCode(code), detail, None) if code else None
         return Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}", None)
 
     async def _snapshot(self, conn: WsConnection, request: GetSnapshot) -> Any:
@@ -170,12 +175,9 @@ class ClientApi:
             data = self._encode_write(request)
         except CommandError as exc:
             return Error(exc.code, exc.detail, request.request_id)
-        try:
-            index, result = await self.node.propose(data)
-        except NodeError as exc:
-            return Error(_code_for(exc), str(exc), request.request_id)
-        if isinstance(result, ApplyResult) and result.error is not None:
-            return Error(result.error.code, result.error.detail, request.request_id)
+        index, code, detail = await self.node.submit(ForwardKind.WRITE, data)
+        if code:
+            return Error(ErrorCode(code), detail, request.request_id)
         return WriteResult(request.request_id, index)
 
     def _encode_write(self, request: WriteRequest) -> bytes:

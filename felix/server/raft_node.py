@@ -35,7 +35,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,7 +51,9 @@ from felix.proto.raft_messages import (
     ConfState,
     Entry,
     EntryKind,
-    RaftMessage,
+    Forward,
+    ForwardKind,
+    ForwardResult,
     SnapshotMeta,
 )
 from felix.raft.core import RaftCore
@@ -72,7 +74,7 @@ from felix.raft.types import (
     TransferLeader,
 )
 from felix.server.metrics import NodeMetrics
-from felix.transport.base import Deliver, PeerTransport
+from felix.transport.base import Deliver, PeerPayload, PeerTransport
 
 log = logging.getLogger("felix.raft_node")
 
@@ -108,6 +110,22 @@ class Overloaded(NodeError):
 
 class ShuttingDown(NodeError):
     """The node is stopping."""
+
+
+def error_code_for(exc: NodeError) -> str:
+    """The client-protocol error code (`ErrorCode` values) for a node error."""
+    if isinstance(exc, NotLeader):
+        return "not_leader"
+    if isinstance(exc, ProposalTimeout):
+        return "timeout"
+    if isinstance(exc, (Overloaded, ShuttingDown)):
+        return "unavailable"
+    if isinstance(exc, ProposalLost):
+        return "unavailable"
+    return "internal"
+
+
+ForwardHandler = Callable[[bytes], Awaitable[tuple[int, str, str]]]
 
 
 # --- seams -----------------------------------------------------------------------------
@@ -213,6 +231,13 @@ class RaftNode:
         self._durable_term_vote = (boot.hard_state.term, boot.hard_state.vote)
         self._bytes_since_snapshot = 0
         self._rtt_sent: dict[tuple[int, int], float] = {}
+        self._forwards: dict[int, _Waiter] = {}
+        self.forward_handlers: dict[ForwardKind, ForwardHandler] = {
+            ForwardKind.WRITE: self._propose_here
+        }
+        # Maps a state-machine result to (error code, detail) when the command was
+        # rejected deterministically (the entry committed, but changed nothing).
+        self.result_error: Callable[[Any], tuple[str, str] | None] = lambda result: None
         if boot.snapshot:
             meta, data = boot.snapshot
             state_machine.restore(data, meta.index)
@@ -220,7 +245,15 @@ class RaftNode:
 
     # --- public API (any task) -------------------------------------------------------
 
-    async def deliver(self, sender: int, message: RaftMessage) -> None:
+    async def deliver(self, sender: int, message: PeerPayload) -> None:
+        if isinstance(message, Forward):
+            self._nursery.start_soon(self._serve_forward, sender, message)
+            return
+        if isinstance(message, ForwardResult):
+            waiter = self._forwards.pop(message.request_id, None)
+            if waiter is not None:
+                waiter.finish((message.index, message.error_code, message.detail))
+            return
         if isinstance(message, AppendResponse) and message.seq:
             sent = self._rtt_sent.pop((sender, message.seq), None)
             if sent is not None:
@@ -259,6 +292,59 @@ class RaftNode:
                 await self.wait_changed()
             return
         raise ProposalTimeout(f"leadership did not move to node {target} within {timeout_s} s")
+
+    async def submit(
+        self, kind: ForwardKind, data: bytes, *, timeout_s: float | None = None
+    ) -> tuple[int, str, str]:
+        """Run a request on the leader, wherever it is: here if this node leads, else
+        forwarded over the peer link.  Returns (index, error code or "", detail)."""
+        timeout = self.settings.proposal_timeout_s if timeout_s is None else timeout_s
+        deadline = trio.current_time() + timeout
+        while trio.current_time() < deadline:
+            leader = self.core.leader_id
+            if leader == self.node_id:
+                return await self.forward_handlers[kind](data)
+            if leader is None:
+                with trio.move_on_at(deadline):
+                    await self.wait_changed()
+                continue
+            outcome = await self._forward_once(leader, kind, data, deadline)
+            if outcome is not None and outcome[1] != "not_leader":
+                return outcome
+            with trio.move_on_at(deadline):
+                await self.wait_changed()  # the leader moved: try the new one
+        return 0, "timeout", f"no outcome within {timeout} s; the write may still commit"
+
+    async def _forward_once(
+        self, leader: int, kind: ForwardKind, data: bytes, deadline: float
+    ) -> tuple[int, str, str] | None:
+        rid = next(self._request_ids)
+        waiter = self._forwards[rid] = _Waiter()
+        try:
+            if not self.transport.send_nowait(leader, Forward(rid, kind, data)):
+                return None
+            with trio.move_on_at(deadline):
+                await waiter.done.wait()
+            result: tuple[int, str, str] | None = waiter.result
+            return result
+        finally:
+            self._forwards.pop(rid, None)
+
+    async def _serve_forward(self, sender: int, message: Forward) -> None:
+        handler = self.forward_handlers.get(message.kind)
+        if handler is None:
+            index, code, detail = 0, "bad_request", f"{message.kind.name} is not served"
+        else:
+            index, code, detail = await handler(message.data)
+        self.transport.send_nowait(sender, ForwardResult(message.request_id, index, code, detail))
+
+    async def _propose_here(self, data: bytes) -> tuple[int, str, str]:
+        try:
+            index, result = await self.propose(data)
+        except NodeError as exc:
+            return 0, error_code_for(exc), str(exc)
+        failure = self.result_error(result)
+        return (index, "", "") if failure is None else (index, *failure)
 
     async def campaign(self) -> None:
         await self._inputs_send.send(Campaign())

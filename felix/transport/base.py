@@ -8,9 +8,10 @@ from typing import Protocol
 
 import trio
 
-from felix.proto.raft_messages import RaftMessage
+from felix.proto.raft_messages import ForwardMessage, RaftMessage
 
-Deliver = Callable[[int, RaftMessage], Awaitable[None]]
+PeerPayload = RaftMessage | ForwardMessage
+Deliver = Callable[[int, PeerPayload], Awaitable[None]]
 """Hands one received message and its sender to the node.  Awaiting it is backpressure:
 a node whose input channel is full slows its peers' connections down instead of
 buffering without bound."""
@@ -32,7 +33,7 @@ class PeerTransport(Protocol):
     node_id: int
     stats: TransportStats
 
-    def send_nowait(self, to: int, message: RaftMessage) -> bool:
+    def send_nowait(self, to: int, message: PeerPayload) -> bool:
         """Queue ``message`` for peer ``to`` without blocking.
 
         False if it was dropped (unknown peer, or that peer's bounded queue is full):

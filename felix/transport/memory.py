@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import trio
 
-from felix.proto.raft_messages import PEER, RaftMessage
-from felix.transport.base import Deliver, TransportStats
+from felix.proto.raft_messages import PEER
+from felix.transport.base import Deliver, PeerPayload, TransportStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +97,13 @@ class MemoryNetwork:
             delay = rng.uniform(faults.delay_s_min, faults.delay_s_max)
         return copies, delay
 
-    def wire(self, message: RaftMessage) -> RaftMessage:
+    def wire(self, message: PeerPayload) -> PeerPayload:
         if not self._through_codec:
             return message
-        decoded: RaftMessage = PEER.decode(PEER.encode(message))
+        decoded: PeerPayload = PEER.decode(PEER.encode(message))
         return decoded
 
-    async def deliver(self, src: int, dst: int, message: RaftMessage) -> None:
+    async def deliver(self, src: int, dst: int, message: PeerPayload) -> None:
         if (src, dst) in self._blocked:  # a partition that started while in flight
             self.dropped += 1
             return
@@ -131,14 +131,14 @@ class MemoryTransport:
         self.stats = TransportStats()
         self._network = network
         self._deliver = deliver
-        self._queues: dict[int, trio.MemorySendChannel[RaftMessage]] = {}
-        self._receivers: dict[int, trio.MemoryReceiveChannel[RaftMessage]] = {}
+        self._queues: dict[int, trio.MemorySendChannel[PeerPayload]] = {}
+        self._receivers: dict[int, trio.MemoryReceiveChannel[PeerPayload]] = {}
         for peer in peers - {node_id}:
-            send, receive = trio.open_memory_channel[RaftMessage](send_queue_max)
+            send, receive = trio.open_memory_channel[PeerPayload](send_queue_max)
             self._queues[peer] = send
             self._receivers[peer] = receive
 
-    def send_nowait(self, to: int, message: RaftMessage) -> bool:
+    def send_nowait(self, to: int, message: PeerPayload) -> bool:
         queue = self._queues.get(to)
         if queue is None:
             self.stats.dropped_unknown_peer += 1
@@ -166,14 +166,14 @@ class MemoryTransport:
         finally:
             self._network.detach(self.node_id, endpoint)
 
-    async def _receive(self, sender: int, message: RaftMessage) -> None:
+    async def _receive(self, sender: int, message: PeerPayload) -> None:
         self.stats.received += 1
         await self._deliver(sender, message)
 
     async def _pump(
         self,
         peer: int,
-        receiver: trio.MemoryReceiveChannel[RaftMessage],
+        receiver: trio.MemoryReceiveChannel[PeerPayload],
         nursery: trio.Nursery,
     ) -> None:
         network = self._network
@@ -190,6 +190,6 @@ class MemoryTransport:
                 else:
                     await network.deliver(self.node_id, peer, wire)
 
-    async def _later(self, delay: float, peer: int, message: RaftMessage) -> None:
+    async def _later(self, delay: float, peer: int, message: PeerPayload) -> None:
         await trio.sleep(delay)
         await self._network.deliver(self.node_id, peer, message)

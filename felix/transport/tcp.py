@@ -33,9 +33,8 @@ from felix.proto.raft_messages import (
     PROTOCOL_VERSION,
     PeerHello,
     PeerMessage,
-    RaftMessage,
 )
-from felix.transport.base import Deliver, TransportStats
+from felix.transport.base import Deliver, PeerPayload, TransportStats
 
 log = logging.getLogger("felix.transport")
 
@@ -84,17 +83,17 @@ class TcpTransport:
         self._addresses = dict(config.peers)
         self._listeners: list[trio.SocketListener] = []
         self._nursery: trio.Nursery | None = None
-        self._queues: dict[int, trio.MemorySendChannel[RaftMessage]] = {}
-        self._receivers: dict[int, trio.MemoryReceiveChannel[RaftMessage]] = {}
+        self._queues: dict[int, trio.MemorySendChannel[PeerPayload]] = {}
+        self._receivers: dict[int, trio.MemoryReceiveChannel[PeerPayload]] = {}
         for peer in config.peers:
-            send, receive = trio.open_memory_channel[RaftMessage](config.send_queue_max)
+            send, receive = trio.open_memory_channel[PeerPayload](config.send_queue_max)
             self._queues[peer] = send
             self._receivers[peer] = receive
         self._hello = encode_frame(
             PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
         )
 
-    def send_nowait(self, to: int, message: RaftMessage) -> bool:
+    def send_nowait(self, to: int, message: PeerPayload) -> bool:
         queue = self._queues.get(to)
         if queue is None:
             self.stats.dropped_unknown_peer += 1
@@ -122,7 +121,7 @@ class TcpTransport:
             self._addresses[peer] = parsed
             return
         self._addresses[peer] = parsed
-        send, receive = trio.open_memory_channel[RaftMessage](self.config.send_queue_max)
+        send, receive = trio.open_memory_channel[PeerPayload](self.config.send_queue_max)
         self._queues[peer] = send
         self._receivers[peer] = receive
         if self._nursery is not None:
@@ -193,7 +192,7 @@ class TcpTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("connection to peer %d lost: %s", peer, exc or type(exc).__name__)
 
-    def _frame(self, message: RaftMessage) -> bytes:
+    def _frame(self, message: PeerPayload) -> bytes:
         return encode_frame(PEER.encode(message), self.config.frame_bytes_max)
 
     # --- inbound -------------------------------------------------------------------

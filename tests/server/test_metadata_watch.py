@@ -266,10 +266,19 @@ async def test_get_snapshot_linearizable_and_bad_writes() -> None:
         assert isinstance(reply, Error) and reply.code.value == "conflict"
         follower = next(n for n in ports if n != leader.node_id)
         fconn = await ClientConnection.open("127.0.0.1", ports[follower])
+        # A write reaching a follower is forwarded to the leader over the peer link.
         await fconn.send(WriteRequest(13, "set_tenant", {"name": "c"}, None))
         reply = await fconn.receive()
-        assert isinstance(reply, Error) and reply.code.value == "not_leader"
-        assert f"the leader is node {leader.node_id}" in reply.detail
+        assert isinstance(reply, WriteResult) and reply.request_id == 13
+        assert leader.node is not None
+        sm = leader.node.state_machine
+        assert isinstance(sm, MetadataStateMachine) and "c" in sm.state.tenants
+        # ...and so is a rejection's reason.
+        await fconn.send(
+            WriteRequest(14, "create_stream", {"name": "y", "shards": 1, "tenant": "nobody"}, None)
+        )
+        reply = await fconn.receive()
+        assert isinstance(reply, Error) and reply.code.value == "rejected"
         await conn.aclose()
         await fconn.aclose()
         nursery.cancel_scope.cancel()
