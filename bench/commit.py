@@ -4,7 +4,8 @@
                            [--failover-trials 10] [--json bench/results/commit.json]
 
 Three `felix serve` processes with their WALs on disk (a temp dir); the bench client
-writes over the WebSocket client API (one connection per 8 writers, requests pipelined).
+writes over the WebSocket client API (one connection per 8 writers, requests
+pipelined); each write creates a tenant record (~100 bytes) in the metadata state.
 - sequential: one writer, one write at a time: commit latency p50/p99 (client-observed:
   send -> WriteResult, so it includes both WebSocket hops);
 - throughput: N concurrent writers for ``--seconds``: committed writes/s;
@@ -24,45 +25,40 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from bench._report import print_table, write_json
-from felix.proto.client_messages import (
-    CLIENT_TO_SERVER,
-    SERVER_TO_CLIENT,
-    Error,
-    WriteRequest,
-    WriteResult,
-)
+from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.proto.client_messages import Error, WriteRequest, WriteResult
 from felix.testing.processes import ProcessCluster
 
 
 class Connection:
-    """One WebSocket with request ids, so many writers can pipeline over it."""
+    """One client connection with request ids, so many writers can pipeline over it."""
 
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self.ws = ws
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
         self.ids = itertools.count(1)
         self.waiting: dict[int, trio.MemorySendChannel[Any]] = {}
 
     async def reader(self) -> None:
         try:
             while True:
-                reply = SERVER_TO_CLIENT.decode(await self.ws.get_message())
-                request_id = getattr(reply, "request_id", None)
-                channel = self.waiting.pop(request_id, None) if request_id else None
-                if channel is not None:
-                    channel.send_nowait(reply)
+                for reply in await self.conn.receive_batch():
+                    request_id = getattr(reply, "request_id", None)
+                    channel = self.waiting.pop(request_id, None) if request_id else None
+                    if channel is not None:
+                        channel.send_nowait(reply)
         except ConnectionClosed:
             for channel in self.waiting.values():
                 channel.send_nowait(None)
 
-    async def put(self, key: str, value: bytes) -> Any:
+    async def put(self, key: str, value: str) -> Any:
+        """One metadata write: a tenant record (~100 bytes)."""
         request_id = next(self.ids)
         send, receive = trio.open_memory_channel[Any](1)
         self.waiting[request_id] = send
-        request = WriteRequest(request_id, "kv.put", {"key": key, "value": value}, None)
-        await self.ws.send_message(CLIENT_TO_SERVER.encode(request))
+        args = {"name": key, "display_name": value}
+        await self.conn.send(WriteRequest(request_id, "set_tenant", args, None))
         return await receive.receive()
 
 
@@ -71,13 +67,8 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def client_url(cluster: ProcessCluster, node_id: int) -> str:
-    port = cluster.nodes[node_id].args[cluster.nodes[node_id].args.index("--listen-client") + 1]
-    return f"ws://{port}/"
-
-
 async def run_writers(
-    url: str, writers: int, seconds: float | None, count: int | None
+    port: int, writers: int, seconds: float | None, count: int | None
 ) -> dict[str, Any]:
     latencies: list[float] = []
     failures = 0
@@ -85,8 +76,7 @@ async def run_writers(
     async with trio.open_nursery() as nursery:
         conns = []
         for _ in range(connections):
-            ws = await nursery.start(_open, url)
-            conn = Connection(ws)
+            conn = Connection(await ClientConnection.open("127.0.0.1", port))
             nursery.start_soon(conn.reader)
             conns.append(conn)
         deadline = time.perf_counter() + (seconds or 1e9)
@@ -100,7 +90,7 @@ async def run_writers(
                     return
                 remaining[0] -= 1
                 started = time.perf_counter()
-                reply = await conn.put(f"w{w}-{n}", b"x" * 100)
+                reply = await conn.put(f"w{w}-{n}", "x" * 80)
                 if isinstance(reply, WriteResult):
                     latencies.append(time.perf_counter() - started)
                 else:
@@ -122,30 +112,25 @@ async def run_writers(
     }
 
 
-async def _open(url: str, *, task_status: trio.TaskStatus[WebSocketConnection]) -> None:
-    async with open_websocket_url(url, connect_timeout=5) as ws:
-        task_status.started(ws)
-        await trio.sleep_forever()
-
-
 async def first_successful_write(cluster: ProcessCluster, exclude: int, key: str) -> float:
     """Try every surviving node's client API until one write is acknowledged."""
     while True:
         for node_id in cluster.nodes:
             if node_id == exclude:
                 continue
+            port = cluster.nodes[node_id].client_port
             try:
                 with trio.fail_after(1.0):
-                    async with open_websocket_url(
-                        client_url(cluster, node_id), connect_timeout=1
-                    ) as ws:
-                        request = WriteRequest(1, "kv.put", {"key": key, "value": b"f"}, None)
-                        await ws.send_message(CLIENT_TO_SERVER.encode(request))
-                        reply = SERVER_TO_CLIENT.decode(await ws.get_message())
-                        if isinstance(reply, WriteResult):
-                            return time.perf_counter()
-                        assert isinstance(reply, Error)
-            except (OSError, ConnectionClosed, trio.TooSlowError, Exception):
+                    conn = await ClientConnection.open("127.0.0.1", port, timeout_s=1)
+                    try:
+                        await conn.send(WriteRequest(1, "set_tenant", {"name": key}, None))
+                        reply = await conn.receive()
+                    finally:
+                        await conn.aclose()
+                if isinstance(reply, WriteResult):
+                    return time.perf_counter()
+                assert isinstance(reply, Error)
+            except (OSError, ConnectionClosed, trio.TooSlowError):
                 pass
         await trio.sleep(0.005)
 
@@ -178,14 +163,13 @@ def main() -> None:
         cluster.start_all()
         try:
             leader = cluster.wait_for_leader()
-            url = client_url(cluster, leader)
-            sequential = trio.run(run_writers, url, 1, None, args.sequential)
+            port = cluster.nodes[leader].client_port
+            sequential = trio.run(run_writers, port, 1, None, args.sequential)
             rows = [{"mode": "sequential", **sequential}]
             for writers in [int(w) for w in args.writers.split(",")]:
                 leader = cluster.wait_for_leader()
-                result = trio.run(
-                    run_writers, client_url(cluster, leader), writers, args.seconds, None
-                )
+                port = cluster.nodes[leader].client_port
+                result = trio.run(run_writers, port, writers, args.seconds, None)
                 rows.append({"mode": f"{writers} writers", **result})
             failover = (
                 failover_trials(cluster, args.failover_trials) if args.failover_trials else []

@@ -14,7 +14,12 @@ from collections.abc import Sequence
 
 import felix
 
-COMMAND_MODULES: tuple[str, ...] = ("felix.server.cli", "felix.storage.cli", "felix.proto.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "felix.server.cli",
+    "felix.storage.cli",
+    "felix.proto.cli",
+    "felix.ctl",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

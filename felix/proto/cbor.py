@@ -31,7 +31,7 @@ import io
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import cbor2
 
@@ -319,8 +319,13 @@ def _scalar_value_decode(value: object) -> object:
     raise SchemaError(f"expected a scalar or an array of scalars, got {_type_name(value)}")
 
 
-class ScalarValue:
-    """Annotation marker: an int, str, bytes, bool, null, or flat tuple of int/str."""
+if TYPE_CHECKING:
+    ScalarValue = int | str | bytes | bool | None | tuple[int | str, ...]
+else:
+
+    class ScalarValue:
+        """Annotation marker: an int, str, bytes, bool, null, or flat tuple of int/str
+        (type checkers see the union; the schema compiler sees this class)."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from felix.proto.raft_messages import ConfChangeKind, ConfState, ForwardKind
 from felix.raft.types import RaftConfig, Role
 from felix.server.client_api import ClientApi
 from felix.server.health import OpsServer, Query, Response
-from felix.server.kv import KvStateMachine, encode_put
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.metrics import NodeMetrics
 from felix.server.raft_node import NodeError, NodeSettings, NotLeader, RaftNode
@@ -133,7 +132,7 @@ async def run_node(
         boot,
         wal,
         transport,
-        KvStateMachine(),
+        MetadataStateMachine(),
         settings=settings,
         metrics=metrics,
     )
@@ -142,7 +141,11 @@ async def run_node(
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
-            client_api = ClientApi(node)
+            hub = attach_hub(node)
+            metrics.watch_stats(lambda: hub)
+            tracker = attach_sessions(node)
+            nursery.start_soon(tracker.run)
+            client_api = ClientApi(node, hub)
             await nursery.start(
                 client_api.run, config.listen.client.host, config.listen.client.port
             )
@@ -263,50 +266,15 @@ def build_ops_server(config: NodeConfig, node: RaftNode, wal: SegmentedWal) -> O
 
         return route
 
-    async def put(query: Query) -> Response:
-        key = query.get("key", [""])[0]
-        if not key:
-            return _json(400, {"error": "missing query parameter 'key'"})
-        value = query.get("value", [""])[0].encode()
-        try:
-            index, _ = await node.propose(encode_put(key, value))
-        except NodeError as exc:
-            return _error(exc)
-        return _json(200, {"index": index})
-
-    async def get(query: Query) -> Response:
-        """Linearizable by default (ReadIndex on the leader); ``local`` reads this node's
-        applied state as it is (serializable: may be stale, works on any node)."""
-        key = query.get("key", [""])[0]
-        if "local" in query:
-            index = node.applied_index
-        else:
-            try:
-                index = await node.read_index()
-            except NodeError as exc:
-                return _error(exc)
-        sm = node.state_machine
-        assert isinstance(sm, KvStateMachine)
-        value = sm.items.get(key)
-        return _json(
-            200,
-            {
-                "key": key,
-                "value": None if value is None else value.decode("utf-8", "replace"),
-                "index": index,
-            },
-        )
-
     return OpsServer(
         livez={"loop": loop_alive, "storage": storage_writable},
         readyz={"leader": known_leader, "voter": not_learner, "applied_lag": applied_lag},
         metrics=node.metrics.exposition,
-        get_routes={"/v1/status": status, "/v1/kv": get},
+        get_routes={"/v1/status": status},
         post_routes={
             "/v1/transfer-leader": transfer,
             "/v1/members/add": membership(ConfChangeKind.ADD_LEARNER),
             "/v1/members/promote": membership(ConfChangeKind.PROMOTE),
             "/v1/members/remove": membership(ConfChangeKind.REMOVE),
-            "/v1/kv": put,
         },
     )

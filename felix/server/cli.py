@@ -83,16 +83,6 @@ def register(subparsers: Any) -> None:
     remove.add_argument("id", type=int)
     remove.set_defaults(handler=lambda a: run_member(a, "remove"))
 
-    put = subparsers.add_parser("put", help="write a key (through the leader)")
-    _endpoints_arg(put)
-    put.add_argument("key")
-    put.add_argument("value")
-    put.set_defaults(handler=run_put)
-    get = subparsers.add_parser("get", help="linearizable read of a key")
-    _endpoints_arg(get)
-    get.add_argument("key")
-    get.set_defaults(handler=run_get)
-
 
 def _endpoints_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -165,8 +155,8 @@ async def _announce(handles: list[Any]) -> None:
     for handle in handles:
         c = handle.config
         print(
-            f"node {c.node_id}: peer {c.listen.peer}  ops http://{c.listen.ops.host}:"
-            f"{handle.ops_port}  data {c.data_dir}",
+            f"node {c.node_id}: peer {c.listen.peer}  client ws://{c.listen.client}  "
+            f"ops http://{c.listen.ops.host}:{handle.ops_port}  data {c.data_dir}",
             flush=True,
         )
     endpoints = ",".join(f"{h.config.listen.ops.host}:{h.ops_port}" for h in handles)
@@ -178,9 +168,13 @@ async def _announce(handles: list[Any]) -> None:
             term = leaders[0].core.term
             print(f"leader: node {leader} (term {term})", flush=True)
             if last_leader is None:
+                clients = ",".join(
+                    f"{h.config.listen.client.host}:{h.config.listen.client.port}" for h in handles
+                )
                 print(
                     f"try:   felix status --endpoints {endpoints}\n"
-                    f"       felix put greeting hello --endpoints {endpoints}\n"
+                    f"       felix ctl tenant set acme --endpoints {clients}\n"
+                    f"       felix ctl watch --endpoints {clients}\n"
                     "Ctrl-C stops the cluster cleanly.",
                     flush=True,
                 )
@@ -362,19 +356,3 @@ def run_member(args: argparse.Namespace, action: str) -> int:
     if action == "add":
         params["address"] = args.address
     return _post_to_leader(args, f"/v1/members/{action}?{urllib.parse.urlencode(params)}")
-
-
-def run_put(args: argparse.Namespace) -> int:
-    query = urllib.parse.urlencode({"key": args.key, "value": args.value})
-    return _post_to_leader(args, f"/v1/kv?{query}")
-
-
-def run_get(args: argparse.Namespace) -> int:
-    try:
-        leader = _leader_endpoint(_endpoints(args))
-        code, body = _request(leader, f"/v1/kv?{urllib.parse.urlencode({'key': args.key})}")
-    except (AdminError, ValueError) as exc:
-        print(f"felix: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(body))
-    return 0 if code == 200 else 1

@@ -8,9 +8,12 @@ everything in the first one.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 FAST_BUCKETS_S: Final = tuple(0.00005 * 2**k for k in range(18))  # 50 µs .. 6.5 s
 
@@ -81,3 +84,29 @@ class NodeMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch_stats(self, read: Callable[[], Any]) -> None:
+        """Export the watch hub's counters, read at scrape time (no per-delta cost)."""
+        self.registry.register(_WatchCollector(read))
+
+
+class _WatchCollector(Collector):
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self._read()
+        stats = hub.stats
+        yield GaugeMetricFamily("felix_watchers", "Brokers watching this node", hub.watchers)
+        yield GaugeMetricFamily(
+            "felix_watch_history_bytes", "Retained delta history", hub.history_bytes
+        )
+        for name, help_text, value in (
+            ("felix_watch_deltas_published", "Deltas published", stats.deltas_published),
+            ("felix_watch_frames_sent", "Delta messages sent to watchers", stats.frames_sent),
+            ("felix_watch_coalesced", "Backlogs coalesced into one message", stats.coalesced),
+            ("felix_watch_resyncs", "Resyncs sent", stats.resyncs),
+            ("felix_watch_slow_disconnects", "Slow watchers cut off", stats.slow_disconnects),
+            ("felix_watch_snapshots_sent", "Snapshots sent to watchers", stats.snapshots_sent),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)

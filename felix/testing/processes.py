@@ -20,6 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.proto.client_messages import (
+    Change,
+    GetSnapshot,
+    SnapshotChunk,
+    WriteRequest,
+    WriteResult,
+)
+
 HTTP_TIMEOUT_S = 5.0
 
 
@@ -41,6 +52,7 @@ class ServeProcess:
     node_id: int
     peer_port: int
     ops_port: int
+    client_port: int
     data_dir: Path
     args: list[str]
     log_path: Path
@@ -84,6 +96,32 @@ class ServeProcess:
         return http("POST", self.ops, path)
 
 
+async def _request(port: int, request: WriteRequest) -> Any:
+    with trio.fail_after(HTTP_TIMEOUT_S):
+        conn = await ClientConnection.open("127.0.0.1", port)
+        try:
+            await conn.send(request)
+            return await conn.receive()
+        finally:
+            await conn.aclose()
+
+
+async def _snapshot(port: int) -> list[Change]:
+    with trio.fail_after(HTTP_TIMEOUT_S):
+        conn = await ClientConnection.open("127.0.0.1", port)
+        try:
+            await conn.send(GetSnapshot(1, False))
+            records: list[Change] = []
+            while True:
+                chunk = await conn.receive()
+                if isinstance(chunk, SnapshotChunk):
+                    records.extend(chunk.records)
+                    if chunk.last:
+                        return records
+        finally:
+            await conn.aclose()
+
+
 def http(
     method: str, endpoint: str, path: str, timeout_s: float = HTTP_TIMEOUT_S
 ) -> tuple[int, Any]:
@@ -123,7 +161,13 @@ class ProcessCluster:
                 "--set", f"raft.tick_ms={self.tick_ms}",
             ]  # fmt: skip
             self.nodes[i] = ServeProcess(
-                i, peer_ports[i], ops_port, data_dir, args, self.root / f"node-{i}.log"
+                i,
+                peer_ports[i],
+                ops_port,
+                client_port,
+                data_dir,
+                args,
+                self.root / f"node-{i}.log",
             )
 
     def start_all(self) -> None:
@@ -155,28 +199,29 @@ class ProcessCluster:
         raise TimeoutError(f"no leader within {timeout_s} s")
 
     def put(self, key: str, value: str, timeout_s: float = 20.0) -> int:
-        """Write through the current leader, retrying across leader changes."""
+        """Write tenant ``key`` (display name ``value``) through the current leader,
+        retrying across leader changes; returns the version it was applied at."""
         deadline = time.monotonic() + timeout_s
-        query = urllib.parse.urlencode({"key": key, "value": value})
         while time.monotonic() < deadline:
             try:
                 leader = self.wait_for_leader(max(0.1, deadline - time.monotonic()))
-                code, body = self.nodes[leader].post(f"/v1/kv?{query}")
-            except (OSError, urllib.error.URLError, TimeoutError, ValueError):
+                request = WriteRequest(1, "set_tenant", {"name": key, "display_name": value}, None)
+                reply = trio.run(_request, self.nodes[leader].client_port, request)
+            except (OSError, TimeoutError, ConnectionClosed, trio.TooSlowError):
+                time.sleep(0.02)
                 continue
-            if code == 200:
-                return int(body["index"])
+            if isinstance(reply, WriteResult):
+                return reply.version
             time.sleep(0.02)
         raise TimeoutError(f"write {key!r} not acknowledged within {timeout_s} s")
 
     def local_items(self, node_id: int, keys: list[str]) -> dict[str, str | None]:
-        """What ``node_id`` has applied for ``keys`` (a local, serializable read)."""
-        items = {}
-        for key in keys:
-            query = urllib.parse.urlencode({"key": key, "local": "1"})
-            _, body = self.nodes[node_id].get(f"/v1/kv?{query}")
-            items[key] = body["value"]
-        return items
+        """What ``node_id`` has applied for tenants ``keys`` (a local, serializable read)."""
+        records = trio.run(_snapshot, self.nodes[node_id].client_port)
+        names = {
+            c.key: c.value.get("display_name") for c in records if c.kind == "tenant" and c.value
+        }
+        return {key: names.get(key) for key in keys}  # type: ignore[misc]
 
     def wait_caught_up(self, node_id: int, index: int, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
