@@ -30,7 +30,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from felix.proto.ws_frames import close_frame, server_frame
+from felix.proto.ws_frames import OP_PING, close_frame, server_frame
 
 log = logging.getLogger("felix.ws")
 
@@ -159,6 +159,7 @@ class WsConnection:
         self._parts_bytes = 0
         self._pending: deque[bytes] = deque()
         self.closed = False
+        self.last_heard = trio.current_time()
 
     def send_message(self, payload: bytes) -> bool:
         return self.sender.send(server_frame(payload))
@@ -174,6 +175,7 @@ class WsConnection:
                 raise ConnectionGone(str(exc)) from None
             if not data:
                 raise ConnectionGone("client closed the connection")
+            self.last_heard = trio.current_time()
             try:
                 self._ws.receive_data(data)
                 self._handle_events()
@@ -211,6 +213,22 @@ class WsConnection:
 
 
 Handler = Callable[[WsConnection], Awaitable[None]]
+
+KEEPALIVE_INTERVAL_S = 10.0
+
+
+async def keepalive(connection: WsConnection, interval_s: float, done: trio.CancelScope) -> None:
+    """Ping a quiet client; one that stays silent for two intervals is gone (a dead
+    peer would otherwise hold its slot until TCP gives up, minutes later)."""
+    while True:
+        await trio.sleep(interval_s)
+        silent = trio.current_time() - connection.last_heard
+        if silent >= 2 * interval_s:
+            log.info("closing a client connection silent for %.0f s", silent)
+            done.cancel()
+            return
+        if silent >= interval_s:
+            connection.sender.send(server_frame(b"felix", OP_PING))
 
 
 async def serve_ws(
@@ -253,6 +271,9 @@ async def _connection(stream: trio.SocketStream, handler: Handler, backlog_bytes
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender.flush_forever)
+                nursery.start_soon(
+                    keepalive, connection, KEEPALIVE_INTERVAL_S, nursery.cancel_scope
+                )
                 if leftover:
                     connection._handle_events()
                 try:
