@@ -42,10 +42,8 @@ class MetadataStateMachine:
                 self.publish(deltas)
 
     def snapshot_encoder(self) -> Callable[[], bytes]:
-        # The state is mutated in place by later applies, so the encoding must happen
-        # now; MetadataState.snapshot is a single pass over the records.
-        data = self.state.snapshot()
-        return lambda: data
+        """Freezes the view now (cheap table copies); the encoding runs off the loop."""
+        return self.state.snapshot_encoder()
 
     def restore(self, data: bytes, index: int) -> None:
         self.state = MetadataState.restore(data)

@@ -102,3 +102,18 @@ def test_inconsistent_snapshots_are_refused(mutate: object, match: str) -> None:
 def test_undecodable_snapshots_are_refused(data: bytes) -> None:
     with pytest.raises(SnapshotError):
         MetadataState.restore(data)
+
+
+def test_snapshot_encoder_freezes_the_view_before_later_applies() -> None:
+    """The encoder may run in a thread while apply goes on: it must see the state as it
+    was when it was made, byte for byte what snapshot() gave then."""
+    from felix.metadata.commands import SetTenant, encode_command
+    from felix.metadata.state import MetadataState
+
+    state = MetadataState()
+    state.apply(1, encode_command(SetTenant("a")))
+    expected = state.snapshot()
+    encode = state.snapshot_encoder()
+    state.apply(2, encode_command(SetTenant("b")))
+    assert encode() == expected
+    assert MetadataState.restore(encode()).version == 1
