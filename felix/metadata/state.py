@@ -388,7 +388,8 @@ def _records_of(
     yield from _changes(tenants[k] for k in sorted(tenants))
     yield from _changes(nodes[k] for k in sorted(nodes))
     yield from _changes(streams[k] for k in sorted(streams))
-    yield from _changes(sorted(shards.values(), key=_shard_order))
+    ordered_shards: list[Shard] = sorted(shards.values(), key=_shard_order)
+    yield from _changes(ordered_shards)
 
 
 def _changes(objects: Iterable[Model]) -> Iterator[Change]:
