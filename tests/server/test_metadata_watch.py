@@ -197,6 +197,31 @@ async def test_brokers_follow_writes_across_a_leader_failure(seed: int) -> None:
                     {"name": f"s{n}", "shards": 2, "tenant": "acme"},
                 )
             await write(ports, cluster, "node_health", {"node_id": 2, "status": "down"})
+            await serve(leader.node_id)  # the old leader restarts from its WAL
+            # A partitioned follower: its brokers stall (it only serves what it applied,
+            # never uncommitted state), then catch up when it heals.
+            survivor = await cluster.wait_for_leader()
+            cut_off = next(s.node_id for s in cluster.running() if s is not survivor)
+            cluster.network.isolate(cut_off, {1, 2, 3})
+            for n in range(20, 24):
+                await write(
+                    ports,
+                    cluster,
+                    "create_stream",
+                    {"name": f"s{n}", "shards": 1, "tenant": "acme"},
+                )
+            cluster.network.heal()
+            # The partitioned node restarts too; its brokers resume elsewhere or on it.
+            api_scopes[cut_off].cancel()
+            await cluster.stop(cut_off)
+            await serve(cut_off)
+            for n in range(24, 26):
+                await write(
+                    ports,
+                    cluster,
+                    "create_stream",
+                    {"name": f"s{n}", "shards": 1, "tenant": "acme"},
+                )
             final = await cluster.wait_converged()
             with trio.move_on_after(20):
                 while any(b.version is None or b.version < final for b in brokers):
@@ -219,7 +244,8 @@ async def test_brokers_follow_writes_across_a_leader_failure(seed: int) -> None:
             assert broker.records == expected, broker.name
             assert digest_bytes(broker.digest) == sm.state.digest
             assert broker.applied == sorted(set(broker.applied))  # ordered, no duplicates
-        # Resuming after the failure needed no snapshots (one each at the start only).
+        # Resuming after the failure, the partition and the restart needed no snapshots
+        # (one each at the start only).
         assert sum(b.snapshots for b in brokers) == snapshots_before
         assert sum(b.reconnects for b in brokers) >= 1
         assert digest_int(sm.state.digest) != 0
