@@ -72,6 +72,14 @@ class SnapshotPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchConfig:
+    history_versions_max: int = 100_000  # deltas retained for resuming brokers...
+    history_bytes_max: int = 64 * 1024 * 1024  # ...bounded by count and by bytes
+    message_bytes_max: int = 1024 * 1024  # one Deltas message; bigger deltas are split
+    progress_interval_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # or "json"
@@ -87,6 +95,7 @@ class NodeConfig:
     raft: RaftTimings = field(default_factory=RaftTimings)
     limits: Limits = field(default_factory=Limits)
     snapshot: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> NodeConfig:
@@ -102,6 +111,9 @@ class NodeConfig:
             ),
             (self.snapshot.entries >= 1, "snapshot.entries: must be >= 1"),
             (self.snapshot.keep >= 1, "snapshot.keep: must be >= 1"),
+            (self.watch.history_versions_max >= 1, "watch.history_versions_max: must be >= 1"),
+            (self.watch.message_bytes_max >= 4096, "watch.message_bytes_max: must be >= 4096"),
+            (self.watch.progress_interval_ms >= 10, "watch.progress_interval_ms: must be >= 10"),
             (self.log.format in ("text", "json"), "log.format: must be 'text' or 'json'"),
             (
                 self.log.level in ("debug", "info", "warning", "error"),

@@ -141,7 +141,16 @@ async def run_node(
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
-            hub = attach_hub(node)
+            watch = config.watch
+            hub = attach_hub(
+                node,
+                HubLimits(
+                    history_versions_max=watch.history_versions_max,
+                    history_bytes_max=watch.history_bytes_max,
+                    message_bytes_max=watch.message_bytes_max,
+                    progress_interval_s=watch.progress_interval_ms / 1000,
+                ),
+            )
             metrics.watch_stats(lambda: hub)
             tracker = attach_sessions(node)
             nursery.start_soon(tracker.run)

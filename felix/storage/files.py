@@ -39,7 +39,12 @@ class Files(Protocol):
 
 def append_all(files: Files, path: str, data: bytes) -> None:
     """Append every byte of ``data``, looping over short writes."""
-    view = memoryview(data)
+    written = files.append(path, data)
+    if written == len(data):  # the usual case: one write
+        return
+    if written <= 0:
+        raise OSError(errno.EIO, f"append to {path} wrote nothing")
+    view = memoryview(data)[written:]
     while view:
         written = files.append(path, view)
         if written <= 0:

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 The WAL is a numbered sequence of segment files, ``<seq:016x>-<first_index:016x>.wal``.
 Each starts with a fixed header, then records.  Every ``Ready`` becomes exactly **one**
-BATCH record, so a batch is durable as a whole or not at all: after a crash a batch is
-either complete with a good checksum, or it is the torn final record of the last segment
-and recovery truncates it (it was never acknowledged, because the fsync never returned).
+batch record (PACKED), so a batch is durable as a whole or not at all: after a crash a
+batch is either complete with a good checksum, or it is the torn final record of the last
+segment and recovery truncates it (it was never acknowledged: the fsync never returned).
 
 Segment header (28 bytes, big-endian)::
 
@@ -16,11 +16,11 @@ Segment header (28 bytes, big-endian)::
     | FXWL  |  u16  |  u16  |                |                | of 0..24
     +-------+-------+-------+----------------+----------------+-------+
 
-Record (16 bytes of framing around a CBOR payload)::
+Record (16 bytes of framing around a payload)::
 
      0            4      5        8            12              12+n          16+n
     +------------+------+--------+------------+---------------+-------------+
-    | length u32 | type | 3 zero | hcrc u32   | payload (CBOR)| crc u32     |
+    | length u32 | type | 3 zero | hcrc u32   | payload       | crc u32     |
     | n = payload|  u8  | bytes  | crc32(0..8)|   n bytes     | crc32(0..8 +|
     |   bytes    |      |        |            |               |  payload)   |
     +------------+------+--------+------------+---------------+-------------+
@@ -31,15 +31,33 @@ Checksums are CRC-32 (``zlib.crc32``, IEEE polynomial): crc32c would be the usua
 but it is not in the standard library, and CRC-32 detects the same error classes
 (all burst errors up to 32 bits, any odd number of flipped bits).
 
-Record types and payloads (CBOR arrays, positional to stay small):
+Record types and payloads:
 
-* STATE ``[term, vote|null, commit, base_index, base_term, last_index]`` -- first record
-  of every segment: the hard state, the snapshot the log starts after, and the last log
-  index when the segment was opened.  Each segment is self-describing, so older segments
-  can be deleted after a snapshot without losing the hard state.
-* BATCH ``[[snap_index, snap_term]|null, [[index, term, kind, data], ...], hard_state|null]``
-  -- one ``Ready``: an optional snapshot marker (the log restarts after it), entries
-  (the log is first truncated from ``entries[0].index``), then the hard state.
+* STATE (CBOR array) ``[term, vote|null, commit, base_index, base_term, last_index]`` --
+  first record of every segment: the hard state, the snapshot the log starts after, and
+  the last log index when the segment was opened.  Each segment is self-describing, so
+  older segments can be deleted after a snapshot without losing the hard state.
+* PACKED -- one ``Ready``: an optional snapshot marker (the log restarts after it),
+  entries (the log is first truncated from the first entry's index), then the hard state.
+  What the WAL writes.  A packed binary layout (big-endian), because encoding entries as
+  CBOR cost more than the fsync at a batch of 256::
+
+      flags u8 (1: snapshot marker, 2: hard state, 4: the hard state has a vote)
+      3 zero bytes, count u32 (entries)
+      [snap_index u64, snap_term u64]              if flags & 1
+      [term u64, vote u64 (0 if none), commit u64]  if flags & 2
+      if count > 0:
+        first_index u64, runs u32 (r)              entry i has index first_index + i
+        r x run length u32, r x term u64           terms run-length encoded, in order
+        count x kind u8, count x data length u32
+        the entries' data, concatenated
+
+  Decoding checks every count, length and value against the bytes actually present
+  (after the record checksum passed), so hostile bytes raise ValueError, never more.
+* BATCH (CBOR array, read only) ``[[snap_index, snap_term]|null, [[index, term, kind,
+  data], ...], hard_state|null]`` -- the same content as PACKED, as the first version of
+  the WAL wrote it.  Still replayed, so an existing log needs no migration; a binary
+  that predates PACKED refuses a log holding one (as an invalid record type).
 
 `RecordScanner` walks a segment and stops at the first defect; `Defect.torn` says
 whether the defect is the kind a crash leaves at the tail (partial header, record cut
@@ -51,6 +69,7 @@ explain.  Deciding what to do with it is the WAL's job, not this module's.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -79,11 +98,34 @@ _U32: Final = struct.Struct(">I")
 
 class RecordType(enum.IntEnum):
     STATE = 1
-    BATCH = 2
+    BATCH = 2  # CBOR: read only (logs written before PACKED)
+    PACKED = 3  # what `encode_batch` writes
 
 
 _RECORD_TYPES: Final = frozenset(int(t) for t in RecordType)
+BATCH_TYPES: Final = frozenset((RecordType.BATCH, RecordType.PACKED))
 _KINDS: Final = {int(k): k for k in EntryKind}
+_KIND_BYTES: Final = bytes(sorted(_KINDS))
+# indexed by a kind byte already checked against _KIND_BYTES
+_KIND_BY_BYTE: Final = tuple(_KINDS.get(b, EntryKind.NORMAL) for b in range(256))
+_PACKED_HEAD: Final = struct.Struct(">B3xI")  # flags, count
+_PAIR: Final = struct.Struct(">QQ")  # snapshot marker
+_HARD_STATE: Final = struct.Struct(">QQQ")
+_ENTRIES_HEAD: Final = struct.Struct(">QI")  # first index, term runs
+_FLAG_SNAPSHOT: Final = 1
+_FLAG_HARD_STATE: Final = 2
+_FLAG_VOTE: Final = 4
+_PACKED_PREFIXES: Final = {  # flags -> everything before the entries section
+    flags: struct.Struct(
+        ">B3sI"
+        + ("QQ" if flags & _FLAG_SNAPSHOT else "")
+        + ("QQQ" if flags & _FLAG_HARD_STATE else "")
+    )
+    for flags in range(8)
+    if not (flags & _FLAG_VOTE and not flags & _FLAG_HARD_STATE)
+}
+# first index, runs, run length, term, kind, data length: one entry's tables
+_ONE_ENTRY: Final = struct.Struct(">QIIQBI")
 
 
 class FormatError(Exception):
@@ -268,6 +310,75 @@ def encode_state(state: StateRecord) -> bytes:
 
 
 def encode_batch(batch: BatchRecord) -> bytes:
+    """The record the WAL writes for one batch (PACKED); ValueError if it cannot be."""
+    entries = batch.entries
+    count = len(entries)
+    flags = 0
+    parts: list[bytes] = [b""]
+    try:
+        if batch.snapshot is not None:
+            flags |= _FLAG_SNAPSHOT
+            parts.append(_PAIR.pack(*batch.snapshot))
+        hs = batch.hard_state
+        if hs is not None:
+            flags |= _FLAG_HARD_STATE
+            if hs.vote is not None:
+                flags |= _FLAG_VOTE
+            parts.append(_HARD_STATE.pack(hs.term, hs.vote or 0, hs.commit))
+        if count:
+            _pack_entries(entries, parts)
+        parts[0] = _PACKED_HEAD.pack(flags, count)
+    except struct.error as exc:
+        raise ValueError(f"batch does not fit the WAL record layout: {exc}") from None
+    return _record(RecordType.PACKED, parts)
+
+
+def _pack_entries(entries: Sequence[Entry], parts: list[bytes]) -> None:
+    count = len(entries)
+    if count > ENTRIES_PER_RECORD_MAX:
+        raise ValueError(f"a batch of {count} entries exceeds {ENTRIES_PER_RECORD_MAX}")
+    first = entries[0].index
+    if [e.index for e in entries] != list(range(first, first + count)):
+        raise ValueError("the entries of a batch must have consecutive indexes")
+    terms = [e.term for e in entries]
+    if terms.count(terms[0]) == count:
+        run_terms: Sequence[int] = (terms[0],)
+        run_lengths: Sequence[int] = (count,)
+    else:
+        runs = [(term, len(list(group))) for term, group in itertools.groupby(terms)]
+        run_terms = [term for term, _ in runs]
+        run_lengths = [length for _, length in runs]
+    kinds = bytes([e.kind for e in entries])
+    if kinds.translate(None, _KIND_BYTES):
+        raise ValueError(f"unknown entry kind in {sorted(set(kinds))}")
+    datas = [e.data for e in entries]
+    runs_count = len(run_terms)
+    parts += (
+        _ENTRIES_HEAD.pack(first, runs_count),
+        struct.pack(f">{runs_count}I", *run_lengths),
+        struct.pack(f">{runs_count}Q", *run_terms),
+        kinds,
+        struct.pack(f">{count}I", *map(len, datas)),
+        b"".join(datas),
+    )
+
+
+def _record(record_type: RecordType, parts: list[bytes]) -> bytes:
+    """`encode_record` of ``b"".join(parts)``, copying the payload only once."""
+    length = sum(map(len, parts))
+    if length > RECORD_BYTES_MAX:
+        raise ValueError(
+            f"a WAL record of {length} bytes exceeds RECORD_BYTES_MAX={RECORD_BYTES_MAX}"
+        )
+    head = RECORD_HEADER.pack(length, record_type)
+    hcrc = crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join((head, _U32.pack(hcrc), *parts, _U32.pack(crc)))
+
+
+def encode_batch_cbor(batch: BatchRecord) -> bytes:
+    """A BATCH record as the first WAL version wrote it (for tests of reading old logs)."""
     snap = list(batch.snapshot) if batch.snapshot is not None else None
     entries = [[e.index, e.term, int(e.kind), e.data] for e in batch.entries]
     hs = _hard_state_plain(batch.hard_state) if batch.hard_state is not None else None
@@ -336,6 +447,112 @@ def _decode_entries(plain: object) -> list[Entry]:
         expected = index + 1
         append(Entry(index, term, kinds[kind], data))
     return out
+
+
+def decode_packed_batch(payload: bytes | memoryview) -> BatchRecord:
+    """Decode a PACKED payload; raises ValueError if it is malformed in any way."""
+    buf = bytes(payload)
+    size = len(buf)
+    prefix = _PACKED_PREFIXES.get(buf[0]) if size else None
+    if prefix is None:
+        raise ValueError(f"PACKED payload has unknown flags ({size} bytes)")
+    if size < prefix.size:
+        raise ValueError(f"PACKED payload of {size} bytes is shorter than its header")
+    flags, reserved, count, *fields = prefix.unpack_from(buf)
+    if reserved != b"\0\0\0":
+        raise ValueError("PACKED header has reserved bits set")
+    snapshot: tuple[int, int] | None = None
+    if flags & _FLAG_SNAPSHOT:
+        snapshot = (fields[0], fields[1])
+        del fields[:2]
+    hard_state: HardState | None = None
+    if flags & _FLAG_HARD_STATE:
+        term, vote, commit = fields
+        if flags & _FLAG_VOTE:
+            hard_state = HardState(term, vote, commit)
+        elif vote == 0:
+            hard_state = HardState(term, None, commit)
+        else:
+            raise ValueError("PACKED hard state without a vote has a nonzero vote field")
+    offset = prefix.size
+    if count == 1:
+        entries = [_unpack_one_entry(buf, offset)]
+    elif count:
+        entries = _unpack_entries(buf, offset, count)
+    elif offset != size:
+        raise ValueError(f"PACKED payload has {size - offset} trailing bytes")
+    else:
+        entries = []
+    return BatchRecord(snapshot, entries, hard_state)
+
+
+def _unpack_one_entry(buf: bytes, offset: int) -> Entry:
+    """`_unpack_entries` for ``count == 1`` (the replay hot path at low load)."""
+    _need(len(buf), offset, _ONE_ENTRY.size, "entry tables")
+    index, runs, run_length, term, kind, length = _ONE_ENTRY.unpack_from(buf, offset)
+    offset += _ONE_ENTRY.size
+    if index < 1 or runs != 1 or run_length != 1:
+        raise ValueError(f"PACKED entry {index} has {runs} term runs of length {run_length}")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown entry kind in {[kind]}")
+    if length != len(buf) - offset:
+        raise ValueError(
+            f"PACKED entry data lengths add up to {length}, {len(buf) - offset} bytes remain"
+        )
+    return Entry(index, term, _KINDS[kind], buf[offset:])
+
+
+def _unpack_entries(buf: bytes, offset: int, count: int) -> list[Entry]:
+    """The entries section of a PACKED payload, which must end exactly at ``len(buf)``."""
+    size = len(buf)
+    if count > ENTRIES_PER_RECORD_MAX:
+        raise ValueError(f"PACKED batch holds {count} entries (max {ENTRIES_PER_RECORD_MAX})")
+    _need(size, offset, _ENTRIES_HEAD.size, "entries header")
+    first, runs = _ENTRIES_HEAD.unpack_from(buf, offset)
+    offset += _ENTRIES_HEAD.size
+    if first < 1 or first > U64_MAX - count + 1:
+        raise ValueError(f"PACKED entries {first}..+{count} out of range")
+    if not 1 <= runs <= count:
+        raise ValueError(f"PACKED batch of {count} entries has {runs} term runs")
+    _need(size, offset, runs * 12 + count * 5, "entry tables")
+    run_lengths = struct.unpack_from(f">{runs}I", buf, offset)
+    offset += 4 * runs
+    run_terms = struct.unpack_from(f">{runs}Q", buf, offset)
+    offset += 8 * runs
+    if min(run_lengths) < 1 or sum(run_lengths) != count:
+        raise ValueError(f"PACKED term runs {run_lengths} do not add up to {count} entries")
+    kinds = buf[offset : offset + count]
+    offset += count
+    if kinds.translate(None, _KIND_BYTES):
+        raise ValueError(f"unknown entry kind in {sorted(set(kinds))}")
+    lengths = struct.unpack_from(f">{count}I", buf, offset)
+    offset += 4 * count
+    if sum(lengths) != size - offset:
+        raise ValueError(
+            f"PACKED entry data lengths add up to {sum(lengths)}, {size - offset} bytes remain"
+        )
+    if runs == 1:
+        terms: Iterator[int] = itertools.repeat(run_terms[0], count)
+    else:
+        terms = itertools.chain.from_iterable(map(itertools.repeat, run_terms, run_lengths))
+    bounds = list(itertools.accumulate(lengths, initial=offset))
+    datas = [buf[start:stop] for start, stop in itertools.pairwise(bounds)]
+    kind_of = _KIND_BY_BYTE.__getitem__
+    return list(map(Entry, range(first, first + count), terms, map(kind_of, kinds), datas))
+
+
+def _need(size: int, offset: int, wanted: int, what: str) -> None:
+    if size - offset < wanted:
+        raise ValueError(f"PACKED payload cut short in the {what} (offset {offset})")
+
+
+def decode_any_batch(record_type: int, payload: bytes | memoryview) -> BatchRecord:
+    """Decode a batch record of either type (`BATCH_TYPES`)."""
+    if record_type == RecordType.PACKED:
+        return decode_packed_batch(payload)
+    if record_type == RecordType.BATCH:
+        return decode_batch(payload)
+    raise ValueError(f"record type {record_type} is not a batch")
 
 
 PAYLOAD_ERRORS: Final = (ValueError, ProtocolError)

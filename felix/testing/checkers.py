@@ -25,6 +25,11 @@ breaks one of the Raft paper's guarantees (§5.2 figure 3):
   what it promises is durable on that node's disk (§5.1, figure 2).
 * ``durability``: every write acknowledged to a client is, at the end, the entry applied
   at its index (checked after the liveness phase, when every node has caught up).
+* ``recovery``: a node's WAL recovers, after every crash, exactly what the simulation's
+  model of its durable image holds -- the image ``persist_before_send`` judged by -- and
+  never refuses to open after a crash (a torn tail is repaired, not reported as
+  corruption).  The simulation checks this (`felix.testing.sim`); it reports through
+  `ClusterChecker.fail`.
 
 The last three "direct" checks pinpoint a bug at its cause; the others see its effect.
 Any check can be disabled by name, which the self-tests use to show the effect checks
@@ -57,6 +62,7 @@ INVARIANTS: tuple[str, ...] = (
     "leader_commit_rule",
     "persist_before_send",
     "durability",
+    "recovery",
     "liveness",
     "linearizability",
 )

@@ -46,9 +46,12 @@ Replay one seed with a full event trace (also ``FELIX_SIM_SEED=<n> pytest tests/
 
     python -m felix.testing.sim --seed 1234 --verbose
 
-Run with a sabotaged core to see the checkers fire::
+Run with a sabotaged core to see the checkers fire (``--disable`` turns checkers off,
+``--script figure8`` / ``ack_crash`` opens every seed with that schedule)::
 
     python -m felix.testing.sim --seeds 50 --sabotage ack_before_persist
+    python -m felix.testing.sim --seeds 5 --script figure8 --sabotage commit_old_term \\
+        --disable leader_commit_rule
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ from felix.raft.ready import (
     Ready,
 )
 from felix.raft.types import (
+    BootState,
     Campaign,
     Entry,
     Input,
@@ -99,6 +103,9 @@ from felix.raft.types import (
     Tick,
     TransferLeader,
 )
+from felix.storage.errors import StorageError
+from felix.storage.memory_wal import MemoryWal
+from felix.storage.snapshots import snapshot_meta
 from felix.testing.checkers import ClusterChecker, InvariantViolation, chain_digest
 from felix.testing.clients import (
     ClientOp,
@@ -110,11 +117,9 @@ from felix.testing.clients import (
     encode_command,
     encode_state,
 )
-from felix.storage.errors import StorageError
-from felix.storage.memory_wal import MemoryWal
-from felix.storage.snapshots import snapshot_meta
 from felix.testing.faults import (
     HEALTHY_NETWORK,
+    SCRIPTS,
     Applied,
     CaughtUp,
     ChurnEvent,
@@ -147,6 +152,9 @@ EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
 CLIENT_LINK_MS = (0.2, 2.0)
 PROBE_REQUEST_BASE = 1 << 48
 PROBE_RETRY_MS = 50.0
+SIM_SABOTAGE = frozenset({"lying_fsync"})  # break the disk, not the core (self-tests)
+"""``lying_fsync``: the disk acknowledges every batch fsync without making anything
+durable (DESIGN.md §5 "missing fsync"): the ``recovery`` check must see it."""
 KEEP_WHOLE_ODDS = 0.25  # a torn-write crash keeps the whole unsynced record this often
 SCRIPT_FSYNC_MS_MAX = 2.0  # while a script runs: its waits assume a quick disk
 
@@ -227,6 +235,7 @@ class _CrashNow:
     node: int
     incarnation: int
     downtime_ms: float | None  # None: down until something restarts it
+    lose_unsynced: bool = False  # all unsynced bytes lost (else as the plan's odds say)
 
 
 @dataclass(slots=True)
@@ -527,7 +536,7 @@ class Simulation:
             check_quorum=tuning.check_quorum,
             entries_per_msg_max=tuning.entries_per_msg_max,
             inflight_msgs_max=tuning.inflight_msgs_max,
-            sabotage=self.sabotage,
+            sabotage=self.sabotage - SIM_SABOTAGE,
         )
         core_rng = random.Random(self.rng.getrandbits(64))
         node.incarnation += 1
@@ -640,13 +649,14 @@ class Simulation:
             self._at(self.rng.uniform(0, fsync_ms * 0.99), crash)
         if node.crash_on_write and ready.entries and ready.entries[-1].index >= self.script_mark:
             node.crash_on_write = False  # script: right after this batch's send_now
-            self._at(0.0, _CrashNow(node.node_id, node.incarnation, None))
+            self._at(0.0, _CrashNow(node.node_id, node.incarnation, None, lose_unsynced=True))
 
     def _on_fsync(self, event: _FsyncDone) -> None:
         node = self.nodes[event.node]
         if node.incarnation != event.incarnation or node.in_flight is None:
             return
-        node.wal.sync()
+        if "lying_fsync" not in self.sabotage:
+            node.wal.sync()
         node.model.complete_oldest()
         ready, node.in_flight = node.in_flight, None
         self._compact(node, ready.compact_to)
@@ -821,17 +831,20 @@ class Simulation:
     # ------------------------------------------------------------------ clients
 
     def _on_client_issue(self, event: _ClientIssue) -> None:
-        if self.in_liveness:
-            return
         client = self.clients[event.client]
+        if self.in_liveness or self.script is not None or client.op is not None:
+            return  # (a paused client is restarted when the script ends)
         client.next_seq += 1
         key = f"k{self.rng.randrange(self.plan.keys)}"
         if self.rng.random() < 0.5:
-            kind, value = OpKind.WRITE, f"c{client.client_id}.{client.next_seq}"
+            self._issue(client, OpKind.WRITE, key, client.believed_leader)
         else:
-            kind, value = OpKind.READ, None
+            self._issue(client, OpKind.READ, key, client.believed_leader)
+
+    def _issue(self, client: _Client, kind: OpKind, key: str, target: int) -> None:
+        value = f"c{client.client_id}.{client.next_seq}" if kind is OpKind.WRITE else None
         client.op = ClientOp(client.next_seq, kind, key, value, self.step_no)
-        client.op.target = client.believed_leader
+        client.op.target = target
         self._send_request(client, client.op)
         self._at(self.plan.client_timeout_ms, _ClientTimeout(client.client_id, client.op.seq))
 
@@ -972,7 +985,7 @@ class Simulation:
     def _on_crash_now(self, event: _CrashNow) -> None:
         node = self.nodes[event.node]
         if node.core is not None and node.incarnation == event.incarnation:
-            self._crash(node, event.downtime_ms)
+            self._crash(node, event.downtime_ms, lose_unsynced=event.lose_unsynced)
 
     def _on_power_loss(self, event: _PowerLoss) -> None:
         """Every running node loses power at once; each comes back on its own.  Armed
@@ -988,20 +1001,39 @@ class Simulation:
             if node.core is not None:
                 self._crash(node, self.rng.uniform(10.0, 300.0))
 
-    def _crash(self, victim: _Node, downtime_ms: float) -> None:
-        """Power loss: unsynced writes go (maybe leaving a torn tail), so does memory."""
-        loss = victim.disk.crash(self.rng, self.plan.torn_write_rate)
+    def _crash(
+        self, victim: _Node, downtime_ms: float | None, *, lose_unsynced: bool = False
+    ) -> None:
+        """Power loss: memory goes, and the unsynced batch record (if any) is lost, or a
+        prefix of it is kept (a torn tail recovery must cut), or -- the fsync had not
+        returned but the bytes made it -- all of it."""
+        unsynced = victim.files.unsynced_bytes
+        if "lying_fsync" not in self.sabotage:
+            assert (unsynced > 0) == (victim.in_flight is not None), (unsynced, victim.in_flight)
+            assert victim.files.unsynced_files() <= 1, "unsynced bytes in more than one file"
+        kept = 0
+        rate = self.plan.torn_write_rate
+        if unsynced and rate and not lose_unsynced and self.rng.random() < rate:
+            whole = self.rng.random() < KEEP_WHOLE_ODDS
+            kept = unsynced if whole else self.rng.randrange(unsynced)
+            victim.wal.crash("torn", torn_bytes=kept)
+        else:
+            victim.wal.crash("lose")
+        victim.model.crash(writes_kept=1 if unsynced and kept == unsynced else 0)
         self.fired["crash"] += 1
-        if loss.writes_lost:
+        if unsynced and kept == unsynced:
+            self.fired["unsynced_kept"] += 1
+        elif unsynced:
             self.fired["unsynced_loss"] += 1
-        if loss.torn_entries_kept:
+        if 0 < kept < unsynced:
             self.fired["torn_write"] += 1
         victim.core = None
         victim.in_flight = None
         victim.requests.clear()
         victim.proposals.clear()
         victim.pending_reads.clear()
-        self._at(downtime_ms, _Restart(victim.node_id))
+        if downtime_ms is not None:
+            self._at(downtime_ms, _Restart(victim.node_id))
 
     def _crash_victim(self, node_id: int | None) -> _Node | None:
         if node_id is None:
@@ -1029,6 +1061,148 @@ class Simulation:
             if alive:
                 self.fired["campaign"] += 1
                 self._step(self.rng.choice(alive), Campaign())
+
+    # ------------------------------------------------------------------ scripts
+
+    def _start_script(self, script: Script) -> None:
+        """Run ``script`` on a healthy network, on-time clocks and a quick disk; clients
+        wait (one writes when the script says); the random faults start afterwards."""
+        self.script = script
+        self.network = HEALTHY_NETWORK
+        self.clock_rates = [1.0] * self.plan.nodes
+        self.fsync_ms_max = min(self.plan.fsync_ms_max, SCRIPT_FSYNC_MS_MAX)
+        self.script_step = -1
+        self._next_script_step()
+
+    def _next_script_step(self) -> None:
+        """Start steps until one has to wait (or the script is over)."""
+        script = self.script
+        assert script is not None
+        while True:
+            self.script_step += 1
+            if self.script_step == len(script.steps):
+                self._end_script(script)
+                return
+            step = script.steps[self.script_step]
+            self._note(f"script {script.name} step {self.script_step}: {step}")
+            self._script_do(step.do)
+            if step.until is None or self._script_holds(step.until):
+                self.script_steps.append("ok")
+                continue
+            self.script_deadline = self.now + step.timeout_ms
+            self._at(step.timeout_ms, _ScriptWake(self.script_step))
+            self.script_retry_at = math.inf
+            if step.retry_ms is not None:
+                self.script_retry_at = self.now + step.retry_ms
+                self._at(step.retry_ms, _ScriptWake(self.script_step))
+            return
+
+    def _script_progress(self) -> None:
+        """After every event: has the waiting step's condition come true (or timed out)?"""
+        script = self.script
+        assert script is not None
+        step = script.steps[self.script_step]
+        assert step.until is not None
+        if self._script_holds(step.until):
+            self.script_steps.append("ok")
+        elif self.now >= self.script_deadline:
+            self.script_steps.append("timeout")
+            self._note(f"script {script.name} step {self.script_step}: timed out")
+        else:
+            if step.retry_ms is not None and self.now >= self.script_retry_at:
+                self._script_do(step.do)
+                self.script_retry_at = self.now + step.retry_ms
+                self._at(step.retry_ms, _ScriptWake(self.script_step))
+            return
+        self._next_script_step()
+
+    def _end_script(self, script: Script) -> None:
+        self.script = None
+        self.fired[script.name] += 1
+        self.blocked.clear()
+        self.network = self.plan.network
+        self.clock_rates = list(self.plan.clock_rates)
+        self.fsync_ms_max = self.plan.fsync_ms_max
+        for node in self.nodes.values():
+            node.crash_on_write = False
+            if node.core is None:
+                self._at(self.rng.uniform(10.0, 100.0), _Restart(node.node_id))
+        self._schedule_faults()
+
+    def _script_do(self, actions: Sequence[ScriptAction]) -> None:
+        for action in actions:
+            if isinstance(action, Links):
+                self._set_links(action)
+            elif isinstance(action, CrashNodes):
+                for node_id in action.nodes:
+                    if self.nodes[node_id].core is not None:
+                        self._crash(self.nodes[node_id], None, lose_unsynced=True)
+            elif isinstance(action, CrashOnWrite):
+                for node_id in action.nodes:
+                    self.nodes[node_id].crash_on_write = True
+            elif isinstance(action, RestartNodes):
+                for node_id in action.nodes:
+                    node = self.nodes[node_id]
+                    node.crash_on_write = False
+                    if node.core is None:
+                        self._boot(node)
+            elif isinstance(action, StartCampaign):
+                node = self.nodes[action.node]
+                if node.core is not None:
+                    self._step(node, Campaign())
+            else:
+                self._script_write(action)
+
+    def _script_write(self, action: Write) -> None:
+        core = self.nodes[action.node].core
+        client = self.clients[0]
+        if core is None or client.op is not None:
+            return
+        self.script_mark = core.last_index + 1
+        client.next_seq += 1
+        self._issue(client, OpKind.WRITE, "k0", action.node)
+
+    def _set_links(self, links: Links) -> None:
+        self.blocked.clear()
+        for a in self.conf.voters:
+            for b in self.conf.voters:
+                if a != b and not any(a in group and b in group for group in links.groups):
+                    self.blocked[(a, b)] = 1
+        for pair in links.cut:
+            self.blocked[pair] = 1
+
+    def _script_holds(self, cond: ScriptCondition) -> bool:
+        mark = self.script_mark
+        if isinstance(cond, IsLeader):
+            return any(self._role(n) is Role.LEADER for n in cond.nodes)
+        if isinstance(cond, CaughtUp):
+            leader = self._current_leader()
+            if leader is None or leader.core is None:
+                return False
+            last = leader.core.last_index
+            return all(n.applied >= last for n in self.nodes.values() if n.core is not None)
+        if isinstance(cond, Holds):
+            return all(self._holds_mark(self.nodes[n], cond.durable) for n in cond.nodes)
+        node = self.nodes[cond.node]
+        if node.core is None:
+            return False
+        if isinstance(cond, Committed):
+            return node.core.commit_index >= mark
+        assert isinstance(cond, Applied)
+        return node.applied >= mark
+
+    def _holds_mark(self, node: _Node, durable: bool) -> bool:
+        if durable:
+            return node.model.last_index >= self.script_mark
+        return node.core is not None and node.core.last_index >= self.script_mark
+
+    def _role(self, node_id: int) -> Role | None:
+        core = self.nodes[node_id].core
+        return core.role if core is not None else None
+
+    def _note(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace.append(f"{self.step_no} {self.now:.6f} # {text}")
 
     # ------------------------------------------------------------------ liveness
 
@@ -1090,6 +1264,29 @@ def _dump_history(seed: int, ops: Sequence[Operation]) -> str:
     return str(path)
 
 
+def _boot_difference(boot: BootState, expected: BootState) -> str:
+    """How a recovered `BootState` differs from the model's durable image."""
+    problems = []
+    if boot.hard_state != expected.hard_state:
+        problems.append(f"hard state {boot.hard_state}, durable {expected.hard_state}")
+    if boot.conf != expected.conf:
+        problems.append(f"membership {boot.conf}, durable {expected.conf}")
+    got = boot.snapshot[0] if boot.snapshot else None
+    want = expected.snapshot[0] if expected.snapshot else None
+    if got != want or (boot.snapshot and expected.snapshot and boot.snapshot != expected.snapshot):
+        problems.append(f"snapshot {got}, durable {want}")
+    if boot.entries != expected.entries:
+        ours = [(e.index, e.term) for e in boot.entries]
+        theirs = [(e.index, e.term) for e in expected.entries]
+        pairs = zip(boot.entries, expected.entries, strict=False)
+        diverge = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(ours), len(theirs)))
+        problems.append(
+            f"log of {len(ours)} entries {ours[diverge : diverge + 3]}... from position "
+            f"{diverge}, durable {len(theirs)} entries {theirs[diverge : diverge + 3]}..."
+        )
+    return "recovered " + "; ".join(problems)
+
+
 def _cut(node: int, others: Iterable[int], *, both_ways: bool) -> list[tuple[int, int]]:
     pairs = [(node, other) for other in others]
     return pairs + [(b, a) for a, b in pairs] if both_ways else pairs
@@ -1126,9 +1323,14 @@ def run_seed(
     trace: list[str] | None = None,
     hash_trace: bool = False,
     fault_phase_ms: float = 3000.0,
+    script: str | None = None,
 ) -> SimResult:
-    """Run one seed: its plan, the simulation, the checkers."""
-    plan = generate_plan(seed, fault_phase_ms)
+    """Run one seed: its plan, the simulation, the checkers.  ``script`` makes the seed
+    open with that scripted schedule (`felix.testing.faults.SCRIPTS`) whatever it drew."""
+    if script is not None:
+        plan = script_plan(seed, script, fault_phase_ms)
+    else:
+        plan = generate_plan(seed, fault_phase_ms)
     sim = Simulation(
         plan,
         sabotage=frozenset(sabotage),
@@ -1147,7 +1349,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", type=int, default=0, help="first seed")
     parser.add_argument("--seed", type=int, help="run only this seed (replay)")
     parser.add_argument("--verbose", action="store_true", help="print every event")
-    parser.add_argument("--sabotage", action="append", default=[], help="break the core")
+    parser.add_argument(
+        "--sabotage", action="append", default=[], help="break the core (or lying_fsync)"
+    )
+    parser.add_argument("--disable", action="append", default=[], help="turn a checker off")
+    parser.add_argument("--script", choices=SCRIPTS, help="open every seed with this script")
     parser.add_argument("--phase-ms", type=float, default=3000.0, help="fault phase length")
     parser.add_argument("--stop-on-failure", action="store_true")
     return parser.parse_args(argv)
@@ -1161,7 +1367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = 0
     for seed in seeds:
         trace: list[str] | None = [] if args.verbose else None
-        result = run_seed(seed, sabotage=args.sabotage, trace=trace, fault_phase_ms=args.phase_ms)
+        result = run_seed(
+            seed,
+            sabotage=args.sabotage,
+            disabled=args.disable,
+            trace=trace,
+            fault_phase_ms=args.phase_ms,
+            script=args.script,
+        )
         for line in trace or ():
             print(line)
         events += result.events
