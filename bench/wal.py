@@ -4,8 +4,10 @@
 
 For batch sizes 1, 16 and 256 (32-byte entries) this times ``SyncWal.save`` (one record,
 one fsync) and the async facade (the same plus a worker-thread hop), next to a plain
-``os.write`` + ``fdatasync`` loop of the same record size on the same disk in the same
-run: the floor no WAL can beat.  Target: group commit within 1.3x of the floor.  Then it
+``os.write`` + ``fdatasync`` of the same record size on the same disk in the same run:
+the floor no WAL can beat.  The three are interleaved sample by sample, so load from
+other jobs skews none of them alone (the 1-minute load average is printed beside the
+table).  Target: group commit within 1.3x of the floor.  Then it
 writes a log of ``--replay-entries`` small entries and times `SyncWal.open` (target:
 1,000,000 entries in under 10 s), once for a log written in batches of 64 and once for
 the worst case of one entry per batch.  Data lives in a temp dir, deleted afterwards.
@@ -43,48 +45,58 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1e6, p99 * 1e6
 
 
-def fsync_floor(directory: str, record_bytes: int, iterations: int) -> list[float]:
-    """A plain append + fdatasync loop: what the disk itself costs per batch."""
-    path = os.path.join(directory, f"floor-{record_bytes}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    payload = os.urandom(record_bytes)
-    samples = []
-    try:
-        for _ in range(iterations):
+def commit_samples(directory: str, batch: int, iterations: int) -> dict[str, list[float]]:
+    """Seconds per batch for the floor, `SyncWal.save` and the async facade, interleaved.
+
+    The three run round-robin in one process (their order rotating every iteration) so
+    that load from other jobs on the machine hits all three alike.  The floor is a plain
+    ``os.write`` + ``fdatasync`` of a record of the very size the WAL writes, appended to
+    its own file in the same directory: what the disk itself costs per batch.
+    """
+    record = encode_batch(BatchRecord(None, _batch(1, batch), HardState(1, 1, 0)))
+    payload = os.urandom(len(record))
+
+    async def main() -> dict[str, list[float]]:
+        path = os.path.join(directory, f"floor-{batch}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sync = SyncWal(os.path.join(directory, f"sync-{batch}"))
+        sync.open(CONF)
+        facade, _ = await SegmentedWal.open(os.path.join(directory, f"async-{batch}"), CONF)
+        samples: dict[str, list[float]] = {"floor": [], "sync": [], "async": []}
+
+        def floor(n: int) -> float:
             start = time.perf_counter()
             os.write(fd, payload)
             os.fdatasync(fd)
-            samples.append(time.perf_counter() - start)
-    finally:
-        os.close(fd)
-        os.remove(path)
-    return samples
+            return time.perf_counter() - start
 
-
-def wal_sync(directory: str, batch: int, iterations: int) -> list[float]:
-    wal = SyncWal(os.path.join(directory, f"sync-{batch}"))
-    wal.open(CONF)
-    samples = []
-    for n in range(iterations):
-        entries = _batch(n * batch + 1, batch)
-        hs = HardState(1, 1, n * batch)
-        start = time.perf_counter()
-        wal.save(hs, entries)
-        samples.append(time.perf_counter() - start)
-    wal.close()
-    return samples
-
-
-def wal_async(directory: str, batch: int, iterations: int) -> list[float]:
-    async def main() -> list[float]:
-        wal, _ = await SegmentedWal.open(os.path.join(directory, f"async-{batch}"), CONF)
-        samples = []
-        for n in range(iterations):
+        def wal_sync(n: int) -> float:
             entries = _batch(n * batch + 1, batch)
+            hs = HardState(1, 1, n * batch)
             start = time.perf_counter()
-            await wal.append(HardState(1, 1, n * batch), entries)
-            samples.append(time.perf_counter() - start)
-        await wal.aclose()
+            sync.save(hs, entries)
+            return time.perf_counter() - start
+
+        async def wal_async(n: int) -> float:
+            entries = _batch(n * batch + 1, batch)
+            hs = HardState(1, 1, n * batch)
+            start = time.perf_counter()
+            await facade.append(hs, entries)
+            return time.perf_counter() - start
+
+        try:
+            for n in range(iterations):
+                for which in ("floor", "sync", "async")[n % 3 :] + ("floor", "sync")[: n % 3]:
+                    if which == "floor":
+                        samples[which].append(floor(n))
+                    elif which == "sync":
+                        samples[which].append(wal_sync(n))
+                    else:
+                        samples[which].append(await wal_async(n))
+        finally:
+            os.close(fd)
+            sync.close()
+            await facade.aclose()
         return samples
 
     return trio.run(main)
@@ -94,9 +106,10 @@ def commit_rows(directory: str, iterations: int) -> list[dict[str, float]]:
     rows = []
     for batch in BATCH_SIZES:
         record = encode_batch(BatchRecord(None, _batch(1, batch), HardState(1, 1, 0)))
-        floor = _percentiles(fsync_floor(directory, len(record), iterations))
-        sync = _percentiles(wal_sync(directory, batch, iterations))
-        facade = _percentiles(wal_async(directory, batch, iterations))
+        samples = commit_samples(directory, batch, iterations)
+        floor = _percentiles(samples["floor"])
+        sync = _percentiles(samples["sync"])
+        facade = _percentiles(samples["async"])
         rows.append(
             {
                 "batch": batch,
@@ -144,8 +157,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--replay-entries", type=int, default=1_000_000)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="felix-bench-wal-") as directory:
         rows = commit_rows(directory, args.iterations)
+        load_after = os.getloadavg()[0]
         replays = []
         for batch in (64, 1):
             written, replay = replay_seconds(directory, args.replay_entries, batch)
@@ -158,6 +173,7 @@ def main() -> None:
                 }
             )
     print("Group commit: one record + one fsync per batch (latency in microseconds)")
+    print(f"(1-minute load average {load_before:.2f} before, {load_after:.2f} after)")
     headers = [
         "batch",
         "bytes",
@@ -179,6 +195,7 @@ def main() -> None:
         "wal",
         {
             "group_commit": rows,
+            "load_average_1m": [load_before, load_after],
             "replay": replays,
             "targets": {"wal_vs_floor_max": 1.3, "replay_1m_s_max": 10.0},
         },

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -55,3 +57,70 @@ def test_memory_facade_runs_inline_under_mock_clock() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     memory.crash("lose")
     assert memory.open(CONF).entries == entries(1, 3, 1)
+
+
+async def test_a_call_cancelled_while_its_disk_work_runs_still_completes_it(
+    tmp_path: Path,
+) -> None:
+    wal, _ = await SegmentedWal.open(str(tmp_path), CONF)
+    started = threading.Event()
+    release = threading.Event()
+    save = wal.core.save
+
+    def slow_save(*args: object) -> None:
+        started.set()
+        release.wait(10)
+        save(*args)  # type: ignore[arg-type]
+
+    wal.core.save = slow_save  # type: ignore[assignment, method-assign]
+    finished = False
+
+    async def append() -> None:
+        nonlocal finished
+        await wal.append(HardState(1, 1, 0), entries(1, 3, 1))
+        finished = True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(append)
+        await trio.to_thread.run_sync(started.wait, 10)
+        nursery.cancel_scope.cancel()  # the append is in its worker thread by now
+        release.set()
+    assert finished  # the cancel waited for the disk work and did not interrupt it
+    wal.core.save = save  # type: ignore[method-assign]
+    await wal.aclose()
+    _, boot = await SegmentedWal.open(str(tmp_path), CONF)
+    assert boot.entries == entries(1, 3, 1)
+
+
+async def test_calls_run_one_at_a_time_in_call_order(tmp_path: Path) -> None:
+    wal, _ = await SegmentedWal.open(str(tmp_path), CONF)
+    order: list[int] = []
+    save = wal.core.save
+
+    def recording_save(hard_state: HardState | None, *args: object) -> None:
+        assert hard_state is not None
+        order.append(hard_state.commit)
+        save(hard_state, *args)  # type: ignore[arg-type]
+
+    wal.core.save = recording_save  # type: ignore[assignment, method-assign]
+    async with trio.open_nursery() as nursery:
+        for n in range(1, 21):
+            nursery.start_soon(wal.append, HardState(1, 1, n), entries(n, n, 1))
+            await trio.testing.wait_all_tasks_blocked()
+    assert order == list(range(1, 21))
+    await wal.aclose()
+    _, boot = await SegmentedWal.open(str(tmp_path), CONF)
+    assert boot.entries == entries(1, 20, 1)
+    assert boot.hard_state == HardState(1, 1, 20)
+
+
+async def test_an_error_in_the_worker_reaches_the_caller_and_releases_the_lock(
+    tmp_path: Path,
+) -> None:
+    wal, _ = await SegmentedWal.open(str(tmp_path), CONF)
+    with pytest.raises(ValueError, match="do not fit"):
+        await wal.append(None, entries(5, 6, 1))  # a gap after an empty log
+    await wal.append(HardState(1, 1, 0), entries(1, 2, 1))
+    await wal.aclose()
+    _, boot = await SegmentedWal.open(str(tmp_path), CONF)
+    assert boot.entries == entries(1, 2, 1)
