@@ -4,7 +4,9 @@
    the leader in batches, messages are delivered in-process at once, persistence is
    instant.  Measures the core (and this minimal driver), not the simulator.
 2. Simulated seconds per wall second (and per CPU-second) of the full tier-A
-   simulation with faults on (`felix.testing.sim.run_seed`), over a few seeds.
+   simulation with faults on (`felix.testing.sim.run_seed`), over a few seeds.  Each
+   simulated node persists through the real WAL (`MemoryWal`), so this includes the
+   segment encoding, the simulated fsyncs and every crash recovery.
 
 Run with ``python -m bench.sim_throughput``; prints a table and writes
 ``bench/results/sim_throughput.json``.  Core timing uses ``time.process_time`` (CPU time).

@@ -12,7 +12,7 @@ from felix.testing.sim import run_seed
 from tests.sim.conftest import REPLAY_SEED_ENV, replay_seed
 from tests.sim.test_sweep import FAULT_PHASE_MS
 
-DETERMINISM_SEEDS = (0, 7, 42, 123, 499)
+DETERMINISM_SEEDS = (0, 2, 7, 8, 42, 123, 499)  # 2: ack_crash script, 8: figure8
 
 
 def test_replay_seed() -> None:

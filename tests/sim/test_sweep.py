@@ -1,5 +1,9 @@
 """The CI sweep: many seeds of the whole-cluster simulation, zero violations.
 
+Every node persists through the real WAL (`felix.storage.memory_wal.MemoryWal`), so
+each crash and power loss in the sweep is also a recovery of the production WAL code
+(torn tails included), checked against a model of what was durable (``recovery``).
+
 Seeds run in chunks so pytest shows progress; the last test checks that every fault
 kind fired in enough seeds and writes the per-kind counts to ``/tmp`` (and stdout).
 A failing seed is reported with its fault plan and the one line that replays it.
