@@ -192,7 +192,7 @@ class ClientApi:
         return encode_command(command)
 
     def _send(self, conn: WsConnection, message: Any) -> None:
-        conn.sender.send(server_frame(SERVER_TO_CLIENT.encode(message)))
+        conn.sender.send_soon(server_frame(SERVER_TO_CLIENT.encode(message)))
 
 
 def _code_for(exc: NodeError) -> ErrorCode:

@@ -319,7 +319,7 @@ class RaftNode:
         self, leader: int, kind: ForwardKind, data: bytes, deadline: float
     ) -> tuple[int, str, str] | None:
         rid = next(self._request_ids)
-        waiter = self._forwards[rid] = _Waiter()
+        waiter = self._forwards[rid] = _Waiter(index=leader)  # index: the target leader
         try:
             if not self.transport.send_nowait(leader, Forward(rid, kind, data)):
                 return None
@@ -329,6 +329,22 @@ class RaftNode:
             return result
         finally:
             self._forwards.pop(rid, None)
+
+    def _abandon_forwards(self, new_leader: int | None) -> None:
+        """Requests forwarded to a node that no longer leads will not be answered
+        (it may be dead): give up on them now instead of waiting for the timeout.  Their
+        outcome is unknown — the old leader may have replicated them before it fell."""
+        for rid, waiter in list(self._forwards.items()):
+            if waiter.index != new_leader:
+                del self._forwards[rid]
+                waiter.finish(
+                    (
+                        0,
+                        "unavailable",
+                        "the leader changed while the request was "
+                        "forwarded to it; it may or may not have been applied",
+                    )
+                )
 
     async def _serve_forward(self, sender: int, message: Forward) -> None:
         handler = self.forward_handlers.get(message.kind)
@@ -541,6 +557,8 @@ class RaftNode:
             metrics.role.labels(role.value).set(1 if core.role is role else 0)
         metrics.is_leader.set(1 if core.role is Role.LEADER else 0)
         metrics.has_leader.set(1 if core.leader_id is not None else 0)
+        if core.leader_id != self._last_leader:
+            self._abandon_forwards(core.leader_id)
         if core.leader_id != self._last_leader and core.leader_id is not None:
             metrics.leader_changes.inc()
             log.info(

@@ -52,6 +52,7 @@ class FrameSender:
         self._raw.setblocking(False)
         self.backlog_bytes_max = backlog_bytes_max
         self._backlog: deque[memoryview] = deque()
+        self._corked: list[bytes] = []
         self.backlog_bytes = 0
         self.broken = False
         self.overflowed = False
@@ -59,10 +60,29 @@ class FrameSender:
         self._emptied = trio.Event()  # set whenever the backlog drains (or the socket breaks)
         self.frames_sent = 0
 
+    def send_soon(self, frame: bytes) -> bool:
+        """Write ``frame`` together with whatever else is sent before the flusher runs
+        (replies made in one scheduler batch — e.g. a commit waking many requests —
+        leave in one syscall).  Order with `send` is kept."""
+        if self.broken or self.overflowed:
+            return False
+        self._corked.append(frame)
+        self._wake.set()
+        return True
+
+    def _uncork(self) -> bool:
+        frames, self._corked = self._corked, []
+        return self._send_now(frames[0] if len(frames) == 1 else b"".join(frames))
+
     def send(self, frame: bytes) -> bool:
         """Queue or write ``frame`` now; False if the connection is broken or overflowed."""
         if self.broken or self.overflowed:
             return False
+        if self._corked and not self._uncork():
+            return False
+        return self._send_now(frame)
+
+    def _send_now(self, frame: bytes) -> bool:
         if self._backlog:
             return self._enqueue(memoryview(frame))
         try:
@@ -108,6 +128,8 @@ class FrameSender:
         task that waits on the socket: Trio allows one writer-waiter per fd."""
         try:
             while not self.broken:
+                if self._corked and not self.overflowed:
+                    self._uncork()
                 if not self._backlog:
                     self._emptied.set()
                     self._wake = trio.Event()
