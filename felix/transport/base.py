@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +27,36 @@ class TransportStats:
     handshakes_refused: int = 0
     connects: int = 0
     inbound_connections: int = 0
+
+
+class PeerQueues:
+    """One bounded send queue per peer, shared by both transports: `offer` never blocks
+    and drops on a full queue or an unknown peer (Raft retransmits)."""
+
+    def __init__(self, peers: Iterable[int], queue_max: int, stats: TransportStats) -> None:
+        self.queue_max = queue_max
+        self.stats = stats
+        self.senders: dict[int, trio.MemorySendChannel[PeerPayload]] = {}
+        self.receivers: dict[int, trio.MemoryReceiveChannel[PeerPayload]] = {}
+        for peer in peers:
+            self.add(peer)
+
+    def add(self, peer: int) -> None:
+        send, receive = trio.open_memory_channel[PeerPayload](self.queue_max)
+        self.senders[peer] = send
+        self.receivers[peer] = receive
+
+    def offer(self, to: int, message: PeerPayload) -> bool:
+        queue = self.senders.get(to)
+        if queue is None:
+            self.stats.dropped_unknown_peer += 1
+            return False
+        try:
+            queue.send_nowait(message)
+        except trio.WouldBlock:
+            self.stats.dropped_queue_full += 1
+            return False
+        return True
 
 
 class PeerTransport(Protocol):

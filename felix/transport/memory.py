@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from felix.proto.raft_messages import PEER
-from felix.transport.base import Deliver, PeerPayload, TransportStats
+from felix.transport.base import Deliver, PeerPayload, PeerQueues, TransportStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,28 +131,14 @@ class MemoryTransport:
         self.stats = TransportStats()
         self._network = network
         self._deliver = deliver
-        self._queues: dict[int, trio.MemorySendChannel[PeerPayload]] = {}
-        self._receivers: dict[int, trio.MemoryReceiveChannel[PeerPayload]] = {}
-        for peer in peers - {node_id}:
-            send, receive = trio.open_memory_channel[PeerPayload](send_queue_max)
-            self._queues[peer] = send
-            self._receivers[peer] = receive
+        self._queues = PeerQueues(peers - {node_id}, send_queue_max, self.stats)
 
     def send_nowait(self, to: int, message: PeerPayload) -> bool:
-        queue = self._queues.get(to)
-        if queue is None:
-            self.stats.dropped_unknown_peer += 1
-            return False
-        try:
-            queue.send_nowait(message)
-        except trio.WouldBlock:
-            self.stats.dropped_queue_full += 1
-            return False
-        return True
+        return self._queues.offer(to, message)
 
     def add_peer(self, peer: int, address: str) -> None:
         """Every node of the memory network is reachable by id; only a queue is needed."""
-        if peer != self.node_id and peer not in self._queues:
+        if peer != self.node_id and peer not in self._queues.senders:
             raise KeyError(f"node {peer} is not on this memory network's id list")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -160,7 +146,7 @@ class MemoryTransport:
         try:
             async with trio.open_nursery() as nursery:
                 self._network.attach(self.node_id, endpoint)
-                for peer, receiver in self._receivers.items():
+                for peer, receiver in self._queues.receivers.items():
                     nursery.start_soon(self._pump, peer, receiver, nursery)
                 task_status.started()
         finally:

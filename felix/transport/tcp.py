@@ -34,7 +34,7 @@ from felix.proto.raft_messages import (
     PeerHello,
     PeerMessage,
 )
-from felix.transport.base import Deliver, PeerPayload, TransportStats
+from felix.transport.base import Deliver, PeerPayload, PeerQueues, TransportStats
 
 log = logging.getLogger("felix.transport")
 
@@ -83,27 +83,13 @@ class TcpTransport:
         self._addresses = dict(config.peers)
         self._listeners: list[trio.SocketListener] = []
         self._nursery: trio.Nursery | None = None
-        self._queues: dict[int, trio.MemorySendChannel[PeerPayload]] = {}
-        self._receivers: dict[int, trio.MemoryReceiveChannel[PeerPayload]] = {}
-        for peer in config.peers:
-            send, receive = trio.open_memory_channel[PeerPayload](config.send_queue_max)
-            self._queues[peer] = send
-            self._receivers[peer] = receive
+        self._queues = PeerQueues(config.peers, config.send_queue_max, self.stats)
         self._hello = encode_frame(
             PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
         )
 
     def send_nowait(self, to: int, message: PeerPayload) -> bool:
-        queue = self._queues.get(to)
-        if queue is None:
-            self.stats.dropped_unknown_peer += 1
-            return False
-        try:
-            queue.send_nowait(message)
-        except trio.WouldBlock:
-            self.stats.dropped_queue_full += 1
-            return False
-        return True
+        return self._queues.offer(to, message)
 
     def set_peer_address(self, peer: int, address: PeerAddress) -> None:
         """Where to dial ``peer`` from the next connection attempt on."""
@@ -121,9 +107,7 @@ class TcpTransport:
             self._addresses[peer] = parsed
             return
         self._addresses[peer] = parsed
-        send, receive = trio.open_memory_channel[PeerPayload](self.config.send_queue_max)
-        self._queues[peer] = send
-        self._receivers[peer] = receive
+        self._queues.add(peer)
         if self._nursery is not None:
             self._nursery.start_soon(self._dial_loop, peer)
 
@@ -173,7 +157,7 @@ class TcpTransport:
             backoff = min(backoff * 2, self.config.backoff_s_max)
 
     async def _pump(self, peer: int, stream: trio.SocketStream) -> None:
-        receiver = self._receivers[peer]
+        receiver = self._queues.receivers[peer]
         try:
             async with stream:
                 await stream.send_all(self._hello)
