@@ -1,0 +1,1156 @@
+"""How fast a committed metadata change reaches hundreds of brokers (end to end).
+
+    python -m bench.propagation --brokers 100,500,1000 --rate 20 --duration 10 \\
+        --json out.json --plot out.png [--runs 3] \\
+        [--failover-trials 10 [--failover-brokers 1000]] [--catchup-shards 100000] \\
+        [--no-steady]
+
+A real 3-node control plane (`felix serve` processes on loopback, WAL on disk in a temp
+dir) and N simulated brokers — real `felix.broker` clients, spread over a few worker
+processes (`bench.propagation_worker`) — with every process stopped by PID at the end,
+also on Ctrl-C.  All times are ``time.monotonic()``: on Linux that is
+``CLOCK_MONOTONIC``, one system-wide clock, so a send time taken here and an applied
+time taken in a worker process compare directly.
+
+* steady (per N, ``--runs`` times, a fresh cluster each time): one writer sends a
+  ~200-byte change (``set_tenant``, rotating over 64 tenants) to the leader every
+  1/``--rate`` s for ``--duration`` s (pipelined: the schedule never waits for an ack).
+  Per change: commit latency (send -> ``WriteResult``), per broker the propagation
+  latency (send -> delta applied in that broker's cache) and the all-brokers latency
+  (send -> applied by the last broker).  ``missed``: (broker, change) pairs never
+  applied after a drain period.  Also the server memory per connected broker (sum of the
+  three servers' VmRSS growth while the N brokers connect, divided by N).
+* failover (``--failover-trials``): with N brokers watching, ``kill -9`` the leader, then
+  time until a write succeeds again (tried on every survivor) and until every broker has
+  applied that write; snapshots sent during the trial (the target: none — brokers resume
+  from their version on another node).  The killed node is restarted between trials.
+* catch-up (``--catchup-shards``): a state of that many shards (streams of up to 10,000
+  shards over 5 registered, heartbeating nodes); time for a new control-plane node
+  (added as a learner, caught up by InstallSnapshot since the leader's log is compacted)
+  to apply the leader's commit index, and for a fresh broker to get its first full view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench._report import RESULTS_DIR, print_table
+from felix.broker.client import open_metadata_client
+from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.proto.client_messages import (
+    Error,
+    HealthStatus,
+    ReportHealth,
+    WriteRequest,
+    WriteResult,
+)
+from felix.testing.processes import ProcessCluster, ServeProcess, free_ports, http
+
+BROKERS_PER_WORKER = 250
+WORKERS_MAX = 4
+TENANTS = 64  # the writer rotates over this many tenant records
+DISPLAY_NAME_BYTES = 110  # a set_tenant change of ~200 bytes on the wire
+BROKER_ID_BASE = 1001
+SETTLE_S = 1.5  # after the brokers are ready: registrations turn "up", buffers settle
+DRAIN_S = 10.0
+
+
+# --- small utilities ------------------------------------------------------------------
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1) of ``samples`` (sorted or not)."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    if not samples:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+    ordered = sorted(samples)
+    return {"p50": percentile(ordered, 0.5), "p99": percentile(ordered, 0.99), "max": ordered[-1]}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """min / median / max over runs."""
+    clean = [v for v in values if not math.isnan(v)]
+    if not clean:
+        return {"min": math.nan, "median": math.nan, "max": math.nan}
+    return {"min": min(clean), "median": statistics.median(clean), "max": max(clean)}
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class ProgressBar:
+    """One line on stderr, redrawn at most every 0.1 s."""
+
+    def __init__(self, label: str, total: int, width: int = 30) -> None:
+        self.label, self.total, self.width = label, max(1, total), width
+        self._last = 0.0
+        self._shown = -1
+
+    def update(self, done: int, extra: str = "", force: bool = False) -> None:
+        t = now()
+        tty = sys.stderr.isatty()
+        if not force and t - self._last < (0.1 if tty else 2.0):
+            return
+        self._last, self._shown = t, done
+        filled = min(self.width, self.width * done // self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        line = f"  {self.label} [{bar}] {done}/{self.total} {extra}"
+        sys.stderr.write(f"\r{line}\x1b[K" if tty else f"{line}\n")
+        sys.stderr.flush()
+
+    def close(self, extra: str = "") -> None:
+        if self._shown != self.total or extra:
+            self.update(self.total, extra, force=True)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def status_line(text: str) -> None:
+    sys.stderr.write(f"  {text}\n")
+    sys.stderr.flush()
+
+
+# --- processes: the control plane and the broker workers --------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """One `bench.propagation_worker` process, driven over stdin/stdout."""
+
+    first_id: int
+    count: int
+    register: int
+    log_path: Path
+    proc: subprocess.Popen[str] | None = None
+
+    def start(self, endpoints: str) -> None:
+        args = [
+            sys.executable, "-m", "bench.propagation_worker",
+            "--endpoints", endpoints, "--first-id", str(self.first_id),
+            "--count", str(self.count), "--register", str(self.register),
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the bench; the bench stops us by PID
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        log.close()
+
+    def send(self, line: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"broker worker {self.proc.pid} exited; its log ends:\n{tail}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            self.send("exit")
+            proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
+class Brokers:
+    """N brokers over a few worker processes; ids ``BROKER_ID_BASE ..``."""
+
+    count: int
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @classmethod
+    def plan(cls, root: Path, count: int, workers: int, register: int) -> Brokers:
+        workers = workers or min(WORKERS_MAX, max(1, math.ceil(count / BROKERS_PER_WORKER)))
+        workers = min(workers, count)
+        brokers = cls(count)
+        first = BROKER_ID_BASE
+        for w in range(workers):
+            n = count // workers + (1 if w < count % workers else 0)
+            reg = register // workers + (1 if w < register % workers else 0)
+            brokers.workers.append(WorkerProcess(first, n, min(reg, n), root / f"worker-{w}.log"))
+            first += n
+        return brokers
+
+    @property
+    def registered(self) -> int:
+        return sum(w.register for w in self.workers)
+
+    def start(self, endpoints: str) -> float:
+        """Start every worker; returns once every broker has its first view."""
+        started = now()
+        for worker in self.workers:
+            worker.start(endpoints)
+        for worker in self.workers:
+            reply = worker.read()
+            if "ready" not in reply:
+                raise RuntimeError(f"unexpected worker reply {reply}")
+        return now() - started
+
+    def ask(self, line: str) -> list[dict[str, Any]]:
+        for worker in self.workers:
+            worker.send(line)
+        return [worker.read() for worker in self.workers]
+
+    def stats(self) -> dict[str, Any]:
+        replies = self.ask("stats")
+        total: dict[str, Any] = {}
+        for reply in replies:
+            for key, value in reply.items():
+                if isinstance(value, int) and key not in ("min_version", "max_version"):
+                    total[key] = total.get(key, 0) + value
+        total["min_version"] = min(r["min_version"] for r in replies)
+        reasons: dict[str, int] = {}
+        for reply in replies:
+            for reason, n in reply["resync_reasons"].items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        total["resync_reasons"] = reasons
+        return total
+
+    def drain(self, version: int, seconds: float) -> int:
+        """Wait until every broker applied ``version``; returns how many did not."""
+        return sum(r["behind"] for r in self.ask(f"drain {version} {seconds}"))
+
+    def dump(self, root: Path) -> dict[int, BrokerRecord]:
+        records: dict[int, BrokerRecord] = {}
+        for n, worker in enumerate(self.workers):
+            path = root / f"worker-{n}-dump.json"
+            worker.send(f"dump {path}")
+            worker.read()
+            data = json.loads(path.read_text())
+            for key, broker in data["brokers"].items():
+                records[int(key)] = BrokerRecord.of(broker)
+            path.unlink()
+        return records
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@dataclass
+class BrokerRecord:
+    """(version, applied time) pairs of one broker, by version."""
+
+    versions: list[int]
+    times: list[float]
+    registered: bool
+    stats: dict[str, int] | None
+    endpoint: str | None = None
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> BrokerRecord:
+        pairs = sorted(zip(raw["versions"], raw["times"], strict=True))
+        versions: list[int] = []
+        times: list[float] = []
+        for version, t in pairs:  # keep the first time a version was reached
+            if versions and version <= versions[-1]:
+                continue
+            versions.append(version)
+            times.append(t)
+        # a version counts as applied once any version >= it is applied: make the times
+        # non-increasing from the right so bisect finds the earliest such moment
+        for i in range(len(times) - 2, -1, -1):
+            times[i] = min(times[i], times[i + 1])
+        return cls(versions, times, raw["registered"], raw["stats"], raw.get("endpoint"))
+
+    def applied_at(self, version: int) -> float | None:
+        i = bisect.bisect_left(self.versions, version)
+        return self.times[i] if i < len(self.versions) else None
+
+
+class Processes:
+    """Everything the bench started, stopped by PID in reverse order (also on Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self._stops: list[Callable[[], object]] = []
+
+    def add(self, stop: Callable[[], object]) -> None:
+        self._stops.append(stop)
+
+    def stop_all(self) -> None:
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"bench: while stopping: {exc!r}", file=sys.stderr)
+
+
+@contextmanager
+def control_plane(
+    root: Path, procs: Processes, tick_ms: int, extra: Sequence[str] = ()
+) -> Iterator[ProcessCluster]:
+    root.mkdir(parents=True, exist_ok=True)
+    cluster = ProcessCluster(root, size=3, tick_ms=tick_ms)
+    for node in cluster.nodes.values():
+        for item in extra:
+            node.args += ["--set", item]
+    procs.add(cluster.stop_all)
+    try:
+        cluster.start_all()
+        cluster.wait_for_leader(timeout_s=30)
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def client_endpoints(cluster: ProcessCluster) -> str:
+    return ",".join(f"127.0.0.1:{n.client_port}" for n in cluster.nodes.values())
+
+
+def server_rss(cluster: ProcessCluster) -> dict[int, int]:
+    return {
+        i: rss_kib(n.proc.pid)
+        for i, n in cluster.nodes.items()
+        if n.proc is not None and n.proc.poll() is None
+    }
+
+
+# --- the writer -------------------------------------------------------------------------
+
+
+@dataclass
+class Write:
+    seq: int
+    sent: float
+    acked: float | None = None
+    version: int | None = None
+    error: str | None = None
+
+
+def change_args(seq: int) -> dict[str, Any]:
+    prefix = f"{seq:010d}-"
+    return {
+        "name": f"bench-t{seq % TENANTS:03d}",
+        "display_name": prefix + "x" * (DISPLAY_NAME_BYTES - len(prefix)),
+    }
+
+
+class Writer:
+    """Pipelined writes over one client connection (request ids -> `Write`)."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.ids = itertools.count(1)
+        self.pending: dict[int, Write] = {}
+        self.done = trio.Event()
+
+    async def reader(self) -> None:
+        try:
+            while True:
+                for reply in await self.conn.receive_batch():
+                    t = now()
+                    write = self.pending.pop(getattr(reply, "request_id", None) or -1, None)
+                    if write is None:
+                        continue
+                    if isinstance(reply, WriteResult):
+                        write.acked, write.version = t, reply.version
+                    elif isinstance(reply, Error):
+                        write.error = f"{reply.code.value}: {reply.detail}"
+                    if not self.pending:
+                        self.done.set()
+        except ConnectionClosed as exc:
+            for write in self.pending.values():
+                write.error = f"connection closed: {exc}"
+            self.pending.clear()
+            self.done.set()
+
+    async def send(self, seq: int, command: str, args: dict[str, Any]) -> Write:
+        request_id = next(self.ids)
+        write = Write(seq, now())
+        self.pending[request_id] = write
+        self.done = trio.Event()
+        await self.conn.send(WriteRequest(request_id, command, args, None))
+        return write
+
+
+async def steady_writes(
+    port: int, rate: float, duration: float, bar: ProgressBar | None
+) -> list[Write]:
+    writes: list[Write] = []
+    total = max(1, round(rate * duration))
+    async with trio.open_nursery() as nursery:
+        writer = Writer(await ClientConnection.open("127.0.0.1", port))
+        nursery.start_soon(writer.reader)
+        start = trio.current_time()
+        for seq in range(total):
+            await trio.sleep_until(start + seq / rate)
+            writes.append(await writer.send(seq, "set_tenant", change_args(seq)))
+            if bar is not None:
+                acked = sum(1 for w in writes if w.acked is not None)
+                bar.update(seq + 1, f"acked {acked}")
+        with trio.move_on_after(DRAIN_S):
+            if writer.pending:
+                await writer.done.wait()
+        nursery.cancel_scope.cancel()
+        await writer.conn.aclose()
+    return writes
+
+
+async def one_write(port: int, seq: int, timeout_s: float) -> Write | None:
+    """One write on a fresh connection; None if it was refused, lost or timed out."""
+    with trio.move_on_after(timeout_s):
+        try:
+            conn = await ClientConnection.open("127.0.0.1", port, timeout_s=timeout_s)
+        except (OSError, ConnectionClosed, trio.TooSlowError):
+            return None
+        try:
+            write = Write(seq, now())
+            await conn.send(WriteRequest(1, "set_tenant", change_args(seq), None))
+            reply = await conn.receive()
+            if isinstance(reply, WriteResult):
+                write.acked, write.version = now(), reply.version
+                return write
+        except (OSError, ConnectionClosed):
+            return None
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+    return None
+
+
+async def first_write_after(ports: Sequence[int], seq: int) -> Write:
+    """Keep trying writes on every given node (a new attempt every 50 ms per node) until
+    one is acknowledged; returns the first acknowledged one."""
+    first: list[Write] = []
+    async with trio.open_nursery() as nursery:
+
+        async def attempts(port: int) -> None:
+            async with trio.open_nursery() as mine:
+                while True:
+
+                    async def attempt() -> None:
+                        write = await one_write(port, seq, 2.0)
+                        if write is not None:
+                            first.append(write)
+                            nursery.cancel_scope.cancel()
+
+                    mine.start_soon(attempt)
+                    await trio.sleep(0.05)
+
+        for port in ports:
+            nursery.start_soon(attempts, port)
+    return min(first, key=lambda w: w.acked or math.inf)
+
+
+# --- steady mode ------------------------------------------------------------------------
+
+
+def analyse(
+    writes: Sequence[Write], records: dict[int, BrokerRecord], labels: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(figures, raw) for one run; ``labels`` names each client endpoint (which node,
+    leader or follower) for the per-node breakdown of the propagation latency."""
+    ok = [w for w in writes if w.version is not None and w.acked is not None]
+    broker_ids = sorted(records)
+    commit = [(w.acked or 0) - w.sent for w in ok]
+    propagation: list[float] = []
+    all_brokers: list[float] = []
+    raw_propagation: list[list[float | None]] = []
+    missed = 0
+    by_node: dict[str, list[float]] = {}
+    for write in ok:
+        assert write.version is not None
+        row: list[float | None] = []
+        last = -math.inf
+        for broker_id in broker_ids:
+            t = records[broker_id].applied_at(write.version)
+            if t is None:
+                missed += 1
+                row.append(None)
+                continue
+            latency = t - write.sent
+            propagation.append(latency)
+            node = labels.get(records[broker_id].endpoint or "", "?")
+            by_node.setdefault(node, []).append(latency)
+            row.append(ms(latency))
+            last = max(last, latency)
+        raw_propagation.append(row)
+        if last > -math.inf:
+            all_brokers.append(last)
+    figures = {
+        "commit_ms": {k: v * 1000 for k, v in summary(commit).items()},
+        "propagation_ms": {k: v * 1000 for k, v in summary(propagation).items()},
+        "all_brokers_ms": {k: v * 1000 for k, v in summary(all_brokers).items()},
+        "changes_written": len(ok),
+        "write_errors": len(writes) - len(ok),
+        "missed": missed,
+        "propagation_ms_by_node": {
+            node: {
+                "brokers": sum(1 for r in records.values() if labels.get(r.endpoint or "") == node),
+                **{k: v * 1000 for k, v in summary(samples).items()},
+            }
+            for node, samples in sorted(by_node.items())
+        },
+    }
+    raw = {
+        "broker_ids": broker_ids,
+        "versions": [w.version for w in ok],
+        "sent": [round(w.sent, 6) for w in ok],
+        "commit_ms": [ms(c) for c in commit],
+        "all_brokers_ms": [ms(a) for a in all_brokers],
+        "propagation_ms": raw_propagation,
+        "errors": [w.error for w in writes if w.version is None],
+    }
+    return figures, raw
+
+
+def steady_run(
+    args: argparse.Namespace, root: Path, procs: Processes, n: int, run: int
+) -> dict[str, Any]:
+    register = n if args.register == "all" else min(n, int(args.register))
+    with control_plane(root, procs, args.tick_ms) as cluster:
+        time.sleep(0.5)
+        before = server_rss(cluster)
+        brokers = Brokers.plan(root, n, args.workers, register)
+        procs.add(brokers.stop)
+        try:
+            status_line(
+                f"N={n} run {run}: starting {n} brokers "
+                f"({brokers.registered} registered) in {len(brokers.workers)} worker(s)"
+            )
+            ready_s = brokers.start(client_endpoints(cluster))
+            time.sleep(SETTLE_S)
+            after = server_rss(cluster)
+            leader = cluster.wait_for_leader()
+            bar = ProgressBar(f"N={n} run {run} writes", max(1, round(args.rate * args.duration)))
+            writes = trio.run(
+                steady_writes, cluster.nodes[leader].client_port, args.rate, args.duration, bar
+            )
+            newest = max((w.version for w in writes if w.version is not None), default=0)
+            behind = brokers.drain(newest, DRAIN_S)
+            bar.close(f"drained (behind: {behind})")
+            stats = brokers.stats()
+            records = brokers.dump(root)
+        finally:
+            brokers.stop()
+    labels = {
+        f"127.0.0.1:{p.client_port}": f"node {i} ({'leader' if i == leader else 'follower'})"
+        for i, p in cluster.nodes.items()
+    }
+    figures, raw = analyse(writes, records, labels)
+    growth = {i: after.get(i, 0) - before.get(i, 0) for i in before}
+    figures.update(
+        {
+            "brokers": n,
+            "registered": register,
+            "workers": len(brokers.workers),
+            "ready_s": round(ready_s, 3),
+            "server_kib_per_broker": sum(growth.values()) / n,
+            "server_rss_kib": {"before": before, "after": after},
+            "client_stats": stats,
+            "raw": raw,
+        }
+    )
+    return figures
+
+
+FIGURES = ("commit_ms", "propagation_ms", "all_brokers_ms")
+
+
+def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for n in [int(x) for x in args.brokers.split(",") if x.strip()]:
+        runs = []
+        for run in range(1, args.runs + 1):
+            runs.append(steady_run(args, root / f"n{n}-run{run}", procs, n, run))
+            shutil.rmtree(root / f"n{n}-run{run}", ignore_errors=True)
+        over_runs: dict[str, Any] = {
+            name: {q: spread([r[name][q] for r in runs]) for q in ("p50", "p99", "max")}
+            for name in FIGURES
+        }
+        over_runs["server_kib_per_broker"] = spread([r["server_kib_per_broker"] for r in runs])
+        results[str(n)] = {
+            "brokers": n,
+            "registered": runs[0]["registered"],
+            "workers": runs[0]["workers"],
+            **{
+                name: {q: over_runs[name][q]["median"] for q in over_runs[name]} for name in FIGURES
+            },
+            "changes_written": sum(r["changes_written"] for r in runs),
+            "write_errors": sum(r["write_errors"] for r in runs),
+            "missed": sum(r["missed"] for r in runs),
+            "server_kib_per_broker": over_runs["server_kib_per_broker"]["median"],
+            "over_runs": over_runs,
+            "runs": runs,
+        }
+    return results
+
+
+# --- failover mode ----------------------------------------------------------------------
+
+
+def watch_snapshots_sent(cluster: ProcessCluster, exclude: int | None = None) -> int:
+    total = 0
+    for node_id, node in cluster.nodes.items():
+        if node_id == exclude or node.proc is None or node.proc.poll() is not None:
+            continue
+        try:
+            with urlopen_text(f"http://{node.ops}/metrics") as text:
+                for line in text.splitlines():
+                    if line.startswith("felix_watch_snapshots_sent"):
+                        total += int(float(line.split()[-1]))
+        except (OSError, urllib.error.URLError):
+            pass
+    return total
+
+
+@contextmanager
+def urlopen_text(url: str) -> Iterator[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        yield response.read().decode()
+
+
+def failover(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any]:
+    n = args.failover_brokers or max(int(x) for x in args.brokers.split(",") if x.strip())
+    register = n if args.register == "all" else min(n, int(args.register))
+    trials: list[dict[str, Any]] = []
+    with control_plane(root, procs, args.tick_ms) as cluster:
+        brokers = Brokers.plan(root, n, args.workers, register)
+        procs.add(brokers.stop)
+        try:
+            status_line(f"failover: starting {n} brokers in {len(brokers.workers)} worker(s)")
+            brokers.start(client_endpoints(cluster))
+            time.sleep(SETTLE_S)
+            bar = ProgressBar(f"failover N={n} trials", args.failover_trials)
+            for trial in range(args.failover_trials):
+                leader = cluster.wait_for_leader(timeout_s=30)
+                warm = cluster.put(f"warm{trial}", "x")
+                brokers.drain(warm, DRAIN_S)
+                time.sleep(0.3)
+                stats_before = brokers.stats()
+                sent_before = watch_snapshots_sent(cluster, exclude=leader)
+                killed_at = now()
+                cluster.nodes[leader].kill9()
+                survivors = [p.client_port for i, p in cluster.nodes.items() if i != leader]
+                write = trio.run(first_write_after, survivors, 1_000_000 + trial)
+                assert write.version is not None and write.acked is not None
+                behind = brokers.drain(write.version, DRAIN_S)
+                stats_after = brokers.stats()
+                sent_after = watch_snapshots_sent(cluster, exclude=leader)
+                trials.append(
+                    {
+                        "killed": leader,
+                        "killed_at": killed_at,
+                        "version": write.version,
+                        "write_ok_ms": ms(write.acked - killed_at),
+                        "behind_after_drain": behind,
+                        "broker_snapshots": stats_after["snapshots"] - stats_before["snapshots"],
+                        "broker_resyncs": stats_after["resyncs"] - stats_before["resyncs"],
+                        "broker_reconnects": stats_after["reconnects"] - stats_before["reconnects"],
+                        "server_snapshots_sent": sent_after - sent_before,
+                    }
+                )
+                cluster.nodes[leader].start()
+                cluster.wait_caught_up(leader, cluster.put(f"after{trial}", "x"), timeout_s=60)
+                bar.update(trial + 1, f"last: write {trials[-1]['write_ok_ms']:.0f} ms", True)
+            bar.close()
+            records = brokers.dump(root)
+        finally:
+            brokers.stop()
+    for t in trials:
+        applied = [r.applied_at(t["version"]) for r in records.values()]
+        t["missed"] = sum(1 for a in applied if a is None)
+        t["all_brokers_ms"] = ms(max(a for a in applied if a is not None) - t["killed_at"])
+        t["per_broker_ms"] = [None if a is None else ms(a - t["killed_at"]) for a in applied]
+    write_ok = [t["write_ok_ms"] for t in trials]
+    every = [t["all_brokers_ms"] for t in trials]
+    return {
+        "brokers": n,
+        "registered": register,
+        "trials": len(trials),
+        "write_ok_ms": {**summary(write_ok), **spread(write_ok)},
+        "all_brokers_ms": {**summary(every), **spread(every)},
+        "broker_snapshots": sum(t["broker_snapshots"] for t in trials),
+        "server_snapshots_sent": sum(t["server_snapshots_sent"] for t in trials),
+        "missed": sum(t["missed"] for t in trials),
+        "per_trial": trials,
+    }
+
+
+# --- catch-up mode ----------------------------------------------------------------------
+
+
+class Admin:
+    """Pipelined admin writes on one connection (raises on a refusal)."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.writer = Writer(conn)
+        self.replies: dict[int, Any] = {}
+
+    async def write(self, command: str, args: dict[str, Any]) -> int:
+        request_id = next(self.writer.ids)
+        write = Write(request_id, now())
+        self.writer.pending[request_id] = write
+        await self.writer.conn.send(WriteRequest(request_id, command, args, None))
+        while write.version is None and write.error is None:
+            await trio.sleep(0.005)
+        if write.version is None:
+            raise RuntimeError(f"{command} {args}: {write.error}")
+        return write.version
+
+
+async def build_state(
+    cluster: ProcessCluster, shards: int, nursery: trio.Nursery, filler: int
+) -> tuple[int, int]:
+    """Create ``shards`` shards over 5 registered, heartbeating nodes; then ``filler``
+    small writes so the leader's next snapshot covers them.  Returns (the version with
+    every shard, the last version)."""
+    leader = cluster.wait_for_leader()
+    conn = await ClientConnection.open("127.0.0.1", cluster.nodes[leader].client_port)
+    admin = Admin(conn)
+    nursery.start_soon(admin.writer.reader)
+    per_stream = min(10_000, shards)
+    await admin.write("set_config", {"name": "max_shards_per_stream", "value": per_stream})
+    await admin.write("set_config", {"name": "max_shards_per_node", "value": 1_000_000})
+    await admin.write("set_tenant", {"name": "bench"})
+    nodes = list(range(1, 6))
+    for node_id in nodes:
+        await admin.write(
+            "register_node",
+            {"node_id": node_id, "address": f"127.0.0.1:{19000 + node_id}", "rack": f"r{node_id}"},
+        )
+
+    async def heartbeats() -> None:  # until the bench ends: the nodes must stay up
+        while True:
+            for node_id in nodes:
+                await conn.send(ReportHealth(node_id, HealthStatus.UP, 0))
+            await trio.sleep(0.5)
+
+    nursery.start_soon(heartbeats)
+    streams = math.ceil(shards / per_stream)
+    bar = ProgressBar(f"catch-up: creating {shards:,} shards, streams", streams)
+    version = 0
+    for s in range(streams):
+        count = min(per_stream, shards - s * per_stream)
+        while True:
+            try:
+                version = await admin.write(
+                    "create_stream", {"name": f"s{s:03d}", "shards": count, "tenant": "bench"}
+                )
+                break
+            except RuntimeError as exc:
+                if "live" not in str(exc) and "capacity" not in str(exc):
+                    raise
+                await trio.sleep(0.2)  # the nodes are not reported up yet
+        bar.update(s + 1, force=True)
+    bar.close()
+    last = version
+    for i in range(filler):
+        last = await admin.write("set_tenant", {"name": f"filler{i}"})
+    return version, last
+
+
+def applied_at_least(index: int, status: dict[str, Any]) -> bool:
+    return int(status["applied_index"]) >= index
+
+
+async def wait_status(
+    node: ServeProcess, done: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> dict[str, Any]:
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                code, body = await trio.to_thread.run_sync(
+                    lambda: http("GET", node.ops, "/v1/status", 0.5)
+                )
+                if code == 200 and done(body):
+                    return body  # type: ignore[no-any-return]
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            await trio.sleep(0.02)
+
+
+async def catchup_async(
+    args: argparse.Namespace, cluster: ProcessCluster, root: Path, procs: Processes
+) -> dict[str, Any]:
+    shards = args.catchup_shards
+    result: dict[str, Any] = {"shards": shards, "learner": [], "fresh_broker": []}
+    async with trio.open_nursery() as nursery:
+        version, _ = await build_state(cluster, shards, nursery, args.catchup_snapshot_entries + 2)
+        leader_id = cluster.wait_for_leader()
+        leader = cluster.nodes[leader_id]
+        status_line("catch-up: waiting for the leader to snapshot (log compaction)")
+        status = await wait_status(leader, lambda s: s["snapshot_index"] >= version, 120)
+        result["leader_snapshot_index"] = status["snapshot_index"]
+        result["leader_first_index"] = status["first_index"]
+        snapshots = [
+            p
+            for p in leader.data_dir.rglob("*")
+            if p.is_file() and "snap" in str(p.relative_to(leader.data_dir))
+        ]
+        if snapshots:
+            result["snapshot_file_bytes"] = max(p.stat().st_size for p in snapshots)
+        for trial in range(args.runs):
+            new_id = 4 + trial
+            peer, ops, client = free_ports(3)
+            peers = ",".join(f"{i}=127.0.0.1:{n.peer_port}" for i, n in cluster.nodes.items())
+            data_dir = root / f"node-{new_id}"
+            node = ServeProcess(
+                new_id, peer, ops, client, data_dir,
+                [
+                    sys.executable, "-m", "felix.cli", "serve",
+                    "--node-id", str(new_id), "--cluster-id", "proc-test",
+                    "--data-dir", str(data_dir), "--peers", peers,
+                    "--listen-peer", f"127.0.0.1:{peer}",
+                    "--listen-client", f"127.0.0.1:{client}",
+                    "--listen-ops", f"127.0.0.1:{ops}",
+                    "--set", f"raft.tick_ms={args.tick_ms}",
+                ],
+                root / f"node-{new_id}.log",
+            )  # fmt: skip
+            procs.add(node.stop)
+            try:
+                added_at = now()
+                add = f"/v1/members/add?id={new_id}&address=127.0.0.1:{peer}"
+                code, body = await trio.to_thread.run_sync(http, "POST", leader.ops, add)
+                if code != 200:
+                    raise RuntimeError(f"members/add: {code} {body}")
+                target = cluster.status(leader_id)["commit_index"]  # type: ignore[index]
+                started = now()
+                node.start()
+                serving = await wait_status(node, lambda s: True, 60)
+                serving_at = now()
+                caught = await wait_status(node, partial(applied_at_least, target), 120)
+                done = now()
+                result["learner"].append(
+                    {
+                        "node_id": new_id,
+                        "from_add_s": done - added_at,
+                        "from_start_s": done - started,
+                        "process_start_s": serving_at - started,
+                        "applied_index": caught["applied_index"],
+                        "snapshot_index": caught["snapshot_index"],
+                        "first_status_applied": serving["applied_index"],
+                        "target": target,
+                        "rss_kib": rss_kib(node.proc.pid) if node.proc else None,
+                    }
+                )
+                status_line(
+                    f"catch-up: learner {new_id} applied {target} after "
+                    f"{done - started:.2f} s from its start (snapshot index "
+                    f"{caught['snapshot_index']})"
+                )
+            finally:
+                node.stop()
+                remove = f"/v1/members/remove?id={new_id}"
+                await trio.to_thread.run_sync(http, "POST", leader.ops, remove)
+        endpoints = client_endpoints(cluster).split(",")
+        for _ in range(args.runs):
+            started = now()
+            async with open_metadata_client(
+                endpoints, node_id=None, register=False, ready_timeout_s=60
+            ) as view:
+                ready = now()
+                complete = len(view.shards) == shards and len(view.routing) == shards
+                result["fresh_broker"].append(
+                    {
+                        "first_view_s": ready - started,
+                        "version": view.version,
+                        "shards": len(view.shards),
+                        "complete": complete,
+                        "endpoint": view.endpoint,
+                    }
+                )
+            status_line(f"catch-up: fresh broker's first full view in {ready - started:.2f} s")
+        nursery.cancel_scope.cancel()
+    result["learner_s"] = spread([t["from_start_s"] for t in result["learner"]])
+    result["learner_from_add_s"] = spread([t["from_add_s"] for t in result["learner"]])
+    result["fresh_broker_s"] = spread([t["first_view_s"] for t in result["fresh_broker"]])
+    return result
+
+
+def catchup(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any]:
+    extra = [f"snapshot.entries={args.catchup_snapshot_entries}"]
+    with control_plane(root, procs, args.tick_ms, extra) as cluster:
+        return trio.run(catchup_async, args, cluster, root, procs)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def fmt_spread(s: dict[str, float]) -> str:
+    if math.isnan(s["median"]):
+        return "-"
+    if s["min"] == s["max"]:
+        return f"{s['median']:.1f}"
+    return f"{s['min']:.1f}/{s['median']:.1f}/{s['max']:.1f}"
+
+
+def print_report(payload: dict[str, Any]) -> None:
+    steady_results = payload.get("steady") or {}
+    if steady_results:
+        runs = payload["settings"]["runs"]
+        print(f"\nsteady rate: ms, min/median/max over {runs} run(s)")
+        headers = [
+            "N", "changes", "missed",
+            "commit p50", "commit p99", "prop p50", "prop p99", "prop max",
+            "all p50", "all p99", "all max", "KiB/broker",
+        ]  # fmt: skip
+        rows = []
+        for n, r in steady_results.items():
+            o = r["over_runs"]
+            rows.append(
+                [
+                    n, r["changes_written"], r["missed"],
+                    fmt_spread(o["commit_ms"]["p50"]), fmt_spread(o["commit_ms"]["p99"]),
+                    fmt_spread(o["propagation_ms"]["p50"]), fmt_spread(o["propagation_ms"]["p99"]),
+                    fmt_spread(o["propagation_ms"]["max"]),
+                    fmt_spread(o["all_brokers_ms"]["p50"]), fmt_spread(o["all_brokers_ms"]["p99"]),
+                    fmt_spread(o["all_brokers_ms"]["max"]),
+                    fmt_spread(o["server_kib_per_broker"]),
+                ]
+            )  # fmt: skip
+        print_table(headers, rows)
+        print("\npropagation by the node a broker watches (ms, last run of each N):")
+        rows = [
+            [n, node, f["brokers"], f["p50"], f["p99"], f["max"]]
+            for n, r in steady_results.items()
+            for node, f in r["runs"][-1]["propagation_ms_by_node"].items()
+        ]
+        print_table(["N", "node", "brokers", "p50", "p99", "max"], rows)
+    fo = payload.get("failover")
+    if fo:
+        w, a = fo["write_ok_ms"], fo["all_brokers_ms"]
+        print(f"\nfailover (N={fo['brokers']}, {fo['trials']} trials, ms after kill -9):")
+        print_table(
+            ["", "min", "p50", "p99", "max"],
+            [
+                ["write succeeds", w["min"], w["p50"], w["p99"], w["max"]],
+                ["all brokers applied it", a["min"], a["p50"], a["p99"], a["max"]],
+            ],
+        )
+        print(
+            f"snapshots during failover: brokers applied {fo['broker_snapshots']}, "
+            f"servers sent {fo['server_snapshots_sent']}; missed {fo['missed']}"
+        )
+    cu = payload.get("catchup")
+    if cu:
+        print(f"\ncatch-up ({cu['shards']:,} shards), s, min/median/max:")
+        print(f"  new control-plane node (from its start): {fmt_spread(cu['learner_s'])}")
+        print(f"  new control-plane node (from member add): {fmt_spread(cu['learner_from_add_s'])}")
+        print(f"  fresh broker's first full view: {fmt_spread(cu['fresh_broker_s'])}")
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """CDF per N of propagation and all-brokers latency (every run pooled)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is not installed (pip install -e '.[bench]'); no plot")
+        return
+    steady_results = payload.get("steady") or {}
+    fo = payload.get("failover")
+    panels = (2 if steady_results else 0) + (1 if fo else 0)
+    if not panels:
+        print("bench: nothing to plot (steady and failover modes were not run)")
+        return
+    fig, grid = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    axes = list(grid[0])
+    titles = ("propagation (send -> applied, per broker)", "all brokers (send -> last broker)")
+    keys = ("propagation_ms", "all_brokers_ms") if steady_results else ()
+    for ax, key, title in zip(axes, keys, titles, strict=False):
+        for n, r in steady_results.items():
+            samples: list[float] = []
+            for run in r["runs"]:
+                raw = run["raw"][key]
+                if key == "propagation_ms":
+                    samples.extend(v for row in raw for v in row if v is not None)
+                else:
+                    samples.extend(raw)
+            if not samples:
+                continue
+            samples.sort()
+            ys = [(i + 1) / len(samples) for i in range(len(samples))]
+            ax.plot(samples, ys, label=f"N={n}")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms")
+        ax.set_ylabel("fraction")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    if fo:
+        ax = axes[-1]
+        for key, label in (("write_ok_ms", "write succeeds"), ("all_brokers_ms", "all brokers")):
+            samples = sorted(t[key] for t in fo["per_trial"])
+            ax.plot(
+                samples, [(i + 1) / len(samples) for i in range(len(samples))], "o-", label=label
+            )
+        ax.set_xlabel("ms after kill -9 of the leader")
+        ax.set_title(f"failover, N={fo['brokers']}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--brokers", default="100,500,1000", help="N values, comma-separated")
+    parser.add_argument("--rate", type=float, default=20.0, help="changes per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of writes per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per N (and catch-up trials)")
+    parser.add_argument(
+        "--register",
+        default="50",
+        help="how many brokers register and heartbeat (the rest are read-only watchers), or 'all'",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="broker processes (0: auto)")
+    parser.add_argument("--tick-ms", type=int, default=50, help="raft.tick_ms of the servers")
+    parser.add_argument("--no-steady", action="store_true", help="skip the steady-rate mode")
+    parser.add_argument("--failover-trials", type=int, default=0, help="0: no failover mode")
+    parser.add_argument("--failover-brokers", type=int, default=0, help="0: the largest N")
+    parser.add_argument("--catchup-shards", type=int, default=0, help="0: no catch-up mode")
+    parser.add_argument("--catchup-snapshot-entries", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "propagation.json")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the CDFs")
+    parser.add_argument("--keep-dir", action="store_true", help="keep logs and WALs")
+    return parser.parse_args(argv)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A KeyboardInterrupt, possibly inside trio's exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_interrupted(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM: the same clean-up as Ctrl-C (through the SIGINT handler, which inside
+    ``trio.run`` is trio's own, so the interrupt arrives at a safe point)."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_fd_limit()
+    # a shell starts background jobs with SIGINT ignored: stop on it all the same
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    procs = Processes()
+    root = Path(tempfile.mkdtemp(prefix="felix-propagation-"))
+    payload: dict[str, Any] = {
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "clock": "time.monotonic() = CLOCK_MONOTONIC (system-wide on Linux)",
+        "loadavg_start": os.getloadavg(),
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())
+        },
+    }
+    started = now()
+    try:
+        if not args.no_steady:
+            payload["steady"] = steady(args, root / "steady", procs)
+        if args.failover_trials:
+            payload["failover"] = failover(args, root / "failover", procs)
+        if args.catchup_shards:
+            payload["catchup"] = catchup(args, root / "catchup", procs)
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        print("\nbench: interrupted; stopping every process it started", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        if args.keep_dir:
+            print(f"logs and data kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    payload["elapsed_s"] = now() - started
+    payload["loadavg_end"] = os.getloadavg()
+    print_report(payload)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(payload, allow_nan=True) + "\n")
+    print(f"\nJSON: {args.json}")
+    if args.plot:
+        plot(payload, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Smoke tests of `bench.propagation`, so the harness never rots: the real command, tiny.
+
+Real `felix serve` processes and broker worker processes on loopback; every process the
+bench starts must be gone when it returns.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(tmp_path: Path, *args: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    out = tmp_path / "out.json"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the bench's own dirs land here too
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.propagation", "--json", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(tmp_path.glob("felix-propagation-*")), "the bench left its temp dir"
+    assert not _children_of_ours(tmp_path), "a process the bench started is still running"
+    payload: dict[str, Any] = json.loads(out.read_text())
+    return payload
+
+
+def _children_of_ours(tmp_path: Path) -> list[int]:
+    """PIDs whose command line mentions our temp dir (servers' --data-dir)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(tmp_path).encode() in cmdline:
+            alive.append(int(entry.name))
+    return alive
+
+
+def test_steady_rate_smoke(tmp_path: Path) -> None:
+    payload = run_bench(
+        tmp_path,
+        "--brokers", "20", "--rate", "20", "--duration", "2", "--runs", "1",
+        "--register", "5", "--plot", str(tmp_path / "out.png"),
+    )  # fmt: skip
+    result = payload["steady"]["20"]
+    assert result["changes_written"] == 40
+    assert result["missed"] == 0
+    for name in ("commit_ms", "propagation_ms", "all_brokers_ms"):
+        figures = result[name]
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"] < 5000, (name, figures)
+    assert result["all_brokers_ms"]["p50"] >= result["propagation_ms"]["p50"]
+    run = result["runs"][0]
+    assert len(run["raw"]["propagation_ms"]) == 40
+    assert all(len(row) == 20 for row in run["raw"]["propagation_ms"])
+    assert run["client_stats"]["snapshots"] == 20  # one first view each, no resync
+    if importlib.util.find_spec("matplotlib") is not None:  # the optional `bench` extra
+        assert (tmp_path / "out.png").stat().st_size > 1000
+
+
+def test_failover_and_catchup_smoke(tmp_path: Path) -> None:
+    payload = run_bench(
+        tmp_path,
+        "--no-steady", "--brokers", "20", "--register", "5", "--runs", "1",
+        "--failover-trials", "1", "--catchup-shards", "1000",
+    )  # fmt: skip
+    failover = payload["failover"]
+    assert failover["trials"] == 1 and failover["missed"] == 0
+    trial = failover["per_trial"][0]
+    # (the brokers may apply the write before its acknowledgement reaches the writer)
+    assert 0 < trial["write_ok_ms"] < 20_000 and 0 < trial["all_brokers_ms"] < 20_000
+    assert failover["broker_snapshots"] == 0  # brokers resumed, no resync
+    catchup = payload["catchup"]
+    learner = catchup["learner"][0]
+    assert learner["applied_index"] >= learner["target"]
+    assert learner["snapshot_index"] > 0  # it caught up from a snapshot
+    assert catchup["fresh_broker"][0]["complete"]
