@@ -435,7 +435,13 @@ class RaftNode:
                 self._note_rtt_start(out.to, message.seq, now)
             if not send(out.to, message):
                 self.metrics.peer_send_drops.labels(str(out.to)).inc()
-        if self._needs_write(ready):
+        needs_write = self._needs_write(ready)
+        if ready.send_now and not needs_write:
+            # Let the transport put these (e.g. commit notices) on the wire before this
+            # Ready's apply and watch fan-out, which can take milliseconds: followers and
+            # their brokers should not wait for our brokers.
+            await trio.lowlevel.checkpoint()
+        if needs_write:
             started = time.perf_counter()
             await self.wal.save(ready)
             self.metrics.fsync_duration.observe(time.perf_counter() - started)
