@@ -155,6 +155,14 @@ class RaftCore:
     def snapshot_meta(self) -> SnapshotMeta | None:
         return self.log.snapshot[0] if self.log.snapshot else None
 
+    def conf_at(self, index: int) -> ConfState:
+        """The membership in effect at log ``index`` (for a snapshot taken there)."""
+        return self.confs.at(index)
+
+    def match_indexes(self) -> dict[int, int]:
+        """Leader only: how far each peer's log is known to match ours."""
+        return {peer: pr.match for peer, pr in sorted(self.progress.items())}
+
     def entries(self, lo: int, hi: int) -> tuple[Entry, ...]:
         return tuple(self.log.slice(lo, hi))
 

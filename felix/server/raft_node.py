@@ -383,9 +383,7 @@ class RaftNode:
             voters=core.conf.voters,
             learners=core.conf.learners,
             snapshot_index=self._snapshot_index,
-            match_index={peer: progress.match for peer, progress in sorted(core.progress.items())}
-            if core.role is Role.LEADER
-            else {},
+            match_index=core.match_indexes() if core.role is Role.LEADER else {},
         )
 
     @property
@@ -592,7 +590,7 @@ class RaftNode:
             return
         index = self.applied_index
         term = self.core.entries(index, index + 1)[0].term
-        conf = self.core.confs.at(index)
+        conf = self.core.conf_at(index)
         self._snapshotting = True
         self._bytes_since_snapshot = 0
         self._nursery.start_soon(
