@@ -78,10 +78,23 @@ class HubStats:
     snapshots_sent: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Consecutive versions (first..last) published together, framed once."""
+
+    first: int
+    last: int
+    frames: list[bytes]
+    deltas: Sequence[Delta]
+
+
+FANOUT_YIELD_EVERY = 32  # subscribers served between two yields to the Raft loop
+
+
 @dataclass(eq=False)
 class Subscriber:
     connection: WsConnection
-    version: int  # the last version handed to this subscriber
+    version: int  # the highest version handed to this subscriber (sent, queued or held)
     live: bool = False
     pending: list[bytes] = field(default_factory=list)  # while catching up
     held: list[Delta] = field(default_factory=list)  # coalescing while the socket is full
@@ -100,6 +113,9 @@ class WatchHub:
         self._subscribers: set[Subscriber] = set()
         self._advanced = trio.Event()
         self._published_since_progress = False
+        self._fanout: deque[_Batch] = deque()
+        self._fanout_wake = trio.Event()
+        self._fanned_out = trio.Event()
 
     @property
     def watchers(self) -> int:
@@ -117,6 +133,7 @@ class WatchHub:
         """The state was replaced (snapshot installed): history no longer connects."""
         self._history.clear()
         self._history_bytes = 0
+        self._fanout.clear()
         self.version = version
         for sub in list(self._subscribers):
             self._resync(sub, "the node installed a snapshot; take a fresh snapshot")
@@ -131,29 +148,60 @@ class WatchHub:
         self.version = deltas[-1].version
         self.stats.deltas_published += len(deltas)
         self._published_since_progress = True
-        for sub in list(self._subscribers):
-            self._deliver(sub, frames, deltas)
+        self._fanout.append(_Batch(deltas[0].prev_version + 1, self.version, frames, deltas))
+        self._fanout_wake.set()
         self._advanced.set()
         self._advanced = trio.Event()
 
-    def _deliver(self, sub: Subscriber, frames: list[bytes], deltas: Sequence[Delta]) -> None:
+    async def fan_out(self) -> None:
+        """Deliver published batches to every subscriber, in order.
+
+        Runs as its own task, not inside the Raft loop: on loopback each send also pays
+        for the receiver's side of TCP, so a fan-out to hundreds of brokers takes
+        milliseconds, and the loop's acks, commits and fsyncs must not wait for it.  It
+        yields every `FANOUT_YIELD_EVERY` subscribers for the same reason."""
+        while True:
+            if not self._fanout:
+                self._fanned_out.set()
+                self._fanout_wake = trio.Event()
+                await self._fanout_wake.wait()
+                continue
+            self._fanned_out = trio.Event()
+            batch = self._fanout.popleft()
+            for n, sub in enumerate(list(self._subscribers)):
+                self._deliver(sub, batch)
+                if n % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1:
+                    await trio.lowlevel.checkpoint()
+
+    async def wait_fanned_out(self) -> None:
+        """Until everything published so far was handed to every subscriber."""
+        while self._fanout or not self._fanned_out.is_set():
+            await self._fanned_out.wait()
+            await trio.lowlevel.checkpoint()
+
+    def _deliver(self, sub: Subscriber, batch: _Batch) -> None:
+        if batch.last <= sub.version or sub.done.is_set():
+            return  # it joined after this batch (history or snapshot already cover it)
+        if batch.first <= sub.version:
+            self._resync(sub, "internal: overlapping delta batch")  # never expected
+            return
+        sub.version = batch.last
         if not sub.live:
-            sub.pending.extend(frames)
+            sub.pending.extend(batch.frames)
             if len(sub.pending) > self.limits.pending_frames_max:
                 self._resync(sub, "too far behind while catching up")
             return
         sender = sub.connection.sender
         if sub.held or sender.backlog_frames >= self.limits.coalesce_after_frames:
-            sub.held.extend(deltas)  # coalesced into one message once the socket drains
-            if sum(1 for _ in sub.held) > self.limits.history_versions_max:
+            sub.held.extend(batch.deltas)  # coalesced into one message once it drains
+            if len(sub.held) > self.limits.history_versions_max:
                 self._resync(sub, "subscriber too slow")
             return
-        for frame in frames:
+        for frame in batch.frames:
             if not sender.send(frame):
                 self._slow(sub)
                 return
-        self.stats.frames_sent += len(frames)
-        sub.version = deltas[-1].version
+        self.stats.frames_sent += len(batch.frames)
 
     def _frames_for(self, deltas: Sequence[Delta]) -> list[bytes]:
         messages = pack_deltas(deltas, self.limits.message_bytes_max)
@@ -189,7 +237,12 @@ class WatchHub:
     # --- maintenance tasks --------------------------------------------------------------
 
     async def run(self) -> None:
-        """Progress heartbeats and draining of coalesced deltas."""
+        """The fan-out task, Progress heartbeats and draining of coalesced deltas."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.fan_out)
+            await self._maintain()
+
+    async def _maintain(self) -> None:
         interval = self.limits.progress_interval_s
         tick = min(interval, 0.05)
         elapsed = 0.0
@@ -199,7 +252,8 @@ class WatchHub:
             self._flush_held()
             if elapsed >= interval:
                 elapsed = 0.0
-                if not self._published_since_progress:
+                # Progress promises everything <= version was sent: only when idle.
+                if not self._published_since_progress and not self._fanout:
                     self._broadcast_progress()
                 self._published_since_progress = False
 
@@ -218,8 +272,6 @@ class WatchHub:
                     if not sub.connection.sender.send(frame):
                         self._slow(sub)
                         break
-                else:
-                    sub.version = deltas[-1].version
 
     # --- subscribe ----------------------------------------------------------------------
 
@@ -236,6 +288,7 @@ class WatchHub:
         self._subscribers.add(sub)
         if from_version is not None and from_version >= self.oldest_resumable():
             sent = self._history_frames_after(from_version)
+            sub.version = self.version  # the history covers everything published so far
             await self._send_catch_up(sub, sent)
         else:
             await self._send_snapshot(sub, request_id=None)
@@ -266,9 +319,9 @@ class WatchHub:
     async def _send_snapshot(self, sub: Subscriber, request_id: int | None) -> None:
         """Chunks of the current view; ``sub.pending`` holds what is published meanwhile."""
         version, digest, records = self._snapshot_source()
+        sub.version = version  # what is published from now on waits in sub.pending
         await send_snapshot(sub.connection, version, digest, records, request_id, self.limits)
         self.stats.snapshots_sent += 1
-        sub.version = version  # what was published meanwhile waits in sub.pending
 
     async def _go_live(self, sub: Subscriber) -> None:
         sender = sub.connection.sender
@@ -280,7 +333,6 @@ class WatchHub:
                     return
             await sender.drain()
         sub.live = True
-        sub.version = self.version
 
 
 async def send_snapshot(
