@@ -7,8 +7,8 @@ Replies and deltas share one `FrameSender`, so they leave in the order they were
 Every handler is wrapped: a bad message gets an `Error` reply (a malformed frame closes
 the connection), never an exception that would take the server down.
 
-Writes reaching a follower are refused with the leader's id (``not_leader``; the detail
-names the leader) and the client retries there.
+Writes and health reports reaching a follower are forwarded to the leader over the peer
+link (`RaftNode.submit`), so a client may use any node.
 """
 
 from __future__ import annotations
@@ -34,16 +34,8 @@ from felix.proto.client_messages import (
 from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import ForwardKind
 from felix.proto.ws_frames import server_frame
-from felix.server.kv import KvStateMachine, encode_put
 from felix.server.metadata_sm import MetadataStateMachine
-from felix.server.raft_node import (
-    NodeError,
-    NotLeader,
-    Overloaded,
-    ProposalTimeout,
-    RaftNode,
-    ShuttingDown,
-)
+from felix.server.raft_node import NodeError, RaftNode, error_code_for
 from felix.server.sessions import encode_report
 from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
 from felix.server.ws_server import ConnectionGone, WsConnection, serve_ws
@@ -165,7 +157,7 @@ class ClientApi:
             try:
                 await self.node.read_index()
             except NodeError as exc:
-                return Error(_code_for(exc), str(exc), request.request_id)
+                return Error(ErrorCode(error_code_for(exc)), str(exc), request.request_id)
         version, digest, records = sm.view()
         await send_snapshot(conn, version, digest, records, request.request_id, self.limits)
         return None
@@ -181,25 +173,8 @@ class ClientApi:
         return WriteResult(request.request_id, index)
 
     def _encode_write(self, request: WriteRequest) -> bytes:
-        if isinstance(self.node.state_machine, KvStateMachine):
-            key, value = request.args.get("key"), request.args.get("value")
-            if request.command != "kv.put" or not isinstance(key, str):
-                raise CommandError(ErrorCode.BAD_REQUEST, "this node serves kv.put only")
-            if not isinstance(value, (bytes, type(None))):
-                raise CommandError(ErrorCode.BAD_REQUEST, "kv.put value must be bytes or null")
-            return encode_put(key, value)
         command = command_from_request(request.command, request.args, request.expected_version)
         return encode_command(command)
 
     def _send(self, conn: WsConnection, message: Any) -> None:
         conn.sender.send_soon(server_frame(SERVER_TO_CLIENT.encode(message)))
-
-
-def _code_for(exc: NodeError) -> ErrorCode:
-    if isinstance(exc, NotLeader):
-        return ErrorCode.NOT_LEADER
-    if isinstance(exc, ProposalTimeout):
-        return ErrorCode.TIMEOUT
-    if isinstance(exc, (Overloaded, ShuttingDown)):
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.INTERNAL

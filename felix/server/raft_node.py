@@ -229,6 +229,11 @@ class RaftNode:
         self._stopping = False
         self._last_leader: int | None = None
         self._durable_term_vote = (boot.hard_state.term, boot.hard_state.vote)
+        self._published_role: Role | None = None
+        # An optional end-of-batch hook (the metadata state machine publishes deltas).
+        self._batch_applied: Callable[[], None] | None = getattr(
+            state_machine, "batch_applied", None
+        )
         self._bytes_since_snapshot = 0
         self._rtt_sent: dict[tuple[int, int], float] = {}
         self._forwards: dict[int, _Waiter] = {}
@@ -460,9 +465,8 @@ class RaftNode:
             self._bytes_since_snapshot = 0
         for entry in ready.committed:
             self._apply(entry)
-        batch_applied = getattr(self.state_machine, "batch_applied", None)
-        if batch_applied is not None and (ready.committed or ready.snapshot):
-            batch_applied()
+        if self._batch_applied is not None and (ready.committed or ready.snapshot):
+            self._batch_applied()
         self._release_reads()
         self._maybe_snapshot()
 
@@ -557,8 +561,10 @@ class RaftNode:
     def _publish(self) -> None:
         core, metrics = self.core, self.metrics
         metrics.term.set(core.term)
-        for role in Role:
-            metrics.role.labels(role.value).set(1 if core.role is role else 0)
+        if core.role is not self._published_role:  # label lookups only on a change
+            self._published_role = core.role
+            for role in Role:
+                metrics.role.labels(role.value).set(1 if core.role is role else 0)
         metrics.is_leader.set(1 if core.role is Role.LEADER else 0)
         metrics.has_leader.set(1 if core.leader_id is not None else 0)
         if core.leader_id != self._last_leader:

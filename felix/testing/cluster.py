@@ -13,11 +13,13 @@ from what its disk holds.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
 
+from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.proto.client_messages import Error, Record, WriteRequest, WriteResult
 from felix.proto.raft_messages import ConfState, SnapshotMeta
 from felix.raft.ready import Ready
 from felix.raft.types import RaftConfig
@@ -203,3 +205,34 @@ class _Started:
 
     def started(self, value: object = None) -> None:
         self._outer.started(self._scope)
+
+
+RETRY_CODES = ("not_leader", "timeout", "unavailable")
+
+
+async def write_metadata(
+    ports: Mapping[int, int], cluster: TrioCluster, command: str, args: Record
+) -> int:
+    """One metadata write through the client API of whoever leads now, retried across
+    leader changes like a real client; returns the version it was applied at."""
+    while True:
+        leader = await cluster.wait_for_leader()
+        try:
+            conn = await ClientConnection.open("127.0.0.1", ports[leader.node_id])
+        except OSError:
+            await trio.sleep(TICK_S)
+            continue
+        try:
+            await conn.send(WriteRequest(1, command, args, None))
+            reply = await conn.receive()
+        except ConnectionClosed:
+            await trio.sleep(TICK_S)
+            continue
+        finally:
+            await conn.aclose()
+        if isinstance(reply, WriteResult):
+            return reply.version
+        assert isinstance(reply, Error)
+        if reply.code.value not in RETRY_CODES:
+            raise AssertionError(f"{command} {args}: {reply.detail}")
+        await trio.sleep(TICK_S)

@@ -9,17 +9,13 @@ from typing import Any
 
 import trio
 
-from felix.broker.connection import ClientConnection, ConnectionClosed
 from felix.metadata.state import MetadataState
-from felix.proto.client_messages import Error, WriteRequest, WriteResult
 from felix.server.app import attach_hub, attach_sessions
 from felix.server.client_api import ClientApi
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.server.watch_hub import HubLimits, WatchHub
-from felix.testing.cluster import TrioCluster
-
-RETRY_CODES = ("not_leader", "timeout", "unavailable")
+from felix.testing.cluster import TrioCluster, write_metadata
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -77,27 +73,7 @@ class ControlPlane:
         return sm.state
 
     async def write(self, command: str, args: dict[str, Any]) -> int:
-        while True:
-            leader = await self.cluster.wait_for_leader()
-            try:
-                conn = await ClientConnection.open("127.0.0.1", self.ports[leader.node_id])
-            except OSError:
-                await trio.sleep(0.02)
-                continue
-            try:
-                await conn.send(WriteRequest(1, command, args, None))
-                reply = await conn.receive()
-            except ConnectionClosed:
-                await trio.sleep(0.02)
-                continue
-            finally:
-                await conn.aclose()
-            if isinstance(reply, WriteResult):
-                return reply.version
-            assert isinstance(reply, Error)
-            if reply.code.value not in RETRY_CODES:
-                raise AssertionError(f"{command} {args}: {reply.detail}")
-            await trio.sleep(0.02)
+        return await write_metadata(self.ports, self.cluster, command, args)
 
 
 @asynccontextmanager

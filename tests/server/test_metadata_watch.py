@@ -36,7 +36,7 @@ from felix.server.app import attach_hub
 from felix.server.client_api import ClientApi
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
-from felix.testing.cluster import TrioCluster
+from felix.testing.cluster import TrioCluster, write_metadata
 
 
 @dataclass
@@ -109,28 +109,7 @@ async def run_broker(broker: Broker, ports: list[int], start: int, stop: trio.Ev
 
 
 async def write(ports: dict[int, int], cluster: TrioCluster, command: str, args: dict) -> int:
-    while True:
-        leader = await cluster.wait_for_leader()
-        try:
-            conn = await ClientConnection.open("127.0.0.1", ports[leader.node_id])
-        except OSError:
-            await trio.sleep(0.02)
-            continue
-        try:
-            await conn.send(WriteRequest(1, command, args, None))
-            reply = await conn.receive()
-        except ConnectionClosed:
-            await trio.sleep(0.02)
-            continue
-        finally:
-            await conn.aclose()
-        if isinstance(reply, WriteResult):
-            return reply.version
-        assert isinstance(reply, Error)
-        if reply.code.value in ("not_leader", "timeout", "unavailable"):
-            await trio.sleep(0.02)
-            continue
-        raise AssertionError(f"{command} {args}: {reply.detail}")
+    return await write_metadata(ports, cluster, command, args)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

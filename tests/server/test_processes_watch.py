@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.broker.connection import ClientConnection
 from felix.metadata.digest import digest_bytes
-from felix.proto.client_messages import ClientHello, GetSnapshot, SnapshotChunk
+from felix.proto.client_messages import GetSnapshot, SnapshotChunk
 from felix.testing.processes import ProcessCluster
-from tests.server.test_metadata_watch import Broker
+from tests.server.test_metadata_watch import Broker, run_broker
 
 
 @pytest.fixture
@@ -27,27 +27,6 @@ def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
         yield procs
     finally:
         procs.stop_all()
-
-
-async def follow(broker: Broker, ports: list[int], start: int, stop: trio.Event) -> None:
-    attempt = start
-    while not stop.is_set():
-        port = ports[attempt % len(ports)]
-        attempt += 1
-        try:
-            conn = await ClientConnection.open("127.0.0.1", port, timeout_s=1)
-        except (OSError, trio.TooSlowError):
-            await trio.sleep(0.05)
-            continue
-        try:
-            await conn.send(ClientHello(None, broker.version, ""))
-            while not stop.is_set():
-                for message in await conn.receive_batch():
-                    broker.on_message(message)
-        except ConnectionClosed:
-            broker.reconnects += 1
-        finally:
-            await conn.aclose()
 
 
 async def leader_view(port: int) -> tuple[int, bytes, dict[tuple[str, str], object]]:
@@ -75,7 +54,7 @@ def test_brokers_survive_kill9_of_the_leader(cluster: ProcessCluster) -> None:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for i, broker in enumerate(brokers):
-                nursery.start_soon(follow, broker, ports, i, stop)
+                nursery.start_soon(run_broker, broker, ports, i, stop)
             with trio.fail_after(20):
                 while any(b.version is None for b in brokers):
                     await trio.sleep(0.02)
