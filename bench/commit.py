@@ -51,7 +51,7 @@ class Connection:
             await self._wake.wait()
             self._wake = trio.Event()
             frames, self._outbox = self._outbox, []
-            await self.conn.stream.send_all(b"".join(frames))
+            await self.conn.send_raw(b"".join(frames))
 
     async def reader(self) -> None:
         try:

@@ -582,6 +582,7 @@ def steady_run(
             after = server_rss(cluster)
             leader = cluster.wait_for_leader()
             bar = ProgressBar(f"N={n} run {run} writes", max(1, round(args.rate * args.duration)))
+            stats_before = brokers.stats()
             writes = trio.run(
                 steady_writes, cluster.nodes[leader].client_port, args.rate, args.duration, bar
             )
@@ -589,6 +590,7 @@ def steady_run(
             behind = brokers.drain(newest, DRAIN_S)
             bar.close(f"drained (behind: {behind})")
             stats = brokers.stats()
+            receive = receive_cost(stats_before, stats)
             records = brokers.dump(root)
         finally:
             brokers.stop()
@@ -607,6 +609,7 @@ def steady_run(
             "server_kib_per_broker": sum(growth.values()) / n,
             "server_rss_kib": {"before": before, "after": after},
             "client_stats": stats,
+            **receive,
             "raw": raw,
         }
     )
@@ -614,6 +617,23 @@ def steady_run(
 
 
 FIGURES = ("commit_ms", "propagation_ms", "all_brokers_ms")
+RECEIVE_FIGURES = ("receive_us_per_message", "receive_us_per_delta")
+
+
+def receive_cost(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The brokers' receive path in CPU µs per message and per delta, over the writes.
+
+    Worker CPU time (all of it: socket wake-ups, frame parsing, CBOR decode, digest
+    check, apply, timestamps, plus heartbeats and Progress messages) divided by what was
+    received; ``per_delta`` charges everything to the deltas, so it is the upper bound.
+    """
+    cpu_us = after["cpu_us"] - before["cpu_us"]
+    messages = after["messages"] - before["messages"]
+    deltas = after["deltas"] - before["deltas"]
+    return {
+        "receive_us_per_message": round(cpu_us / messages, 2) if messages else 0.0,
+        "receive_us_per_delta": round(cpu_us / deltas, 2) if deltas else 0.0,
+    }
 
 
 def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any]:
@@ -627,7 +647,8 @@ def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, 
             name: {q: spread([r[name][q] for r in runs]) for q in ("p50", "p99", "max")}
             for name in FIGURES
         }
-        over_runs["server_kib_per_broker"] = spread([r["server_kib_per_broker"] for r in runs])
+        for name in ("server_kib_per_broker", *RECEIVE_FIGURES):
+            over_runs[name] = spread([r[name] for r in runs])
         results[str(n)] = {
             "brokers": n,
             "registered": runs[0]["registered"],
@@ -639,6 +660,7 @@ def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, 
             "write_errors": sum(r["write_errors"] for r in runs),
             "missed": sum(r["missed"] for r in runs),
             "server_kib_per_broker": over_runs["server_kib_per_broker"]["median"],
+            **{name: over_runs[name]["median"] for name in RECEIVE_FIGURES},
             "over_runs": over_runs,
             "runs": runs,
         }
@@ -955,7 +977,7 @@ def print_report(payload: dict[str, Any]) -> None:
         headers = [
             "N", "changes", "missed",
             "commit p50", "commit p99", "prop p50", "prop p99", "prop max",
-            "all p50", "all p99", "all max", "KiB/broker",
+            "all p50", "all p99", "all max", "KiB/broker", "rx µs/delta",
         ]  # fmt: skip
         rows = []
         for n, r in steady_results.items():
@@ -969,6 +991,7 @@ def print_report(payload: dict[str, Any]) -> None:
                     fmt_spread(o["all_brokers_ms"]["p50"]), fmt_spread(o["all_brokers_ms"]["p99"]),
                     fmt_spread(o["all_brokers_ms"]["max"]),
                     fmt_spread(o["server_kib_per_broker"]),
+                    fmt_spread(o["receive_us_per_delta"]),
                 ]
             )  # fmt: skip
         print_table(headers, rows)

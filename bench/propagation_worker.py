@@ -15,7 +15,8 @@ The parent drives the worker with one command per line on stdin and reads one JS
 per answer on stdout:
 
 * (no command) ``{"ready": n, "seconds": s}`` once every broker has its first view;
-* ``stats`` -> summed client counters (snapshots, resyncs, reconnects, ...);
+* ``stats`` -> summed client counters (snapshots, resyncs, reconnects, messages, ...)
+  and the process's CPU time so far (``cpu_us``);
 * ``drain V SECONDS`` -> waits until every broker has applied version ``V`` (or the time
   is up): ``{"drained": true|false, "behind": k}``;
 * ``dump PATH`` -> writes every broker's ``[[version, t], ...]`` and stats to ``PATH``;
@@ -83,6 +84,7 @@ STAT_FIELDS = (
     "connect_failures",
     "digest_mismatches",
     "deltas",
+    "messages",
     "heartbeats",
     "health_errors",
 )
@@ -132,6 +134,8 @@ class Worker:
             "min_version": min(versions, default=0),
             "max_version": max(versions, default=0),
             "brokers": len(self.views),
+            # the whole process's CPU time: every broker's receive path plus heartbeats
+            "cpu_us": round(time.process_time() * 1e6),
         }
 
     async def drain(self, version: int, seconds: float) -> dict[str, Any]:

@@ -1,13 +1,19 @@
 """A lean WebSocket client connection to a control-plane node.
 
 The receive path is the broker's hot path (hundreds of brokers may share a machine), so
-it reads the raw socket and parses unmasked server frames with `ServerFrameParser`
-instead of a general WebSocket library.
+it owns a plain non-blocking socket and parses unmasked server frames with
+`ServerFrameParser` instead of going through a general WebSocket library or trio's
+socket wrappers.  Per delta message that leaves one schedule point (`wait_readable`: the
+epoll wake-up) and one ``recv``: trio's ``receive_some`` first tries a ``recv`` that
+fails with EAGAIN (a raised exception) and adds a scheduler pass after the one that
+succeeds, which together cost about as much as decoding and applying the delta.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Any
 
 import trio
@@ -34,39 +40,48 @@ class ConnectionClosed(Exception):
 
     def __init__(self, code: int | None = None, reason: str = "") -> None:
         self.code, self.reason = code, reason
-        super().__init__(f"connection closed ({code}: {reason})" if code else "connection closed")
+        if code:
+            super().__init__(f"connection closed ({code}: {reason})")
+        else:
+            super().__init__(f"connection closed: {reason}" if reason else "connection closed")
 
 
 class ClientConnection:
-    def __init__(self, stream: trio.SocketStream, parser: ServerFrameParser) -> None:
-        self.stream = stream
+    def __init__(self, sock: socket.socket, parser: ServerFrameParser) -> None:
+        self._sock = sock
         self._parser = parser
         self._ready: list[Any] = []
         self._send_lock = trio.Lock()
+        self._closed = False
+        self._unparsed = True  # bytes that came with the handshake response may hold frames
+        self._closing: ConnectionClosed | None = None  # a close frame behind unread messages
 
     @classmethod
     async def open(cls, host: str, port: int, *, timeout_s: float = 5.0) -> ClientConnection:
         with trio.fail_after(timeout_s):
-            stream = await trio.open_tcp_stream(host, port)
+            sock = await _connect(host, port)
             try:
                 key = os.urandom(16)
-                await stream.send_all(client_handshake(f"{host}:{port}", "/", key))
-                head, rest = await _read_head(stream)
+                await _send_all(sock, client_handshake(f"{host}:{port}", "/", key))
+                head, rest = await _read_head(sock)
                 check_handshake_response(head, key)
             except BaseException:
-                await stream.aclose()
+                _close(sock)
                 raise
         parser = ServerFrameParser()
         parser.feed(rest)
-        return cls(stream, parser)
+        return cls(sock, parser)
 
     async def send(self, message: Any) -> None:
-        frame = client_frame(CLIENT_TO_SERVER.encode(message), os.urandom(4))
+        await self.send_raw(client_frame(CLIENT_TO_SERVER.encode(message), os.urandom(4)))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send already-framed bytes (client frames, e.g. several coalesced)."""
         async with self._send_lock:
             try:
-                await self.stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise ConnectionClosed(reason=str(exc)) from None
+                await _send_all(self._sock, data)
+            except (trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionClosed(reason=str(exc) or type(exc).__name__) from None
 
     async def receive(self) -> Any:
         """The next server message (decoded); answers pings; raises `ConnectionClosed`."""
@@ -82,36 +97,114 @@ class ClientConnection:
         return batch
 
     async def _fill(self) -> None:
-        try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionClosed(reason=str(exc)) from None
+        if self._closing is not None:
+            raise self._closing
+        if self._unparsed:
+            self._unparsed = False
+            await self._parse()
+            if self._ready:
+                return
+        sock = self._sock
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)  # the schedule point of a receive
+                data = sock.recv(RECEIVE_BYTES)
+                break
+            except BlockingIOError:
+                continue  # a spurious wake-up
+            except (trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionClosed(reason=str(exc) or type(exc).__name__) from None
         if not data:
             raise ConnectionClosed(reason="end of stream")
         self._parser.feed(data)
+        await self._parse()
+
+    async def _parse(self) -> None:
         for opcode, payload in self._parser.messages():
             if opcode == OP_BINARY:
                 self._ready.append(SERVER_TO_CLIENT.decode(payload))
             elif opcode == OP_PING:
-                await self.stream.send_all(client_frame(payload, os.urandom(4), OP_PONG))
+                await self.send_raw(client_frame(payload, os.urandom(4), OP_PONG))
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                closed = ConnectionClosed(code, payload[2:].decode("utf-8", "replace"))
                 if self._ready:
-                    return  # deliver what came before the close first
-                raise ConnectionClosed(code, payload[2:].decode("utf-8", "replace"))
+                    self._closing = closed  # deliver what came before the close first
+                    return
+                raise closed
             elif opcode != OP_PONG:
                 raise ProtocolError(f"unexpected WebSocket opcode {opcode:#x}")
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        """Close the socket; a task blocked in a receive or send gets `ConnectionClosed`."""
+        if not self._closed:
+            self._closed = True
+            _close(self._sock)
+        await trio.lowlevel.checkpoint()
 
 
-async def _read_head(stream: trio.SocketStream) -> tuple[bytes, bytes]:
+def _close(sock: socket.socket) -> None:
+    if sock.fileno() >= 0:
+        trio.lowlevel.notify_closing(sock)  # wakes waiters with ClosedResourceError
+        sock.close()
+
+
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket: each resolved address in turn."""
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"{host}: no address")
+    failure: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex(address)
+            if code in (errno.EINPROGRESS, errno.EAGAIN):
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, f"connect to {host}:{port}: {os.strerror(code)}")
+            return sock
+        except BaseException as exc:
+            _close(sock)
+            if not isinstance(exc, OSError):
+                raise
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data``; one schedule point (more only if the socket buffer fills)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except BaseException:
+                if len(view) < len(data):
+                    _close(sock)  # half a frame went out: the stream is unusable now
+                raise
+            continue
+        view = view[sent:]
+    await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
         if len(data) > HANDSHAKE_BYTES_MAX:
             raise ProtocolError("WebSocket handshake response too large")
-        chunk = await stream.receive_some(4096)
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            continue
         if not chunk:
             raise ConnectionClosed(reason="closed during the handshake")
         data += chunk
