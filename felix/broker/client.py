@@ -413,7 +413,7 @@ class MetadataView:
                     return reply.version
                 code = reply.code if reply is not None else ErrorCode.UNAVAILABLE
                 unknown = reply is None or code in UNKNOWN_OUTCOME_CODES
-                if not (code in RETRYABLE_CODES or (unknown and retry_unknown)):
+                if not (retry_unknown if unknown else code in RETRYABLE_CODES):
                     detail = reply.detail if reply is not None else "connection lost"
                     raise WriteError(code, detail + (" (outcome unknown)" if unknown else ""))
                 failures += 1

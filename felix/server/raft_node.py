@@ -345,7 +345,7 @@ class RaftNode:
                 waiter.finish(
                     (
                         0,
-                        "unavailable",
+                        "timeout",  # the outcome is unknown, as after a timeout
                         "the leader changed while the request was "
                         "forwarded to it; it may or may not have been applied",
                     )
@@ -663,9 +663,16 @@ class RaftNode:
         return waiter.result
 
     def _fail_all(self, error: NodeError) -> None:
+        """Fail every waiting request; a proposal already in the log may still commit
+        (another node may have it), so its caller hears "outcome unknown", not ``error``."""
         for table in (self._proposals, self._reads):
             for waiter in table.values():
-                waiter.finish(error=error)
+                if table is self._proposals and waiter.index:
+                    waiter.finish(
+                        error=ProposalTimeout(f"{error}; entry {waiter.index} may still commit")
+                    )
+                else:
+                    waiter.finish(error=error)
             table.clear()
         self._by_index.clear()
 

@@ -258,3 +258,53 @@ async def test_exit_reports_down_and_a_refused_registration_raises() -> None:
                 async with open_metadata_client(cp.endpoints, node_id=None, **FAST):  # type: ignore[arg-type]
                     raise ValueError("error in body")  # not wrapped in an ExceptionGroup
     assert isinstance(MetadataCache(), MetadataCache)
+
+
+async def test_leader_stops_while_a_writer_is_mid_stream() -> None:
+    """The Raft leader stops while writes keep coming: the brokers it served resume on a
+    survivor; every broker (one per node) ends equal to the state, with no second
+    snapshot, no resync, and every acknowledged write in its view."""
+    async with control_plane(seed=7) as cp, brokers(cp, 10, 11, 13) as views:
+        assert {cp.node_at(v.endpoint) for v in views} == {1, 2, 3}  # one broker per node
+        await wait_for(lambda: all(all_up(v, 10, 11, 13) for v in views))
+        consumers = [Owned(v) for v in views]
+        acked: list[tuple[int, int]] = []  # (version, max_streams) per acknowledged write
+        stopping = trio.Event()
+
+        async def writer() -> None:
+            value = 1000
+            while not stopping.is_set():
+                value += 1
+                version = await cp.write("set_config", {"name": "max_streams", "value": value})
+                acked.append((version, value))
+
+        async with trio.open_nursery() as nursery:
+            for consumer in consumers:
+                nursery.start_soon(consumer.run)
+            await cp.write("create_stream", {"name": "s", "shards": 6, "tenant": "acme",
+                                             "replication_factor": 2})  # fmt: skip
+            with trio.fail_after(20):
+                async with trio.open_nursery() as writing:
+                    writing.start_soon(writer)
+                    await wait_for(lambda: len(acked) >= 10)
+                    leader = (await cp.cluster.wait_for_leader()).node_id
+                    served = [v for v in views if cp.node_at(v.endpoint) == leader]
+                    await cp.stop(leader)
+                    at_stop = len(acked)
+                    await wait_for(lambda: len(acked) >= at_stop + 10)
+                    stopping.set()  # the writer ends after its current write
+            assert (await cp.cluster.wait_for_leader()).node_id != leader
+            await caught_up(cp, *views)
+            assert [v for v, _ in acked] == sorted({v for v, _ in acked})
+            for view in views:
+                stats = view.stats
+                assert stats.snapshots == 1 and stats.resyncs == 0, stats
+                assert view.config["max_streams"] == acked[-1][1]
+            assert served and all(
+                v.stats.reconnects >= 1 and cp.node_at(v.stats.endpoint) != leader for v in served
+            )
+            for consumer in consumers:
+                await wait_for(consumer.matches)
+            owners = Counter(role for c in consumers for role in c.roles.values())
+            assert owners == {Role.LEADER: 6, Role.REPLICA: 6}
+            nursery.cancel_scope.cancel()

@@ -7,7 +7,14 @@ import trio
 
 from felix.proto.raft_messages import ConfChangeKind
 from felix.server.kv import encode_put
-from felix.server.raft_node import NodeSettings, NotLeader, ProposalTimeout
+from felix.server.raft_node import (
+    NodeError,
+    NodeSettings,
+    NotLeader,
+    ProposalTimeout,
+    ShuttingDown,
+    error_code_for,
+)
 from felix.testing.cluster import TICK_S, TrioCluster
 
 
@@ -178,4 +185,41 @@ async def test_snapshot_by_bytes(autojump_clock: trio.abc.Clock) -> None:
             while leader.node.status().snapshot_index == 0:
                 await trio.sleep(TICK_S)
         assert 0 < leader.node.status().snapshot_index <= leader.node.applied_index
+        nursery.cancel_scope.cancel()
+
+
+async def test_stopping_with_an_appended_proposal_pending_says_outcome_unknown(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An entry in the stopping leader's log may still commit on another node: its
+    proposer must hear "outcome unknown" (timeout), not a retryable "shutting down"."""
+    async with trio.open_nursery() as nursery:
+        cluster = TrioCluster(nursery, [1, 2, 3], seed=11)
+        await cluster.start_all()
+        await write(cluster, "a", b"1")
+        leader = await cluster.wait_for_leader()
+        assert leader.node is not None
+        node = leader.node
+        cluster.network.isolate(leader.node_id, {1, 2, 3})  # appended, never committed
+        outcome: list[BaseException] = []
+
+        async def propose() -> None:
+            try:
+                await node.propose(encode_put("maybe", b"z"), timeout_s=60.0)
+            except NodeError as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(propose)
+        with trio.fail_after(5):
+            while not node._proposals or not next(iter(node._proposals.values())).index:
+                await node.wait_changed()
+        await cluster.stop(leader.node_id)
+        with trio.fail_after(5):
+            while not outcome:
+                await trio.sleep(TICK_S)
+        assert isinstance(outcome[0], ProposalTimeout), outcome
+        assert error_code_for(outcome[0]) == "timeout" and "may still commit" in str(outcome[0])
+        # a request that never reached the log is plainly refused
+        with pytest.raises(ShuttingDown):
+            await node.propose(encode_put("late", b"z"), timeout_s=1.0)
         nursery.cancel_scope.cancel()
