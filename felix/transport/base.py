@@ -11,6 +11,7 @@ import trio
 from felix.proto.raft_messages import ForwardMessage, RaftMessage
 
 PeerPayload = RaftMessage | ForwardMessage
+QueueItem = PeerPayload | bytes  # bytes: an already-framed message (TCP direct sends)
 Deliver = Callable[[int, PeerPayload], Awaitable[None]]
 """Hands one received message and its sender to the node.  Awaiting it is backpressure:
 a node whose input channel is full slows its peers' connections down instead of
@@ -20,6 +21,8 @@ buffering without bound."""
 @dataclass(slots=True)
 class TransportStats:
     sent: int = 0
+    sent_direct: int = 0  # written by the caller while the connection was idle (TCP)
+    direct_cut_short: int = 0  # ...of which the socket took only a part
     received: int = 0
     dropped_queue_full: int = 0
     dropped_unknown_peer: int = 0
@@ -36,17 +39,17 @@ class PeerQueues:
     def __init__(self, peers: Iterable[int], queue_max: int, stats: TransportStats) -> None:
         self.queue_max = queue_max
         self.stats = stats
-        self.senders: dict[int, trio.MemorySendChannel[PeerPayload]] = {}
-        self.receivers: dict[int, trio.MemoryReceiveChannel[PeerPayload]] = {}
+        self.senders: dict[int, trio.MemorySendChannel[QueueItem]] = {}
+        self.receivers: dict[int, trio.MemoryReceiveChannel[QueueItem]] = {}
         for peer in peers:
             self.add(peer)
 
     def add(self, peer: int) -> None:
-        send, receive = trio.open_memory_channel[PeerPayload](self.queue_max)
+        send, receive = trio.open_memory_channel[QueueItem](self.queue_max)
         self.senders[peer] = send
         self.receivers[peer] = receive
 
-    def offer(self, to: int, message: PeerPayload) -> bool:
+    def offer(self, to: int, message: QueueItem) -> bool:
         queue = self.senders.get(to)
         if queue is None:
             self.stats.dropped_unknown_peer += 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from felix.proto.raft_messages import PEER
-from felix.transport.base import Deliver, PeerPayload, PeerQueues, TransportStats
+from felix.transport.base import Deliver, PeerPayload, PeerQueues, QueueItem, TransportStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +159,12 @@ class MemoryTransport:
     async def _pump(
         self,
         peer: int,
-        receiver: trio.MemoryReceiveChannel[PeerPayload],
+        receiver: trio.MemoryReceiveChannel[QueueItem],
         nursery: trio.Nursery,
     ) -> None:
         network = self._network
         async for message in receiver:
+            assert not isinstance(message, bytes)  # only TCP queues pre-framed bytes
             copies, delay = network.fate(self.node_id, peer)
             if copies == 0:
                 network.dropped += 1

@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trio
@@ -120,6 +121,29 @@ async def test_messages_arrive_in_order_with_their_sender(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_order_holds_when_the_socket_fills_mid_message(kind: str) -> None:
+    """Bursts of big messages overflow the socket buffer: TCP's direct sends are cut
+    short and the rest queued; the pump drains, goes idle, and direct sends resume.
+    Every message still arrives whole and in order."""
+    big = b"y" * 60_000
+    async with cluster(kind, queue_max=4096) as h:
+        await h.start_all()
+        a, b = h.nodes[1], h.nodes[2]
+        seq = 0
+        for burst in (1, 3, 150, 1, 2, 200, 1):
+            sent = []
+            for _ in range(burst):
+                entry = Entry(seq + 1, 1, EntryKind.NORMAL, big)
+                sent.append(AppendEntries(1, 1, seq, 1, (entry,), seq, seq))
+                assert a.transport.send_nowait(2, sent[-1])
+                seq += 1
+            assert [await b.next() for _ in sent] == [(1, m) for m in sent]
+        if kind == "tcp":
+            stats = a.transport.stats
+            assert stats.sent == seq and stats.sent_direct > 0 and stats.direct_cut_short > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_both_directions_and_all_pairs(kind: str) -> None:
     async with cluster(kind) as h:
         await h.start_all()
@@ -184,3 +208,40 @@ async def test_peer_restart_reconnects(kind: str) -> None:
 def test_kinds_cover_both_implementations() -> None:
     factories: list[Callable[..., object]] = [MemoryTransport, TcpTransport]
     assert len(KINDS) == len(factories)
+
+
+class HalfFirstSocket:
+    """Wraps a link's socket: the first send takes only half the bytes (as a full
+    socket buffer would), later sends take everything the real socket takes."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.calls = 0
+
+    def send(self, data: bytes) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            return int(self.sock.send(data[: len(data) // 2]))
+        return int(self.sock.send(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_tcp_a_cut_short_direct_send_queues_everything_after_it() -> None:
+    async with cluster("tcp") as h:
+        await h.start_all()
+        a, b = h.nodes[1], h.nodes[2]
+        transport = a.transport
+        assert isinstance(transport, TcpTransport)
+        assert transport.send_nowait(2, append(0))  # connect, then wait until idle
+        assert await b.next() == (1, append(0))
+        with trio.fail_after(5):
+            while not (2 in transport._links and transport._links[2].idle):
+                await trio.sleep(0.001)
+        link = transport._links[2]
+        link.sock = HalfFirstSocket(link.sock)  # type: ignore[assignment]
+        for seq in range(1, 4):  # the 2nd and 3rd must wait for the 1st's rest
+            assert transport.send_nowait(2, append(seq))
+        assert [await b.next() for _ in range(3)] == [(1, append(s)) for s in range(1, 4)]
+        assert transport.stats.direct_cut_short == 1
