@@ -228,7 +228,9 @@ class Brokers:
 
     @classmethod
     def plan(cls, root: Path, count: int, workers: int, register: int) -> Brokers:
-        workers = workers or min(WORKERS_MAX, max(1, math.ceil(count / BROKERS_PER_WORKER)))
+        # at least one per core, so the brokers' receive work can use every core
+        per_core = os.cpu_count() or 1
+        workers = workers or min(WORKERS_MAX, max(per_core, math.ceil(count / BROKERS_PER_WORKER)))
         workers = min(workers, count)
         brokers = cls(count)
         first = BROKER_ID_BASE

@@ -7,7 +7,10 @@ what the control plane sends and reads back what changed.
 
 * ``apply_snapshot`` replaces the whole view, but only after recomputing the snapshot's
   digest from its records and finding it equal to the one sent (else
-  `DigestMismatch` and the cache is unchanged).
+  `DigestMismatch` and the cache is unchanged).  The new view is built aside first, in
+  a `SnapshotStage` (records, per-record hashes, typed tables, routing), chunk by chunk
+  as a snapshot arrives, so a malformed record also leaves the cache unchanged and the
+  install itself is a handful of table swaps.
 * ``apply_delta`` applies one `Delta` only on top of the cache's own version
   (`GapError` otherwise), updates the running digest per change (O(1) each: the hash of
   every record is kept, so only the new value is hashed), compares it with the delta's
@@ -18,8 +21,8 @@ what the control plane sends and reads back what changed.
   typed tables, the routing table and this node's ownership are updated from the same
   changes: O(changes) per delta.
 * `DeltaAssembler` and `SnapshotAssembler` collect ``DeltaPart`` / ``Snapshot`` chunks
-  and hand back a whole delta / snapshot only at the end marker, so a big delta is
-  applied atomically.
+  and hand back a whole delta / staged snapshot only at the end marker, so a big delta
+  or snapshot is applied atomically.
 
 Every apply is one synchronous call, so a reader in the same Trio thread never sees a
 half-applied delta: the records, the typed tables, the routing table and the ownership
@@ -40,7 +43,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 from felix.metadata.config import ConfigValue
 from felix.metadata.digest import digest_bytes, record_hash
@@ -55,6 +58,7 @@ from felix.metadata.model import (
     Stream,
     Tenant,
 )
+from felix.proto.cbor import dataclass_slot_setters, gc_paused
 from felix.proto.client_messages import Change, Delta, DeltaPart, Record, SnapshotChunk
 
 ShardId: TypeAlias = tuple[str, int]
@@ -178,13 +182,8 @@ class MetadataCache:
         self.routing: dict[ShardId, str | None] = {}
         self.owned: dict[ShardId, Ownership] = {}
         self._led_by: dict[int, set[ShardId]] = {}  # node id -> shards it leads
-        self._apply_typed: dict[str, Callable[[str, Record | None, list[ShardId]], None]] = {
-            KIND_NODE: self._node_changed,
-            KIND_STREAM: self._stream_changed,
-            KIND_SHARD: self._shard_changed,
-            KIND_TENANT: self._tenant_changed,
-            KIND_CONFIG: self._config_changed,
-        }
+        # No reference cycle through self (e.g. bound methods): a dropped cache, with
+        # its whole view, is freed at once rather than by a later full GC pass.
         self._events: list[OwnershipEvent] = []
 
     # --- reading ------------------------------------------------------------------------
@@ -237,63 +236,65 @@ class MetadataCache:
 
     # --- applying -----------------------------------------------------------------------
 
-    def apply_snapshot(self, version: int, digest: bytes, records: Iterable[Change]) -> CacheUpdate:
-        """Replace the view; raises `DigestMismatch` (cache unchanged) if the records do
-        not hash to ``digest``."""
-        new_records: dict[RecordId, Record] = {}
-        new_hashes: dict[RecordId, int] = {}
-        for change in records:
-            if change.value is None:
-                continue
-            ident = (change.kind, change.key)
-            new_records[ident] = change.value
-            new_hashes[ident] = record_hash(change.kind, change.key, change.value)
-        total = sum(new_hashes.values()) & _MASK
-        if digest_bytes(total) != digest:
-            raise DigestMismatch(version, digest, digest_bytes(total))
-        old_routing = dict(self.routing)
-        old_owned = dict(self.owned)
-        self._reset_tables()
-        self.records.update(new_records)
-        self._hashes.update(new_hashes)
-        self.hashes_valid = True
-        self.digest, self.version = total, version
-        touched: list[ShardId] = []
-        apply_typed = self._apply_typed
-        for (kind, key), value in new_records.items():
-            handler = apply_typed.get(kind)
-            if handler is not None:
-                handler(key, value, touched)
-        self._events.clear()  # recomputed below as one diff over every shard
-        routing = self.routing
-        routes = sorted(
-            shard
-            for shard in {*old_routing, *routing}
-            if shard not in routing
-            or shard not in old_routing
-            or old_routing[shard] != routing[shard]
-        )
-        events = [
-            _event(shard, old_owned.get(shard), self.owned.get(shard), version)
-            for shard in sorted({*old_owned, *self.owned})
-            if not _same(old_owned.get(shard), self.owned.get(shard))
-        ]
-        return CacheUpdate(version, (), tuple(events), tuple(routes), replaced=True)
+    def apply_snapshot(
+        self, version: int, digest: bytes, records: Iterable[Change] | SnapshotStage
+    ) -> CacheUpdate:
+        """Replace the view with ``records`` (or a `SnapshotStage` built from them as
+        they arrived); raises `DigestMismatch` (cache unchanged) if they do not hash to
+        ``digest``, or `CacheError` (cache unchanged) if a record is malformed."""
+        if isinstance(records, SnapshotStage):
+            stage = records
+        else:
+            stage = SnapshotStage()
+            stage.add(records)
+        if digest_bytes(stage.total) != digest:
+            raise DigestMismatch(version, digest, digest_bytes(stage.total))
+        with gc_paused():
+            return self._install(version, stage)
 
-    def _reset_tables(self) -> None:
-        for table in (
-            self.records,
-            self._hashes,
-            self.nodes,
-            self.streams,
-            self.shards,
-            self.tenants,
-            self.config,
-            self.routing,
-            self.owned,
-            self._led_by,
-        ):
-            table.clear()
+    def _install(self, version: int, stage: SnapshotStage) -> CacheUpdate:
+        tables = stage.take()
+        owned = self._owned_in(tables.shards)
+        routes = _changed_routes(self.routing, tables.routing)
+        events = _ownership_diff(self.owned, owned, version)
+        # Nothing below raises: the whole view moves at once.  The public tables keep
+        # their identity (read-only proxies of them are handed out).
+        _replace(self.records, tables.records)
+        _replace(self.nodes, tables.nodes)
+        _replace(self.streams, tables.streams)
+        _replace(self.shards, tables.shards)
+        _replace(self.tenants, tables.tenants)
+        _replace(self.config, tables.config)
+        _replace(self.routing, tables.routing)
+        _replace(self.owned, owned)
+        self._hashes = tables.hashes
+        self._led_by = tables.led_by
+        self.hashes_valid = True
+        self.digest, self.version = stage.total, version
+        self._events.clear()
+        return CacheUpdate(version, (), events, routes, replaced=True)
+
+    def _owned_in(self, shards: Mapping[ShardId, Shard]) -> dict[ShardId, Ownership]:
+        """This node's ownership in a whole new view (one pass over its shards)."""
+        me = self.node_id
+        owned: dict[ShardId, Ownership] = {}
+        if me is None:
+            return owned
+        leading: dict[int, Ownership] = {}  # one shared (immutable) value per epoch
+        replica: dict[int, Ownership] = {}
+        for shard_id, shard in shards.items():
+            epoch = shard.leader_epoch
+            if shard.leader == me:
+                found = leading.get(epoch)
+                if found is None:
+                    found = leading[epoch] = Ownership(Role.LEADER, epoch)
+                owned[shard_id] = found
+            elif me in shard.replicas:
+                found = replica.get(epoch)
+                if found is None:
+                    found = replica[epoch] = Ownership(Role.REPLICA, epoch)
+                owned[shard_id] = found
+        return owned
 
     def apply_delta(self, delta: Delta) -> CacheUpdate:
         """Apply one delta atomically; see the module docstring for the errors."""
@@ -303,11 +304,11 @@ class MetadataCache:
         self._apply_records(delta)
         self.version = delta.version
         touched: list[ShardId] = []
-        apply_typed = self._apply_typed
+        apply_typed = _TYPED_HANDLERS
         for change in changes:
             handler = apply_typed.get(change.kind)
             if handler is not None:
-                handler(change.key, change.value, touched)
+                handler(self, change.key, change.value, touched)
         events = _NO_EVENTS
         if self._events:
             events, self._events = tuple(self._events), []
@@ -444,8 +445,53 @@ class MetadataCache:
             self._events.append(_event(shard_id, old, new, self.version))
 
 
+_TypedHandler: TypeAlias = Callable[[MetadataCache, str, Record | None, list[ShardId]], None]
+_TYPED_HANDLERS: Final[dict[str, _TypedHandler]] = {
+    KIND_NODE: MetadataCache._node_changed,
+    KIND_STREAM: MetadataCache._stream_changed,
+    KIND_SHARD: MetadataCache._shard_changed,
+    KIND_TENANT: MetadataCache._tenant_changed,
+    KIND_CONFIG: MetadataCache._config_changed,
+}
+
+
 def _same(old: Ownership | None, new: Ownership | None) -> bool:
     return new.same_as(old) if new is not None else old is None
+
+
+def _replace(table: dict[Any, Any], new: dict[Any, Any]) -> None:
+    table.clear()
+    table.update(new)  # into an empty dict: a block copy
+
+
+_ABSENT: Final = object()
+
+
+def _changed_routes(
+    old: Mapping[ShardId, str | None], new: Mapping[ShardId, str | None]
+) -> tuple[ShardId, ...]:
+    """The routing entries added, moved or removed between two whole views, sorted."""
+    if not old:
+        return tuple(sorted(new))  # a snapshot's order is sorted already: a linear pass
+    return tuple(
+        sorted(s for s in old.keys() | new.keys() if old.get(s, _ABSENT) != new.get(s, _ABSENT))
+    )
+
+
+def _ownership_diff(
+    old: Mapping[ShardId, Ownership], new: Mapping[ShardId, Ownership], version: int
+) -> tuple[OwnershipEvent, ...]:
+    """The events that move ownership ``old`` to ``new``, in shard order."""
+    if not old:
+        return tuple(
+            OwnershipEvent(shard, None, new[shard].role, new[shard].leader_epoch, version)
+            for shard in sorted(new)
+        )
+    return tuple(
+        _event(shard, old.get(shard), new.get(shard), version)
+        for shard in sorted(old.keys() | new.keys())
+        if not _same(old.get(shard), new.get(shard))
+    )
 
 
 def _typed(cls: Any, key: str, value: Record) -> Any:
@@ -455,7 +501,148 @@ def _typed(cls: Any, key: str, value: Record) -> Any:
         raise CacheError(f"{cls.kind} record {key!r} does not match its schema: {exc}") from None
 
 
+M = TypeVar("M")
+
+
+def _builder(cls: type[M]) -> Callable[[str, Record], M]:
+    """``_typed(cls, key, value)`` for a bulk load: the same object, or the same error,
+    but a record with exactly the model's fields sets its slots directly (a frozen
+    dataclass's __init__ pays for ``object.__setattr__`` per field)."""
+    names: tuple[str, ...] = cls.__match_args__  # type: ignore[attr-defined]
+    setters = dataclass_slot_setters(cls, names)
+    if setters is None:
+        return lambda key, value: _typed(cls, key, value)
+    env: dict[str, Any] = {"cls": cls, "new": object.__new__, "typed": _typed}
+    env["fields"] = frozenset(names)
+    lines = [
+        "def build(key, value):",
+        "    if value.keys() != fields:",
+        "        return typed(cls, key, value)",
+        "    obj = new(cls)",
+    ]
+    for i, (name, setter) in enumerate(zip(names, setters, strict=True)):
+        env[f"s{i}"] = setter
+        lines.append(f"    s{i}(obj, value[{name!r}])")
+    lines.append("    return obj")
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines) + "\n", f"<build {cls.__name__}>", "exec"), env, namespace)
+    build: Callable[[str, Record], M] = namespace["build"]
+    return build
+
+
+_build_shard: Final = _builder(Shard)  # the bulk of a snapshot
+_build_node: Final = _builder(Node)
+_build_stream: Final = _builder(Stream)
+
+
 # --- assembling multi-message deltas and snapshots ---------------------------------------
+
+
+@dataclass(slots=True)
+class _Tables:
+    """A staged view's tables, handed over once to the cache that installs them."""
+
+    records: dict[RecordId, Record]
+    hashes: dict[RecordId, int]
+    nodes: dict[int, Node]
+    streams: dict[str, Stream]
+    shards: dict[ShardId, Shard]
+    tenants: dict[str, Tenant]
+    config: dict[str, ConfigValue]
+    routing: dict[ShardId, str | None]
+    led_by: dict[int, set[ShardId]]
+
+
+class SnapshotStage:
+    """A snapshot being received, not yet applied: each record is hashed once and
+    sorted into fresh typed tables, routing and the leader index as its chunk arrives,
+    so that work overlaps the transfer and each chunk's messages are freed right away.
+    The cache is untouched until `MetadataCache.apply_snapshot` finds the digest of all
+    the records equal to the snapshot's and installs the stage (once).
+
+    Records may come in any order (a shard before its leader's node is routed when the
+    node arrives); a value None is skipped; a record that comes twice is refused
+    (`AssemblyError`), as is one that does not fit its kind's schema (`CacheError`);
+    after an error the stage is only good for discarding.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0  # the digest of the records staged so far
+        self._tables: _Tables | None = _Tables({}, {}, {}, {}, {}, {}, {}, {}, {})
+
+    @property
+    def records(self) -> Mapping[RecordId, Record]:
+        return self._live().records
+
+    def _live(self) -> _Tables:
+        if self._tables is None:
+            raise CacheError("this snapshot stage was applied already")
+        return self._tables
+
+    def add(self, changes: Iterable[Change]) -> None:
+        """Stage more of the snapshot's records."""
+        with gc_paused():
+            self._add(changes)
+
+    def _add(self, changes: Iterable[Change]) -> None:
+        t = self._live()
+        records, hashes, shards, routing = t.records, t.hashes, t.shards, t.routing
+        nodes, led_by = t.nodes, t.led_by
+        build_shard = _build_shard
+        total = self.total
+        kind = key = ""
+        try:
+            for change in changes:
+                value = change.value
+                if value is None:
+                    continue
+                kind, key = change.kind, change.key
+                ident = (kind, key)
+                if ident in records:
+                    raise AssemblyError(f"the snapshot holds {kind} {key!r} twice")
+                record_digest = record_hash(kind, key, value)
+                records[ident] = value
+                hashes[ident] = record_digest
+                total += record_digest
+                if kind == KIND_SHARD:
+                    stream, _, index = key.rpartition("/")
+                    shard_id = (stream, int(index))
+                    shard: Shard = build_shard(key, value)
+                    shards[shard_id] = shard
+                    leader = shard.leader
+                    if leader is None:
+                        routing[shard_id] = None
+                        continue
+                    leader_node = nodes.get(leader)
+                    routing[shard_id] = leader_node.address if leader_node is not None else None
+                    led = led_by.get(leader)
+                    if led is None:
+                        led = led_by[leader] = set()
+                    led.add(shard_id)
+                elif kind == KIND_NODE:
+                    node: Node = _build_node(key, value)
+                    node_id = int(key)
+                    nodes[node_id] = node
+                    for led_shard in led_by.get(node_id, ()):
+                        routing[led_shard] = node.address  # its shards came first
+                elif kind == KIND_STREAM:
+                    t.streams[key] = _build_stream(key, value)
+                elif kind == KIND_TENANT:
+                    t.tenants[key] = _typed(Tenant, key, value)
+                elif kind == KIND_CONFIG:
+                    if "value" not in value:
+                        raise CacheError(f"config record {key!r} has no value")
+                    t.config[key] = value["value"]  # type: ignore[assignment]
+        except ValueError:
+            raise CacheError(f"the {kind} record key {key!r} is not valid") from None
+        finally:
+            self.total = total & _MASK
+
+    def take(self) -> _Tables:
+        """The staged tables, once (the cache that installs them owns them)."""
+        tables = self._live()
+        self._tables = None
+        return tables
 
 
 class DeltaAssembler:
@@ -490,30 +677,42 @@ class DeltaAssembler:
 
 
 class SnapshotAssembler:
-    """Collects `SnapshotChunk`s; returns (version, digest, records) at ``last``."""
+    """Stages `SnapshotChunk`s as they arrive (see `SnapshotStage`); returns (version,
+    digest, stage) at ``last``, for `MetadataCache.apply_snapshot`."""
 
     def __init__(self) -> None:
-        self._chunks: list[SnapshotChunk] = []
+        self._stage: SnapshotStage | None = None
+        self._of: tuple[int, bytes] = (0, b"")  # (version, digest) of the first chunk
+        self._next = 0
 
     @property
     def pending(self) -> bool:
-        return bool(self._chunks)
+        return self._stage is not None
 
     def reset(self) -> None:
-        self._chunks = []
+        self._stage = None
+        self._next = 0
 
-    def add(self, chunk: SnapshotChunk) -> tuple[int, bytes, list[Change]] | None:
-        chunks = self._chunks
-        if chunk.seq != len(chunks) or (
-            chunks and (chunks[0].version, chunks[0].digest) != (chunk.version, chunk.digest)
+    def add(self, chunk: SnapshotChunk) -> tuple[int, bytes, SnapshotStage] | None:
+        stage = self._stage
+        if chunk.seq != self._next or (
+            stage is not None and self._of != (chunk.version, chunk.digest)
         ):
             self.reset()
             raise AssemblyError(f"snapshot chunk {chunk.seq} of {chunk.version} out of order")
-        chunks.append(chunk)
+        if stage is None:
+            stage = self._stage = SnapshotStage()
+            self._of = (chunk.version, chunk.digest)
+        try:
+            stage.add(chunk.records)
+        except CacheError:
+            self.reset()
+            raise
         if not chunk.last:
+            self._next += 1
             return None
         self.reset()
-        return chunk.version, chunk.digest, [r for c in chunks for r in c.records]
+        return chunk.version, chunk.digest, stage
 
 
 # --- buffering ownership events for a slow consumer ---------------------------------------

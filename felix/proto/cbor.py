@@ -25,12 +25,14 @@ registered dataclasses (as maps, or as arrays when registered with ``as_array=Tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import gc
 import io
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import cbor2
@@ -131,6 +133,31 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+GC_PAUSE_BYTES: Final = 32 * 1024
+"""`Registry.decode` pauses the cyclic GC while it decodes a message at least this big."""
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's automatic cyclic GC for one synchronous bulk build (never across
+    an ``await``: it is global to the process).
+
+    The collector runs a young pass every 700 net container allocations and a full
+    pass over the whole heap every 100 of those while the heap grows by a quarter, so
+    decoding and indexing the 100,000 records of a big snapshot would trigger ten full
+    passes (about 40% of the work) that find nothing to free.  Paused, the allocations
+    are counted all the same and examined by the first pass after it; nothing is leaked.
+    A no-op if the GC is off already (whoever turned it off turns it back on)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 # ---------------------------------------------------------------------------------------
 # Field codecs: each compiled once per annotation.
 
@@ -144,6 +171,9 @@ class FieldCodec:
     encode: Encode | None  # None means "the value encodes as itself"
     depth: int  # CBOR container levels this field needs (scalars: 0)
     label: str  # what the field holds, for error messages and docs
+    # For a scalar decoded as itself: a Python expression over ``{v}``, true exactly
+    # when ``decode`` accepts the value (generated decoders inline it; see below).
+    check: str | None = None
 
 
 def _type_name(value: object) -> str:
@@ -169,7 +199,7 @@ def _int_codec(lo: int, hi: int) -> FieldCodec:
             raise SchemaError(f"integer {value} out of range [{lo}, {hi}]")
         return value
 
-    return FieldCodec(decode, None, 0, "integer")
+    return FieldCodec(decode, None, 0, "integer", f"(type({{v}}) is int and {lo} <= {{v}} <= {hi})")
 
 
 def _bool_decode(value: object) -> bool:
@@ -190,7 +220,8 @@ def _sized_codec(kind: type, limit: int) -> FieldCodec:
             raise SchemaError(f"{label} of {len(value)} {unit} exceeds the limit of {limit}")
         return value
 
-    return FieldCodec(decode, None, 0, label)
+    check = f"(type({{v}}) is {kind.__name__} and len({{v}}) <= {limit})"
+    return FieldCodec(decode, None, 0, label, check)
 
 
 def _enum_codec(enum_type: type[enum.Enum]) -> FieldCodec:
@@ -227,7 +258,8 @@ def _optional_codec(inner: FieldCodec) -> FieldCodec:
         def encode(value: Any) -> object:
             return None if value is None else inner_encode(value)
 
-    return FieldCodec(decode, encode, inner.depth, f"{inner.label} or null")
+    check = None if inner.check is None else f"({{v}} is None or {inner.check})"
+    return FieldCodec(decode, encode, inner.depth, f"{inner.label} or null", check)
 
 
 def _tuple_codec(inner: FieldCodec, limit: int) -> FieldCodec:
@@ -284,6 +316,47 @@ def _dict_codec(key: FieldCodec, val: FieldCodec, limit: int) -> FieldCodec:
             return {k: val_encode(v) for k, v in mapping.items()}
 
     return FieldCodec(decode, encode, val.depth + 1, f"map of {val.label}")
+
+
+def _record_codec(key: FieldCodec, key_limit: int, val: FieldCodec, limit: int) -> FieldCodec:
+    """``dict[str, ScalarValue]`` (metadata records, the bulk of snapshots and deltas):
+    the checks of `_dict_codec` over `_scalar_value_decode`, in one loop.  Anything it
+    does not accept goes through the general decoder, which refuses it with the usual
+    message (or, should the two ever disagree, accepts it: never more than it would)."""
+    general = _dict_codec(key, val, limit)
+    slow = general.decode
+
+    def decode(value: object) -> dict[str, Any]:
+        if type(value) is not dict or len(value) > limit:
+            return slow(value)  # type: ignore[no-any-return]
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str or len(k) > key_limit:
+                return slow(value)  # type: ignore[no-any-return]
+            kind = type(v)
+            if kind is int:
+                if v < I64_MIN or v > U63_MAX:
+                    return slow(value)  # type: ignore[no-any-return]
+            elif kind is str or kind is bytes:
+                if len(v) > 65536:
+                    return slow(value)  # type: ignore[no-any-return]
+            elif kind is list:
+                if len(v) > 65536:
+                    return slow(value)  # type: ignore[no-any-return]
+                for item in v:
+                    item_kind = type(item)
+                    if item_kind is int:
+                        if item < I64_MIN or item > U63_MAX:
+                            return slow(value)  # type: ignore[no-any-return]
+                    elif item_kind is not str or len(item) > STR_CHARS_MAX_DEFAULT:
+                        return slow(value)  # type: ignore[no-any-return]
+                v = tuple(v)
+            elif kind is not bool and v is not None:
+                return slow(value)  # type: ignore[no-any-return]
+            out[k] = v
+        return out
+
+    return FieldCodec(decode, general.encode, general.depth, general.label)
 
 
 def _scalar_value_decode(value: object) -> object:
@@ -360,7 +433,7 @@ def _codec_for(hint: Any, owner: str) -> FieldCodec:
     if hint is ScalarValue:
         return FieldCodec(_scalar_value_decode, None, 1, "value")
     if hint is bool:
-        return FieldCodec(_bool_decode, None, 0, "bool")
+        return FieldCodec(_bool_decode, None, 0, "bool", "type({v}) is bool")
     if hint is int:
         bounds = find(IntRange) or IntRange(0, U63_MAX)
         return _int_codec(bounds.lo, bounds.hi)
@@ -382,15 +455,28 @@ def _codec_for(hint: Any, owner: str) -> FieldCodec:
         return _tuple_codec(_codec_for(args[0], owner), limit.n if limit else ITEMS_MAX_DEFAULT)
     if origin is dict:
         limit = find(MaxItems)
-        return _dict_codec(
-            _codec_for(args[0], owner),
-            _codec_for(args[1], owner),
-            limit.n if limit else ITEMS_MAX_DEFAULT,
-        )
+        items_max = limit.n if limit else ITEMS_MAX_DEFAULT
+        key, val = _codec_for(args[0], owner), _codec_for(args[1], owner)
+        key_limit = _text_limit(args[0])
+        if args[1] is ScalarValue and key_limit is not None:
+            return _record_codec(key, key_limit, val, items_max)
+        return _dict_codec(key, val, items_max)
     if isinstance(hint, type) and hint in _SCHEMAS:
         nested = _SCHEMAS[hint]
         return FieldCodec(nested.decode, nested.encode, nested.depth, hint.__name__)
     raise TypeError(f"{owner}: unsupported field type {hint!r}")
+
+
+def _text_limit(hint: Any) -> int | None:
+    """The length bound of a ``str`` annotation (None: not a ``str``)."""
+    meta: tuple[Any, ...] = ()
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *rest = typing.get_args(hint)
+        meta = tuple(rest)
+    if hint is not str:
+        return None
+    limit = next((m for m in meta if isinstance(m, MaxLen)), None)
+    return limit.n if limit else STR_CHARS_MAX_DEFAULT
 
 
 def _compile(cls: type, as_array: bool) -> _Schema:
@@ -413,18 +499,58 @@ def _compile(cls: type, as_array: bool) -> _Schema:
 
 # The per-class decoder and encoder are generated as straight-line code (the way
 # `dataclasses` generates __init__): one call per field, no loops, no per-field try.
-# Any SchemaError sends the value through `_explain`, which finds the culprit field for
-# the error message; the happy path pays nothing for it.
+# Scalar fields whose codec has an inline ``check`` are tested in one expression instead
+# of a call each, and the object is built by setting its slots directly when the class's
+# __init__ is the plain dataclass one (frozen dataclasses pay for object.__setattr__ per
+# field otherwise).  Any SchemaError sends the value through `_explain`, which finds the
+# culprit field for the error message; the happy path pays nothing for it.
+
+
+def dataclass_slot_setters(
+    cls: type, names: tuple[str, ...]
+) -> list[Callable[[Any, Any], None]] | None:
+    """The slot descriptors' setters of the fields ``names`` (all of them, in order) of
+    the slotted dataclass ``cls``, if ``object.__new__(cls)`` and a call of each setter
+    build the same object as ``cls(*values)`` (its __init__ is the generated one that
+    only assigns them); else None."""
+    params = getattr(cls, "__dataclass_params__", None)
+    code = getattr(getattr(cls, "__init__", None), "__code__", None)
+    if (
+        params is None
+        or not params.init
+        or hasattr(cls, "__post_init__")
+        or code is None
+        or code.co_filename != "<string>"  # generated by dataclasses, not written by hand
+        or code.co_varnames[: code.co_argcount] != ("self", *names)
+        or any(not f.init for f in dataclasses.fields(cls))
+    ):
+        return None
+    setters = []
+    for name in names:
+        slot = next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
+        if not isinstance(slot, types.MemberDescriptorType):
+            return None
+        setters.append(slot.__set__)
+    return setters
 
 
 def _generate_decoder(
     cls: type, names: tuple[str, ...], codecs: tuple[FieldCodec, ...], as_array: bool
 ) -> Callable[[object], Any]:
-    env: dict[str, Any] = {"cls": cls, "SchemaError": SchemaError, "explain": None}
-    args = []
+    env: dict[str, Any] = {
+        "cls": cls,
+        "new": object.__new__,
+        "SchemaError": SchemaError,
+        "explain": None,
+    }
+    args, checks = [], []
     for i, codec in enumerate(codecs):
-        env[f"d{i}"] = codec.decode
-        args.append(f"d{i}(v{i})")
+        if codec.check is not None:
+            checks.append(codec.check.format(v=f"v{i}"))
+            args.append(f"v{i}")
+        else:
+            env[f"d{i}"] = codec.decode
+            args.append(f"d{i}(v{i})")
     targets = "".join(f"v{i}, " for i in range(len(names)))
     if as_array:
         check = f"type(value) is not list or len(value) != {len(names)}"
@@ -438,7 +564,22 @@ def _generate_decoder(
         "        explain(value)",
         "    try:",
         f"        ({targets}) = {source_of_items}",
-        f"        return cls({', '.join(args)})",
+    ]
+    if checks:
+        lines += [
+            f"        if not ({' and '.join(checks)}):",
+            "            raise SchemaError('')",
+        ]
+    setters = dataclass_slot_setters(cls, names)
+    if setters is None:
+        lines.append(f"        return cls({', '.join(args)})")
+    else:
+        lines.append("        obj = new(cls)")
+        for i, (setter, arg) in enumerate(zip(setters, args, strict=True)):
+            env[f"s{i}"] = setter
+            lines.append(f"        s{i}(obj, {arg})")
+        lines.append("        return obj")
+    lines += [
         "    except (SchemaError, KeyError):",
         "        explain(value)",
         "        raise",
@@ -590,6 +731,15 @@ class Registry:
 
     def decode(self, payload: bytes | bytearray | memoryview) -> Any:
         """Decode one message; raises only `ProtocolError` subclasses."""
+        if len(payload) >= GC_PAUSE_BYTES and gc.isenabled():
+            gc.disable()  # see `gc_paused`
+            try:
+                return self._decode(payload)
+            finally:
+                gc.enable()
+        return self._decode(payload)
+
+    def _decode(self, payload: bytes | bytearray | memoryview) -> Any:
         item = safe_loads(payload, max_depth=self.max_depth)
         if type(item) is not dict:
             raise SchemaError(f"a {self.name} message must be a map, got {_type_name(item)}")

@@ -324,10 +324,85 @@ def test_snapshot_chunks_assemble_at_the_end_marker() -> None:
     chunks[-1] = SnapshotChunk(None, v, d, 2, tuple(records[4:6] + records_tail), True)
     assembler = SnapshotAssembler()
     assert assembler.add(chunks[0]) is None and assembler.add(chunks[1]) is None
+    assert assembler.pending
     whole = assembler.add(chunks[2])
-    assert whole is not None and whole[2] == records
+    assert whole is not None and not assembler.pending
+    version, digest, stage = whole
+    assert (version, digest) == (v, d) and stage.records == view_of(records)
+    cache = MetadataCache(1)
+    cache.apply_snapshot(version, digest, stage)
+    check_equal(cache, h)
+    with pytest.raises(CacheError):  # a stage is applied once
+        MetadataCache(1).apply_snapshot(version, digest, stage)
     with pytest.raises(AssemblyError):
         assembler.add(chunks[1])
+    # A chunk of another version in the middle drops what was staged.
+    assembler.add(chunks[0])
+    with pytest.raises(AssemblyError):
+        assembler.add(SnapshotChunk(None, v + 1, d, 1, chunks[1].records, False))
+    assert not assembler.pending
+
+
+def test_a_staged_snapshot_with_a_wrong_digest_changes_nothing() -> None:
+    h = cluster({1: "a", 2: "b", 3: "c"})
+    h.ok(CreateStream("s", 4, "acme"))
+    cache = snapshot_of(h)
+    h.ok(DrainNode(1))
+    assembler = SnapshotAssembler()
+    whole = assembler.add(SnapshotChunk(None, h.state.version, digest_bytes(7), 0,
+                                        tuple(h.records()), True))  # fmt: skip
+    assert whole is not None
+    before = (dict(cache.records), dict(cache.routing), dict(cache.owned), cache.version)
+    with pytest.raises(DigestMismatch):
+        cache.apply_snapshot(*whole)
+    assert before == (dict(cache.records), dict(cache.routing), dict(cache.owned), cache.version)
+    cache.apply_delta(h.deltas[-1])
+    check_equal(cache, h)
+
+
+@pytest.mark.parametrize("node_id", [None, 1, 2])
+def test_snapshot_records_in_any_order_give_the_same_view(node_id: int | None) -> None:
+    """Shards before the nodes that lead them (and any other order) route the same."""
+    h = cluster({1: "a", 2: "b", 3: "c"})
+    h.ok(CreateStream("s", 6, "acme", replication_factor=2))
+    h.ok(NodeHealth(3, "down"))
+    records = h.records()
+    for seed in range(5):
+        shuffled = list(records)
+        random.Random(seed).shuffle(shuffled)
+        if seed == 0:
+            shuffled.sort(key=lambda c: c.kind != "shard")  # every shard first
+        cache = MetadataCache(node_id)
+        update = cache.apply_snapshot(h.state.version, h.state.digest, shuffled)
+        check_equal(cache, h)
+        assert update.routes == tuple(sorted(cache.routing))
+        assert [e.shard for e in update.ownership] == sorted(cache.owned)
+
+
+def test_a_malformed_or_repeated_snapshot_record_changes_nothing() -> None:
+    h = cluster({1: "a", 2: "b"})
+    h.ok(CreateStream("s", 2, "acme", replication_factor=2))
+    cache = snapshot_of(h)
+    records = h.records()
+    shard = next(c for c in records if c.kind == "shard")
+    assert shard.value is not None
+    bad_schema = Change("shard", shard.key, {**shard.value, "extra": 1})
+    bad_key = Change("shard", "s/x", shard.value)
+    bad_node = Change("node", "one", next(c.value for c in records if c.kind == "node"))
+    no_value = Change("config", "c", {"name": "c"})
+    before = (dict(cache.records), dict(cache.shards), dict(cache.routing), cache.version)
+    for bad in (bad_schema, bad_key, bad_node, no_value):
+        with pytest.raises(CacheError):
+            cache.apply_snapshot(h.state.version, h.state.digest, [*records, bad])
+    with pytest.raises(AssemblyError):  # the same record twice
+        cache.apply_snapshot(h.state.version, h.state.digest, [*records, shard])
+    assert before == (dict(cache.records), dict(cache.shards), dict(cache.routing), cache.version)
+    # Deleted records (value None) in a snapshot are skipped.
+    again = cache.apply_snapshot(
+        h.state.version, h.state.digest, [*records, Change("stream", "ghost", None)]
+    )
+    assert again.routes == () and again.ownership == ()
+    check_equal(cache, h)
 
 
 def test_audit_finds_a_record_changed_behind_the_caches_back() -> None:
@@ -387,3 +462,22 @@ def test_unverified_deltas_trust_the_digest_and_the_audit_recomputes() -> None:
     cache.digest = cache.recompute_digest()
     cache.apply_delta(h.ok(UndrainNode(2)))
     check_equal(cache, h)
+
+
+def test_a_dropped_cache_is_freed_without_the_cyclic_gc() -> None:
+    """No reference cycle through the cache: its whole view goes as soon as it is
+    dropped, not at some later full collection (which would pay for it then)."""
+    import gc
+    import weakref
+
+    h = cluster({1: "a", 2: "b", 3: "c"})
+    h.ok(CreateStream("s", 4, "acme"))
+    cache = snapshot_of(h)
+    cache.apply_delta(h.ok(DrainNode(1)))
+    gone = weakref.ref(cache)
+    gc.disable()
+    try:
+        del cache
+        assert gone() is None
+    finally:
+        gc.enable()

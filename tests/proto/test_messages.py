@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import gc
 import io
 from typing import Any
 
@@ -10,8 +13,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from felix.proto.cbor import Registry, safe_loads, to_plain
-from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT
+from felix.proto.cbor import (
+    _SCHEMAS,
+    GC_PAUSE_BYTES,
+    Registry,
+    ScalarValue,
+    _codec_for,
+    _dict_codec,
+    dataclass_slot_setters,
+    from_plain,
+    gc_paused,
+    safe_loads,
+    to_plain,
+    wire_type,
+)
+from felix.proto.client_messages import (
+    CLIENT_TO_SERVER,
+    RECORD_FIELDS_MAX,
+    SERVER_TO_CLIENT,
+    Change,
+    Name,
+    SnapshotChunk,
+)
 from felix.proto.errors import DecodeError, SchemaError, UnknownMessageType
 from felix.proto.raft_messages import PEER, AppendEntries, Entry, EntryKind, TimeoutNow
 from tests.proto.strategies import message_strategy
@@ -230,3 +253,135 @@ def test_to_plain_matches_the_wire() -> None:
     msg = TimeoutNow(term=3, leader=4)
     decoded = cbor2.load(io.BytesIO(PEER.encode(msg)))
     assert decoded == {"type": "TimeoutNow", **to_plain(msg)}
+
+
+# --- the fast paths agree with the general decoders ---------------------------------------
+
+RECORD_ITEMS = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+    | st.binary(max_size=6)
+    | st.sampled_from(["x" * 4097, "y" * 65537, b"z" * 65537, 2**63, -(2**63) - 1]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=2)
+    ),
+    max_leaves=8,
+)
+RECORD_MAPS = st.dictionaries(
+    st.text(max_size=4) | st.integers() | st.sampled_from(["k" * 257]), RECORD_ITEMS, max_size=4
+)
+
+
+def _outcome(decode: Any, value: object) -> tuple[str, object]:
+    try:
+        return "ok", decode(value)
+    except SchemaError as exc:
+        return "error", str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=RECORD_MAPS | RECORD_ITEMS | st.just({f"f{i}": i for i in range(257)}))
+def test_record_maps_decode_as_the_general_map_decoder_does(value: object) -> None:
+    """Change.value (``dict[Name, ScalarValue] | None``) goes through `_record_codec`:
+    the same result, or the same refusal and message, as `_dict_codec` over
+    `_scalar_value_decode`; and the input is left as it was."""
+    fast = _SCHEMAS[Change].codecs[2].decode
+    general = _dict_codec(
+        _codec_for(Name, "t"), _codec_for(ScalarValue, "t"), RECORD_FIELDS_MAX
+    ).decode
+    before = copy.deepcopy(value)
+    expected = ("ok", None) if value is None else _outcome(general, value)
+    assert _outcome(fast, value) == expected
+    assert value == before
+
+
+def test_a_refusal_names_the_bad_record_after_good_ones() -> None:
+    def deltas(*changes: list[Any]) -> dict[str, Any]:
+        return {"type": "Deltas", "deltas": [[0, 1, b"", list(changes)]]}
+
+    good = {"replicas": [1, 2], "leader": 1}
+    msg = _decode_plain(deltas(["shard", "s/0", good], ["shard", "s/1", good]), SERVER_TO_CLIENT)
+    assert msg.deltas[0].changes[1].value == {"replicas": (1, 2), "leader": 1}
+    bad = {"replicas": [1, 2.5], "leader": 1}
+    with pytest.raises(
+        SchemaError, match=r"changes\[2\]\.value\.replicas: \[1\]: expected integer"
+    ):
+        _decode_plain(deltas(["a", "b", good], ["a", "c", good], ["a", "d", bad]), SERVER_TO_CLIENT)
+    with pytest.raises(SchemaError, match=r"changes\[1\]\.key: text of 257 characters"):
+        _decode_plain(deltas(["a", "b", None], ["a", "k" * 257, None]), SERVER_TO_CLIENT)
+
+
+def test_generated_decoders_build_the_same_objects_as_the_constructor() -> None:
+    """Decoders set the slots of frozen dataclasses directly: equal, hashable, frozen;
+    a class whose __init__ does more is built by calling it."""
+    plain = {"type": "Snapshot", "request_id": None, "version": 3, "digest": b"d", "seq": 0,
+             "records": [["node", "1", {"a": [1, "x"]}]], "last": True}  # fmt: skip
+    change = _decode_plain(plain, SERVER_TO_CLIENT).records[0]
+    assert change == Change("node", "1", {"a": (1, "x")}) and type(change) is Change
+    assert hash(Change("node", "1", None)) == hash(_decode_plain(
+        {**plain, "records": [["node", "1", None]]}, SERVER_TO_CLIENT).records[0])  # fmt: skip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        change.kind = "other"  # type: ignore[misc]
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        n: int
+
+        def __post_init__(self) -> None:
+            raise AssertionError("must run")
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class HandWritten:
+        n: int
+
+        def __init__(self, n: int) -> None:
+            object.__setattr__(self, "n", n + 1)
+
+    assert dataclass_slot_setters(Change, ("kind", "key", "value")) is not None
+    assert dataclass_slot_setters(Checked, ("n",)) is None
+    assert dataclass_slot_setters(HandWritten, ("n",)) is None
+    assert dataclass_slot_setters(Change, ("kind", "key")) is None  # not every field
+    wire_type(Checked)
+    wire_type(HandWritten)
+    with pytest.raises(AssertionError, match="must run"):
+        from_plain(Checked, {"n": 1})
+    assert from_plain(HandWritten, {"n": 1}) == HandWritten(1)
+
+
+def test_big_messages_decode_with_the_gc_paused_and_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = tuple(Change("shard", f"s/{i}", {"replicas": (1, 2, 3)}) for i in range(2000))
+    payload = SERVER_TO_CLIENT.encode(SnapshotChunk(None, 1, b"d", 0, records, True))
+    small = SERVER_TO_CLIENT.encode(SnapshotChunk(None, 1, b"d", 0, (), True))
+    assert len(payload) >= GC_PAUSE_BYTES > len(small)
+    seen: list[bool] = []
+    real_decode = SERVER_TO_CLIENT._decode
+
+    def spy(data: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real_decode(data)
+
+    assert gc.isenabled()
+    monkeypatch.setattr(SERVER_TO_CLIENT, "_decode", spy)
+    assert SERVER_TO_CLIENT.decode(payload).records == records
+    with pytest.raises(DecodeError):
+        SERVER_TO_CLIENT.decode(payload[:-1])
+    SERVER_TO_CLIENT.decode(small)
+    assert gc.isenabled()
+    gc.disable()  # somebody else's pause is left alone
+    try:
+        SERVER_TO_CLIENT.decode(payload)
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen == [False, False, True, False]
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
