@@ -146,8 +146,10 @@ def _broadcast_heartbeat(core: RaftCore) -> None:
     core.flush_needed = True
 
 
-def _send_heartbeat(core: RaftCore, node: int, pr: Progress) -> None:
-    prev = pr.match
+def _send_heartbeat(core: RaftCore, node: int, pr: Progress, prev: int | None = None) -> None:
+    """An empty AppendEntries at ``prev`` (default: what the follower acknowledged)."""
+    if prev is None:
+        prev = pr.match
     prev_term = core.log.term_at(prev)
     if prev_term is None:  # compacted away: index 0 always matches
         prev, prev_term = 0, 0
@@ -171,8 +173,18 @@ def flush(core: RaftCore) -> None:
     commit = core.commit_index
     for node, pr in core.progress.items():
         _send_appends(core, node, pr)
-        if pr.state is not ProgressState.SNAPSHOT and pr.sent_commit < min(commit, pr.match):
-            _send_heartbeat(core, node, pr)  # tell it the new commit index promptly
+        if pr.state is ProgressState.SNAPSHOT:
+            continue
+        # Tell it the new commit index promptly, up to what it holds.  In REPLICATE that
+        # includes entries sent but not yet acknowledged: they travel ahead of this
+        # notice on the same connection, so a follower still writing them to disk
+        # applies them as soon as its write returns instead of a round trip later (the
+        # slowest follower's brokers gain most).  A follower that lost them rejects the
+        # notice, and the usual back-off resends them.  Its answer is an ack and leaves
+        # only once its log is durable, like every ack.
+        held = pr.next - 1 if pr.state is ProgressState.REPLICATE else pr.match
+        if pr.sent_commit < min(commit, held):
+            _send_heartbeat(core, node, pr, held)
 
 
 def _send_appends(core: RaftCore, node: int, pr: Progress) -> None:

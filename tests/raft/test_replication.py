@@ -299,13 +299,38 @@ def test_node_restarted_with_empty_log_catches_up() -> None:
 
 
 def test_lost_append_at_end_of_burst_is_retransmitted() -> None:
-    """A follower in replicate state whose last AppendEntries was lost is retransmitted to
-    after a few heartbeats without progress (stall fallback to probe)."""
+    """Followers in replicate state whose last AppendEntries was lost are retransmitted
+    to after a few heartbeats without progress (stall fallback to probe).  Both lose it,
+    so nothing commits and no commit notice reveals the loss earlier."""
+    net = Network()
+    net.elect(1)
+    net.propose(1, "a")
+    net.take(lambda m: m.to in (2, 3))  # lost
+    net.deliver()
+    assert net.core(2).last_index == net.core(3).last_index == 1
+    net.tick_deliver(5)
+    assert net.applied_data(2) == net.applied_data(3) == ["a"]
+
+
+def test_commit_notice_reaches_a_follower_that_has_not_acked_yet() -> None:
+    """The commit notice covers entries sent to a replicating follower but not yet
+    acknowledged (they travel ahead of it): the slow follower commits without waiting
+    for its own ack's round trip."""
+    net = Network()
+    net.elect(1)
+    net.propose(1, "a")
+    held = net.deliver_except(lambda m: m.frm == 3 and isinstance(m.msg, AppendResponse))
+    assert held and net.core(1).commit_index == 2  # committed with node 2's ack alone
+    assert net.core(3).commit_index == 2 and net.applied_data(3) == ["a"]
+    assert net.core(1).match_indexes()[3] < 2  # node 3's ack is still on its way
+
+
+def test_commit_notice_reveals_a_lost_append_at_once() -> None:
+    """If the entries ahead of the notice were lost, the follower rejects the notice and
+    the leader resends them at once, without waiting for heartbeats."""
     net = Network()
     net.elect(1)
     net.propose(1, "a")
     net.take(lambda m: m.to == 3)  # lost
     net.deliver()
-    assert net.core(3).last_index == 1
-    net.tick_deliver(5)
-    assert net.applied_data(3) == ["a"]
+    assert net.applied_data(3) == ["a"] and net.core(3).last_index == 2
