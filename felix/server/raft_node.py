@@ -147,9 +147,16 @@ class StateMachine(Protocol):
 class LogStore(Protocol):
     async def save(self, ready: Ready) -> None: ...
 
+    # Optional: ``start_save(ready) -> PendingWrite | None`` starts a save without
+    # waiting (see `SegmentedWal.start_save`); the node uses it when present.
+
     async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class PendingWrite(Protocol):
+    async def wait(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +242,9 @@ class RaftNode:
             state_machine, "batch_applied", None
         )
         self._bytes_since_snapshot = 0
+        self._start_save: Callable[[Ready], PendingWrite | None] | None = getattr(
+            wal, "start_save", None
+        )
         self._rtt_sent: dict[tuple[int, int], float] = {}
         self._forwards: dict[int, _Waiter] = {}
         self.forward_handlers: dict[ForwardKind, ForwardHandler] = {
@@ -432,22 +442,27 @@ class RaftNode:
     async def _handle_ready(self, ready: Ready) -> None:
         send = self.transport.send_nowait
         now = time.perf_counter()
+        needs_write = self._needs_write(ready)
+        # The write starts before the sends: a send can wake the peer's process onto
+        # this CPU, and our own fsync should not wait for it (thesis §10.2.1).
+        pending = self._start_save(ready) if needs_write and self._start_save else None
         for out in ready.send_now:
             message = out.message
             if isinstance(message, AppendEntries) and message.seq:
                 self._note_rtt_start(out.to, message.seq, now)
             if not send(out.to, message):
                 self.metrics.peer_send_drops.labels(str(out.to)).inc()
-        needs_write = self._needs_write(ready)
         if ready.send_now and not needs_write:
             # Let the transport put these (e.g. commit notices) on the wire before this
             # Ready's apply and watch fan-out, which can take milliseconds: followers and
             # their brokers should not wait for our brokers.
             await trio.lowlevel.checkpoint()
         if needs_write:
-            started = time.perf_counter()
-            await self.wal.save(ready)
-            self.metrics.fsync_duration.observe(time.perf_counter() - started)
+            if pending is not None:
+                await pending.wait()
+            else:
+                await self.wal.save(ready)
+            self.metrics.fsync_duration.observe(time.perf_counter() - now)
             if ready.hard_state is not None:
                 self._durable_term_vote = (ready.hard_state.term, ready.hard_state.vote)
         if ready.entries:

@@ -603,6 +603,27 @@ class SegmentedWal:
         """Persist ``ready`` (snapshot, entries, hard state; one fsync), then compact."""
         await self._run(self.core.save_ready, ready)
 
+    def start_save(self, ready: Ready) -> PendingSave | None:
+        """Start `save` in the worker thread now and return at once; the caller must
+        ``await`` the result's `PendingSave.wait` (on the same task, before anything
+        else on this WAL).  None if that is not possible right now (another operation
+        holds the WAL, or ``offload`` is off): then call `save` instead.
+
+        The leader starts its fsync before it sends the AppendEntries of the same
+        Ready: on a loaded machine the first send can wake a follower that takes the
+        leader's CPU, and the leader's own write should not wait for that."""
+        if not self.offload or self._lock.locked():
+            return None
+        self._lock.acquire_nowait()
+        pending = PendingSave(self._lock)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[None]) -> None:  # in the worker thread
+            token.run_sync_soon(pending.done, result)
+
+        trio.lowlevel.start_thread_soon(functools.partial(self.core.save_ready, ready), deliver)
+        return pending
+
     async def append(
         self,
         hard_state: HardState | None = None,
@@ -640,6 +661,33 @@ class SegmentedWal:
             await self._lock.acquire()
         try:
             return await _in_worker_thread(functools.partial(fn, *args))
+        finally:
+            self._lock.release()
+
+
+class PendingSave:
+    """A `SegmentedWal.start_save` in flight: `wait` for its outcome (uncancellable,
+    like every WAL operation once started); the WAL's lock is released there."""
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self._lock = lock
+        self._outcome: outcome.Outcome[None] | None = None
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def done(self, result: outcome.Outcome[None]) -> None:  # on the Trio thread
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter, result)
+        else:
+            self._outcome = result
+
+    async def wait(self) -> None:
+        try:
+            if self._outcome is None:
+                self._waiter = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                self._outcome.unwrap()
         finally:
             self._lock.release()
 

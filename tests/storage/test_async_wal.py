@@ -124,3 +124,50 @@ async def test_an_error_in_the_worker_reaches_the_caller_and_releases_the_lock(
     await wal.aclose()
     _, boot = await SegmentedWal.open(str(tmp_path), CONF)
     assert boot.entries == entries(1, 2, 1)
+
+
+async def test_start_save_writes_in_the_background_and_wait_returns_when_durable(
+    tmp_path: Path,
+) -> None:
+    wal, _ = await SegmentedWal.open(str(tmp_path), CONF)
+    started = threading.Event()
+    release = threading.Event()
+    save_ready = wal.core.save_ready
+
+    def slow_save_ready(ready: Ready) -> None:
+        started.set()
+        release.wait(10)
+        save_ready(ready)
+
+    wal.core.save_ready = slow_save_ready  # type: ignore[method-assign]
+    pending = wal.start_save(Ready(hard_state=HardState(1, 1, 0), entries=entries(1, 3, 1)))
+    assert pending is not None
+    # The write runs while this task goes on; the WAL is busy until it is awaited.
+    await trio.to_thread.run_sync(started.wait, 10)
+    assert wal.start_save(Ready(hard_state=HardState(1, 1, 0))) is None
+    threading.Timer(0.05, release.set).start()
+    with trio.CancelScope() as scope:
+        scope.cancel()  # uncancellable, like every started WAL operation
+        await pending.wait()
+    assert release.is_set()  # it returned only once the write was done
+    wal.core.save_ready = save_ready  # type: ignore[method-assign]
+    await wal.append(HardState(2, 1, 0), entries(4, 4, 1))  # the lock was released
+    await wal.aclose()
+    _, boot = await SegmentedWal.open(str(tmp_path), CONF)
+    assert boot.entries == entries(1, 4, 1)
+
+
+async def test_start_save_reports_a_disk_error_and_releases_the_lock(tmp_path: Path) -> None:
+    wal, _ = await SegmentedWal.open(str(tmp_path), CONF)
+    pending = wal.start_save(Ready(entries=entries(5, 6, 1)))  # a gap after an empty log
+    assert pending is not None
+    with pytest.raises(ValueError, match="do not fit"):
+        await pending.wait()
+    await wal.append(HardState(1, 1, 0), entries(1, 2, 1))
+    await wal.aclose()
+
+
+def test_start_save_is_refused_without_offload() -> None:
+    memory = MemoryWal()
+    memory.open(CONF)
+    assert memory.as_async().start_save(Ready(hard_state=HardState(1, 1, 0))) is None
