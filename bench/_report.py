@@ -33,9 +33,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_json(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``payload`` to ``path`` (default: ``bench/results/<name>.json``)."""
+    if path is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"{name}.json"
     payload = {"machine": platform.platform(), "python": platform.python_version(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

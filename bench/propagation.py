@@ -946,6 +946,7 @@ async def catchup_async(
                         "endpoint": view.endpoint,
                     }
                 )
+            del view  # the next trial's broker must not share the heap with this view
             status_line(f"catch-up: fresh broker's first full view in {ready - started:.2f} s")
         nursery.cancel_scope.cancel()
     result["learner_s"] = spread([t["from_start_s"] for t in result["learner"]])

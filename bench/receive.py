@@ -12,10 +12,12 @@ figure is the broker process's CPU time over the messages divided by the message
 (socket wake-up, frame parse, CBOR decode, digest check, apply): what limits how many
 brokers fit on a machine and how long the last of them waits.
 
-``--impl`` compares receive loops: ``lean`` is `felix.broker.connection` (a plain
-non-blocking socket: one ``wait_readable`` and one ``recv`` per message);
-``trio-stream`` is the same parser and decoder behind ``trio.SocketStream.receive_some``
-(what the connection used before).
+``--impl`` compares receive loops: ``view`` is the whole library, `open_metadata_client`
+(its session task, batch handling, lag bookkeeping: what a broker runs; the sender
+answers its Hello with a snapshot first); ``lean`` is `felix.broker.connection` with a
+bare `MetadataCache` (a plain non-blocking socket: one ``wait_readable`` and one
+``recv`` per message); ``trio-stream`` is the same parser and decoder behind
+``trio.SocketStream.receive_some`` (what the connection used before).
 """
 
 from __future__ import annotations
@@ -28,16 +30,19 @@ import resource
 import socket
 import statistics
 import time
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from bench._report import print_table, write_json
 from felix.broker.cache import MetadataCache
+from felix.broker.client import open_metadata_client
 from felix.broker.connection import RECEIVE_BYTES, ClientConnection, ConnectionClosed
 from felix.metadata.commands import CreateStream, RegisterNode, SetTenant
 from felix.metadata.state import MetadataState
-from felix.proto.client_messages import SERVER_TO_CLIENT, Deltas
+from felix.proto.client_messages import SERVER_TO_CLIENT, Deltas, SnapshotChunk
 from felix.proto.ws_frames import server_frame
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -64,9 +69,24 @@ def workload(messages: int) -> tuple[MetadataState, int, bytes, list[Any], list[
     return state, version, digest, records, frames
 
 
-def sender(port_pipe: Any, brokers: int, frames: list[bytes], interval_s: float) -> None:
-    """The server side (its own process): accept, upgrade, then one frame per interval
-    to every connection."""
+def read_client_frame(conn: socket.socket) -> None:
+    """Read (and drop) one masked client frame: the library's ClientHello."""
+    data = b""
+    while True:
+        if len(data) >= 2:
+            size, at = data[1] & 0x7F, 2
+            if size == 126 and len(data) >= 4:
+                size, at = int.from_bytes(data[2:4], "big"), 4
+            if (size < 126 or at == 4) and len(data) >= at + 4 + size:
+                return
+        data += conn.recv(4096)
+
+
+def sender(
+    port_pipe: Any, brokers: int, frames: list[bytes], interval_s: float, hello: bytes | None
+) -> None:
+    """The server side (its own process): accept, upgrade (and, for ``view``, answer the
+    Hello with ``hello``, a snapshot), then one frame per interval to every connection."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=brokers)
     port_pipe.send(listener.getsockname()[1])
     conns = []
@@ -86,6 +106,9 @@ def sender(port_pipe: Any, brokers: int, frames: list[bytes], interval_s: float)
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
+        if hello is not None:
+            read_client_frame(conn)
+            conn.sendall(hello)
         conns.append(conn)
     port_pipe.recv()  # every broker has its snapshot: go
     start = time.monotonic()
@@ -113,6 +136,25 @@ class TrioStreamConnection(ClientConnection):
             raise ConnectionClosed(reason="end of stream")
         self._parser.feed(data)
         await self._parse()
+
+
+async def views_run(port: int, brokers: int, last: int, go: Any) -> float:
+    async with AsyncExitStack() as stack:
+        views = [
+            await stack.enter_async_context(
+                open_metadata_client(
+                    [f"127.0.0.1:{port}"], node_id=None, register=False, digest_check_s=None
+                )
+            )
+            for _ in range(brokers)
+        ]
+        cpu = time.process_time()
+        go.send("go")
+        for view in views:
+            await view.wait_version(last)
+        cpu = time.process_time() - cpu
+        go.send("done")
+    return cpu
 
 
 async def brokers_run(
@@ -148,15 +190,23 @@ async def brokers_run(
 def measure(impl: str, brokers: int, messages: int, interval_s: float) -> float:
     """CPU µs per message per broker for one implementation."""
     _, version, digest, records, frames = workload(messages)
+    hello = None
+    if impl == "view":
+        chunk = SnapshotChunk(None, version, digest, 0, tuple(records), True)
+        hello = server_frame(SERVER_TO_CLIENT.encode(chunk))
     parent, child = multiprocessing.Pipe()
     proc = multiprocessing.get_context("fork").Process(
-        target=sender, args=(child, brokers, frames, interval_s)
+        target=sender, args=(child, brokers, frames, interval_s, hello)
     )
     proc.start()
     try:
         port = parent.recv()
         last = version + messages
-        cpu = trio.run(brokers_run, impl, port, brokers, (version, digest, records), last, parent)
+        if impl == "view":
+            cpu = trio.run(views_run, port, brokers, last, parent)
+        else:
+            snapshot = (version, digest, records)
+            cpu = trio.run(brokers_run, impl, port, brokers, snapshot, last, parent)
     finally:
         proc.join(10)
         if proc.is_alive():
@@ -170,7 +220,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--interval-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--impl", default="lean,trio-stream")
+    parser.add_argument("--impl", default="view,lean,trio-stream")
+    parser.add_argument("--json", type=Path, default=None, help="default: bench/results/")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
@@ -194,8 +245,9 @@ def main() -> None:
     print_table(["impl", "min", "median", "max", f"x {impls[0]}"], rows)
     path = write_json(
         "receive",
-        {"settings": vars(args), "us_per_message": samples,
+        {"settings": {**vars(args), "json": str(args.json)}, "us_per_message": samples,
          "median": {name: statistics.median(samples[name]) for name in impls}},
+        args.json,
     )  # fmt: skip
     print(f"JSON: {path}")
 

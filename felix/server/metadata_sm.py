@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from felix.metadata.state import ApplyResult, MetadataState
+from felix.proto.cbor import gc_paused
 from felix.proto.client_messages import Change, Delta
 from felix.proto.raft_messages import Entry, EntryKind
 
@@ -54,4 +55,5 @@ class MetadataStateMachine:
 
     def view(self) -> tuple[int, bytes, Sequence[Change]]:
         """(version, digest, records): a consistent full view for snapshots."""
-        return self.state.version, self.state.digest, list(self.state.records())
+        with gc_paused():  # a bulk build of long-lived objects: see `gc_paused`
+            return self.state.version, self.state.digest, list(self.state.records())
