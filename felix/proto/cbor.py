@@ -30,6 +30,7 @@ import dataclasses
 import enum
 import gc
 import io
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -101,22 +102,45 @@ _KNOWN_SEMANTIC_TAGS: Final = (
 _REFUSE_ALL_TAGS: Final = {tag: _refuse_tag for tag in _KNOWN_SEMANTIC_TAGS}
 
 
+class _Decoders(threading.local):
+    """One configured decoder per thread and depth, reused (building one costs about
+    as much as decoding a small message).  Every tag is refused, so a decoder carries
+    no state from one item to the next (no shared values, no string references); one
+    that raised is dropped all the same."""
+
+    def __init__(self) -> None:
+        self.by_depth: dict[int, cbor2.CBORDecoder] = {}
+
+
+_DECODERS = _Decoders()
+
+
+def _new_decoder(fp: io.BytesIO, max_depth: int) -> cbor2.CBORDecoder:
+    return cbor2.CBORDecoder(
+        fp,
+        tag_hook=_refuse_tag,
+        semantic_decoders=_REFUSE_ALL_TAGS,
+        max_depth=max_depth,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+
+
 def safe_loads(data: bytes | bytearray | memoryview, *, max_depth: int) -> object:
     """Decode exactly one CBOR item, refusing every feature Felix does not use."""
     fp = io.BytesIO(data)
+    decoders = _DECODERS.by_depth
     try:
-        decoder = cbor2.CBORDecoder(
-            fp,
-            tag_hook=_refuse_tag,
-            semantic_decoders=_REFUSE_ALL_TAGS,
-            max_depth=max_depth,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-        )
+        decoder = decoders.pop(max_depth, None)  # taken: a re-entrant call builds its own
+        if decoder is None:
+            decoder = _new_decoder(fp, max_depth)
+        else:
+            decoder.fp = fp
         item = decoder.decode()
     except Exception as exc:  # cbor2 raises a variety; none may escape
         raise DecodeError(f"invalid CBOR: {_describe(exc)}") from None
+    decoders[max_depth] = decoder
     end = fp.tell()
     if end != len(data):
         raise DecodeError(f"{len(data) - end} trailing byte(s) after the CBOR item")

@@ -35,7 +35,7 @@ from felix.proto.client_messages import (
     Name,
     SnapshotChunk,
 )
-from felix.proto.errors import DecodeError, SchemaError, UnknownMessageType
+from felix.proto.errors import DecodeError, ProtocolError, SchemaError, UnknownMessageType
 from felix.proto.raft_messages import PEER, AppendEntries, Entry, EntryKind, TimeoutNow
 from tests.proto.strategies import message_strategy
 
@@ -385,3 +385,24 @@ def test_big_messages_decode_with_the_gc_paused_and_restored(
         assert not gc.isenabled()
         raise RuntimeError
     assert gc.isenabled()
+
+
+@given(st.lists(st.sampled_from(["ok", "tag", "deep", "trailing", "dup", "indef"]), max_size=30))
+def test_reused_decoders_carry_nothing_from_one_item_to_the_next(kinds: list[str]) -> None:
+    """`safe_loads` reuses one decoder per thread and depth: any sequence of good and
+    refused inputs decodes every good one exactly, and refuses every bad one."""
+    good = {"a": [1, "x", {"b": None}], "n": -7}
+    payloads = {
+        "ok": cbor2.dumps(good),
+        "tag": b"\xd8\x1c" + cbor2.dumps([1, 2]),  # shareable: would leave state behind
+        "deep": b"\x81" * 20 + b"\x01",
+        "trailing": cbor2.dumps(good) + b"\x00",
+        "dup": b"\xa2\x61a\x01\x61a\x02",
+        "indef": b"\x9f\x01\xff",
+    }
+    for kind in kinds:
+        if kind == "ok":
+            assert safe_loads(payloads[kind], max_depth=8) == good
+        else:
+            with pytest.raises(ProtocolError):
+                safe_loads(payloads[kind], max_depth=8)
