@@ -30,7 +30,6 @@ import dataclasses
 import enum
 import gc
 import io
-import threading
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -102,17 +101,12 @@ _KNOWN_SEMANTIC_TAGS: Final = (
 _REFUSE_ALL_TAGS: Final = {tag: _refuse_tag for tag in _KNOWN_SEMANTIC_TAGS}
 
 
-class _Decoders(threading.local):
-    """One configured decoder per thread and depth, reused (building one costs about
-    as much as decoding a small message).  Every tag is refused, so a decoder carries
-    no state from one item to the next (no shared values, no string references); one
-    that raised is dropped all the same."""
-
-    def __init__(self) -> None:
-        self.by_depth: dict[int, cbor2.CBORDecoder] = {}
-
-
-_DECODERS = _Decoders()
+# Configured decoders for reuse, by max depth (building one costs about as much as
+# decoding a small message).  A caller takes one out (``pop``) and puts it back after a
+# clean decode, so threads and re-entrant calls never share one: whoever finds none builds
+# its own.  Every tag is refused, so a decoder carries no state from one item to the next
+# (no shared values, no string references); one that raised is dropped all the same.
+_DECODERS: dict[int, cbor2.CBORDecoder] = {}
 
 
 def _new_decoder(fp: io.BytesIO, max_depth: int) -> cbor2.CBORDecoder:
@@ -130,9 +124,9 @@ def _new_decoder(fp: io.BytesIO, max_depth: int) -> cbor2.CBORDecoder:
 def safe_loads(data: bytes | bytearray | memoryview, *, max_depth: int) -> object:
     """Decode exactly one CBOR item, refusing every feature Felix does not use."""
     fp = io.BytesIO(data)
-    decoders = _DECODERS.by_depth
+    decoders = _DECODERS
     try:
-        decoder = decoders.pop(max_depth, None)  # taken: a re-entrant call builds its own
+        decoder = decoders.pop(max_depth, None)
         if decoder is None:
             decoder = _new_decoder(fp, max_depth)
         else:
