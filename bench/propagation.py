@@ -1035,6 +1035,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     except ImportError:
         print("bench: matplotlib is not installed (pip install -e '.[bench]'); no plot")
         return
@@ -1063,6 +1064,9 @@ def plot(payload: dict[str, Any], path: Path) -> None:
             ys = [(i + 1) / len(samples) for i in range(len(samples))]
             ax.plot(samples, ys, label=f"N={n}")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 2, 5, 10 ms, not 2x10^0
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("ms")
         ax.set_ylabel("fraction")
         ax.set_title(title)
