@@ -23,8 +23,6 @@ bare `MetadataCache` (a plain non-blocking socket: one ``wait_readable`` and one
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import multiprocessing
 import resource
 import socket
@@ -43,9 +41,8 @@ from felix.broker.connection import RECEIVE_BYTES, ClientConnection, ConnectionC
 from felix.metadata.commands import CreateStream, RegisterNode, SetTenant
 from felix.metadata.state import MetadataState
 from felix.proto.client_messages import SERVER_TO_CLIENT, Deltas, SnapshotChunk
-from felix.proto.ws_frames import server_frame
+from felix.proto.ws_frames import accept_token, server_frame
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 DISPLAY_NAME_BYTES = 120
 
 
@@ -101,7 +98,7 @@ def sender(
             for line in request.split(b"\r\n")
             if line.lower().startswith(b"sec-websocket-key:")
         )
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        accept = accept_token(key)
         conn.sendall(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"

@@ -749,12 +749,9 @@ class Registry:
 
     def decode(self, payload: bytes | bytearray | memoryview) -> Any:
         """Decode one message; raises only `ProtocolError` subclasses."""
-        if len(payload) >= GC_PAUSE_BYTES and gc.isenabled():
-            gc.disable()  # see `gc_paused`
-            try:
+        if len(payload) >= GC_PAUSE_BYTES:
+            with gc_paused():
                 return self._decode(payload)
-            finally:
-                gc.enable()
         return self._decode(payload)
 
     def _decode(self, payload: bytes | bytearray | memoryview) -> Any:

@@ -143,11 +143,18 @@ def client_handshake(host: str, path: str, key: bytes) -> bytes:
     ).encode()
 
 
+def accept_token(encoded_key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` value that answers ``Sec-WebSocket-Key: encoded_key``."""
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha1(encoded_key + _ACCEPT_GUID).digest())
+
+
 def check_handshake_response(head: bytes, key: bytes) -> None:
     """Raise `ProtocolError` unless ``head`` (the response up to the blank line) accepts
     the upgrade for ``key``."""
     import base64
-    import hashlib
 
     lines = head.decode("latin-1").split("\r\n")
     if not lines or " 101 " not in lines[0] + " ":
@@ -156,9 +163,7 @@ def check_handshake_response(head: bytes, key: bytes) -> None:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    expected = base64.b64encode(
-        hashlib.sha1(base64.b64encode(key) + _ACCEPT_GUID).digest()
-    ).decode()
+    expected = accept_token(base64.b64encode(key)).decode()
     if headers.get("sec-websocket-accept") != expected:
         raise ProtocolError("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept")
 

@@ -459,10 +459,12 @@ class RaftNode:
             await trio.lowlevel.checkpoint()
         if needs_write:
             if pending is not None:
+                started = now  # it has been writing since then
                 await pending.wait()
             else:
+                started = time.perf_counter()
                 await self.wal.save(ready)
-            self.metrics.fsync_duration.observe(time.perf_counter() - now)
+            self.metrics.fsync_duration.observe(time.perf_counter() - started)
             if ready.hard_state is not None:
                 self._durable_term_vote = (ready.hard_state.term, ready.hard_state.vote)
         if ready.entries:

@@ -39,7 +39,7 @@ import itertools
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import trio
 
@@ -615,14 +615,7 @@ class SegmentedWal:
         if not self.offload or self._lock.locked():
             return None
         self._lock.acquire_nowait()
-        pending = PendingSave(self._lock)
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: outcome.Outcome[None]) -> None:  # in the worker thread
-            token.run_sync_soon(pending.done, result)
-
-        trio.lowlevel.start_thread_soon(functools.partial(self.core.save_ready, ready), deliver)
-        return pending
+        return WorkerCall(functools.partial(self.core.save_ready, ready), self._lock.release)
 
     async def append(
         self,
@@ -665,51 +658,53 @@ class SegmentedWal:
             self._lock.release()
 
 
-class PendingSave:
-    """A `SegmentedWal.start_save` in flight: `wait` for its outcome (uncancellable,
-    like every WAL operation once started); the WAL's lock is released there."""
-
-    def __init__(self, lock: trio.Lock) -> None:
-        self._lock = lock
-        self._outcome: outcome.Outcome[None] | None = None
-        self._waiter: trio.lowlevel.Task | None = None
-
-    def done(self, result: outcome.Outcome[None]) -> None:  # on the Trio thread
-        if self._waiter is not None:
-            trio.lowlevel.reschedule(self._waiter, result)
-        else:
-            self._outcome = result
-
-    async def wait(self) -> None:
-        try:
-            if self._outcome is None:
-                self._waiter = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                self._outcome.unwrap()
-        finally:
-            self._lock.release()
-
-
-async def _in_worker_thread(job: Callable[[], T]) -> T:
-    """``job()`` in one of trio's cached worker threads; uncancellable once started.
+class WorkerCall(Generic[T]):
+    """``job()`` started in one of trio's cached worker threads now, awaited later with
+    `wait` (by one task); uncancellable once started.
 
     `trio.to_thread.run_sync` without its capacity limiter, context copy and cancellation
     machinery, which cost ~15 us per call: a fsync is ~150 us, and a `SegmentedWal` runs
     one operation at a time anyway (its lock).  Cancellation is refused (`Abort.FAILED`)
     as ``to_thread`` does by default: the disk work always finishes and its outcome is
-    returned, so a batch is never half-acknowledged.
+    returned, so a batch is never half-acknowledged.  ``release`` runs when `wait` ends.
     """
-    token = trio.lowlevel.current_trio_token()
-    task = trio.lowlevel.current_task()
 
-    def deliver(result: outcome.Outcome[T]) -> None:  # in the worker thread
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+    def __init__(self, job: Callable[[], T], release: Callable[[], None] | None = None) -> None:
+        self._release = release
+        self._outcome: outcome.Outcome[T] | None = None
+        self._waiter: trio.lowlevel.Task | None = None
+        token = trio.lowlevel.current_trio_token()
 
-    trio.lowlevel.start_thread_soon(job, deliver)
-    value: T = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
-    return value
+        def deliver(result: outcome.Outcome[T]) -> None:  # in the worker thread
+            token.run_sync_soon(self._done, result)
+
+        trio.lowlevel.start_thread_soon(job, deliver)
+
+    def _done(self, result: outcome.Outcome[T]) -> None:  # on the Trio thread
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter, result)
+        else:
+            self._outcome = result
+
+    async def wait(self) -> T:
+        try:
+            if self._outcome is None:
+                self._waiter = trio.lowlevel.current_task()
+                value: T = await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+                return value
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return self._outcome.unwrap()
+        finally:
+            if self._release is not None:
+                self._release()
+
+
+PendingSave = WorkerCall[None]
+
+
+async def _in_worker_thread(job: Callable[[], T]) -> T:
+    """``job()`` in a worker thread, awaited at once (see `WorkerCall`)."""
+    return await WorkerCall(job).wait()
 
 
 def _refuse_abort(_: object) -> trio.lowlevel.Abort:

@@ -6,8 +6,6 @@ points) so each test controls exactly what bytes reach the client and when.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,9 +23,7 @@ from felix.proto.client_messages import (
     Resync,
 )
 from felix.proto.errors import ProtocolError
-from felix.proto.ws_frames import OP_PING, OP_PONG, close_frame, server_frame
-
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from felix.proto.ws_frames import OP_PING, OP_PONG, accept_token, close_frame, server_frame
 
 Script = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -43,7 +39,7 @@ async def accept_upgrade(stream: trio.SocketStream) -> bytes:
         for line in head.split(b"\r\n")
         if line.lower().startswith(b"sec-websocket-key:")
     )
-    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    accept = accept_token(key)
     await stream.send_all(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
