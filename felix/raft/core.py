@@ -406,15 +406,25 @@ class RaftCore:
         if self.role is Role.LEADER:
             leader.flush(self)
         hard_state = None
+        vote_changed = False
         if self._hard_state_changed():
+            previous = self._hard_state
             hard_state = self._hard_state = HardState(self.term, self.vote, self.commit_index)
+            vote_changed = (previous.term, previous.vote) != (hard_state.term, hard_state.vote)
         committed: tuple[Entry, ...] = ()
         if self.commit_index > self.applied:
             committed = tuple(self.log.slice(self.applied + 1, self.commit_index + 1))
             self.applied = self.commit_index
+        entries = tuple(self.log.take_unsaved())
         ready = Ready(
             hard_state=hard_state,
-            entries=tuple(self.log.take_unsaved()),
+            must_sync=bool(
+                vote_changed
+                or entries
+                or self.snapshot_out is not None
+                or self.compact_to is not None
+            ),
+            entries=entries,
             snapshot=self.snapshot_out,
             compact_to=self.compact_to,
             send_now=tuple(self.send_now),

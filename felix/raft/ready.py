@@ -1,17 +1,22 @@
 """`Ready`: everything the core wants done, as one batch, with its ordering contract.
 
-The driver handles a Ready in this order:
+One driver applies it, for the server and the simulation alike (`felix.raft.driver`), in
+this order:
 
 1. ``send_now``: may go out immediately, in parallel with step 2.  Only messages whose
    safety does not depend on this batch being durable go here: a leader's AppendEntries,
    heartbeats, InstallSnapshot chunks and TimeoutNow (thesis §10.2.1 — the leader may
    replicate before its own fsync; it counts itself only after `Persisted`).
-2. Persist, in one durable write (group commit): ``snapshot`` (if any; it replaces the
-   log up to its index — and, since the core installs a received snapshot only when its
-   log does not hold the snapshot's last entry, the durable entries after it too), then
-   ``entries`` (the log is first truncated from
-   ``entries[0].index`` on, then they are appended), then ``hard_state``.  Then
-   ``compact_to`` may drop the durable log prefix up to and including that index.
+2. If ``must_sync``, persist, in one durable write (group commit): ``snapshot`` (if any;
+   it replaces the log up to its index — and, since the core installs a received snapshot
+   only when its log does not hold the snapshot's last entry, the durable entries after
+   it too), then ``entries`` (the log is first truncated from ``entries[0].index`` on,
+   then they are appended), then ``hard_state``.  Then ``compact_to`` may drop the
+   durable log prefix up to and including that index.  ``must_sync`` is False only when
+   the batch holds nothing to persist but a higher commit index: the driver may then
+   skip the write (like etcd-io/raft's ``MustSync``).  The commit index is not needed
+   for safety — a restarted node learns it again from a leader — and syncing it would
+   add an fsync to every commit on every node.
 3. Step ``Persisted(index, term)`` of the last entry written (if any) back into the core.
 4. ``send_after_persist``: votes, vote requests and acks — they promise that what they
    describe is on disk (§5.1 figure 2: "respond after updating stable storage").
@@ -68,6 +73,9 @@ class ReadState:
 @dataclass(frozen=True, slots=True)
 class Ready:
     hard_state: HardState | None = None  # None: unchanged since the last Ready
+    # Step 2 is required: entries, a snapshot, a compaction, or a new term or vote.  False
+    # when the only news in ``hard_state`` is the commit index (no write is needed).
+    must_sync: bool = False
     entries: tuple[Entry, ...] = ()  # to persist (suffix overwrite from entries[0].index)
     snapshot: tuple[SnapshotMeta, bytes] | None = None  # received from a leader: persist, apply
     compact_to: int | None = None  # the durable log prefix up to here may be dropped

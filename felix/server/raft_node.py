@@ -57,12 +57,12 @@ from felix.proto.raft_messages import (
     SnapshotMeta,
 )
 from felix.raft.core import RaftCore
-from felix.raft.ready import ProposalRefused, ReadRefused, Ready
+from felix.raft.driver import ReadyDriver
+from felix.raft.ready import Outbound, ProposalRefused, ReadRefused, Ready
 from felix.raft.types import (
     BootState,
     Campaign,
     Input,
-    Persisted,
     Propose,
     ProposeConfChange,
     RaftConfig,
@@ -143,12 +143,18 @@ class StateMachine(Protocol):
 
     def restore(self, data: bytes, index: int) -> None: ...
 
+    def batch_applied(self) -> None:
+        """End of one Ready's apply (the metadata state machine publishes its deltas)."""
+        ...
+
 
 class LogStore(Protocol):
     async def save(self, ready: Ready) -> None: ...
 
-    # Optional: ``start_save(ready) -> PendingWrite | None`` starts a save without
-    # waiting (see `SegmentedWal.start_save`); the node uses it when present.
+    def start_save(self, ready: Ready) -> PendingWrite | None:
+        """Start `save` without waiting (see `SegmentedWal.start_save`), or None if that
+        is not possible right now: then the node awaits `save`."""
+        ...
 
     async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
 
@@ -157,6 +163,25 @@ class LogStore(Protocol):
 
 class PendingWrite(Protocol):
     async def wait(self) -> None: ...
+
+
+class _Write:
+    """One Ready's durable write: started at once in the WAL's worker thread when it is
+    free, else when awaited.  ``started`` is when the fsync metric starts counting."""
+
+    __slots__ = ("_pending", "_ready", "_wal", "started")
+
+    def __init__(self, wal: LogStore, ready: Ready) -> None:
+        self._wal, self._ready = wal, ready
+        self.started = time.perf_counter()
+        self._pending = wal.start_save(ready)
+
+    async def wait(self) -> None:
+        if self._pending is not None:
+            await self._pending.wait()
+            return
+        self.started = time.perf_counter()
+        await self._wal.save(self._ready)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,16 +260,9 @@ class RaftNode:
         self._snapshotting = False
         self._stopping = False
         self._last_leader: int | None = None
-        self._durable_term_vote = (boot.hard_state.term, boot.hard_state.vote)
         self._published_role: Role | None = None
-        # An optional end-of-batch hook (the metadata state machine publishes deltas).
-        self._batch_applied: Callable[[], None] | None = getattr(
-            state_machine, "batch_applied", None
-        )
         self._bytes_since_snapshot = 0
-        self._start_save: Callable[[Ready], PendingWrite | None] | None = getattr(
-            wal, "start_save", None
-        )
+        self._driver: ReadyDriver[_Write] = ReadyDriver(self.core, self, self, self)
         self._rtt_sent: dict[tuple[int, int], float] = {}
         self._forwards: dict[int, _Waiter] = {}
         self.forward_handlers: dict[ForwardKind, ForwardHandler] = {
@@ -440,50 +458,45 @@ class RaftNode:
             self._publish()
 
     async def _handle_ready(self, ready: Ready) -> None:
-        send = self.transport.send_nowait
-        now = time.perf_counter()
-        needs_write = self._needs_write(ready)
-        # The write starts before the sends: a send can wake the peer's process onto
-        # this CPU, and our own fsync should not wait for it (thesis §10.2.1).
-        pending = self._start_save(ready) if needs_write and self._start_save else None
-        for out in ready.send_now:
-            message = out.message
-            if isinstance(message, AppendEntries) and message.seq:
-                self._note_rtt_start(out.to, message.seq, now)
-            if not send(out.to, message):
-                self.metrics.peer_send_drops.labels(str(out.to)).inc()
-        if ready.send_now and not needs_write:
-            # Let the transport put these (e.g. commit notices) on the wire before this
-            # Ready's apply and watch fan-out, which can take milliseconds: followers and
-            # their brokers should not wait for our brokers.
-            await trio.lowlevel.checkpoint()
-        if needs_write:
-            if pending is not None:
-                started = now  # it has been writing since then
-                await pending.wait()
-            else:
-                started = time.perf_counter()
-                await self.wal.save(ready)
-            self.metrics.fsync_duration.observe(time.perf_counter() - started)
-            if ready.hard_state is not None:
-                self._durable_term_vote = (ready.hard_state.term, ready.hard_state.vote)
-        if ready.entries:
-            last = ready.entries[-1]
-            self.core.step(Persisted(last.index, last.term))
-        for out in ready.send_after_persist:
-            if not send(out.to, out.message):
-                self.metrics.peer_send_drops.labels(str(out.to)).inc()
+        """One Ready through the shared driver (felix/raft/driver.py): the write starts
+        before the sends, ``Persisted`` and the apply follow once it is durable."""
+        driver = self._driver
+        pending = driver.begin(ready)
+        if pending is None:
+            if ready.send_now:
+                # Let the transport put these (e.g. commit notices) on the wire before
+                # this Ready's apply and watch fan-out, which can take milliseconds:
+                # followers and their brokers should not wait for our brokers.
+                await trio.lowlevel.checkpoint()
+        else:
+            await pending.wait()
+            self.metrics.fsync_duration.observe(time.perf_counter() - pending.started)
+        driver.finish(ready)
+
+    # --- the driver's disk, network and applier (felix/raft/driver.py) ---------------
+
+    def start_write(self, ready: Ready) -> _Write:
+        return _Write(self.wal, ready)
+
+    def send(self, out: Outbound) -> None:
+        message = out.message
+        if isinstance(message, AppendEntries) and message.seq:
+            self._note_rtt_start(out.to, message.seq, time.perf_counter())
+        if not self.transport.send_nowait(out.to, message):
+            self.metrics.peer_send_drops.labels(str(out.to)).inc()
+
+    def resolve(self, ready: Ready) -> None:
         self._resolve_requests(ready)
-        if ready.snapshot:
-            meta, data = ready.snapshot
-            self.state_machine.restore(data, meta.index)
-            self.applied_index = meta.index
-            self._snapshot_index = max(self._snapshot_index, meta.index)
-            self._bytes_since_snapshot = 0
-        for entry in ready.committed:
-            self._apply(entry)
-        if self._batch_applied is not None and (ready.committed or ready.snapshot):
-            self._batch_applied()
+
+    def restore(self, meta: SnapshotMeta, data: bytes) -> None:
+        self.state_machine.restore(data, meta.index)
+        self.applied_index = meta.index
+        self._snapshot_index = max(self._snapshot_index, meta.index)
+        self._bytes_since_snapshot = 0
+
+    def batch_applied(self, ready: Ready) -> None:
+        if ready.committed or ready.snapshot:
+            self.state_machine.batch_applied()
         self._release_reads()
         self._maybe_snapshot()
 
@@ -494,17 +507,7 @@ class RaftNode:
             self._rtt_sent.clear()
         self._rtt_sent.setdefault((peer, seq), now)
 
-    def _needs_write(self, ready: Ready) -> bool:
-        """A Ready whose only news is a higher commit index skips the fsync: the commit
-        index is not needed for safety (a restarted node learns it from the leader and
-        re-applies from its snapshot), and writing it would add an fsync to every commit
-        on every node."""
-        if ready.snapshot or ready.entries or ready.compact_to is not None:
-            return True
-        hs = ready.hard_state
-        return hs is not None and (hs.term, hs.vote) != self._durable_term_vote
-
-    def _apply(self, entry: Entry) -> None:
+    def apply(self, entry: Entry) -> None:
         if entry.kind is EntryKind.CONFIG:
             self._learn_address(entry)
         result = self.state_machine.apply(entry)

@@ -23,10 +23,10 @@ from felix.proto.client_messages import Error, Record, WriteRequest, WriteResult
 from felix.proto.raft_messages import ConfState, SnapshotMeta
 from felix.raft.ready import Ready
 from felix.raft.types import RaftConfig
-from felix.server.kv import KvStateMachine
 from felix.server.raft_node import NodeSettings, NodeStatus, RaftNode, StateMachine
 from felix.storage.memory_wal import MemoryWal
 from felix.storage.segmented_wal import SegmentedWal
+from felix.testing.kv import KvStateMachine
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.memory import MemoryNetwork, MemoryTransport
 
@@ -48,6 +48,10 @@ class DelayedWal:
     async def save(self, ready: Ready) -> None:
         await trio.sleep(self._fsync_s)
         await self._wal.save(ready)
+
+    def start_save(self, ready: Ready) -> None:
+        """Never started early: the delay must run on the awaiting task."""
+        return None
 
     async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         await trio.sleep(self._fsync_s)

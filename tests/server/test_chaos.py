@@ -16,10 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from felix.server.kv import encode_put
 from felix.server.raft_node import NodeError, NodeSettings
 from felix.testing.cluster import TICK_S, TrioCluster
 from felix.testing.determinism import seeded_trio_scheduler
+from felix.testing.kv import encode_put
 
 SEEDS = 24
 CANCELLATIONS_PER_SEED = 10

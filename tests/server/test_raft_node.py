@@ -6,7 +6,6 @@ import pytest
 import trio
 
 from felix.proto.raft_messages import ConfChangeKind
-from felix.server.kv import encode_put
 from felix.server.raft_node import (
     NodeError,
     NodeSettings,
@@ -16,6 +15,7 @@ from felix.server.raft_node import (
     error_code_for,
 )
 from felix.testing.cluster import TICK_S, TrioCluster
+from felix.testing.kv import encode_put
 
 
 async def write(cluster: TrioCluster, key: str, value: bytes) -> int:

@@ -1,5 +1,5 @@
-"""A replicated key-value register: the state machine for the node tier until the
-metadata model lands, and the one the Trio-tier tests check for lost writes.
+"""A replicated key-value register: the state machine the Trio-tier tests (tier B,
+`felix.testing.cluster`) and the node tests check for lost writes (test-only).
 
 Commands are CBOR-encoded `KvCommand`s.  An entry that does not decode is applied as a
 no-op with an error result on every node alike (apply must be deterministic and must
@@ -57,6 +57,9 @@ class KvStateMachine:
         else:
             self.items[command.key] = command.value
         return previous
+
+    def batch_applied(self) -> None:
+        """Nothing to publish."""
 
     def snapshot_encoder(self) -> Callable[[], bytes]:
         frozen = KvSnapshot(self.index, dict(self.items))
