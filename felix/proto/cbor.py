@@ -25,18 +25,17 @@ registered dataclasses (as maps, or as arrays when registered with ``as_array=Tr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
-import gc
 import io
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import cbor2
 
+from felix.gc_pause import gc_paused as gc_paused  # re-exported until felix/server moves
 from felix.proto.errors import DecodeError, SchemaError, UnknownMessageType
 
 U63_MAX: Final = 2**63 - 1
@@ -153,27 +152,6 @@ def _describe(exc: BaseException) -> str:
 
 GC_PAUSE_BYTES: Final = 32 * 1024
 """`Registry.decode` pauses the cyclic GC while it decodes a message at least this big."""
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause CPython's automatic cyclic GC for one synchronous bulk build (never across
-    an ``await``: it is global to the process).
-
-    The collector runs a young pass every 700 net container allocations and a full
-    pass over the whole heap every 100 of those while the heap grows by a quarter, so
-    decoding and indexing the 100,000 records of a big snapshot would trigger ten full
-    passes (about 40% of the work) that find nothing to free.  Paused, the allocations
-    are counted all the same and examined by the first pass after it; nothing is leaked.
-    A no-op if the GC is off already (whoever turned it off turns it back on)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 # ---------------------------------------------------------------------------------------
