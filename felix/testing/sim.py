@@ -80,6 +80,7 @@ from felix.proto.raft_messages import (
     VoteResponse,
 )
 from felix.raft.core import RaftCore
+from felix.raft.driver import ReadyDriver
 from felix.raft.ready import (
     Outbound,
     ProposalAccepted,
@@ -93,7 +94,6 @@ from felix.raft.types import (
     Campaign,
     Entry,
     Input,
-    Persisted,
     Propose,
     RaftConfig,
     ReadIndex,
@@ -152,9 +152,12 @@ EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
 CLIENT_LINK_MS = (0.2, 2.0)
 PROBE_REQUEST_BASE = 1 << 48
 PROBE_RETRY_MS = 50.0
-SIM_SABOTAGE = frozenset({"lying_fsync"})  # break the disk, not the core (self-tests)
+SIM_SABOTAGE = frozenset({"lying_fsync", "lax_sync"})  # break the disk or driver, not the core
 """``lying_fsync``: the disk acknowledges every batch fsync without making anything
-durable (DESIGN.md §5 "missing fsync"): the ``recovery`` check must see it."""
+durable (docs/architecture.md, "Reliability tiers": a missing fsync): the ``recovery``
+check must see it.  ``lax_sync``: the Ready driver syncs less than the contract demands
+(a new term or vote is not written before the votes that promise it go out): the
+``send_promise`` check must see it."""
 KEEP_WHOLE_ODDS = 0.25  # a torn-write crash keeps the whole unsynced record this often
 SCRIPT_FSYNC_MS_MAX = 2.0  # while a script runs: its waits assume a quick disk
 
@@ -285,6 +288,7 @@ class _Node:
     core: RaftCore | None = None
     incarnation: int = 0
     in_flight: Ready | None = None
+    driver: ReadyDriver[bool] | None = None
     kv: dict[str, str] = field(default_factory=dict)
     applied: int = 0
     digest: int = 0
@@ -338,6 +342,50 @@ class SimResult:
 
 
 # --------------------------------------------------------------------------- simulation
+
+
+class _LaxSyncDriver(ReadyDriver[bool]):
+    """Sabotage ``lax_sync``: a new term or vote alone is not written (only entries,
+    snapshots and compactions are), so votes go out before what they promise is durable."""
+
+    def needs_write(self, ready: Ready) -> bool:
+        return bool(ready.entries or ready.snapshot or ready.compact_to is not None)
+
+
+class _DriverHands:
+    """One simulated node as the Ready driver's core, disk, network and applier."""
+
+    __slots__ = ("node", "sim")
+
+    def __init__(self, sim: Simulation, node: _Node) -> None:
+        self.sim, self.node = sim, node
+
+    def step(self, inp: Input) -> None:
+        assert self.node.core is not None
+        self.node.core.step(inp)
+        self.sim._observe(self.node)
+
+    def start_write(self, ready: Ready) -> bool:
+        return self.sim._write(self.node, ready)
+
+    def send(self, out: Outbound) -> None:
+        self.sim._send_all(self.node, (out,))
+
+    def resolve(self, ready: Ready) -> None:
+        for accepted in ready.proposed:
+            self.sim._on_accepted(self.node, accepted)
+        for refused in ready.refused:
+            self.sim._on_refused(self.node, refused)
+
+    def restore(self, meta: SnapshotMeta, data: bytes) -> None:
+        self.sim._restore(self.node, meta, data)
+        self.sim.fired["install_snapshot"] += 1
+
+    def apply(self, entry: Entry) -> None:
+        self.sim._apply(self.node, entry)
+
+    def batch_applied(self, ready: Ready) -> None:
+        self.sim._batch_applied(self.node, ready)
 
 
 class Simulation:
@@ -545,6 +593,9 @@ class Simulation:
         node.snapshot_index = 0
         boot = self._recover(node)
         node.core = RaftCore(config, core_rng, boot)
+        driver = _LaxSyncDriver if "lax_sync" in self.sabotage else ReadyDriver
+        hands = _DriverHands(self, node)
+        node.driver = driver(hands, hands, hands, hands)
         if boot.snapshot is not None:
             self._restore(node, *boot.snapshot)
             node.snapshot_index = node.applied
@@ -623,19 +674,26 @@ class Simulation:
             self._start_ready(node, ready)
 
     def _start_ready(self, node: _Node, ready: Ready) -> None:
-        """Steps 1–2 of the Ready contract: send_now, then hand the batch to the disk."""
+        """The Ready goes through the same driver as production (felix/raft/driver.py):
+        ``begin`` writes (via `_write`) and sends; `_finish_ready` once it is durable."""
+        assert node.driver is not None
         if ready.entries:
             prev_term = _term_at_or_none(node.core, ready.entries[0].index - 1)
             self.checker.observe_entries(node.node_id, ready.entries, prev_term)
-        self._send_all(node, ready.send_now)
+        if not ready.must_sync and ready.hard_state is not None:
+            self.fired["commit_unsynced"] += 1  # the production rule: no write for these
+        if not node.driver.begin(ready):
+            self._finish_ready(node, ready)  # nothing to write, or nothing to wait for
+
+    def _write(self, node: _Node, ready: Ready) -> bool:
+        """The disk half of ``begin``: True if the write waits for a simulated fsync."""
         node.model.submit(
             DiskWrite(ready.snapshot, ready.entries, ready.hard_state, ready.compact_to)
         )
         if ready.snapshot is None and not ready.entries and ready.hard_state is None:
-            node.model.complete_oldest()  # compaction only, or nothing: no fsync to wait for
+            node.model.complete_oldest()  # compaction only: no fsync to wait for
             self._compact(node, ready.compact_to)
-            self._finish_ready(node, ready)
-            return
+            return False
         segments = node.wal.segment_count
         node.wal.write(ready.hard_state, ready.entries, ready.snapshot)  # no fsync yet
         if node.wal.segment_count > segments:
@@ -650,6 +708,7 @@ class Simulation:
         if node.crash_on_write and ready.entries and ready.entries[-1].index >= self.script_mark:
             node.crash_on_write = False  # script: right after this batch's send_now
             self._at(0.0, _CrashNow(node.node_id, node.incarnation, None, lose_unsynced=True))
+        return True
 
     def _on_fsync(self, event: _FsyncDone) -> None:
         node = self.nodes[event.node]
@@ -669,24 +728,13 @@ class Simulation:
             self.fired["wal_compact"] += 1
 
     def _finish_ready(self, node: _Node, ready: Ready) -> None:
-        """Steps 3–6: Persisted, send_after_persist, apply, answer."""
-        assert node.core is not None
-        if ready.entries:
-            last = ready.entries[-1]
-            node.core.step(Persisted(last.index, last.term))
-            self._observe(node)
-        self._send_all(node, ready.send_after_persist)
-        if ready.snapshot is not None:
-            self._restore(node, *ready.snapshot)
-            self.fired["install_snapshot"] += 1
-        for entry in ready.committed:
-            self._apply(node, entry)
+        """Steps 3–6 (the driver's ``finish``): Persisted, send_after_persist, apply."""
+        assert node.driver is not None
+        node.driver.finish(ready)
+
+    def _batch_applied(self, node: _Node, ready: Ready) -> None:
         node.pending_reads.extend(ready.read_states)
         self._answer_reads(node)
-        for accepted in ready.proposed:
-            self._on_accepted(node, accepted)
-        for refused in ready.refused:
-            self._on_refused(node, refused)
         self._maybe_snapshot(node)
 
     # ------------------------------------------------------------------ state machine

@@ -10,7 +10,9 @@ the cluster there, and some of the first 50 seeds run them.
 
 ``lying_fsync`` breaks the disk instead (fsync acknowledged, nothing made durable): the
 ``recovery`` check, which compares each recovered WAL with the model of what was
-durable, must catch it.
+durable, must catch it.  ``lax_sync`` breaks the shared Ready driver's sync rule
+(`felix.raft.driver`: a new term or vote is not written before the votes that promise
+it): the promise check must catch it, and without it the effect checks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ EXPECTED_DIRECT = {
     "double_vote": {"vote_once", "persist_before_send", "election_safety"},
     "commit_old_term": {"leader_commit_rule"},
     "lying_fsync": {"recovery"},
+    "lax_sync": {"persist_before_send"},
 }
 # With the direct checks off.  A lost acknowledged write shows first as a leader elected
 # without it (leader completeness); tests/sim/test_scripts.py also turns that off and
@@ -36,6 +39,7 @@ EXPECTED_EFFECT = {
     "double_vote": {"election_safety", "state_machine_safety", "leader_completeness"},
     "commit_old_term": {"state_machine_safety", "leader_completeness"},
     "ack_before_persist": {"durability", "state_machine_safety", "leader_completeness"},
+    "lax_sync": {"election_safety", "state_machine_safety", "leader_completeness", "vote_once"},
 }
 
 
@@ -73,3 +77,11 @@ def test_correct_core_passes_the_selftest_seeds() -> None:
     for seed in range(10):
         result = run_seed(seed, fault_phase_ms=SELFTEST_PHASE_MS)
         assert result.ok, result.report()
+
+
+def test_the_simulation_runs_the_production_sync_rule() -> None:
+    """Commit-only hard states are not written (Ready.must_sync False), as in the server:
+    the same driver decides it, and a clean seed still passes every check."""
+    result = run_seed(0, fault_phase_ms=SELFTEST_PHASE_MS)
+    assert result.ok, result.report()
+    assert result.fired.get("commit_unsynced", 0) > 0
