@@ -12,6 +12,7 @@ from felix.broker.cache import (
     MetadataCache,
     Ownership,
     OwnershipEvent,
+    RecordError,
     Role,
     ShardId,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "MetadataView",
     "Ownership",
     "OwnershipEvent",
+    "RecordError",
     "Role",
     "ShardId",
     "WriteError",

@@ -5,6 +5,12 @@ Theory of operation
 PURE (no I/O, no clock, no randomness; ``tests/test_layering.py``): the client feeds it
 what the control plane sends and reads back what changed.
 
+* Every record, in a snapshot or a delta, goes through the same check and typed
+  conversion (`CONVERTERS`, one per kind of the record model, `felix.metadata.model`;
+  docs/architecture.md): exactly the model's fields, each of its declared type (ints
+  never negative, a node state one of `NodeState`), a key equal to the one the fields
+  imply, a known kind.  A record that fails raises `RecordError` (a `CacheError`)
+  naming the record and the problem.
 * ``apply_snapshot`` replaces the whole view, but only after recomputing the snapshot's
   digest from its records and finding it equal to the one sent (else
   `DigestMismatch` and the cache is unchanged).  The new view is built aside first, in
@@ -12,14 +18,15 @@ what the control plane sends and reads back what changed.
   as a snapshot arrives, so a malformed record also leaves the cache unchanged and the
   install itself is a handful of table swaps.
 * ``apply_delta`` applies one `Delta` only on top of the cache's own version
-  (`GapError` otherwise), updates the running digest per change (O(1) each: the hash of
-  every record is kept, so only the new value is hashed), compares it with the delta's
-  digest and, on a mismatch, rolls the records back and raises `DigestMismatch` — a
-  delta is applied entirely or not at all.  With ``verify_deltas=False`` the per-record
-  hashing (about half the apply cost) is skipped, the delta's digest is taken on trust
-  and only a full `recompute_digest` (the client's periodic audit) checks it.  Then the
-  typed tables, the routing table and this node's ownership are updated from the same
-  changes: O(changes) per delta.
+  (`GapError` otherwise) and to a higher version, in two steps.  First, aside, every
+  change is checked and typed and (unless ``verify_deltas=False``) hashed, and the
+  running digest updated (O(1) per change: the hash of every record is kept, so only
+  the new value is hashed) and compared with the delta's (`DigestMismatch`).  Then the
+  records, hashes, typed tables, routing table and this node's ownership are updated
+  from the typed changes by code that cannot fail: O(changes) per delta, and a delta is
+  applied entirely or not at all.  With ``verify_deltas=False`` the per-record hashing
+  (about half the apply cost) is skipped, the delta's digest is taken on trust and only
+  a full `recompute_digest` (the client's periodic audit) checks it.
 * `DeltaAssembler` and `SnapshotAssembler` collect ``DeltaPart`` / ``Snapshot`` chunks
   and hand back a whole delta / staged snapshot only at the end marker, so a big delta
   or snapshot is applied atomically.
@@ -43,22 +50,24 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias
 
 from felix.metadata.config import ConfigValue
-from felix.metadata.digest import digest_bytes, record_hash
+from felix.metadata.digest import DIGEST_BYTES, digest_bytes, record_hash
 from felix.metadata.model import (
     KIND_CONFIG,
     KIND_NODE,
     KIND_SHARD,
     KIND_STREAM,
     KIND_TENANT,
+    ConfigEntry,
     Node,
+    NodeState,
     Shard,
     Stream,
     Tenant,
 )
-from felix.proto.cbor import dataclass_slot_setters, gc_paused
+from felix.proto.cbor import dataclass_slot_setters
 from felix.proto.client_messages import Change, Delta, DeltaPart, Record, SnapshotChunk
 
 ShardId: TypeAlias = tuple[str, int]
@@ -91,6 +100,15 @@ class DigestMismatch(CacheError):
     def __init__(self, version: int, expected: bytes, actual: bytes) -> None:
         self.version, self.expected, self.actual = version, expected, actual
         super().__init__(f"digest at version {version}: got {actual.hex()}, want {expected.hex()}")
+
+
+class RecordError(CacheError):
+    """A record that is not a valid record of its kind (fields, types, key), or of a kind
+    the metadata model does not have; nothing was applied."""
+
+    def __init__(self, kind: object, key: object, problem: str) -> None:
+        self.kind, self.key, self.problem = kind, key, problem
+        super().__init__(f"{kind} record {key!r}: {problem}")
 
 
 class AssemblyError(CacheError):
@@ -249,8 +267,7 @@ class MetadataCache:
             stage.add(records)
         if digest_bytes(stage.total) != digest:
             raise DigestMismatch(version, digest, digest_bytes(stage.total))
-        with gc_paused():
-            return self._install(version, stage)
+        return self._install(version, stage)
 
     def _install(self, version: int, stage: SnapshotStage) -> CacheUpdate:
         tables = stage.take()
@@ -297,18 +314,47 @@ class MetadataCache:
         return owned
 
     def apply_delta(self, delta: Delta) -> CacheUpdate:
-        """Apply one delta atomically; see the module docstring for the errors."""
-        if delta.prev_version != self.version or self.version is None:
-            raise GapError(self.version, delta.prev_version, delta.version)
+        """Apply one delta atomically; see the module docstring for the errors.
+
+        Two steps: every change is checked and typed (`CONVERTERS`, the same conversion
+        a snapshot's records go through), hashed and the digest compared, all aside;
+        only then are records, hashes, typed tables, routing and ownership updated, by
+        code that cannot fail, so a refused delta changes nothing."""
+        version = self.version
+        if delta.prev_version != version or version is None:
+            raise GapError(version, delta.prev_version, delta.version)
+        if not delta.version > version:
+            raise CacheError(f"delta {version}->{delta.version} does not advance the version")
         changes = delta.changes
-        self._apply_records(delta)
-        self.version = delta.version
+        if self.verify_deltas:
+            hashes = self._hashes
+            if not self.hashes_valid:  # back from unverified deltas: rebuilt aside
+                hashes = {ident: record_hash(*ident, v) for ident, v in self.records.items()}
+            staged, change = _stage_changes(changes, hashes)
+            digest = (self.digest + change) & _MASK
+            if digest_bytes(digest) != delta.digest:
+                raise DigestMismatch(delta.version, delta.digest, digest_bytes(digest))
+            self._hashes, self.hashes_valid = hashes, True
+        else:
+            staged, _ = _stage_changes(changes, None)
+            digest = _trusted_digest(delta)
+            hashes = None
+            self.hashes_valid = False  # the per-record hashes stop following the records
+        # The commit: nothing below raises, so the view moves to the new version whole.
+        self.digest, self.version = digest, delta.version
+        records = self.records
         touched: list[ShardId] = []
         apply_typed = _TYPED_HANDLERS
-        for change in changes:
-            handler = apply_typed.get(change.kind)
-            if handler is not None:
-                handler(self, change.key, change.value, touched)
+        for kind, key, value, record_digest, table_key, typed in staged:
+            if value is None:
+                records.pop((kind, key), None)
+                if hashes is not None:
+                    hashes.pop((kind, key), None)
+            else:
+                records[(kind, key)] = value
+                if hashes is not None:
+                    hashes[(kind, key)] = record_digest
+            apply_typed[kind](self, table_key, typed, touched)
         events = _NO_EVENTS
         if self._events:
             events, self._events = tuple(self._events), []
@@ -316,63 +362,14 @@ class MetadataCache:
             delta.version, changes, events, tuple(touched) if touched else _NO_SHARDS
         )
 
-    def _apply_records(self, delta: Delta) -> None:
-        if not self.verify_deltas:
-            self._apply_records_unverified(delta)
-            return
-        if not self.hashes_valid:
-            self._hashes = {ident: record_hash(*ident, v) for ident, v in self.records.items()}
-            self.hashes_valid = True
-        records, hashes = self.records, self._hashes
-        digest = self.digest
-        undo: list[tuple[RecordId, Record | None, int | None]] = []
-        for change in delta.changes:
-            ident = (change.kind, change.key)
-            old_hash = hashes.get(ident)
-            value = change.value
-            if value is None:
-                if old_hash is None:
-                    continue
-                undo.append((ident, records.pop(ident), hashes.pop(ident)))
-                digest -= old_hash
-                continue
-            new_hash = record_hash(change.kind, change.key, value)
-            undo.append((ident, records.get(ident), old_hash))
-            records[ident] = value
-            hashes[ident] = new_hash
-            digest += new_hash - (old_hash or 0)
-        digest &= _MASK
-        if self.verify_deltas and digest_bytes(digest) != delta.digest:
-            for ident, old_value, old_h in reversed(undo):
-                if old_value is None or old_h is None:
-                    records.pop(ident, None)
-                    hashes.pop(ident, None)
-                else:
-                    records[ident], hashes[ident] = old_value, old_h
-            raise DigestMismatch(delta.version, delta.digest, digest_bytes(digest))
-        self.digest = digest
+    # --- typed tables, routing and ownership (one handler per kind; none raises) --------
 
-    def _apply_records_unverified(self, delta: Delta) -> None:
-        """Trust the delta's digest; `recompute_digest` checks it later (the audit)."""
-        records = self.records
-        for change in delta.changes:
-            if change.value is None:
-                records.pop((change.kind, change.key), None)
-            else:
-                records[(change.kind, change.key)] = change.value
-        self.hashes_valid = False  # the per-record hashes no longer follow the records
-        self.digest = int.from_bytes(delta.digest, "big")
-
-    # --- typed tables, routing and ownership (one handler per kind) ---------------------
-
-    def _node_changed(self, key: str, value: Record | None, touched: list[ShardId]) -> None:
-        node_id = int(key)
+    def _node_changed(self, node_id: Any, node: Any, touched: list[ShardId]) -> None:
         old = self.nodes.get(node_id)
-        if value is None:
+        if node is None:
             self.nodes.pop(node_id, None)
             address = None
         else:
-            node = _typed(Node, key, value)
             self.nodes[node_id] = node
             address = node.address
         if (old.address if old else None) != address:
@@ -380,42 +377,42 @@ class MetadataCache:
                 self.routing[shard] = address
                 touched.append(shard)
 
-    def _stream_changed(self, key: str, value: Record | None, touched: list[ShardId]) -> None:
-        if value is None:
-            self.streams.pop(key, None)
+    def _stream_changed(self, name: Any, stream: Any, touched: list[ShardId]) -> None:
+        if stream is None:
+            self.streams.pop(name, None)
         else:
-            self.streams[key] = _typed(Stream, key, value)
+            self.streams[name] = stream
 
-    def _tenant_changed(self, key: str, value: Record | None, touched: list[ShardId]) -> None:
-        if value is None:
-            self.tenants.pop(key, None)
+    def _tenant_changed(self, name: Any, tenant: Any, touched: list[ShardId]) -> None:
+        if tenant is None:
+            self.tenants.pop(name, None)
         else:
-            self.tenants[key] = _typed(Tenant, key, value)
+            self.tenants[name] = tenant
 
-    def _config_changed(self, key: str, value: Record | None, touched: list[ShardId]) -> None:
-        if value is None:
-            self.config.pop(key, None)
+    def _config_changed(self, name: Any, entry: Any, touched: list[ShardId]) -> None:
+        if entry is None:
+            self.config.pop(name, None)
         else:
-            self.config[key] = value["value"]  # type: ignore[assignment]
+            self.config[name] = entry.value
 
-    def _shard_changed(self, key: str, value: Record | None, touched: list[ShardId]) -> None:
-        stream, _, index = key.rpartition("/")
-        shard_id = (stream, int(index))
+    def _shard_changed(self, shard_id: Any, new: Any, touched: list[ShardId]) -> None:
         old = self.shards.get(shard_id)
-        new = None if value is None else _typed(Shard, key, value)
         old_leader = old.leader if old is not None else None
         new_leader = new.leader if new is not None else None
         if new is None:
-            del self.shards[shard_id]
+            self.shards.pop(shard_id, None)
         else:
             self.shards[shard_id] = new
         if old_leader is not None and old_leader != new_leader:
-            self._led_by[old_leader].discard(shard_id)
+            led = self._led_by.get(old_leader)
+            if led is not None:
+                led.discard(shard_id)
         if new_leader is not None and old_leader != new_leader:
             self._led_by.setdefault(new_leader, set()).add(shard_id)
         if new is None:
-            self.routing.pop(shard_id, None)
-            touched.append(shard_id)
+            if old is not None:
+                self.routing.pop(shard_id, None)
+                touched.append(shard_id)
         else:
             leader_node = self.nodes.get(new_leader) if new_leader is not None else None
             address = leader_node.address if leader_node is not None else None
@@ -445,7 +442,7 @@ class MetadataCache:
             self._events.append(_event(shard_id, old, new, self.version))
 
 
-_TypedHandler: TypeAlias = Callable[[MetadataCache, str, Record | None, list[ShardId]], None]
+_TypedHandler: TypeAlias = Callable[[MetadataCache, Any, Any, list[ShardId]], None]
 _TYPED_HANDLERS: Final[dict[str, _TypedHandler]] = {
     KIND_NODE: MetadataCache._node_changed,
     KIND_STREAM: MetadataCache._stream_changed,
@@ -494,45 +491,217 @@ def _ownership_diff(
     )
 
 
-def _typed(cls: Any, key: str, value: Record) -> Any:
-    try:
-        return cls(**value)
-    except TypeError as exc:
-        raise CacheError(f"{cls.kind} record {key!r} does not match its schema: {exc}") from None
+# --- checking and typing records: the one conversion every apply goes through ------------
+
+_ID_MAX: Final = 2**63 - 1
+_NODE_STATES: Final = frozenset(state.value for state in NodeState)
+_STATE_TYPES: Final = frozenset({str, NodeState})  # in-process, the server's records hold members
+_CONFIG_TYPES: Final = frozenset({int, bool, str})
 
 
-M = TypeVar("M")
+def _node_ids(values: tuple[Any, ...]) -> bool:
+    return all(type(v) is int and 0 <= v <= _ID_MAX for v in values)
 
 
-def _builder(cls: type[M]) -> Callable[[str, Record], M]:
-    """``_typed(cls, key, value)`` for a bulk load: the same object, or the same error,
-    but a record with exactly the model's fields sets its slots directly (a frozen
-    dataclass's __init__ pays for ``object.__setattr__`` per field)."""
-    names: tuple[str, ...] = cls.__match_args__  # type: ignore[attr-defined]
+# A field's check by the type the model declares for it (``Model.types``): an expression
+# in ``{v}`` and what a failing value should have been.  Ints are ids, epochs, versions,
+# counts or quotas: never negative on the control plane.
+_CHECKS: Final[dict[tuple[type, ...], tuple[str, str]]] = {
+    (int,): ("(type({v}) is int and 0 <= {v} <= ID_MAX)", "a non-negative integer"),
+    (str,): ("type({v}) is str", "a string"),
+    (bool,): ("type({v}) is bool", "a bool"),
+    (int, type(None)): (
+        "({v} is None or (type({v}) is int and 0 <= {v} <= ID_MAX))",
+        "a non-negative integer or null",
+    ),
+    (tuple,): ("(type({v}) is tuple and node_ids({v}))", "an array of node ids"),
+    (int, bool, str): ("type({v}) in config_types", "an integer, a bool or a string"),
+}
+_FIELD_CHECKS: Final[dict[tuple[str, str], tuple[str, str]]] = {
+    (KIND_NODE, "state"): (
+        "(type({v}) in state_types and {v} in node_states)",
+        "one of " + ", ".join(sorted(_NODE_STATES)),
+    ),
+}
+# Per kind: the key the record's fields imply, and the key of the kind's typed table.
+_KEYS: Final[dict[str, tuple[str, str]]] = {
+    KIND_NODE: ("str({id})", "{id}"),
+    KIND_SHARD: ("{stream} + '/' + str({index})", "({stream}, {index})"),
+    KIND_STREAM: ("{name}", "{name}"),
+    KIND_TENANT: ("{name}", "{name}"),
+    KIND_CONFIG: ("{name}", "{name}"),
+}
+_ENV: Final[dict[str, Any]] = {
+    "ID_MAX": _ID_MAX,
+    "node_ids": _node_ids,
+    "node_states": _NODE_STATES,
+    "state_types": _STATE_TYPES,
+    "config_types": _CONFIG_TYPES,
+}
+
+Converter: TypeAlias = Callable[[Any, Any], tuple[Any, Any]]
+"""``convert(key, value)`` -> (typed-table key, model object), or raises `RecordError`."""
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _converter(cls: type[Any]) -> Converter:
+    """The check and typed conversion of one kind's records (docs/architecture.md, the
+    record model of `felix.metadata.model`): exactly the model's fields, each of its
+    declared type, and a key equal to the one the fields imply.  A plain checker says
+    what is wrong; the compiled fast path (the same expressions, in one condition)
+    builds the frozen object through its slot setters."""
+    kind: str = cls.kind
+    names: tuple[str, ...] = cls.__match_args__
+    checks = [_FIELD_CHECKS.get((kind, n)) or _CHECKS[tuple(cls.types[n])] for n in names]
+    key_of, table_key_of = _KEYS[kind]
+
+    def compiled(source: str) -> Any:
+        return eval(compile(source, f"<check {kind}>", "eval"), dict(_ENV))
+
+    field_checks = [
+        (name, compiled(f"lambda v: {check.format(v='v')}"), what)
+        for name, (check, what) in zip(names, checks, strict=True)
+    ]
+    in_value = {name: f"value[{name!r}]" for name in names}
+    implied_key = compiled(f"lambda value: {key_of.format(**in_value)}")
+    table_key = compiled(f"lambda value: {table_key_of.format(**in_value)}")
+    fields = frozenset(names)
+
+    def check(key: Any, value: Any) -> tuple[Any, Any]:
+        if type(value) is not dict:
+            raise RecordError(kind, key, f"the value is {type(value).__name__}, not a map")
+        if value.keys() != fields:
+            missing = sorted(fields - value.keys())
+            extra = sorted(str(k) for k in value.keys() - fields)
+            wrong = [f"{what} {names}" for what, names in (("missing", missing),
+                     ("unexpected", extra)) if names]  # fmt: skip
+            raise RecordError(kind, key, "fields " + ", ".join(wrong))
+        for name, ok, what in field_checks:
+            if not ok(value[name]):
+                raise RecordError(kind, key, f"field {name} is {_short(value[name])}, not {what}")
+        if implied_key(value) != key:
+            raise RecordError(kind, key, f"the key does not match the fields ({_short(value)})")
+        return table_key(value), cls(**value)
+
     setters = dataclass_slot_setters(cls, names)
     if setters is None:
-        return lambda key, value: _typed(cls, key, value)
-    env: dict[str, Any] = {"cls": cls, "new": object.__new__, "typed": _typed}
-    env["fields"] = frozenset(names)
+        return check
+    in_vars = {name: f"v{i}" for i, name in enumerate(names)}
+    condition = " and ".join(
+        [c.format(v=f"v{i}") for i, (c, _) in enumerate(checks)]
+        + [f"key == {key_of.format(**in_vars)}"]
+    )
     lines = [
-        "def build(key, value):",
-        "    if value.keys() != fields:",
-        "        return typed(cls, key, value)",
-        "    obj = new(cls)",
+        "def convert(key, value):",
+        "    if type(value) is dict and value.keys() == fields:",
+        *(f"        v{i} = value[{name!r}]" for i, name in enumerate(names)),
+        f"        if {condition}:",
+        "            obj = new(cls)",
+        *(f"            s{i}(obj, v{i})" for i in range(len(names))),
+        f"            return {table_key_of.format(**in_vars)}, obj",
+        "    return check(key, value)",
     ]
-    for i, (name, setter) in enumerate(zip(names, setters, strict=True)):
-        env[f"s{i}"] = setter
-        lines.append(f"    s{i}(obj, value[{name!r}])")
-    lines.append("    return obj")
+    env = {**_ENV, "cls": cls, "new": object.__new__, "fields": fields, "check": check}
+    env.update({f"s{i}": setter for i, setter in enumerate(setters)})
     namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines) + "\n", f"<build {cls.__name__}>", "exec"), env, namespace)
-    build: Callable[[str, Record], M] = namespace["build"]
-    return build
+    exec(compile("\n".join(lines) + "\n", f"<convert {kind}>", "exec"), env, namespace)
+    convert: Converter = namespace["convert"]
+    return convert
 
 
-_build_shard: Final = _builder(Shard)  # the bulk of a snapshot
-_build_node: Final = _builder(Node)
-_build_stream: Final = _builder(Stream)
+def _name_key(kind: str) -> Callable[[Any], Any]:
+    def parse(key: Any) -> Any:
+        if type(key) is not str:
+            raise RecordError(kind, key, "the key is not a string")
+        return key
+
+    return parse
+
+
+def _id_of(text: str) -> int | None:
+    if text.isascii() and text.isdigit() and (text == "0" or text[0] != "0") and len(text) < 20:
+        number = int(text)
+        return number if number <= _ID_MAX else None
+    return None
+
+
+def _node_key(key: Any) -> Any:
+    node_id = _id_of(key) if type(key) is str else None
+    if node_id is None:
+        raise RecordError(KIND_NODE, key, "the key is not a node id")
+    return node_id
+
+
+def _shard_key(key: Any) -> Any:
+    if type(key) is str:
+        stream, sep, index = key.rpartition("/")
+        number = _id_of(index) if sep else None
+        if number is not None:
+            return (stream, number)
+    raise RecordError(KIND_SHARD, key, "the key is not stream/index")
+
+
+CONVERTERS: Final[dict[str, Converter]] = {
+    cls.kind: _converter(cls) for cls in (Node, Stream, Shard, Tenant, ConfigEntry)
+}
+"""Per kind, the record check and conversion (`_converter`) of every apply path."""
+_DELETED_KEYS: Final[dict[str, Callable[[Any], Any]]] = {
+    KIND_NODE: _node_key,
+    KIND_SHARD: _shard_key,
+    KIND_STREAM: _name_key(KIND_STREAM),
+    KIND_TENANT: _name_key(KIND_TENANT),
+    KIND_CONFIG: _name_key(KIND_CONFIG),
+}
+
+_Staged: TypeAlias = tuple[str, str, Record | None, int, Any, Any]
+"""(kind, key, value, its hash or 0, typed-table key, model object or None): one change,
+checked and typed."""
+
+
+def _stage_changes(
+    changes: tuple[Change, ...], hashes: Mapping[RecordId, int] | None
+) -> tuple[list[_Staged], int]:
+    """Every change checked and typed, and (given the per-record ``hashes``) hashed, with
+    what the changes add to the digest; aside: nothing is changed.  Raises `RecordError`
+    for the first change that is not a valid record of a known kind."""
+    staged: list[_Staged] = []
+    converters = CONVERTERS
+    change = 0
+    earlier: dict[RecordId, int] | None = {} if len(changes) > 1 else None
+    for item in changes:
+        kind, key, value = item.kind, item.key, item.value
+        convert = converters.get(kind) if type(kind) is str else None
+        if convert is None:
+            raise RecordError(kind, key, "unknown record kind")
+        if value is None:
+            table_key, typed = _DELETED_KEYS[kind](key), None
+        else:
+            table_key, typed = convert(key, value)
+        new = 0
+        if hashes is not None:
+            ident = (kind, key)
+            if earlier is None:
+                old = hashes.get(ident, 0)
+            else:  # a record changed twice in one delta: the second change follows the first
+                old = earlier[ident] if ident in earlier else hashes.get(ident, 0)
+            if value is not None:
+                new = record_hash(kind, key, value)
+            if earlier is not None:
+                earlier[ident] = new
+            change += new - old
+        staged.append((kind, key, value, new, table_key, typed))
+    return staged, change
+
+
+def _trusted_digest(delta: Delta) -> int:
+    digest = delta.digest
+    if type(digest) is not bytes or len(digest) != DIGEST_BYTES:
+        raise CacheError(f"delta {delta.version}: the digest is not {DIGEST_BYTES} bytes")
+    return int.from_bytes(digest, "big")
 
 
 # --- assembling multi-message deltas and snapshots ---------------------------------------
@@ -580,23 +749,28 @@ class SnapshotStage:
         return self._tables
 
     def add(self, changes: Iterable[Change]) -> None:
-        """Stage more of the snapshot's records."""
-        with gc_paused():
-            self._add(changes)
-
-    def _add(self, changes: Iterable[Change]) -> None:
+        """Stage more of the snapshot's records (each checked and typed by the same
+        `CONVERTERS` as a delta's).  A bulk build of long-lived objects: the Trio shell
+        runs it with the GC paused (`felix.gc_pause.gc_paused`)."""
         t = self._live()
         records, hashes, shards, routing = t.records, t.hashes, t.shards, t.routing
         nodes, led_by = t.nodes, t.led_by
-        build_shard = _build_shard
+        converters = CONVERTERS
+        convert_shard = converters[KIND_SHARD]
         total = self.total
-        kind = key = ""
         try:
             for change in changes:
                 value = change.value
                 if value is None:
                     continue
                 kind, key = change.kind, change.key
+                if kind == KIND_SHARD:
+                    shard_id, shard = convert_shard(key, value)
+                else:
+                    convert = converters.get(kind) if type(kind) is str else None
+                    if convert is None:
+                        raise RecordError(kind, key, "unknown record kind")
+                    table_key, typed = convert(key, value)
                 ident = (kind, key)
                 if ident in records:
                     raise AssemblyError(f"the snapshot holds {kind} {key!r} twice")
@@ -605,9 +779,6 @@ class SnapshotStage:
                 hashes[ident] = record_digest
                 total += record_digest
                 if kind == KIND_SHARD:
-                    stream, _, index = key.rpartition("/")
-                    shard_id = (stream, int(index))
-                    shard: Shard = build_shard(key, value)
                     shards[shard_id] = shard
                     leader = shard.leader
                     if leader is None:
@@ -620,21 +791,15 @@ class SnapshotStage:
                         led = led_by[leader] = set()
                     led.add(shard_id)
                 elif kind == KIND_NODE:
-                    node: Node = _build_node(key, value)
-                    node_id = int(key)
-                    nodes[node_id] = node
-                    for led_shard in led_by.get(node_id, ()):
-                        routing[led_shard] = node.address  # its shards came first
+                    nodes[table_key] = typed
+                    for led_shard in led_by.get(table_key, ()):
+                        routing[led_shard] = typed.address  # its shards came first
                 elif kind == KIND_STREAM:
-                    t.streams[key] = _build_stream(key, value)
+                    t.streams[table_key] = typed
                 elif kind == KIND_TENANT:
-                    t.tenants[key] = _typed(Tenant, key, value)
-                elif kind == KIND_CONFIG:
-                    if "value" not in value:
-                        raise CacheError(f"config record {key!r} has no value")
-                    t.config[key] = value["value"]  # type: ignore[assignment]
-        except ValueError:
-            raise CacheError(f"the {kind} record key {key!r} is not valid") from None
+                    t.tenants[table_key] = typed
+                else:
+                    t.config[table_key] = typed.value
         finally:
             self.total = total & _MASK
 

@@ -58,10 +58,12 @@ from felix.broker.cache import (
     MetadataCache,
     OwnershipEvent,
     OwnershipLedger,
+    RecordError,
     ShardId,
     SnapshotAssembler,
 )
 from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.gc_pause import gc_paused
 from felix.metadata.config import ConfigValue
 from felix.metadata.model import Node, Shard, Stream, Tenant
 from felix.proto.client_messages import (
@@ -517,12 +519,14 @@ class MetadataView:
         if chunk.request_id is not None:
             return  # an answer to a GetSnapshot we never send
         self._newest = max(self._newest, chunk.version)
-        whole = self._snapshot_parts.add(chunk)
+        with gc_paused():  # staging and installing are bulk builds of long-lived objects
+            whole = self._snapshot_parts.add(chunk)
         if whole is None:
             return
         had_view = self.cache.version is not None
         try:
-            update = self.cache.apply_snapshot(*whole)
+            with gc_paused():
+                update = self.cache.apply_snapshot(*whole)
         except DigestMismatch:
             self._want_snapshot = True
             raise
@@ -581,6 +585,9 @@ class MetadataView:
             log.warning("broker %s: %s; resyncing", self.node_id, exc)
         except GapError as exc:
             self._resync("gap")
+            log.warning("broker %s: %s; resyncing", self.node_id, exc)
+        except RecordError as exc:  # a record that does not fit the model: nothing applied
+            self._resync("invalid")
             log.warning("broker %s: %s; resyncing", self.node_id, exc)
         except (AssemblyError, CacheError, ProtocolError) as exc:
             self._resync("protocol")

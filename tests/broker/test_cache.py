@@ -7,6 +7,8 @@ cache is checked against exactly what the control plane would send.
 from __future__ import annotations
 
 import random
+import re
+from dataclasses import replace
 
 import pytest
 
@@ -20,6 +22,7 @@ from felix.broker.cache import (
     Ownership,
     OwnershipEvent,
     OwnershipLedger,
+    RecordError,
     Role,
     ShardId,
     SnapshotAssembler,
@@ -481,3 +484,36 @@ def test_a_dropped_cache_is_freed_without_the_cyclic_gc() -> None:
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_delta_with_one_malformed_record_changes_nothing() -> None:
+    """The records are checked before anything moves: a good change ahead of a bad one
+    is not applied either (no version, records, tables, routing or ownership events)."""
+    h = cluster({1: "a", 2: "b", 3: "c"})
+    h.ok(CreateStream("s", 3, "acme"))
+    cache = snapshot_of(h)
+    good = h.ok(MoveShardLeader("s/0", next(r for r in h.state.shards["s/0"].replicas
+                                            if r != h.state.shards["s/0"].leader)))  # fmt: skip
+    node = next(c for c in h.records() if c.kind == "node")
+    assert node.value is not None
+    for bad_value, problem in (
+        ({**node.value, "epoch": -1}, "field epoch"),
+        ({**node.value, "state": "sleepy"}, "field state"),
+        ({**node.value, "id": "1"}, "field id"),
+        ({k: v for k, v in node.value.items() if k != "rack"}, "fields missing ['rack']"),
+    ):
+        bad = Delta(good.prev_version, good.version, good.digest,
+                    (*good.changes, Change("node", node.key, bad_value)))  # fmt: skip
+        before = (cache.version, cache.digest, dict(cache.records), dict(cache.shards),
+                  dict(cache.nodes), dict(cache.routing), dict(cache.owned))  # fmt: skip
+        with pytest.raises(RecordError, match=re.escape(f"node record '{node.key}': {problem}")):
+            cache.apply_delta(bad)
+        assert before == (cache.version, cache.digest, dict(cache.records), dict(cache.shards),
+                          dict(cache.nodes), dict(cache.routing), dict(cache.owned))  # fmt: skip
+    for kind, key in (("bogus", "x"), ("node", "07"), ("shard", "s/x")):
+        with pytest.raises(RecordError):
+            cache.apply_delta(replace(good, changes=(*good.changes, Change(kind, key, None))))
+    with pytest.raises(CacheError, match="does not advance"):
+        cache.apply_delta(replace(good, version=good.prev_version))
+    cache.apply_delta(good)
+    check_equal(cache, h)
