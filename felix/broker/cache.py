@@ -500,7 +500,10 @@ _CONFIG_TYPES: Final = frozenset({int, bool, str})
 
 
 def _node_ids(values: tuple[Any, ...]) -> bool:
-    return all(type(v) is int and 0 <= v <= _ID_MAX for v in values)
+    for v in values:  # noqa: SIM110 (a loop: twice as fast as all() over a generator)
+        if type(v) is not int or not 0 <= v <= _ID_MAX:
+            return False
+    return True
 
 
 # A field's check by the type the model declares for it (``Model.types``): an expression
@@ -526,7 +529,7 @@ _FIELD_CHECKS: Final[dict[tuple[str, str], tuple[str, str]]] = {
 # Per kind: the key the record's fields imply, and the key of the kind's typed table.
 _KEYS: Final[dict[str, tuple[str, str]]] = {
     KIND_NODE: ("str({id})", "{id}"),
-    KIND_SHARD: ("{stream} + '/' + str({index})", "({stream}, {index})"),
+    KIND_SHARD: ('f"{{{stream}}}/{{{index}}}"', "({stream}, {index})"),
     KIND_STREAM: ("{name}", "{name}"),
     KIND_TENANT: ("{name}", "{name}"),
     KIND_CONFIG: ("{name}", "{name}"),
