@@ -30,7 +30,7 @@ def view_answering(*replies: WriteResult | Error | None) -> tuple[MetadataView, 
         await trio.lowlevel.checkpoint()
         return queue.pop(0)
 
-    view._write_once = write_once  # type: ignore[method-assign]
+    view._requests.write_once = write_once
     return view, sent
 
 
