@@ -64,7 +64,9 @@ REQUEST_ID: Final = 1  # one request per connection
 READ_RETRY_CODES: Final = frozenset(
     {ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT}
 )
-WRITE_RETRY_CODES: Final = frozenset({ErrorCode.NOT_LEADER})  # nothing was proposed
+WRITE_RETRY_CODES: Final = frozenset(
+    {ErrorCode.NOT_LEADER, ErrorCode.NOT_COMMITTED}
+)  # never applied
 TRUE_WORDS: Final = frozenset({"true", "yes", "on", "1"})
 FALSE_WORDS: Final = frozenset({"false", "no", "off", "0"})
 

@@ -32,8 +32,6 @@ from felix.proto.client_messages import (
     GetSnapshot,
     WriteRequest,
 )
-from felix.server.app import attach_hub
-from felix.server.client_api import ClientApi
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.server.ws_server import WsConnection, serve_ws
@@ -63,10 +61,8 @@ async def start_cluster(nursery: trio.Nursery, seed: int = 5) -> Cluster:
     )
     ports: dict[int, int] = {}
     for node_id in (1, 2, 3):
-        sim = await cluster.start(node_id)
-        assert sim.node is not None
-        api = ClientApi(sim.node, attach_hub(sim.node))
-        ports[node_id] = await nursery.start(api.run, "127.0.0.1", 0)
+        _, services = await cluster.start_metadata(node_id)
+        ports[node_id] = await nursery.start(services.run, "127.0.0.1", 0)
     await cluster.wait_for_leader()
     return Cluster(cluster, ports)
 

@@ -14,7 +14,9 @@ import trio
 from felix.broker.connection import ClientConnection, ConnectionClosed
 from felix.proto.client_messages import Error, ErrorCode, Record, WriteRequest, WriteResult
 
-RETRYABLE_CODES: Final = frozenset({ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE})
+RETRYABLE_CODES: Final = frozenset(
+    {ErrorCode.NOT_LEADER, ErrorCode.NOT_COMMITTED, ErrorCode.UNAVAILABLE}
+)  # never applied
 UNKNOWN_OUTCOME_CODES: Final = frozenset({ErrorCode.TIMEOUT})
 
 

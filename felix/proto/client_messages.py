@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Final
 
 from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, ScalarValue, wire_array
+from felix.proto.codes import ErrorCode as ErrorCode  # re-exported: part of this protocol
 
 CHANGES_PER_DELTA_MAX: Final = 1_000_000
 DELTAS_PER_MESSAGE_MAX: Final = 100_000
@@ -171,17 +172,6 @@ class Resync:
     """The server cannot continue this stream without gaps: take a snapshot."""
 
     reason: Detail
-
-
-class ErrorCode(enum.StrEnum):
-    BAD_REQUEST = "bad_request"
-    UNAUTHORIZED = "unauthorized"
-    NOT_LEADER = "not_leader"
-    CONFLICT = "conflict"  # compare-and-set failed
-    REJECTED = "rejected"  # a metadata command failed validation
-    UNAVAILABLE = "unavailable"
-    TIMEOUT = "timeout"
-    INTERNAL = "internal"
 
 
 @SERVER_TO_CLIENT.message("Error")

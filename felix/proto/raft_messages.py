@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Final
 
 from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, wire_array, wire_type
+from felix.proto.codes import ErrorCode
 
 PROTOCOL_VERSION: Final = 1
 NODE_ID_MAX: Final = 2**63 - 1
@@ -211,7 +212,7 @@ class ForwardResult:
 
     request_id: int
     index: int
-    error_code: Annotated[str, MaxLen(64)]  # "" on success
+    error_code: ErrorCode | None  # None on success
     detail: Annotated[str, MaxLen(4096)]
 
 

@@ -17,16 +17,15 @@ from typing import Any
 import trio
 
 from felix.config import NodeConfig
-from felix.metadata.state import ApplyResult
-from felix.proto.raft_messages import ConfChangeKind, ConfState, ForwardKind
+from felix.proto.raft_messages import ConfChangeKind, ConfState
 from felix.raft.types import RaftConfig, Role
-from felix.server.client_api import ClientApi
+from felix.server.graph import MetadataParts, MetadataServices
 from felix.server.health import OpsServer, Query, Response
-from felix.server.metadata_sm import MetadataStateMachine
+from felix.server.metadata_sm import metadata_outcome
 from felix.server.metrics import NodeMetrics
-from felix.server.raft_node import NodeError, NodeSettings, NotLeader, RaftNode
-from felix.server.sessions import SessionTracker
-from felix.server.watch_hub import HubLimits, WatchHub
+from felix.server.raft_node import NodeSettings, RaftNode
+from felix.server.requests import NodeError, NotLeader
+from felix.server.watch_hub import HubLimits
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
@@ -52,34 +51,6 @@ class NodeHandle:
         nobody to hand leadership to."""
         self.hand_off = not others_stopping
         self.stop_requested.set()
-
-
-def attach_hub(node: RaftNode, limits: HubLimits | None = None) -> WatchHub:
-    """Publish the node's metadata deltas to a new watch hub."""
-    sm = node.state_machine
-    assert isinstance(sm, MetadataStateMachine)
-    hub = WatchHub(sm.view, limits or HubLimits())
-    hub.version = sm.version
-    sm.publish = hub.publish
-    sm.on_restore = hub.reset
-    node.result_error = rejection_of
-    return hub
-
-
-def rejection_of(result: object) -> tuple[str, str] | None:
-    """A committed metadata command that was rejected deterministically."""
-    if isinstance(result, ApplyResult) and result.error is not None:
-        return result.error.code.value, result.error.detail
-    return None
-
-
-def attach_sessions(node: RaftNode) -> SessionTracker:
-    """Serve broker health reports (here as leader, or forwarded to the leader)."""
-    sm = node.state_machine
-    assert isinstance(sm, MetadataStateMachine)
-    tracker = SessionTracker(node, sm)
-    node.forward_handlers[ForwardKind.HEALTH] = tracker.handle_forwarded
-    return tracker
 
 
 def raft_config_for(config: NodeConfig) -> RaftConfig:
@@ -127,37 +98,33 @@ async def run_node(
         snapshot_entries=config.snapshot.entries,
         snapshot_bytes=config.snapshot.bytes,
     )
+    watch = config.watch
+    parts = MetadataParts.build(
+        HubLimits(
+            history_versions_max=watch.history_versions_max,
+            history_bytes_max=watch.history_bytes_max,
+            message_bytes_max=watch.message_bytes_max,
+            progress_interval_s=watch.progress_interval_ms / 1000,
+        )
+    )
     node = RaftNode(
         raft_config_for(config),
         boot,
         wal,
         transport,
-        MetadataStateMachine(),
+        parts.state_machine,
         settings=settings,
         metrics=metrics,
+        outcome_of=metadata_outcome,
     )
+    services = MetadataServices(node, parts)
+    metrics.watch_stats(lambda: parts.hub)
     ops = build_ops_server(config, node, wal)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
-            watch = config.watch
-            hub = attach_hub(
-                node,
-                HubLimits(
-                    history_versions_max=watch.history_versions_max,
-                    history_bytes_max=watch.history_bytes_max,
-                    message_bytes_max=watch.message_bytes_max,
-                    progress_interval_s=watch.progress_interval_ms / 1000,
-                ),
-            )
-            metrics.watch_stats(lambda: hub)
-            tracker = attach_sessions(node)
-            nursery.start_soon(tracker.run)
-            client_api = ClientApi(node, hub)
-            await nursery.start(
-                client_api.run, config.listen.client.host, config.listen.client.port
-            )
+            await nursery.start(services.run, config.listen.client.host, config.listen.client.port)
             handle = NodeHandle(config, node, ops_port)
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",

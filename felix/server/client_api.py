@@ -8,7 +8,8 @@ Every handler is wrapped: a bad message gets an `Error` reply (a malformed frame
 the connection), never an exception that would take the server down.
 
 Writes and health reports reaching a follower are forwarded to the leader over the peer
-link (`RaftNode.submit`), so a client may use any node.
+link (`felix.server.forwarding.Forwarder`), so a client may use any node.  Outcomes
+arrive typed (`felix.server.outcome.Outcome`) and become `WriteResult` or `Error` here.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ from felix.proto.client_messages import (
 from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import ForwardKind
 from felix.proto.ws_frames import server_frame
-from felix.server.metadata_sm import MetadataStateMachine
-from felix.server.raft_node import NodeError, RaftNode, error_code_for
+from felix.server.forwarding import Forwarder
+from felix.server.metadata_sm import MetadataStore
+from felix.server.outcome import Outcome
+from felix.server.raft_node import RaftNode
+from felix.server.requests import NodeError
 from felix.server.sessions import encode_report
 from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
 from felix.server.ws_server import ConnectionGone, WsConnection, serve_ws
@@ -50,12 +54,16 @@ class ClientApi:
     def __init__(
         self,
         node: RaftNode,
+        forwarder: Forwarder,
+        store: MetadataStore | None = None,
         hub: WatchHub | None = None,
         *,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
         limits: HubLimits | None = None,
     ) -> None:
         self.node = node
+        self.forwarder = forwarder
+        self.store = store
         self.hub = hub
         self.limits = limits or (hub.limits if hub else HubLimits())
         self.requests_in_flight_max = requests_in_flight_max
@@ -143,22 +151,22 @@ class ClientApi:
         if isinstance(message, GetSnapshot):
             return await self._snapshot(conn, message)
         if isinstance(message, ReportHealth):
-            if ForwardKind.HEALTH not in self.node.forward_handlers:
+            if not self.forwarder.serves(ForwardKind.HEALTH):
                 return Error(ErrorCode.BAD_REQUEST, "health reports are not served here", None)
-            _, code, detail = await self.node.submit(ForwardKind.HEALTH, encode_report(message))
-            return Error(ErrorCode(code), detail, None) if code else None
+            outcome = await self.forwarder.submit(ForwardKind.HEALTH, encode_report(message))
+            return _error(outcome, None)
         return Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}", None)
 
     async def _snapshot(self, conn: WsConnection, request: GetSnapshot) -> Any:
-        sm = self.node.state_machine
-        if not isinstance(sm, MetadataStateMachine):
+        store = self.store
+        if store is None:
             return Error(ErrorCode.BAD_REQUEST, "this node serves no metadata", request.request_id)
         if request.linearizable:
             try:
                 await self.node.read_index()
             except NodeError as exc:
-                return Error(ErrorCode(error_code_for(exc)), str(exc), request.request_id)
-        version, digest, records = sm.view()
+                return Error(exc.code, str(exc), request.request_id)
+        version, digest, records = store.view()
         await send_snapshot(conn, version, digest, records, request.request_id, self.limits)
         return None
 
@@ -167,10 +175,8 @@ class ClientApi:
             data = self._encode_write(request)
         except CommandError as exc:
             return Error(exc.code, exc.detail, request.request_id)
-        index, code, detail = await self.node.submit(ForwardKind.WRITE, data)
-        if code:
-            return Error(ErrorCode(code), detail, request.request_id)
-        return WriteResult(request.request_id, index)
+        outcome = await self.forwarder.submit(ForwardKind.WRITE, data)
+        return _error(outcome, request.request_id) or WriteResult(request.request_id, outcome.index)
 
     def _encode_write(self, request: WriteRequest) -> bytes:
         command = command_from_request(request.command, request.args, request.expected_version)
@@ -178,3 +184,9 @@ class ClientApi:
 
     def _send(self, conn: WsConnection, message: Any) -> None:
         conn.sender.send_soon(server_frame(SERVER_TO_CLIENT.encode(message)))
+
+
+def _error(outcome: Outcome, request_id: int | None) -> Error | None:
+    if outcome.error is None:
+        return None
+    return Error(outcome.error, outcome.detail, request_id)

@@ -1,24 +1,24 @@
-"""`RaftNode`: the one task that owns a Raft core (DESIGN.md §1).
+"""`RaftNode`: the one task that owns a Raft core (docs/architecture.md, "Data flow").
 
 Theory of operation
 -------------------
 Everything that wants something from Raft — the ticker, the peer transport, client
 requests — puts an input on one bounded memory channel.  The loop takes an input, then
 drains whatever else is already waiting (so a burst of proposals becomes one batch),
-steps them all into the core, and handles the resulting `Ready` in the contract's order
-(felix/raft/ready.py):
+steps them all into the core, and hands each resulting `Ready` to the shared
+`felix.raft.driver.ReadyDriver`, which applies the contract of felix/raft/ready.py:
 
-1. ``send_now`` goes to the transport's per-peer queues (non-blocking; the transport's
-   tasks write to sockets while we fsync: thesis §10.2.1);
-2. one durable WAL write for snapshot + entries + hard state (group commit), then
-   ``Persisted`` back into the core;
-3. ``send_after_persist`` (votes and acks promise durability);
-4. apply the snapshot and committed entries, resolve proposals and reads.
+1. the durable write starts (only if ``ready.must_sync``: a commit-only change is not
+   written), then ``send_now`` goes to the transport's per-peer queues (non-blocking; the
+   leader replicates while it fsyncs: thesis §10.2.1);
+2. once the write returns: ``Persisted`` back into the core, ``send_after_persist``
+   (votes and acks promise durability), then the request table learns the batch's
+   outcomes, the snapshot and committed entries are applied, and the state machine's
+   batch ends (the metadata state machine publishes its deltas).
 
-A proposal's caller awaits a `_Waiter`.  The core tells us the (index, term) it was
-appended at; when the entry applied at that index has that term the proposal succeeded,
-otherwise a new leader overwrote it and the caller gets `ProposalLost` (never a false
-success).  Every wait is bounded by a timeout at the call site.
+Proposals and reads wait in the `felix.server.requests.RequestTable`; requests for the
+leader that reach a follower go through `felix.server.forwarding.Forwarder`, which reads
+them from `RaftNode.forwarded`.
 
 Snapshots are taken by a separate task so the loop never waits for one: the state
 machine hands over an encoder for a frozen view, which runs in a worker thread; the file
@@ -29,14 +29,12 @@ log prefix.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import math
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -52,13 +50,13 @@ from felix.proto.raft_messages import (
     Entry,
     EntryKind,
     Forward,
-    ForwardKind,
+    ForwardMessage,
     ForwardResult,
     SnapshotMeta,
 )
 from felix.raft.core import RaftCore
 from felix.raft.driver import ReadyDriver
-from felix.raft.ready import Outbound, ProposalRefused, ReadRefused, Ready
+from felix.raft.ready import Outbound, Ready
 from felix.raft.types import (
     BootState,
     Campaign,
@@ -74,58 +72,22 @@ from felix.raft.types import (
     TransferLeader,
 )
 from felix.server.metrics import NodeMetrics
+from felix.server.outcome import Outcome
+from felix.server.requests import (
+    NodeError,
+    ProposalTimeout,
+    RequestTable,
+    ResultOutcome,
+    ShuttingDown,
+    applied_ok,
+)
 from felix.transport.base import Deliver, PeerPayload, PeerTransport
 
 log = logging.getLogger("felix.raft_node")
 
 INPUTS_BATCH_MAX = 512
 RTT_TRACKED_MAX = 4096
-
-
-# --- errors a caller can get -------------------------------------------------------------
-
-
-class NodeError(Exception):
-    """A request this node could not carry out; the message says why."""
-
-
-class NotLeader(NodeError):
-    def __init__(self, leader_hint: int | None, reason: str = "not the leader") -> None:
-        self.leader_hint = leader_hint
-        hint = f"; the leader is node {leader_hint}" if leader_hint else "; no leader known"
-        super().__init__(reason + hint)
-
-
-class ProposalLost(NodeError):
-    """The entry was overwritten by a new leader: it did not commit."""
-
-
-class ProposalTimeout(NodeError):
-    """No outcome within the timeout: the write may or may not commit later."""
-
-
-class Overloaded(NodeError):
-    """Too many proposals pending; try again later."""
-
-
-class ShuttingDown(NodeError):
-    """The node is stopping."""
-
-
-def error_code_for(exc: NodeError) -> str:
-    """The client-protocol error code (`ErrorCode` values) for a node error."""
-    if isinstance(exc, NotLeader):
-        return "not_leader"
-    if isinstance(exc, ProposalTimeout):
-        return "timeout"
-    if isinstance(exc, (Overloaded, ShuttingDown)):
-        return "unavailable"
-    if isinstance(exc, ProposalLost):
-        return "unavailable"
-    return "internal"
-
-
-ForwardHandler = Callable[[bytes], Awaitable[tuple[int, str, str]]]
+FORWARDED_QUEUE_MAX = 1024  # Forward / ForwardResult messages not yet taken by the forwarder
 
 
 # --- seams -----------------------------------------------------------------------------
@@ -213,21 +175,6 @@ class NodeSettings:
     snapshot_in_thread: bool = True
 
 
-@dataclass(slots=True)
-class _Waiter:
-    done: trio.Event = field(default_factory=trio.Event)
-    index: int = 0
-    term: int = 0
-    result: Any = None
-    error: NodeError | None = None
-    started: float = 0.0
-
-    def finish(self, result: Any = None, error: NodeError | None = None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
-
-
 class RaftNode:
     def __init__(
         self,
@@ -240,7 +187,11 @@ class RaftNode:
         settings: NodeSettings = NodeSettings(),
         metrics: NodeMetrics | None = None,
         rng: random.Random | None = None,
+        outcome_of: ResultOutcome = applied_ok,
     ) -> None:
+        """Built once, with every collaborator; nothing runs until `run`.  The state
+        machine is restored from the boot snapshot here, so whatever reads it (the
+        watch hub) starts from the same version the node does."""
         self.node_id = raft_config.node_id
         self.settings = settings
         self.metrics = metrics or NodeMetrics(self.node_id)
@@ -249,28 +200,26 @@ class RaftNode:
         self.core = RaftCore(raft_config, rng or random.Random(), boot)
         self.transport = transport_factory(self.deliver)
         self._inputs_send, self._inputs = trio.open_memory_channel[Input](settings.inputs_queue_max)
-        self._request_ids = itertools.count(1)
-        self._proposals: dict[int, _Waiter] = {}  # request id -> waiter
-        self._by_index: dict[int, int] = {}  # log index -> request id
-        self._reads: dict[int, _Waiter] = {}  # request id -> waiter
-        self._reads_ready: list[tuple[int, int]] = []  # (index, request id) to release
+        self._forwarded_send, self.forwarded = trio.open_memory_channel[tuple[int, ForwardMessage]](
+            FORWARDED_QUEUE_MAX
+        )
+        self.requests = RequestTable(
+            self.node_id,
+            self.metrics,
+            pending_max=settings.proposals_pending_max,
+            timeout_s=settings.proposal_timeout_s,
+        )
+        self.outcome_of = outcome_of
         self._changed = trio.Event()  # set (and replaced) whenever a Ready was handled
+        self._leader_changed = trio.Event()  # set (and replaced) when the leader changes
         self.applied_index = 0
         self._snapshot_index = boot.snapshot[0].index if boot.snapshot else 0
         self._snapshotting = False
-        self._stopping = False
         self._last_leader: int | None = None
         self._published_role: Role | None = None
         self._bytes_since_snapshot = 0
         self._driver: ReadyDriver[_Write] = ReadyDriver(self.core, self, self, self)
         self._rtt_sent: dict[tuple[int, int], float] = {}
-        self._forwards: dict[int, _Waiter] = {}
-        self.forward_handlers: dict[ForwardKind, ForwardHandler] = {
-            ForwardKind.WRITE: self._propose_here
-        }
-        # Maps a state-machine result to (error code, detail) when the command was
-        # rejected deterministically (the entry committed, but changed nothing).
-        self.result_error: Callable[[Any], tuple[str, str] | None] = lambda result: None
         if boot.snapshot:
             meta, data = boot.snapshot
             state_machine.restore(data, meta.index)
@@ -279,13 +228,10 @@ class RaftNode:
     # --- public API (any task) -------------------------------------------------------
 
     async def deliver(self, sender: int, message: PeerPayload) -> None:
-        if isinstance(message, Forward):
-            self._nursery.start_soon(self._serve_forward, sender, message)
-            return
-        if isinstance(message, ForwardResult):
-            waiter = self._forwards.pop(message.request_id, None)
-            if waiter is not None:
-                waiter.finish((message.index, message.error_code, message.detail))
+        """The transport's receive path: Raft messages into the loop, forwarded requests
+        and their answers to `forwarded` (read by a `felix.server.forwarding.Forwarder`)."""
+        if isinstance(message, (Forward, ForwardResult)):
+            await self._forwarded_send.send((sender, message))
             return
         if isinstance(message, AppendResponse) and message.seq:
             sent = self._rtt_sent.pop((sender, message.seq), None)
@@ -309,12 +255,13 @@ class RaftNode:
 
     async def read_index(self, *, timeout_s: float | None = None) -> int:
         """A linearizable read point: returns once this node has applied it (§6.4)."""
-        rid, waiter = self._new_waiter(self._reads)
+        requests = self.requests
+        rid, waiter = requests.register(requests.reads)
         try:
             await self._inputs_send.send(ReadIndex(rid))
-            return int(await self._wait(waiter, timeout_s))
+            return int(await requests.wait(waiter, timeout_s))
         finally:
-            self._reads.pop(rid, None)
+            requests.forget(rid, waiter)
 
     async def transfer_leader(self, target: int, *, timeout_s: float = 5.0) -> None:
         """Ask this node (the leader) to hand leadership to ``target`` (thesis §3.10);
@@ -326,74 +273,13 @@ class RaftNode:
             return
         raise ProposalTimeout(f"leadership did not move to node {target} within {timeout_s} s")
 
-    async def submit(
-        self, kind: ForwardKind, data: bytes, *, timeout_s: float | None = None
-    ) -> tuple[int, str, str]:
-        """Run a request on the leader, wherever it is: here if this node leads, else
-        forwarded over the peer link.  Returns (index, error code or "", detail)."""
-        timeout = self.settings.proposal_timeout_s if timeout_s is None else timeout_s
-        deadline = trio.current_time() + timeout
-        while trio.current_time() < deadline:
-            leader = self.core.leader_id
-            if leader == self.node_id:
-                return await self.forward_handlers[kind](data)
-            if leader is None:
-                with trio.move_on_at(deadline):
-                    await self.wait_changed()
-                continue
-            outcome = await self._forward_once(leader, kind, data, deadline)
-            if outcome is not None and outcome[1] != "not_leader":
-                return outcome
-            with trio.move_on_at(deadline):
-                await self.wait_changed()  # the leader moved: try the new one
-        return 0, "timeout", f"no outcome within {timeout} s; the write may still commit"
-
-    async def _forward_once(
-        self, leader: int, kind: ForwardKind, data: bytes, deadline: float
-    ) -> tuple[int, str, str] | None:
-        rid = next(self._request_ids)
-        waiter = self._forwards[rid] = _Waiter(index=leader)  # index: the target leader
-        try:
-            if not self.transport.send_nowait(leader, Forward(rid, kind, data)):
-                return None
-            with trio.move_on_at(deadline):
-                await waiter.done.wait()
-            result: tuple[int, str, str] | None = waiter.result
-            return result
-        finally:
-            self._forwards.pop(rid, None)
-
-    def _abandon_forwards(self, new_leader: int | None) -> None:
-        """Requests forwarded to a node that no longer leads will not be answered
-        (it may be dead): give up on them now instead of waiting for the timeout.  Their
-        outcome is unknown — the old leader may have replicated them before it fell."""
-        for rid, waiter in list(self._forwards.items()):
-            if waiter.index != new_leader:
-                del self._forwards[rid]
-                waiter.finish(
-                    (
-                        0,
-                        "timeout",  # the outcome is unknown, as after a timeout
-                        "the leader changed while the request was "
-                        "forwarded to it; it may or may not have been applied",
-                    )
-                )
-
-    async def _serve_forward(self, sender: int, message: Forward) -> None:
-        handler = self.forward_handlers.get(message.kind)
-        if handler is None:
-            index, code, detail = 0, "bad_request", f"{message.kind.name} is not served"
-        else:
-            index, code, detail = await handler(message.data)
-        self.transport.send_nowait(sender, ForwardResult(message.request_id, index, code, detail))
-
-    async def _propose_here(self, data: bytes) -> tuple[int, str, str]:
+    async def propose_outcome(self, data: bytes) -> Outcome:
+        """Propose here (this node must lead) and map the result to an `Outcome`."""
         try:
             index, result = await self.propose(data)
         except NodeError as exc:
-            return 0, error_code_for(exc), str(exc)
-        failure = self.result_error(result)
-        return (index, "", "") if failure is None else (index, *failure)
+            return exc.outcome()
+        return self.outcome_of(index, result)
 
     async def campaign(self) -> None:
         await self._inputs_send.send(Campaign())
@@ -401,6 +287,10 @@ class RaftNode:
     async def wait_changed(self) -> None:
         """Wait until the next Ready has been handled (for status watchers and tests)."""
         await self._changed.wait()
+
+    async def wait_leader_changed(self) -> None:
+        """Wait until this node sees a different leader (or none)."""
+        await self._leader_changed.wait()
 
     def status(self) -> NodeStatus:
         core = self.core
@@ -434,8 +324,7 @@ class RaftNode:
                 nursery.start_soon(self._loop)
                 task_status.started()
         finally:
-            self._stopping = True
-            self._fail_all(ShuttingDown(f"node {self.node_id} is shutting down"))
+            self.requests.fail_all(ShuttingDown(f"node {self.node_id} is shutting down"))
 
     async def _ticker(self) -> None:
         while True:
@@ -486,7 +375,7 @@ class RaftNode:
             self.metrics.peer_send_drops.labels(str(out.to)).inc()
 
     def resolve(self, ready: Ready) -> None:
-        self._resolve_requests(ready)
+        self.requests.resolve(ready)
 
     def restore(self, meta: SnapshotMeta, data: bytes) -> None:
         self.state_machine.restore(data, meta.index)
@@ -497,7 +386,7 @@ class RaftNode:
     def batch_applied(self, ready: Ready) -> None:
         if ready.committed or ready.snapshot:
             self.state_machine.batch_applied()
-        self._release_reads()
+        self.requests.release_reads(self.applied_index)
         self._maybe_snapshot()
 
     def _note_rtt_start(self, peer: int, seq: int, now: float) -> None:
@@ -514,21 +403,7 @@ class RaftNode:
         self.applied_index = entry.index
         self._bytes_since_snapshot += len(entry.data)
         self.metrics.proposals_applied.inc()
-        rid = self._by_index.pop(entry.index, None)
-        if rid is None:
-            return
-        waiter = self._proposals.pop(rid, None)
-        if waiter is None:
-            return
-        if entry.term == waiter.term:
-            self.metrics.proposals_committed.inc()
-            self.metrics.commit_latency.observe(time.perf_counter() - waiter.started)
-            waiter.finish((entry.index, result))
-        else:
-            self.metrics.proposals_failed.labels("lost").inc()
-            waiter.finish(
-                error=ProposalLost(f"entry {entry.index} was overwritten by a new leader")
-            )
+        self.requests.entry_applied(entry, result)
 
     def _learn_address(self, entry: Entry) -> None:
         """A member added with an address becomes reachable from every node."""
@@ -549,35 +424,6 @@ class RaftNode:
                     exc,
                 )
 
-    def _resolve_requests(self, ready: Ready) -> None:
-        for accepted in ready.proposed:
-            waiter = self._proposals.get(accepted.request_id)
-            if waiter is not None:
-                waiter.index, waiter.term = accepted.index, accepted.term
-                self._by_index[accepted.index] = accepted.request_id
-        for refused in ready.refused:
-            table = self._reads if isinstance(refused, ReadRefused) else self._proposals
-            waiter = table.pop(refused.request_id, None)
-            if waiter is not None:
-                reason = "proposal refused" if isinstance(refused, ProposalRefused) else "read"
-                self.metrics.proposals_failed.labels("refused").inc()
-                waiter.finish(error=NotLeader(refused.leader_hint, f"{reason}: {refused.reason}"))
-        for state in ready.read_states:
-            self._reads_ready.append((state.index, state.request_id))
-
-    def _release_reads(self) -> None:
-        if not self._reads_ready:
-            return
-        keep = []
-        for index, rid in self._reads_ready:
-            if index <= self.applied_index:
-                waiter = self._reads.get(rid)
-                if waiter is not None:
-                    waiter.finish(index)
-            else:
-                keep.append((index, rid))
-        self._reads_ready = keep
-
     def _publish(self) -> None:
         core, metrics = self.core, self.metrics
         metrics.term.set(core.term)
@@ -588,7 +434,8 @@ class RaftNode:
         metrics.is_leader.set(1 if core.role is Role.LEADER else 0)
         metrics.has_leader.set(1 if core.leader_id is not None else 0)
         if core.leader_id != self._last_leader:
-            self._abandon_forwards(core.leader_id)
+            self._leader_changed.set()
+            self._leader_changed = trio.Event()
         if core.leader_id != self._last_leader and core.leader_id is not None:
             metrics.leader_changes.inc()
             log.info(
@@ -597,7 +444,7 @@ class RaftNode:
         self._last_leader = core.leader_id
         metrics.commit_index.set(core.commit_index)
         metrics.applied_index.set(self.applied_index)
-        metrics.proposals_pending.set(len(self._proposals))
+        metrics.proposals_pending.set(len(self.requests.proposals))
         metrics.inputs_queue_depth.set(self.inputs_queue_depth)
         self._changed.set()
         self._changed = trio.Event()
@@ -609,7 +456,7 @@ class RaftNode:
             self.applied_index - self._snapshot_index >= self.settings.snapshot_entries
             or self._bytes_since_snapshot >= self.settings.snapshot_bytes
         )
-        if not due or self._snapshotting or self._stopping:
+        if not due or self._snapshotting or self.requests.stopping:
             return
         if self.applied_index <= max(self._snapshot_index, self.core.first_index - 1):
             self._bytes_since_snapshot = 0  # nothing new since the last (or installed) one
@@ -645,56 +492,17 @@ class RaftNode:
 
     # --- requests ---------------------------------------------------------------------
 
-    def _new_waiter(self, table: dict[int, _Waiter]) -> tuple[int, _Waiter]:
-        if self._stopping:
-            raise ShuttingDown(f"node {self.node_id} is shutting down")
-        if len(self._proposals) + len(self._reads) >= self.settings.proposals_pending_max:
-            self.metrics.proposals_failed.labels("overloaded").inc()
-            raise Overloaded(
-                f"{self.settings.proposals_pending_max} requests already pending on node "
-                f"{self.node_id}"
-            )
-        rid = next(self._request_ids)
-        waiter = table[rid] = _Waiter(started=time.perf_counter())
-        return rid, waiter
-
     async def _request(
         self, make: Callable[[int], Input], timeout_s: float | None
     ) -> tuple[int, Any]:
-        rid, waiter = self._new_waiter(self._proposals)
+        requests = self.requests
+        rid, waiter = requests.register(requests.proposals)
         try:
             await self._inputs_send.send(make(rid))
-            result: tuple[int, Any] = await self._wait(waiter, timeout_s)
+            result: tuple[int, Any] = await requests.wait(waiter, timeout_s)
             return result
         finally:
-            self._proposals.pop(rid, None)
-            if self._by_index.get(waiter.index) == rid:
-                del self._by_index[waiter.index]
-
-    async def _wait(self, waiter: _Waiter, timeout_s: float | None) -> Any:
-        timeout = self.settings.proposal_timeout_s if timeout_s is None else timeout_s
-        with trio.move_on_after(timeout if timeout > 0 else math.inf):
-            await waiter.done.wait()
-        if not waiter.done.is_set():
-            self.metrics.proposals_failed.labels("timeout").inc()
-            raise ProposalTimeout(f"no outcome within {timeout} s; the write may still commit")
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
-
-    def _fail_all(self, error: NodeError) -> None:
-        """Fail every waiting request; a proposal already in the log may still commit
-        (another node may have it), so its caller hears "outcome unknown", not ``error``."""
-        for table in (self._proposals, self._reads):
-            for waiter in table.values():
-                if table is self._proposals and waiter.index:
-                    waiter.finish(
-                        error=ProposalTimeout(f"{error}; entry {waiter.index} may still commit")
-                    )
-                else:
-                    waiter.finish(error=error)
-            table.clear()
-        self._by_index.clear()
+            requests.forget(rid, waiter)
 
 
 def bootstrap_conf(voters: list[int]) -> ConfState:

@@ -19,10 +19,11 @@ import trio
 from felix.metadata.commands import DrainNode, NodeHealth, encode_command
 from felix.proto.cbor import dumps, from_plain, safe_loads, to_plain
 from felix.proto.client_messages import HealthStatus, ReportHealth
+from felix.proto.codes import ErrorCode
 from felix.proto.errors import ProtocolError
-from felix.proto.raft_messages import ForwardKind
 from felix.raft.types import Role
-from felix.server.metadata_sm import MetadataStateMachine
+from felix.server.metadata_sm import MetadataStore
+from felix.server.outcome import Outcome
 from felix.server.raft_node import RaftNode
 
 log = logging.getLogger("felix.sessions")
@@ -44,13 +45,13 @@ class SessionTracker:
     def __init__(
         self,
         node: RaftNode,
-        sm: MetadataStateMachine,
+        store: MetadataStore,
         *,
         timeout_s: float = SESSION_TIMEOUT_S,
         grace_s: float = FAILOVER_GRACE_S,
     ) -> None:
         self.node = node
-        self.sm = sm
+        self.store = store
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self.last_heard: dict[int, float] = {}  # broker id -> deadline-relevant time
@@ -58,19 +59,21 @@ class SessionTracker:
         self._in_flight: set[int] = set()
         self.expired = 0
 
-    async def handle_forwarded(self, data: bytes) -> tuple[int, str, str]:
+    async def handle_forwarded(self, data: bytes) -> Outcome:
+        """The `ForwardKind.HEALTH` handler (`felix.server.forwarding.Forwarder`)."""
         try:
             report = decode_report(data)
         except ProtocolError as exc:
-            return 0, "bad_request", str(exc)
+            return Outcome.failed(ErrorCode.BAD_REQUEST, str(exc))
         return await self.report(report)
 
-    async def report(self, report: ReportHealth) -> tuple[int, str, str]:
-        """A broker's heartbeat, on the leader.  Returns (index, error code, detail)."""
+    async def report(self, report: ReportHealth) -> Outcome:
+        """A broker's heartbeat, on the leader."""
         self._check_leadership()
-        broker = self.sm.state.nodes.get(report.node_id)
+        broker = self.store.state.nodes.get(report.node_id)
         if broker is None:
-            return 0, "rejected", f"node {report.node_id} is not registered; register it first"
+            detail = f"node {report.node_id} is not registered; register it first"
+            return Outcome.failed(ErrorCode.REJECTED, detail)
         self.last_heard[report.node_id] = trio.current_time()
         if report.status is HealthStatus.DRAINING and not broker.draining:
             return await self._propose(report.node_id, encode_command(DrainNode(report.node_id)))
@@ -78,14 +81,14 @@ class SessionTracker:
         if broker.state != wanted and report.status is not HealthStatus.DRAINING:
             command = NodeHealth(report.node_id, wanted, broker.epoch)
             return await self._propose(report.node_id, encode_command(command))
-        return self.sm.version, "", ""
+        return Outcome(self.store.version)
 
-    async def _propose(self, broker: int, data: bytes) -> tuple[int, str, str]:
+    async def _propose(self, broker: int, data: bytes) -> Outcome:
         if broker in self._in_flight:
-            return self.sm.version, "", ""  # the transition is already on its way
+            return Outcome(self.store.version)  # the transition is already on its way
         self._in_flight.add(broker)
         try:
-            return await self.node.forward_handlers[ForwardKind.WRITE](data)
+            return await self.node.propose_outcome(data)
         finally:
             self._in_flight.discard(broker)
 
@@ -102,7 +105,7 @@ class SessionTracker:
         grace_start = now + self.grace_s - self.timeout_s
         self.last_heard = {
             node_id: max(self.last_heard.get(node_id, grace_start), grace_start)
-            for node_id, node in self.sm.state.nodes.items()
+            for node_id, node in self.store.state.nodes.items()
             if node.state == "up"
         }
 
@@ -114,7 +117,7 @@ class SessionTracker:
             if self._leading_term is None:
                 continue
             now = trio.current_time()
-            for node_id, node in list(self.sm.state.nodes.items()):
+            for node_id, node in list(self.store.state.nodes.items()):
                 heard = self.last_heard.get(node_id)
                 if node.state == "up" and (heard is None or now - heard > self.timeout_s):
                     self.expired += 1

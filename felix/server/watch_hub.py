@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from felix.proto.cbor import gc_paused
+from felix.gc_pause import gc_paused
 from felix.proto.client_messages import (
     SERVER_TO_CLIENT,
     Change,
@@ -104,13 +104,16 @@ class Subscriber:
 
 
 class WatchHub:
-    def __init__(self, snapshot_source: SnapshotSource, limits: HubLimits = HubLimits()) -> None:
+    def __init__(
+        self, snapshot_source: SnapshotSource, limits: HubLimits = HubLimits(), *, version: int = 0
+    ) -> None:
+        """``version``: where the state the hub will publish from stands now."""
         self.limits = limits
         self.stats = HubStats()
         self._snapshot_source = snapshot_source
         self._history: deque[tuple[Delta, int]] = deque()  # (delta, encoded size)
         self._history_bytes = 0
-        self.version = 0  # last published version
+        self.version = version  # last published version
         self._subscribers: set[Subscriber] = set()
         self._advanced = trio.Event()
         self._published_since_progress = False

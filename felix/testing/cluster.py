@@ -23,7 +23,11 @@ from felix.proto.client_messages import Error, Record, WriteRequest, WriteResult
 from felix.proto.raft_messages import ConfState, SnapshotMeta
 from felix.raft.ready import Ready
 from felix.raft.types import RaftConfig
+from felix.server.graph import MetadataParts, MetadataServices
+from felix.server.metadata_sm import metadata_outcome
 from felix.server.raft_node import NodeSettings, NodeStatus, RaftNode, StateMachine
+from felix.server.requests import ResultOutcome, applied_ok
+from felix.server.watch_hub import HubLimits
 from felix.storage.memory_wal import MemoryWal
 from felix.storage.segmented_wal import SegmentedWal
 from felix.testing.kv import KvStateMachine
@@ -109,7 +113,16 @@ class TrioCluster:
     def bootstrap_conf(self) -> ConfState:
         return ConfState(self.voters, ())
 
-    async def start(self, node_id: int, *, conf: ConfState | None = None) -> SimNode:
+    async def start(
+        self,
+        node_id: int,
+        *,
+        conf: ConfState | None = None,
+        state_machine: StateMachine | None = None,
+        outcome_of: ResultOutcome = applied_ok,
+    ) -> SimNode:
+        """Start (or restart) a node; ``state_machine`` defaults to a fresh one from the
+        factory (a metadata node passes the one its `MetadataParts` were built around)."""
         sim = self.nodes.get(node_id)
         if sim is None:
             sim = self.nodes[node_id] = SimNode(node_id, MemoryWal())
@@ -128,9 +141,10 @@ class TrioCluster:
             boot,
             wal,
             transport,
-            self.state_machine_factory(),
+            state_machine or self.state_machine_factory(),
             settings=self.settings,
             rng=rng,
+            outcome_of=outcome_of,
         )
         sim.stopped = trio.Event()
         sim.scope = await self.nursery.start(self._run, sim)
@@ -143,6 +157,18 @@ class TrioCluster:
                 await sim.node.run(task_status=_Started(task_status, scope))
         finally:
             sim.stopped.set()
+
+    async def start_metadata(
+        self, node_id: int, limits: HubLimits | None = None
+    ) -> tuple[SimNode, MetadataServices]:
+        """Start a node serving metadata: its graph built whole before it runs (the
+        caller runs ``services.run`` for the client API)."""
+        parts = MetadataParts.build(limits)
+        sim = await self.start(
+            node_id, state_machine=parts.state_machine, outcome_of=metadata_outcome
+        )
+        assert sim.node is not None
+        return sim, MetadataServices(sim.node, parts)
 
     async def start_all(self) -> None:
         for node_id in self.voters:
@@ -211,7 +237,7 @@ class _Started:
         self._outer.started(self._scope)
 
 
-RETRY_CODES = ("not_leader", "timeout", "unavailable")
+RETRY_CODES = ("not_leader", "not_committed", "timeout", "unavailable")
 
 
 async def write_metadata(

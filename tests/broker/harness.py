@@ -10,8 +10,6 @@ from typing import Any
 import trio
 
 from felix.metadata.state import MetadataState
-from felix.server.app import attach_hub, attach_sessions
-from felix.server.client_api import ClientApi
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.server.watch_hub import HubLimits, WatchHub
@@ -46,16 +44,14 @@ class ControlPlane:
         return next(n for n, p in self.ports.items() if endpoint == f"127.0.0.1:{p}")
 
     async def serve(self, node_id: int) -> None:
-        sim = await self.cluster.start(node_id)
-        assert sim.node is not None
-        hub = self.hubs[node_id] = attach_hub(sim.node, self.limits)
-        attach_sessions(sim.node)
-        api = ClientApi(sim.node, hub)
+        _, services = await self.cluster.start_metadata(node_id, self.limits)
+        self.hubs[node_id] = services.hub
 
         async def run(*, task_status: trio.TaskStatus[int]) -> None:
             with trio.CancelScope() as scope:  # the API lives and dies with its node
                 self._scopes[node_id] = scope
-                await api.run("127.0.0.1", self.ports.get(node_id, 0), task_status=task_status)
+                port = self.ports.get(node_id, 0)
+                await services.run("127.0.0.1", port, task_status=task_status)
 
         self.ports[node_id] = await self.nursery.start(run)
 

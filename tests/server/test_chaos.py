@@ -16,7 +16,8 @@ import pytest
 import trio
 import trio.testing
 
-from felix.server.raft_node import NodeError, NodeSettings
+from felix.server.raft_node import NodeSettings
+from felix.server.requests import NodeError
 from felix.testing.cluster import TICK_S, TrioCluster
 from felix.testing.determinism import seeded_trio_scheduler
 from felix.testing.kv import encode_put

@@ -32,8 +32,7 @@ from felix.proto.client_messages import (
     WriteRequest,
     WriteResult,
 )
-from felix.server.app import attach_hub
-from felix.server.client_api import ClientApi
+from felix.server.graph import MetadataServices
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.testing.cluster import TrioCluster, write_metadata
@@ -127,17 +126,15 @@ async def test_brokers_follow_writes_across_a_leader_failure(seed: int) -> None:
         api_scopes: dict[int, trio.CancelScope] = {}
 
         async def run_api(
-            api: ClientApi, node_id: int, *, task_status: trio.TaskStatus[int]
+            services: MetadataServices, node_id: int, *, task_status: trio.TaskStatus[int]
         ) -> None:
             with trio.CancelScope() as scope:  # the API lives and dies with its node
                 api_scopes[node_id] = scope
-                await api.run("127.0.0.1", 0, task_status=task_status)
+                await services.run("127.0.0.1", 0, task_status=task_status)
 
         async def serve(node_id: int) -> None:
-            sim = await cluster.start(node_id)
-            assert sim.node is not None
-            api = ClientApi(sim.node, attach_hub(sim.node))
-            ports[node_id] = await nursery.start(run_api, api, node_id)
+            _, services = await cluster.start_metadata(node_id)
+            ports[node_id] = await nursery.start(run_api, services, node_id)
 
         for node_id in (1, 2, 3):
             await serve(node_id)
@@ -243,11 +240,8 @@ async def test_get_snapshot_linearizable_and_bad_writes() -> None:
         )
         ports: dict[int, int] = {}
         for node_id in (1, 2, 3):
-            sim = await cluster.start(node_id)
-            assert sim.node is not None
-            ports[node_id] = await nursery.start(
-                ClientApi(sim.node, attach_hub(sim.node)).run, "127.0.0.1", 0
-            )
+            _, services = await cluster.start_metadata(node_id)
+            ports[node_id] = await nursery.start(services.run, "127.0.0.1", 0)
         await write(ports, cluster, "set_tenant", {"name": "acme"})
         leader = await cluster.wait_for_leader()
         conn = await ClientConnection.open("127.0.0.1", ports[leader.node_id])

@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from felix.broker.connection import ClientConnection
+from felix.proto.client_messages import ClientHello, Deltas
 from felix.testing.processes import ProcessCluster
 
 
@@ -96,3 +99,38 @@ def test_config_typo_is_refused_clearly(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "unknown key 'raft.electon_ticks'" in result.stderr
     assert "did you mean 'raft.election_ticks'?" in result.stderr
+
+
+async def _first_watch_message(port: int, from_version: int) -> object:
+    """Connect (retrying while the restarted node's client port comes up), resume from
+    ``from_version``, and return the first message of the stream."""
+    with trio.fail_after(20):
+        while True:
+            try:
+                conn = await ClientConnection.open("127.0.0.1", port)
+                break
+            except OSError:
+                await trio.sleep(0.02)
+        try:
+            await conn.send(ClientHello(None, from_version, ""))
+            return await conn.receive()
+        finally:
+            await conn.aclose()
+
+
+def test_a_broker_resuming_right_after_a_restart_gets_deltas(
+    cluster: ProcessCluster,
+) -> None:
+    """The node's graph is wired before it runs: the entries it re-applies from its WAL
+    at boot reach the watch hub's history, so a resume from an old version is served
+    with deltas, not a snapshot it did not need."""
+    _, resume_from = write_many(cluster, "a", 10)
+    _, last = write_many(cluster, "b", 10)
+    leader = cluster.wait_for_leader()
+    follower = next(n for n in cluster.nodes if n != leader)
+    cluster.wait_caught_up(follower, last)
+    assert cluster.nodes[follower].stop() == 0
+    cluster.nodes[follower].start()
+    first = trio.run(_first_watch_message, cluster.nodes[follower].client_port, resume_from)
+    assert isinstance(first, Deltas), f"expected deltas after {resume_from}, got {first!r}"
+    assert first.deltas[0].prev_version == resume_from

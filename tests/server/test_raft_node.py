@@ -6,14 +6,8 @@ import pytest
 import trio
 
 from felix.proto.raft_messages import ConfChangeKind
-from felix.server.raft_node import (
-    NodeError,
-    NodeSettings,
-    NotLeader,
-    ProposalTimeout,
-    ShuttingDown,
-    error_code_for,
-)
+from felix.server.raft_node import NodeSettings
+from felix.server.requests import NodeError, NotLeader, ProposalTimeout, ShuttingDown
 from felix.testing.cluster import TICK_S, TrioCluster
 from felix.testing.kv import encode_put
 
@@ -211,14 +205,17 @@ async def test_stopping_with_an_appended_proposal_pending_says_outcome_unknown(
 
         nursery.start_soon(propose)
         with trio.fail_after(5):
-            while not node._proposals or not next(iter(node._proposals.values())).index:
+            while (
+                not node.requests.proposals
+                or not next(iter(node.requests.proposals.values())).index
+            ):
                 await node.wait_changed()
         await cluster.stop(leader.node_id)
         with trio.fail_after(5):
             while not outcome:
                 await trio.sleep(TICK_S)
         assert isinstance(outcome[0], ProposalTimeout), outcome
-        assert error_code_for(outcome[0]) == "timeout" and "may still commit" in str(outcome[0])
+        assert outcome[0].code == "timeout" and "may still commit" in str(outcome[0])
         # a request that never reached the log is plainly refused
         with pytest.raises(ShuttingDown):
             await node.propose(encode_put("late", b"z"), timeout_s=1.0)

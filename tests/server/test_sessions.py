@@ -7,31 +7,29 @@ import trio
 from felix.metadata.commands import RegisterNode, encode_command
 from felix.proto.client_messages import HealthStatus, ReportHealth
 from felix.proto.raft_messages import ForwardKind
-from felix.server.app import attach_hub, attach_sessions
+from felix.server.graph import MetadataServices
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings, RaftNode
 from felix.server.sessions import SESSION_TIMEOUT_S, encode_report
-from felix.testing.cluster import TICK_S, SimNode, TrioCluster
+from felix.testing.cluster import TICK_S, TrioCluster
 
 
-async def start(cluster: TrioCluster, nursery: trio.Nursery, node_id: int) -> SimNode:
-    sim = await cluster.start(node_id)
-    assert sim.node is not None
-    attach_hub(sim.node)
-    tracker = attach_sessions(sim.node)
+async def start(cluster: TrioCluster, nursery: trio.Nursery, node_id: int) -> MetadataServices:
+    sim, services = await cluster.start_metadata(node_id)
 
-    async def run_tracker(task_status: trio.TaskStatus[None]) -> None:
-        """The tracker lives as long as this incarnation of the node."""
-        task_status.started()
+    async def run_services(task_status: trio.TaskStatus[None]) -> None:
+        """Forwarding and session expiry live as long as this incarnation of the node."""
         node = sim.node
         async with trio.open_nursery() as inner:
-            inner.start_soon(tracker.run)
+            await inner.start(services.forwarder.run)
+            inner.start_soon(services.sessions.run)
+            task_status.started()
             while sim.node is node and sim.running:
                 await trio.sleep(TICK_S)
             inner.cancel_scope.cancel()
 
-    await nursery.start(run_tracker)
-    return sim
+    await nursery.start(run_services)
+    return services
 
 
 def state_of(node: RaftNode, broker: int) -> tuple[str, bool]:
@@ -41,11 +39,13 @@ def state_of(node: RaftNode, broker: int) -> tuple[str, bool]:
     return record.state, record.draining
 
 
-async def report(node: RaftNode, broker: int, status: HealthStatus = HealthStatus.UP) -> str:
-    _, code, detail = await node.submit(
+async def report(
+    services: MetadataServices, broker: int, status: HealthStatus = HealthStatus.UP
+) -> str:
+    outcome = await services.forwarder.submit(
         ForwardKind.HEALTH, encode_report(ReportHealth(broker, status, 0)), timeout_s=5
     )
-    return code or "ok" if not detail else f"{code}: {detail}"
+    return "ok" if outcome.ok else f"{outcome.error}: {outcome.detail}"
 
 
 async def test_heartbeats_transitions_expiry_and_failover_grace(
@@ -60,8 +60,7 @@ async def test_heartbeats_transitions_expiry_and_failover_grace(
             settings=settings,
             state_machine_factory=MetadataStateMachine,
         )
-        for node_id in (1, 2, 3):
-            await start(cluster, nursery, node_id)
+        services = {n: await start(cluster, nursery, n) for n in (1, 2, 3)}
         leader = await cluster.wait_for_leader()
         assert leader.node is not None
         for broker in (101, 102, 103):
@@ -70,9 +69,9 @@ async def test_heartbeats_transitions_expiry_and_failover_grace(
         assert follower.node is not None
 
         # Unknown brokers are refused; a first report through a follower marks one up.
-        assert "not registered" in await report(follower.node, 999)
+        assert "not registered" in await report(services[follower.node_id], 999)
         for broker in (101, 102, 103):
-            assert await report(follower.node, broker) == "ok"
+            assert await report(services[follower.node_id], broker) == "ok"
         await cluster.wait_converged()
         assert state_of(leader.node, 101) == ("up", False)
 
@@ -82,9 +81,8 @@ async def test_heartbeats_transitions_expiry_and_failover_grace(
         async def beat(broker: int) -> None:
             while not stop_beats.is_set():
                 for sim in cluster.running():  # any node will do: followers forward
-                    if sim.node is not None:
-                        await report(sim.node, broker)
-                        break
+                    await report(services[sim.node_id], broker)
+                    break
                 await trio.sleep(1.0)
 
         nursery.start_soon(beat, 101)
@@ -101,7 +99,7 @@ async def test_heartbeats_transitions_expiry_and_failover_grace(
         assert state_of(new.node, 101)[0] == "up" and state_of(new.node, 103)[0] == "up"
 
         # A draining report starts a drain.
-        assert await report(new.node, 103, HealthStatus.DRAINING) == "ok"
+        assert await report(services[new.node_id], 103, HealthStatus.DRAINING) == "ok"
         await cluster.wait_converged()
         assert state_of(new.node, 103)[1] is True
         stop_beats.set()

@@ -1,0 +1,133 @@
+"""`Forwarder`: run a client's request on the leader, wherever it is.
+
+A write or a health report reaching a follower travels to the leader over the
+authenticated peer link as a `Forward`; the leader runs it through the handler for its
+kind and answers with a `ForwardResult` (an `Outcome` on the wire).  The Raft core never
+sees either.  The node hands both message types to this object over a bounded channel
+(`RaftNode.forwarded`), so data flows one way: transport → node → forwarder.
+
+A request forwarded to a node that stops leading is abandoned at once with an unknown
+outcome (``timeout``): the old leader may have replicated it before it fell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import trio
+
+from felix.proto.codes import ErrorCode
+from felix.proto.raft_messages import Forward, ForwardKind, ForwardResult
+from felix.server.outcome import Outcome
+from felix.server.raft_node import RaftNode
+
+log = logging.getLogger("felix.forwarding")
+
+ForwardHandler = Callable[[bytes], Awaitable[Outcome]]
+SERVING_MAX = 1024  # forwarded requests run at once on the leader; more wait in the channel
+
+
+class _Pending:
+    __slots__ = ("done", "leader", "outcome")
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader  # the node it was forwarded to
+        self.done = trio.Event()
+        self.outcome: Outcome | None = None
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+
+class Forwarder:
+    def __init__(self, node: RaftNode, handlers: Mapping[ForwardKind, ForwardHandler]) -> None:
+        self.node = node
+        self.handlers = dict(handlers)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+
+    def serves(self, kind: ForwardKind) -> bool:
+        return kind in self.handlers
+
+    async def submit(
+        self, kind: ForwardKind, data: bytes, *, timeout_s: float | None = None
+    ) -> Outcome:
+        """Run a request on the leader: here if this node leads, else forwarded.  A
+        refusal for "not the leader" is retried at the new leader until the deadline."""
+        node = self.node
+        timeout = node.settings.proposal_timeout_s if timeout_s is None else timeout_s
+        deadline = trio.current_time() + timeout
+        while trio.current_time() < deadline:
+            leader = node.core.leader_id
+            if leader == node.node_id:
+                return await self._handle(kind, data)
+            if leader is not None:
+                outcome = await self._forward_once(leader, kind, data, deadline)
+                if outcome is not None and outcome.error is not ErrorCode.NOT_LEADER:
+                    return outcome
+            with trio.move_on_at(deadline):
+                await node.wait_changed()  # a leader appeared, or moved: try it
+        return Outcome.failed(
+            ErrorCode.TIMEOUT, f"no outcome within {timeout} s; the write may still commit"
+        )
+
+    async def _handle(self, kind: ForwardKind, data: bytes) -> Outcome:
+        handler = self.handlers.get(kind)
+        if handler is None:
+            return Outcome.failed(ErrorCode.BAD_REQUEST, f"{kind.name} is not served")
+        return await handler(data)
+
+    async def _forward_once(
+        self, leader: int, kind: ForwardKind, data: bytes, deadline: float
+    ) -> Outcome | None:
+        rid = next(self._ids)
+        pending = self._pending[rid] = _Pending(leader)
+        try:
+            if not self.node.transport.send_nowait(leader, Forward(rid, kind, data)):
+                return None
+            with trio.move_on_at(deadline):
+                await pending.done.wait()
+            return pending.outcome
+        finally:
+            self._pending.pop(rid, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve forwarded requests and collect the answers to ours, until cancelled."""
+        limit = trio.Semaphore(SERVING_MAX)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._abandon_on_leader_change)
+            task_status.started()
+            async for sender, message in self.node.forwarded:
+                if isinstance(message, ForwardResult):
+                    pending = self._pending.pop(message.request_id, None)
+                    if pending is not None:
+                        pending.finish(Outcome.of_forward_result(message))
+                    continue
+                await limit.acquire()
+                nursery.start_soon(self._serve, sender, message, limit)
+
+    async def _serve(self, sender: int, message: Forward, limit: trio.Semaphore) -> None:
+        try:
+            outcome = await self._handle(message.kind, message.data)
+            self.node.transport.send_nowait(sender, outcome.to_forward_result(message.request_id))
+        finally:
+            limit.release()
+
+    async def _abandon_on_leader_change(self) -> None:
+        while True:
+            await self.node.wait_leader_changed()
+            leader = self.node.core.leader_id
+            for rid, pending in list(self._pending.items()):
+                if pending.leader != leader:
+                    del self._pending[rid]
+                    pending.finish(
+                        Outcome.failed(
+                            ErrorCode.TIMEOUT,  # the outcome is unknown, as after a timeout
+                            "the leader changed while the request was forwarded to it; "
+                            "it may or may not have been applied",
+                        )
+                    )
