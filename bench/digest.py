@@ -37,7 +37,7 @@ CASES: list[tuple[str, Model]] = [
     ("node (ctl plane: enum)", Node(7, "10.0.0.7:9092", "rack-1", NodeState.UP, 1234, False, None)),
     ("stream", Stream("orders", "acme", 64, 3, 604_800_000)),
     ("tenant", Tenant("acme", "Acme Corp", 100, None, 10**9)),
-    ("config (int)", ConfigEntry("max_streams", 10_000)),
+    ("config (int)", ConfigEntry("streams_max", 10_000)),
     ("config (bool)", ConfigEntry("rack_aware_placement", False)),
 ]  # fmt: skip
 

@@ -795,8 +795,8 @@ async def build_state(
     admin = Admin(conn)
     nursery.start_soon(admin.writer.reader)
     per_stream = min(10_000, shards)
-    await admin.write("set_config", {"name": "max_shards_per_stream", "value": per_stream})
-    await admin.write("set_config", {"name": "max_shards_per_node", "value": 1_000_000})
+    await admin.write("set_config", {"name": "shards_per_stream_max", "value": per_stream})
+    await admin.write("set_config", {"name": "shards_per_node_max", "value": 1_000_000})
     await admin.write("set_tenant", {"name": "bench"})
     nodes = list(range(1, 6))
     for node_id in nodes:

@@ -226,8 +226,8 @@ def register(subparsers: Any) -> None:
         "replace a tenant's quotas (an omitted one becomes unlimited)",
     )
     quota.add_argument("name")
-    quota.add_argument("--max-streams", type=int, metavar="N")
-    quota.add_argument("--max-shards", type=int, metavar="N")
+    quota.add_argument("--streams-max", type=int, metavar="N")
+    quota.add_argument("--shards-max", type=int, metavar="N")
     quota.add_argument("--bytes-per-s", type=int, metavar="N")
 
 
@@ -734,8 +734,8 @@ async def cmd_tenant_remove(args: argparse.Namespace) -> str:
 async def cmd_tenant_quota(args: argparse.Namespace) -> str:
     command_args = {
         "tenant": args.name,
-        "max_streams": args.max_streams,
-        "max_shards": args.max_shards,
+        "streams_max": args.streams_max,
+        "shards_max": args.shards_max,
         "bytes_per_s": args.bytes_per_s,
     }
     return await _write_and_report(args, "set_quota", command_args)

@@ -175,29 +175,29 @@ async def test_config_get_and_set(cluster: Cluster) -> None:
     table = await ok(cluster, "config", "get")
     assert table.splitlines()[0].split() == ["NAME", "VALUE", "DEFAULT", "SOURCE"]
     assert any(
-        line.split() == ["max_streams", "10000", "10000", "default"] for line in table.splitlines()
+        line.split() == ["streams_max", "10000", "10000", "default"] for line in table.splitlines()
     )
 
-    await ok(cluster, "config", "set", "max_streams", "5")
+    await ok(cluster, "config", "set", "streams_max", "5")
     await ok(cluster, "config", "set", "rack_aware_placement", "false")
-    assert await ok_json(cluster, "config", "get", "max_streams") == {
-        "name": "max_streams",
+    assert await ok_json(cluster, "config", "get", "streams_max") == {
+        "name": "streams_max",
         "value": 5,
         "default": 10_000,
         "set": True,
     }
     rack = await ok_json(cluster, "config", "get", "rack_aware_placement")
     assert rack["value"] is False and rack["set"]
-    assert (await ok(cluster, "config", "get", "max_streams")).splitlines()[1].split() == [
-        "max_streams",
+    assert (await ok(cluster, "config", "get", "streams_max")).splitlines()[1].split() == [
+        "streams_max",
         "5",
         "10000",
         "set",
     ]
 
     # Values are parsed by the key's type before anything is sent ...
-    code, text = await run(cluster, "config", "set", "max_streams", "lots")
-    assert (code, text) == (1, "felix: bad_request: config max_streams takes an int, got 'lots'")
+    code, text = await run(cluster, "config", "set", "streams_max", "lots")
+    assert (code, text) == (1, "felix: bad_request: config streams_max takes an int, got 'lots'")
     code, text = await run(cluster, "config", "set", "rack_aware_placement", "maybe")
     assert code == 1 and text.startswith("felix: bad_request: ") and "bool" in text
     code, text = await run(cluster, "config", "set", "no_such_key", "1")
@@ -205,12 +205,12 @@ async def test_config_get_and_set(cluster: Cluster) -> None:
     code, text = await run(cluster, "config", "get", "no_such_key")
     assert code == 1 and "unknown config key" in text
     # ... and ranges are the server's to check.
-    code, text = await run(cluster, "config", "set", "max_streams", "-1")
+    code, text = await run(cluster, "config", "set", "streams_max", "-1")
     assert code == 1 and text.startswith("felix: rejected: ") and "out of range" in text
 
-    await ok(cluster, "config", "unset", "max_streams")
-    restored = await ok_json(cluster, "config", "get", "max_streams")
-    assert restored == {"name": "max_streams", "value": 10_000, "default": 10_000, "set": False}
+    await ok(cluster, "config", "unset", "streams_max")
+    restored = await ok_json(cluster, "config", "get", "streams_max")
+    assert restored == {"name": "streams_max", "value": 10_000, "default": 10_000, "set": False}
 
 
 # --- nodes and tenants --------------------------------------------------------------
@@ -244,21 +244,21 @@ async def test_node_register_drain_list(cluster: Cluster) -> None:
 async def test_tenant_set_quota_list(cluster: Cluster) -> None:
     await ok(cluster, "tenant", "set", "acme", "--display-name", "Acme Corp")
     await ok(cluster, "tenant", "set", "zeta")
-    await ok(cluster, "tenant", "quota", "acme", "--max-streams", "1", "--bytes-per-s", "1000")
+    await ok(cluster, "tenant", "quota", "acme", "--streams-max", "1", "--bytes-per-s", "1000")
     tenants = await ok_json(cluster, "tenant", "list")
     assert tenants[0] == {
         "name": "acme",
         "display_name": "Acme Corp",
-        "max_streams": 1,
-        "max_shards": None,
+        "streams_max": 1,
+        "shards_max": None,
         "bytes_per_s": 1000,
     }
     table = await ok(cluster, "tenant", "list")
     assert table.splitlines()[0].split() == [
         "NAME",
         "DISPLAY_NAME",
-        "MAX_STREAMS",
-        "MAX_SHARDS",
+        "STREAMS_MAX",
+        "SHARDS_MAX",
         "BYTES_PER_S",
     ]
     assert table.splitlines()[2].split() == ["zeta", "-", "-", "-"]  # empty name, no quotas
@@ -270,7 +270,7 @@ async def test_tenant_set_quota_list(cluster: Cluster) -> None:
     code, text = await run(cluster, *create.format("b").split())
     assert code == 1 and text.startswith("felix: rejected: ")
 
-    code, text = await run(cluster, "tenant", "quota", "nobody", "--max-streams", "1")
+    code, text = await run(cluster, "tenant", "quota", "nobody", "--streams-max", "1")
     assert code == 1 and "nobody" in text
     await ok(cluster, "tenant", "remove", "zeta")
     assert [t["name"] for t in await ok_json(cluster, "tenant", "list")] == ["acme"]
@@ -351,12 +351,12 @@ async def test_snapshot_json_and_table(cluster: Cluster) -> None:
     await ok(cluster, "tenant", "set", "acme")
     await live_nodes(cluster)
     await ok(cluster, "stream", "create", "s", "--shards", "2", "--tenant", "acme")
-    await ok(cluster, "config", "set", "max_streams", "50")
+    await ok(cluster, "config", "set", "streams_max", "50")
     snap = await ok_json(cluster, "snapshot")
     assert set(snap) == {"version", "digest", "endpoint", "records"}
     records = snap["records"]
     assert list(records) == ["config", "tenant", "node", "stream", "shard"]
-    assert records["config"] == {"max_streams": {"name": "max_streams", "value": 50}}
+    assert records["config"] == {"streams_max": {"name": "streams_max", "value": 50}}
     assert list(records["node"]) == ["1", "2", "3"]
     assert records["stream"]["s"]["shards"] == 2
     assert sorted(records["shard"]) == ["s/0", "s/1"]
@@ -387,7 +387,7 @@ async def test_watch_count_and_from_version(cluster: Cluster, nursery: trio.Nurs
             await trio.sleep(0.01)
     assert lines[0].startswith("# snapshot version=")
     first = (await ok_json(cluster, "tenant", "set", "acme"))["version"]
-    await ok(cluster, "config", "set", "max_streams", "9")
+    await ok(cluster, "config", "set", "streams_max", "9")
     await ok(cluster, "tenant", "set", "acme", "--display-name", "Acme")
     await ok(cluster, "tenant", "set", "never-seen")  # after --count: not printed
     with trio.fail_after(10):
@@ -397,9 +397,9 @@ async def test_watch_count_and_from_version(cluster: Cluster, nursery: trio.Nurs
     assert len(changes) == 3
     assert (
         changes[0] == f'{first}  PUT     tenant acme  {{"name":"acme","display_name":"",'
-        '"max_streams":null,"max_shards":null,"bytes_per_s":null}'
+        '"streams_max":null,"shards_max":null,"bytes_per_s":null}'
     )
-    assert changes[1].split()[1:4] == ["PUT", "config", "max_streams"]
+    assert changes[1].split()[1:4] == ["PUT", "config", "streams_max"]
     assert changes[2].split()[1:4] == ["PUT", "tenant", "acme"] and '"Acme"' in changes[2]
 
     # Replaying from a version: the deltas after it, as JSON lines, no snapshot.
@@ -410,15 +410,15 @@ async def test_watch_count_and_from_version(cluster: Cluster, nursery: trio.Nurs
     events = [json.loads(line) for line in text.splitlines()]
     assert [(e["version"], e["kind"], e["key"]) for e in events] == [
         (first, "tenant", "acme"),
-        (events[1]["version"], "config", "max_streams"),
+        (events[1]["version"], "config", "streams_max"),
     ]
-    assert events[1]["value"] == {"name": "max_streams", "value": 9}
+    assert events[1]["value"] == {"name": "streams_max", "value": 9}
 
     # A delete is a DELETE line.
-    await ok(cluster, "config", "unset", "max_streams")
+    await ok(cluster, "config", "unset", "streams_max")
     version = (await ok_json(cluster, "snapshot"))["version"]
     code, text = await run(cluster, "watch", "--from-version", str(version - 1), "--count", "1")
-    assert (code, text) == (0, f"{version}  DELETE  config max_streams")
+    assert (code, text) == (0, f"{version}  DELETE  config streams_max")
 
 
 # --- the real entry point -----------------------------------------------------------

@@ -158,8 +158,8 @@ class SetQuota:
 
     NAME: ClassVar[str] = "set_quota"
     tenant: Name
-    max_streams: Quota | None = None
-    max_shards: Quota | None = None
+    streams_max: Quota | None = None
+    shards_max: Quota | None = None
     bytes_per_s: Quota | None = None
     expected_version: Version | None = None
 

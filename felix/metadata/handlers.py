@@ -89,9 +89,9 @@ def create_stream(state: MetadataState, cmd: cmds.CreateStream) -> None:
 
 
 def _check_shard_count(state: MetadataState, shards: int) -> None:
-    limit = state._cfg_int("max_shards_per_stream")
+    limit = state._cfg_int("shards_per_stream_max")
     if shards > limit:
-        raise rejected(f"{shards} shards exceeds max_shards_per_stream={limit}")
+        raise rejected(f"{shards} shards exceeds shards_per_stream_max={limit}")
 
 
 def update_stream(state: MetadataState, cmd: cmds.UpdateStream) -> None:
@@ -146,7 +146,7 @@ def set_tenant(state: MetadataState, cmd: cmds.SetTenant) -> None:
 
 def set_quota(state: MetadataState, cmd: cmds.SetQuota) -> None:
     tenant = state._tenant(cmd.tenant)
-    quotas = Tenant(tenant.name, tenant.display_name, cmd.max_streams, cmd.max_shards,
+    quotas = Tenant(tenant.name, tenant.display_name, cmd.streams_max, cmd.shards_max,
                     cmd.bytes_per_s)  # fmt: skip
     state._put(quotas)
 

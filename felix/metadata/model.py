@@ -13,9 +13,9 @@ node    "7"           id, address, rack, state ("registered"/"up"/"down"),
 stream  "orders"      name, tenant, shards, replication_factor, retention_ms
 shard   "orders/3"    stream, index, replicas (tuple of node ids, leader first
                       at placement), leader (node id or None), leader_epoch
-tenant  "acme"        name, display_name, max_streams, max_shards, bytes_per_s
+tenant  "acme"        name, display_name, streams_max, shards_max, bytes_per_s
                       (each quota an int, or None for unlimited)
-config  "max_streams" name, value
+config  "streams_max" name, value
 ======  ============  ==========================================================
 """
 
@@ -144,13 +144,13 @@ class Shard(_Model):
 class Tenant(_Model):
     kind: ClassVar[str] = KIND_TENANT
     types: ClassVar[Mapping[str, tuple[type, ...]]] = {
-        "name": _STR, "display_name": _STR, "max_streams": _OPT_INT, "max_shards": _OPT_INT,
+        "name": _STR, "display_name": _STR, "streams_max": _OPT_INT, "shards_max": _OPT_INT,
         "bytes_per_s": _OPT_INT,
     }  # fmt: skip
     name: str
     display_name: str
-    max_streams: int | None
-    max_shards: int | None
+    streams_max: int | None
+    shards_max: int | None
     bytes_per_s: int | None
 
     @property

@@ -56,7 +56,7 @@ def _place_one(
         fits = [n for n in nodes if n.id not in chosen and n.replicas < replicas_max]
         if not fits:
             raise rejected(
-                f"not enough capacity: every live node holds max_shards_per_node="
+                f"not enough capacity: every live node holds shards_per_node_max="
                 f"{replicas_max} replicas"
             )
         best = min(fits, key=rank)

@@ -321,13 +321,13 @@ class MetadataState:
 
     def _check_stream_quotas(self, tenant: Tenant, new_streams: int, new_shards: int) -> None:
         streams, shards = self.tenant_usage(tenant.name)
-        if new_streams and len(self.streams) + new_streams > self._cfg_int("max_streams"):
-            raise rejected(f"the cluster already has max_streams={self._cfg_int('max_streams')}")
-        if tenant.max_streams is not None and streams + new_streams > tenant.max_streams:
-            raise rejected(f"tenant {tenant.name!r} quota max_streams={tenant.max_streams} reached")
-        if tenant.max_shards is not None and shards + new_shards > tenant.max_shards:
+        if new_streams and len(self.streams) + new_streams > self._cfg_int("streams_max"):
+            raise rejected(f"the cluster already has streams_max={self._cfg_int('streams_max')}")
+        if tenant.streams_max is not None and streams + new_streams > tenant.streams_max:
+            raise rejected(f"tenant {tenant.name!r} quota streams_max={tenant.streams_max} reached")
+        if tenant.shards_max is not None and shards + new_shards > tenant.shards_max:
             raise rejected(
-                f"tenant {tenant.name!r} quota max_shards={tenant.max_shards} would be "
+                f"tenant {tenant.name!r} quota shards_max={tenant.shards_max} would be "
                 f"exceeded ({shards} + {new_shards})"
             )
 
@@ -341,7 +341,7 @@ class MetadataState:
             candidates,
             count,
             replication_factor,
-            self._cfg_int("max_shards_per_node"),
+            self._cfg_int("shards_per_node_max"),
             config_bool(self.config_values(), "rack_aware_placement"),
         )
 

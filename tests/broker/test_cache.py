@@ -99,8 +99,8 @@ def test_snapshot_then_deltas_track_the_state() -> None:
     leader = cache.shards[("orders", 0)].leader
     assert cache.leader_address("orders", 0) == f"10.0.0.{leader}:9092"
     assert cache.node(2) is not None and cache.node(2).rack == "b"  # type: ignore[union-attr]
-    cache.apply_delta(h.ok(SetConfig("max_streams", 7)))
-    assert cache.config["max_streams"] == 7
+    cache.apply_delta(h.ok(SetConfig("streams_max", 7)))
+    assert cache.config["streams_max"] == 7
     check_equal(cache, h)
 
 
@@ -270,7 +270,7 @@ def test_random_histories_keep_cache_and_ownership_exact() -> None:
         elif roll < 0.85:
             cmd = RegisterNode(node, f"host{step}:1", f"r{node % 3}")
         else:
-            cmd = SetConfig("max_streams", rng.randrange(50, 100))
+            cmd = SetConfig("streams_max", rng.randrange(50, 100))
         delta = h.apply(cmd).delta  # type: ignore[arg-type]
         for me, cache in caches.items():
             for event in cache.apply_delta(delta).ownership:

@@ -183,9 +183,9 @@ def command(h: Harness, step: int, roll: int, pick: int) -> Command:
     if roll == 6:
         return RegisterNode(node, f"host{step}:1", f"r{pick % 2}")
     if roll == 7:
-        return SetConfig("max_streams", 50 + pick)
+        return SetConfig("streams_max", 50 + pick)
     if roll == 8:
-        return SetQuota("acme", max_streams=None if pick % 2 else 100 + pick)
+        return SetQuota("acme", streams_max=None if pick % 2 else 100 + pick)
     return SetTenant(f"t{pick % 3}", f"tenant {step}", remove=pick % 4 == 0)
 
 
@@ -480,7 +480,7 @@ def test_the_compiled_record_check_agrees_with_the_model(
                    "retention_ms": 5},
         "shard": {"stream": "orders", "index": 0, "replicas": (1, 2), "leader": 1,
                   "leader_epoch": 0},
-        "tenant": {"name": "acme", "display_name": "", "max_streams": None, "max_shards": 3,
+        "tenant": {"name": "acme", "display_name": "", "streams_max": None, "shards_max": 3,
                    "bytes_per_s": None},
         "config": {"name": "acme", "value": 7},
     }  # fmt: skip

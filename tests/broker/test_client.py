@@ -135,14 +135,14 @@ async def test_resume_on_another_node_after_the_serving_node_stops() -> None:
         serving = cp.node_at(view.endpoint)
         await cp.stop(serving)
         for n in range(5):
-            await cp.write("set_config", {"name": "max_streams", "value": 100 + n})
+            await cp.write("set_config", {"name": "streams_max", "value": 100 + n})
         await caught_up(cp, view)
         stats = view.stats
         assert stats.reconnects >= 1 and cp.node_at(stats.endpoint) != serving
         assert stats.snapshots == 1 and stats.resyncs == 0  # resumed, no second snapshot
-        assert view.config["max_streams"] == 104
+        assert view.config["streams_max"] == 104
         await cp.serve(serving)  # it comes back; nobody needs to notice
-        await cp.write("set_config", {"name": "max_streams", "value": 200})
+        await cp.write("set_config", {"name": "streams_max", "value": 200})
         await caught_up(cp, view)
         assert view.stats.snapshots == 1
 
@@ -172,7 +172,7 @@ async def test_server_resync_and_resume_below_history_take_snapshots() -> None:
         # only what changed meanwhile (its shards moved to 11 when it went down).
         await cp.write("node_health", {"node_id": 10, "status": "down"})
         for n in range(6):
-            await cp.write("set_config", {"name": "max_streams", "value": 100 + n})
+            await cp.write("set_config", {"name": "streams_max", "value": 100 + n})
         old_owned = dict(kept.owned)
         events: list[OwnershipEvent] = []
         async with brokers(cp, 10, cache=kept, on_ownership=events.append) as (view,):
@@ -268,14 +268,14 @@ async def test_leader_stops_while_a_writer_is_mid_stream() -> None:
         assert {cp.node_at(v.endpoint) for v in views} == {1, 2, 3}  # one broker per node
         await wait_for(lambda: all(all_up(v, 10, 11, 13) for v in views))
         consumers = [Owned(v) for v in views]
-        acked: list[tuple[int, int]] = []  # (version, max_streams) per acknowledged write
+        acked: list[tuple[int, int]] = []  # (version, streams_max) per acknowledged write
         stopping = trio.Event()
 
         async def writer() -> None:
             value = 1000
             while not stopping.is_set():
                 value += 1
-                version = await cp.write("set_config", {"name": "max_streams", "value": value})
+                version = await cp.write("set_config", {"name": "streams_max", "value": value})
                 acked.append((version, value))
 
         async with trio.open_nursery() as nursery:
@@ -299,7 +299,7 @@ async def test_leader_stops_while_a_writer_is_mid_stream() -> None:
             for view in views:
                 stats = view.stats
                 assert stats.snapshots == 1 and stats.resyncs == 0, stats
-                assert view.config["max_streams"] == acked[-1][1]
+                assert view.config["streams_max"] == acked[-1][1]
             assert served and all(
                 v.stats.reconnects >= 1 and cp.node_at(v.stats.endpoint) != leader for v in served
             )

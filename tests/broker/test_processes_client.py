@@ -157,7 +157,7 @@ class Writer:
         self.acked = 0
         self.failed = 0
         self.versions: list[int] = []
-        self.last_value = 0  # the last acknowledged max_streams
+        self.last_value = 0  # the last acknowledged streams_max
         self.stopping = False
         self.done = trio.Event()
         self._seq = itertools.count(1)
@@ -168,7 +168,7 @@ class Writer:
                 i = next(self._seq)
                 args: Record
                 if i % 2:
-                    command, args = "set_config", {"name": "max_streams", "value": 1000 + i}
+                    command, args = "set_config", {"name": "streams_max", "value": 1000 + i}
                 else:
                     command, args = "set_tenant", {"name": f"w{i % 4}", "display_name": f"v{i}"}
                 try:
@@ -258,8 +258,8 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
                 assert stats.snapshots == 1, f"{view.node_id}: second snapshot"
                 assert stats.resyncs == 0 and stats.resync_reasons == {}, stats.resync_reasons
                 assert stats.digest_mismatches == 0
-                max_streams = view.config["max_streams"]  # the last acked, or a later one
-                assert isinstance(max_streams, int) and max_streams >= writer.last_value
+                streams_max = view.config["streams_max"]  # the last acked, or a later one
+                assert isinstance(streams_max, int) and streams_max >= writer.last_value
             for view in on_killed:  # resumed on a survivor
                 assert view.stats.reconnects >= 1
                 assert node_of(cluster, view.stats.endpoint) != killed
@@ -274,7 +274,7 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
             last = 0
             for n in range(5):
                 last = await writer_view.write(
-                    "set_config", {"name": "max_streams", "value": 5000 + n}, timeout_s=10
+                    "set_config", {"name": "streams_max", "value": 5000 + n}, timeout_s=10
                 )
             await trio.to_thread.run_sync(cluster.wait_caught_up, killed, last)
             async with client([eps[killed - 1]], None) as fresh:  # only the restarted node
@@ -282,7 +282,7 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
                 await all_at([*everyone, fresh], version)
                 for view in [*everyone, fresh]:
                     assert view.cache.records == records and view.cache.digest_bytes == digest
-                    assert view.config["max_streams"] == 5004
+                    assert view.config["streams_max"] == 5004
                     assert view.stats.snapshots == 1 and view.stats.resyncs == 0
             for consumer in consumers:
                 await wait_for(consumer.matches)
@@ -317,7 +317,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
         # the servers retain, so 10's resume point is gone when it comes back.
         await admin.write("node_health", {"node_id": 10, "status": "down"})
         for n in range(8):
-            last = await admin.write("set_config", {"name": "max_streams", "value": 100 + n})
+            last = await admin.write("set_config", {"name": "streams_max", "value": 100 + n})
         assert kept.version is not None and last - kept.version > 4
         await all_at([other], last)
         assert all(other.cache.owned[k].role is Role.LEADER for k in old_owned)
@@ -333,7 +333,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
                 assert view.cache.records == records and view.cache.digest_bytes == digest
                 stats = view.stats
                 assert stats.resync_reasons == {"history": 1} and stats.snapshots == 1
-                assert stats.reconnects == 0 and view.config["max_streams"] == 107
+                assert stats.reconnects == 0 and view.config["streams_max"] == 107
                 await wait_for(consumer.matches)
                 nursery.cancel_scope.cancel()
         # Only what changed while it was away: the shards it led, now as a replica.

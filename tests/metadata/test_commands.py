@@ -37,11 +37,11 @@ EXAMPLES: list[Command] = [
     CreateStream("orders", 12, "acme", replication_factor=3, retention_ms=60_000),
     UpdateStream("orders", shards=16),
     DeleteStream("orders"),
-    SetConfig("max_streams", 5),
+    SetConfig("streams_max", 5),
     SetConfig("rack_aware_placement", False),
-    SetConfig("max_streams", None),
+    SetConfig("streams_max", None),
     SetTenant("acme", display_name="Acme Inc"),
-    SetQuota("acme", max_streams=3, max_shards=None, bytes_per_s=1 << 20),
+    SetQuota("acme", streams_max=3, shards_max=None, bytes_per_s=1 << 20),
     MoveShardLeader("orders/3", 2),
 ]
 

@@ -156,8 +156,8 @@ def test_drain_is_undone_by_undrain_and_survives_a_restart() -> None:
     assert h.state.shards[key].leader == 2
 
 
-def test_max_shards_per_node_limits_placement() -> None:
+def test_shards_per_node_max_limits_placement() -> None:
     h = cluster({1: "a", 2: "b", 3: "c"})
-    h.ok(SetConfig("max_shards_per_node", 2))
+    h.ok(SetConfig("shards_per_node_max", 2))
     h.ok(CreateStream("s", 2, "acme"))
-    h.reject(CreateStream("t", 1, "acme"), match="max_shards_per_node=2")
+    h.reject(CreateStream("t", 1, "acme"), match="shards_per_node_max=2")

@@ -46,10 +46,10 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(UndrainNode, node_ids),
     st.builds(UpdateStream, streams, shards=st.none() | st.integers(1, 6)),
     st.builds(DeleteStream, streams),
-    st.builds(SetConfig, st.just("max_shards_per_node"), st.none() | st.integers(1, 8)),
+    st.builds(SetConfig, st.just("shards_per_node_max"), st.none() | st.integers(1, 8)),
     st.builds(SetConfig, st.just("rack_aware_placement"), st.booleans()),
     st.builds(SetTenant, tenants, remove=rarely),
-    st.builds(SetQuota, tenants, max_streams=st.none() | small, max_shards=st.none() | small),
+    st.builds(SetQuota, tenants, streams_max=st.none() | small, shards_max=st.none() | small),
     st.builds(MoveShardLeader, st.builds("{}/{}".format, streams, st.integers(0, 3)), node_ids),
     st.builds(DrainNode, node_ids, expected_version=st.none() | st.integers(0, 40)),
 )

@@ -74,8 +74,8 @@ def test_a_tampered_record_fails_the_digest() -> None:
                     {
                         "name": "x",
                         "display_name": "",
-                        "max_streams": None,
-                        "max_shards": None,
+                        "streams_max": None,
+                        "shards_max": None,
                         "bytes_per_s": None,
                     },
                 ),

@@ -84,7 +84,7 @@ def test_create_stream_happy_path() -> None:
     [
         (CreateStream("s", 1, "nobody"), "tenant 'nobody' does not exist"),
         (CreateStream("s", 1, "acme", replication_factor=4), "needs that many live nodes"),
-        (CreateStream("s", 10_001, "acme"), "exceeds max_shards_per_stream=10000"),
+        (CreateStream("s", 10_001, "acme"), "exceeds shards_per_stream_max=10000"),
     ],
 )
 def test_create_stream_rejections(cmd: CreateStream, match: str) -> None:
@@ -95,8 +95,8 @@ def test_create_stream_rejections(cmd: CreateStream, match: str) -> None:
 def test_create_stream_rejects_duplicates_and_cluster_limit() -> None:
     h = with_stream(cluster(RACKS3), "orders", 1)
     h.reject(CreateStream("orders", 1, "acme"), match="already exists")
-    h.ok(SetConfig("max_streams", 1))
-    h.reject(CreateStream("other", 1, "acme"), match="max_streams=1")
+    h.ok(SetConfig("streams_max", 1))
+    h.reject(CreateStream("other", 1, "acme"), match="streams_max=1")
 
 
 def test_defaults_come_from_config_at_creation() -> None:
@@ -139,9 +139,9 @@ def test_delete_stream_can_be_disabled() -> None:
     ("name", "value", "match"),
     [
         ("nope", 1, "unknown config key 'nope'"),
-        ("max_streams", "10", "takes a int, got str"),
-        ("max_streams", True, "takes a int, got bool"),
-        ("max_streams", -1, "out of range [0, 1000000]"),
+        ("streams_max", "10", "takes a int, got str"),
+        ("streams_max", True, "takes a int, got bool"),
+        ("streams_max", -1, "out of range [0, 1000000]"),
         ("max_message_bytes", 0, "out of range"),
         ("rack_aware_placement", 1, "takes a bool, got int"),
     ],
@@ -167,11 +167,11 @@ def test_set_config_and_revert_to_default() -> None:
 def test_tenants() -> None:
     h = Harness()
     h.ok(SetTenant("acme", display_name="Acme"))
-    h.ok(SetQuota("acme", max_streams=2, bytes_per_s=100))
+    h.ok(SetQuota("acme", streams_max=2, bytes_per_s=100))
     h.ok(SetTenant("acme", display_name="Acme Inc"))  # an update keeps the quotas
     tenant = h.state.tenants["acme"]
-    assert (tenant.display_name, tenant.max_streams, tenant.bytes_per_s) == ("Acme Inc", 2, 100)
-    h.reject(SetQuota("nobody", max_streams=1), match="tenant 'nobody' does not exist")
+    assert (tenant.display_name, tenant.streams_max, tenant.bytes_per_s) == ("Acme Inc", 2, 100)
+    h.reject(SetQuota("nobody", streams_max=1), match="tenant 'nobody' does not exist")
     h.reject(SetTenant("nobody", remove=True), match="does not exist")
     h.ok(SetTenant("acme", remove=True))
     assert "acme" not in h.state.tenants
@@ -184,12 +184,12 @@ def test_tenant_with_streams_cannot_be_removed() -> None:
 
 def test_tenant_quotas_are_enforced_at_write_time() -> None:
     h = cluster(RACKS3)
-    h.ok(SetQuota("acme", max_streams=2, max_shards=5))
+    h.ok(SetQuota("acme", streams_max=2, shards_max=5))
     h.ok(CreateStream("a", 2, "acme"))
-    h.reject(CreateStream("b", 4, "acme"), match="max_shards=5 would be exceeded (2 + 4)")
+    h.reject(CreateStream("b", 4, "acme"), match="shards_max=5 would be exceeded (2 + 4)")
     h.ok(CreateStream("b", 3, "acme"))
-    h.reject(CreateStream("c", 1, "acme"), match="quota max_streams=2 reached")
-    h.reject(UpdateStream("a", shards=3), match="max_shards=5")
+    h.reject(CreateStream("c", 1, "acme"), match="quota streams_max=2 reached")
+    h.reject(UpdateStream("a", shards=3), match="shards_max=5")
     h.ok(SetQuota("acme"))  # None = unlimited
     h.ok(CreateStream("c", 1, "acme"))
 
@@ -232,7 +232,7 @@ def test_versions_advance_on_every_entry() -> None:
 def test_a_rejection_midway_rolls_back_earlier_writes() -> None:
     """update_stream writes the stream record before placement fails for capacity."""
     h = with_stream(cluster(RACKS3), "orders", 2)
-    h.ok(SetConfig("max_shards_per_node", 3))
+    h.ok(SetConfig("shards_per_node_max", 3))
     h.reject(UpdateStream("orders", shards=4, retention_ms=5), match="not enough capacity")
     assert h.state.streams["orders"].shards == 2
     assert all(len(h.state.node_shards(n)) == 2 for n in RACKS3)
