@@ -27,6 +27,7 @@ log = logging.getLogger("felix.forwarding")
 
 ForwardHandler = Callable[[bytes], Awaitable[Outcome]]
 SERVING_MAX = 1024  # forwarded requests run at once on the leader; more wait in the channel
+FORWARDS_PENDING_MAX = 10_000  # our requests awaiting the leader's answer
 
 
 class _Pending:
@@ -84,6 +85,11 @@ class Forwarder:
     async def _forward_once(
         self, leader: int, kind: ForwardKind, data: bytes, deadline: float
     ) -> Outcome | None:
+        if len(self._pending) >= FORWARDS_PENDING_MAX:
+            detail = (
+                f"{FORWARDS_PENDING_MAX} requests already forwarded from node {self.node.node_id}"
+            )
+            return Outcome.failed(ErrorCode.UNAVAILABLE, detail)
         rid = next(self._ids)
         pending = self._pending[rid] = _Pending(leader)
         try:
