@@ -17,8 +17,9 @@ from typing import Any
 from felix.proto.cbor import to_plain
 from felix.storage.errors import StorageError
 from felix.storage.files import OsFiles
+from felix.storage.recovery import iter_records
 from felix.storage.segment_format import BatchRecord, RecordType, StateRecord
-from felix.storage.segmented_wal import WAL_DIR, iter_records
+from felix.storage.segmented_wal import WAL_DIR
 from felix.storage.snapshots import load_snapshot_file
 
 Row = dict[str, Any]
