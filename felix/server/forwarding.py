@@ -12,6 +12,7 @@ outcome (``timeout``): the old leader may have replicated it before it fell.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +23,7 @@ from felix.proto.codes import ErrorCode
 from felix.proto.raft_messages import Forward, ForwardKind, ForwardResult
 from felix.server.outcome import Outcome
 from felix.server.raft_node import RaftNode
+from felix.transport.base import UnknownPeer
 
 log = logging.getLogger("felix.forwarding")
 
@@ -93,8 +95,10 @@ class Forwarder:
         rid = next(self._ids)
         pending = self._pending[rid] = _Pending(leader)
         try:
-            if not self.node.transport.send_nowait(leader, Forward(rid, kind, data)):
-                return None
+            try:
+                self.node.transport.send_nowait(leader, Forward(rid, kind, data))
+            except (trio.WouldBlock, UnknownPeer):
+                return None  # not sent: the caller waits for a leader change, then retries
             with trio.move_on_at(deadline):
                 await pending.done.wait()
             return pending.outcome
@@ -119,7 +123,10 @@ class Forwarder:
     async def _serve(self, sender: int, message: Forward, limit: trio.Semaphore) -> None:
         try:
             outcome = await self._handle(message.kind, message.data)
-            self.node.transport.send_nowait(sender, outcome.to_forward_result(message.request_id))
+            result = outcome.to_forward_result(message.request_id)
+            # Dropped if it cannot be sent: the requester's wait ends at its deadline.
+            with contextlib.suppress(trio.WouldBlock, UnknownPeer):
+                self.node.transport.send_nowait(sender, result)
         finally:
             limit.release()
 

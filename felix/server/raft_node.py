@@ -81,7 +81,7 @@ from felix.server.requests import (
     ShuttingDown,
     applied_ok,
 )
-from felix.transport.base import Deliver, PeerPayload, PeerTransport
+from felix.transport.base import Deliver, PeerPayload, PeerTransport, UnknownPeer
 
 log = logging.getLogger("felix.raft_node")
 
@@ -371,7 +371,9 @@ class RaftNode:
         message = out.message
         if isinstance(message, AppendEntries) and message.seq:
             self._note_rtt_start(out.to, message.seq, time.perf_counter())
-        if not self.transport.send_nowait(out.to, message):
+        try:
+            self.transport.send_nowait(out.to, message)
+        except (trio.WouldBlock, UnknownPeer):  # dropped; Raft retransmits
             self.metrics.peer_send_drops.labels(str(out.to)).inc()
 
     def resolve(self, ready: Ready) -> None:

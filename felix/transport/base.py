@@ -32,9 +32,22 @@ class TransportStats:
     inbound_connections: int = 0
 
 
+class UnknownPeer(KeyError):
+    """`PeerTransport.send_nowait` to a node id with no send queue here: not a peer this
+    transport was configured with or told about (`PeerTransport.add_peer`), or itself."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} is not a peer of this transport"
+
+
 class PeerQueues:
-    """One bounded send queue per peer, shared by both transports: `offer` never blocks
-    and drops on a full queue or an unknown peer (Raft retransmits)."""
+    """One bounded send queue per peer, shared by both transports: `offer` never blocks;
+    it raises `trio.WouldBlock` on a full queue and `UnknownPeer` for a node id without
+    one, and counts either in the stats (Raft retransmits)."""
 
     def __init__(self, peers: Iterable[int], queue_max: int, stats: TransportStats) -> None:
         self.queue_max = queue_max
@@ -49,28 +62,33 @@ class PeerQueues:
         self.senders[peer] = send
         self.receivers[peer] = receive
 
-    def offer(self, to: int, message: QueueItem) -> bool:
+    def offer(self, to: int, message: QueueItem) -> None:
         queue = self.senders.get(to)
         if queue is None:
             self.stats.dropped_unknown_peer += 1
-            return False
+            raise UnknownPeer(to)
         try:
             queue.send_nowait(message)
         except trio.WouldBlock:
             self.stats.dropped_queue_full += 1
-            return False
-        return True
+            raise
 
 
 class PeerTransport(Protocol):
     node_id: int
     stats: TransportStats
 
-    def send_nowait(self, to: int, message: PeerPayload) -> bool:
-        """Queue ``message`` for peer ``to`` without blocking.
+    def send_nowait(self, to: int, message: PeerPayload) -> None:
+        """Queue ``message`` for peer ``to`` (or write it at once) without blocking.
 
-        False if it was dropped (unknown peer, or that peer's bounded queue is full):
-        Raft retransmits, so dropping is always safe and never stalls the Raft loop.
+        Raises `trio.WouldBlock` if that peer's bounded send queue is full, and
+        `UnknownPeer` (a `KeyError`) if ``to`` has no queue here (never configured or
+        added, or this node itself); either is counted in `stats`
+        (``dropped_queue_full``, ``dropped_unknown_peer``) and the message is dropped.
+        Raft retransmits (the Raft paper, §5.3), so a dropped message is always safe and
+        the Raft loop never waits on a peer: callers catch both and move on.  Returning
+        normally means queued, not delivered: a message queued to a peer whose
+        connection then breaks may still be lost.
         """
         ...
 

@@ -133,8 +133,9 @@ class MemoryTransport:
         self._deliver = deliver
         self._queues = PeerQueues(peers - {node_id}, send_queue_max, self.stats)
 
-    def send_nowait(self, to: int, message: PeerPayload) -> bool:
-        return self._queues.offer(to, message)
+    def send_nowait(self, to: int, message: PeerPayload) -> None:
+        """See `PeerTransport.send_nowait`."""
+        self._queues.offer(to, message)
 
     def add_peer(self, peer: int, address: str) -> None:
         """Every node of the memory network is reachable by id; only a queue is needed."""

@@ -110,10 +110,12 @@ class TcpTransport:
             PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
         )
 
-    def send_nowait(self, to: int, message: PeerPayload) -> bool:
+    def send_nowait(self, to: int, message: PeerPayload) -> None:
+        """See `PeerTransport.send_nowait`: queued, or written to an idle link at once."""
         link = self._links.get(to)
         if link is None or not link.idle:
-            return self._queues.offer(to, message)
+            self._queues.offer(to, message)
+            return
         frame = self._frame(message)
         try:
             sent = link.sock.send(frame)
@@ -121,14 +123,15 @@ class TcpTransport:
             sent = 0
         except OSError:
             link.idle = False  # the pump finds out too, and reconnects
-            return self._queues.offer(to, frame)
+            self._queues.offer(to, frame)
+            return
         if sent == len(frame):
             self.stats.sent += 1
             self.stats.sent_direct += 1
-            return True
+            return
         link.idle = False  # the rest must go before anything else: the pump sends it
         self.stats.direct_cut_short += 1
-        return self._queues.offer(to, frame[sent:])
+        self._queues.offer(to, frame[sent:])  # fits: the queue was empty (``idle``)
 
     def set_peer_address(self, peer: int, address: PeerAddress) -> None:
         """Where to dial ``peer`` from the next connection attempt on."""

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from felix.proto.raft_messages import AppendEntries, Entry, EntryKind, RaftMessage, TimeoutNow
-from felix.transport.base import PeerTransport
+from felix.transport.base import PeerTransport, UnknownPeer
 from felix.transport.memory import MemoryNetwork, MemoryTransport
 from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
 
@@ -115,7 +115,7 @@ async def test_messages_arrive_in_order_with_their_sender(kind: str) -> None:
         await h.start_all()
         a, b = h.nodes[1], h.nodes[2]
         for seq in range(200):
-            assert a.transport.send_nowait(2, append(seq))
+            a.transport.send_nowait(2, append(seq))
         for seq in range(200):
             assert await b.next() == (1, append(seq))
 
@@ -135,7 +135,7 @@ async def test_order_holds_when_the_socket_fills_mid_message(kind: str) -> None:
             for _ in range(burst):
                 entry = Entry(seq + 1, 1, EntryKind.NORMAL, big)
                 sent.append(AppendEntries(1, 1, seq, 1, (entry,), seq, seq))
-                assert a.transport.send_nowait(2, sent[-1])
+                a.transport.send_nowait(2, sent[-1])
                 seq += 1
             assert [await b.next() for _ in sent] == [(1, m) for m in sent]
         if kind == "tcp":
@@ -149,36 +149,49 @@ async def test_both_directions_and_all_pairs(kind: str) -> None:
         await h.start_all()
         for src in h.ids:
             for dst in h.ids - {src}:
-                assert h.nodes[src].transport.send_nowait(dst, TimeoutNow(src, src))
+                h.nodes[src].transport.send_nowait(dst, TimeoutNow(src, src))
         for dst in h.ids:
             got = {await h.nodes[dst].next() for _ in range(len(h.ids) - 1)}
             assert got == {(src, TimeoutNow(src, src)) for src in h.ids - {dst}}
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_unknown_peer_is_dropped(kind: str) -> None:
+async def test_unknown_peer_raises_unknown_peer(kind: str) -> None:
     async with cluster(kind) as h:
         await h.start_all()
         transport = h.nodes[1].transport
-        assert not transport.send_nowait(99, TimeoutNow(1, 1))
-        assert not transport.send_nowait(1, TimeoutNow(1, 1))  # itself
+        with pytest.raises(UnknownPeer) as raised:
+            transport.send_nowait(99, TimeoutNow(1, 1))
+        assert isinstance(raised.value, KeyError) and raised.value.node_id == 99
+        assert str(raised.value) == "node 99 is not a peer of this transport"
+        with pytest.raises(UnknownPeer):
+            transport.send_nowait(1, TimeoutNow(1, 1))  # itself
         assert transport.stats.dropped_unknown_peer == 2
+        assert transport.stats.dropped_queue_full == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_bounded_queue_drops_instead_of_blocking(kind: str) -> None:
+async def test_a_full_queue_raises_would_block_instead_of_blocking(kind: str) -> None:
     async with cluster(kind, queue_max=4) as h:
         for node_id in sorted(h.ids):
             await h.build(node_id)
         h.wire_addresses()
         a, b = h.nodes[1], h.nodes[2]
-        accepted = [a.transport.send_nowait(2, append(seq)) for seq in range(10)]
-        assert accepted == [True] * 4 + [False] * 6
+        for seq in range(4):
+            a.transport.send_nowait(2, append(seq))
+        for seq in range(4, 10):
+            with pytest.raises(trio.WouldBlock):
+                a.transport.send_nowait(2, append(seq))
         assert a.transport.stats.dropped_queue_full == 6
+        assert a.transport.stats.dropped_unknown_peer == 0
+        a.transport.send_nowait(3, append(0))  # one peer's full queue is not another's
         await h.start(b)
         await h.start(a)
+        c = h.nodes[3]
+        await h.start(c)
         for seq in range(4):  # what was queued is delivered once the transport runs
             assert await b.next() == (1, append(seq))
+        assert await c.next() == (1, append(0))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -186,7 +199,7 @@ async def test_peer_restart_reconnects(kind: str) -> None:
     async with cluster(kind) as h:
         await h.start_all()
         a, b = h.nodes[1], h.nodes[2]
-        assert a.transport.send_nowait(2, TimeoutNow(1, 1))
+        a.transport.send_nowait(2, TimeoutNow(1, 1))
         assert await b.next() == (1, TimeoutNow(1, 1))
         b.scope.cancel()
         restarted = await h.build(2)  # same address, fresh transport
@@ -234,7 +247,7 @@ async def test_tcp_a_cut_short_direct_send_queues_everything_after_it() -> None:
         a, b = h.nodes[1], h.nodes[2]
         transport = a.transport
         assert isinstance(transport, TcpTransport)
-        assert transport.send_nowait(2, append(0))  # connect, then wait until idle
+        transport.send_nowait(2, append(0))  # connect, then wait until idle
         assert await b.next() == (1, append(0))
         with trio.fail_after(5):
             while not (2 in transport._links and transport._links[2].idle):
@@ -242,6 +255,6 @@ async def test_tcp_a_cut_short_direct_send_queues_everything_after_it() -> None:
         link = transport._links[2]
         link.sock = HalfFirstSocket(link.sock)  # type: ignore[assignment]
         for seq in range(1, 4):  # the 2nd and 3rd must wait for the 1st's rest
-            assert transport.send_nowait(2, append(seq))
+            transport.send_nowait(2, append(seq))
         assert [await b.next() for _ in range(3)] == [(1, append(s)) for s in range(1, 4)]
         assert transport.stats.direct_cut_short == 1
