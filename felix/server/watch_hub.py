@@ -2,12 +2,21 @@
 
 Theory of operation
 -------------------
-*Publish* (the hot path) runs in the Raft loop after each applied batch: the batch's
-deltas are appended to the retained history, packed into ``Deltas`` messages of at most
-``message_bytes_max`` (split only at version boundaries; a single delta larger than that
-goes out as ``DeltaPart`` messages with an end marker), each message is CBOR-encoded and
-WebSocket-framed **once**, and the same bytes are handed to every live subscriber's
-`FrameSender` — a non-blocking write, no task switch per subscriber.
+*Publish* (the hot path) runs in the Raft loop after each applied batch and never
+waits: the batch's deltas are appended to the retained history, packed into ``Deltas``
+messages of at most ``message_bytes_max`` (split only at version boundaries; a single
+delta larger than that goes out as ``DeltaPart`` messages with an end marker), each
+message is CBOR-encoded and WebSocket-framed **once**, and the framed batch is queued for
+the fan-out.
+
+*Fan-out* (`WatchHub.fan_out`) runs as its own task: it hands each queued batch's bytes
+to every live subscriber's `FrameSender` -- a non-blocking write, no task switch per
+subscriber -- yielding every `FANOUT_YIELD_EVERY` subscribers, so the Raft loop's acks,
+commits and fsyncs never wait for it.  Its queue is bounded (``fanout_batches_max``,
+``fanout_bytes_max``): if the fan-out falls that far behind, publishing still does not
+wait or drop anything silently -- every subscriber gets a ``Resync`` saying why and is
+disconnected (its broker restarts from a snapshot, as after `WatchHub.reset`), and the
+queue is emptied.
 
 *Subscribe* (``WatchUpdates(from_version)``) starts a subscriber in catch-up mode:
 - ``from_version`` retained in history: the deltas after it are sent from history;
@@ -66,6 +75,9 @@ class HubLimits:
     pending_frames_max: int = 10_000  # queued for a subscriber still catching up
     wait_ahead_s: float = 10.0  # how long a broker ahead of this node may wait
     progress_interval_s: float = 1.0
+    # Published batches not yet fanned out; past either bound, everyone resyncs.
+    fanout_batches_max: int = 10_000
+    fanout_bytes_max: int = 64 * 1024 * 1024  # their frames' bytes
 
 
 @dataclass(slots=True)
@@ -77,6 +89,7 @@ class HubStats:
     resyncs: int = 0
     slow_disconnects: int = 0
     snapshots_sent: int = 0
+    fanout_overflows: int = 0  # the fan-out queue was full: every subscriber resynced
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,7 @@ class _Batch:
     last: int
     frames: list[bytes]
     deltas: Sequence[Delta]
+    size_bytes: int  # of the frames
 
 
 FANOUT_YIELD_EVERY = 32  # subscribers served between two yields to the Raft loop
@@ -117,7 +131,8 @@ class WatchHub:
         self._subscribers: set[Subscriber] = set()
         self._advanced = trio.Event()
         self._published_since_progress = False
-        self._fanout: deque[_Batch] = deque()
+        self._fanout: deque[_Batch] = deque()  # bounded: see `_fanout_overflow`
+        self._fanout_bytes = 0
         self._fanout_wake = trio.Event()
         self._fanned_out = trio.Event()
 
@@ -138,6 +153,7 @@ class WatchHub:
         self._history.clear()
         self._history_bytes = 0
         self._fanout.clear()
+        self._fanout_bytes = 0
         self.version = version
         for sub in list(self._subscribers):
             self._resync(sub, "the node installed a snapshot; take a fresh snapshot")
@@ -152,7 +168,15 @@ class WatchHub:
         self.version = deltas[-1].version
         self.stats.deltas_published += len(deltas)
         self._published_since_progress = True
-        self._fanout.append(_Batch(deltas[0].prev_version + 1, self.version, frames, deltas))
+        size = sum(map(len, frames))
+        limits = self.limits
+        if self._fanout and (  # (one batch alone may exceed the byte bound)
+            len(self._fanout) >= limits.fanout_batches_max
+            or self._fanout_bytes + size > limits.fanout_bytes_max
+        ):
+            self._fanout_overflow()
+        self._fanout.append(_Batch(deltas[0].prev_version + 1, self.version, frames, deltas, size))
+        self._fanout_bytes += size
         self._fanout_wake.set()
         self._advanced.set()
         self._advanced = trio.Event()
@@ -172,6 +196,7 @@ class WatchHub:
                 continue
             self._fanned_out = trio.Event()
             batch = self._fanout.popleft()
+            self._fanout_bytes -= batch.size_bytes
             for n, sub in enumerate(list(self._subscribers)):
                 self._deliver(sub, batch)
                 if n % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1:
@@ -182,6 +207,22 @@ class WatchHub:
         while self._fanout or not self._fanned_out.is_set():
             await self._fanned_out.wait()
             await trio.lowlevel.checkpoint()
+
+    def _fanout_overflow(self) -> None:
+        """The fan-out task is a whole queue behind the Raft loop: rather than wait or
+        grow, every subscriber (live or catching up) is told to resync and dropped, and
+        the queued batches, which now have no one to go to, are discarded.  A subscriber
+        joining later starts after them (from history or a snapshot)."""
+        self.stats.fanout_overflows += 1
+        reason = (
+            f"the watch fan-out fell {len(self._fanout)} batches"
+            f" ({self._fanout_bytes} bytes) behind; take a fresh snapshot"
+        )
+        log.warning("%s (%d subscribers)", reason, len(self._subscribers))
+        self._fanout.clear()
+        self._fanout_bytes = 0
+        for sub in list(self._subscribers):
+            self._resync(sub, reason)
 
     def _deliver(self, sub: Subscriber, batch: _Batch) -> None:
         if batch.last <= sub.version or sub.done.is_set():

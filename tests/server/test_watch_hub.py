@@ -247,3 +247,59 @@ def test_split_delta_parts_cover_all_changes_once() -> None:
     assert len(parts) > 1 and [p.seq for p in parts] == list(range(len(parts)))
     assert [p.last for p in parts] == [False] * (len(parts) - 1) + [True]
     assert tuple(c for p in parts for c in p.changes) == changes
+
+
+async def read_until_closed(conn: ClientConnection, watcher: Watcher) -> list[str]:
+    """Apply everything until the server closes; returns the Resync reasons seen."""
+    reasons: list[str] = []
+    with trio.fail_after(10), pytest.raises(ConnectionClosed):
+        while True:
+            for message in await conn.receive_batch():
+                if isinstance(message, Resync):
+                    reasons.append(message.reason)
+                else:
+                    watcher.apply(message)
+    return reasons
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [HubLimits(fanout_batches_max=20), HubLimits(fanout_bytes_max=4000)],
+    ids=["by-count", "by-bytes"],
+)
+async def test_fanout_queue_overflow_resyncs_every_subscriber(limits: HubLimits) -> None:
+    """The Raft loop publishes without waiting; when the fan-out task is a whole queue
+    behind, every subscriber is told to resync (nothing is dropped silently), and the
+    hub serves new subscribers normally afterwards."""
+    async with serving(limits) as (model, hub, port):
+        live = await connect(port, 0)
+        watcher = Watcher()
+        watcher.version = 0
+        model.write(1)
+        await watch_until(live, watcher, 1)
+        for _ in range(100):  # no checkpoint in between: the fan-out task cannot run
+            model.write(1, changes_each=5)
+            if hub.stats.fanout_overflows:
+                break
+        assert hub.stats.fanout_overflows == 1 and hub.watchers == 0
+        reasons = await read_until_closed(live, watcher)
+        assert len(reasons) == 1 and "fan-out fell" in reasons[0]
+        assert watcher.version == 1  # nothing after the last fanned-out batch, no gap
+        resumed = await connect(port, 1)
+        again = Watcher()
+        again.version = 1
+        model.write(3)
+        await watch_until(resumed, again, model.version)
+        assert again.seen == list(range(2, model.version + 1))
+        assert hub.stats.fanout_overflows == 1
+        await hub.wait_fanned_out()
+
+
+async def test_one_batch_over_the_fanout_byte_bound_alone_is_delivered() -> None:
+    async with serving(HubLimits(fanout_bytes_max=100)) as (model, hub, port):
+        conn = await connect(port, 0)
+        watcher = Watcher()
+        watcher.version = 0
+        model.write(1, changes_each=50)  # one batch, far over 100 bytes, queue empty
+        await watch_until(conn, watcher, 1)
+        assert hub.stats.fanout_overflows == 0 and watcher.items == model.items
