@@ -53,7 +53,9 @@ def _become_candidate(core: RaftCore, transfer: bool) -> None:
     core.vote = core.node_id  # §5.2: vote for self
     core.role = Role.CANDIDATE
     core.leader_id = None
-    core.votes = {core.node_id: True}
+    # Our own vote counts only once it is durable (`self_vote_persisted`): a node must
+    # not act on a term or vote a crash could forget (§5.1 figure 2).
+    core.votes = {}
     core.reset_election_timer()
     request = RequestVote(
         core.term, core.node_id, core.log.last_index, core.log.last_term, False, transfer
@@ -63,6 +65,21 @@ def _become_candidate(core: RaftCore, transfer: bool) -> None:
             # Figure 2: the new term and our own vote are durable before anyone is asked.
             core.respond(voter, request)
     _tally(core)
+
+
+def self_vote_persisted(core: RaftCore, term: int, vote: int | None) -> None:
+    """The driver made (``term``, ``vote``) durable: if that is our vote for ourselves in
+    the election we are running, it counts now (`felix.raft.types.HardStatePersisted`).
+
+    Counting it at once would let a single voter become leader, and send AppendEntries
+    of its new term in ``Ready.send_now``, before that term is on disk; after a crash it
+    would reuse the term and give a learner a second, different entry at the same index
+    and term (tests/raft/test_election.py, the single-voter-with-learner scenario)."""
+    if core.role is not Role.CANDIDATE or term != core.term or vote != core.node_id:
+        return
+    if core.node_id not in core.votes:
+        core.votes[core.node_id] = True
+        _tally(core)
 
 
 def handle_vote_response(core: RaftCore, sender: int, m: VoteResponse) -> None:

@@ -59,6 +59,7 @@ from felix.raft.types import (
     BootState,
     Campaign,
     HardState,
+    HardStatePersisted,
     Input,
     Persisted,
     Propose,
@@ -201,6 +202,8 @@ class RaftCore:
         elif isinstance(inp, Persisted):
             if self.log.mark_persisted(inp.index, inp.term) and self.role is Role.LEADER:
                 leader.maybe_commit(self)
+        elif isinstance(inp, HardStatePersisted):
+            candidate.self_vote_persisted(self, inp.term, inp.vote)
         elif isinstance(inp, ReadIndex):
             if self.role is Role.LEADER:
                 leader.read_index(self, inp.request_id)

@@ -12,9 +12,10 @@ in both worlds (a worker thread's fsync; a simulated disk's completion event):
   sends ``send_now`` (the leader replicates in parallel with its own fsync: thesis
   §10.2.1).  It returns the disk's handle for the write, or None when there is none.
 * `ReadyDriver.finish`, once that write is durable: ``Persisted`` back into the core,
-  ``send_after_persist`` (votes and acks promise what is on disk: §5.1, figure 2), then
-  the applier gets the batch's request outcomes, the snapshot, the committed entries in
-  order, and the end of the batch.
+  and ``HardStatePersisted`` if the batch wrote a hard state (a candidate's own vote
+  counts only from then on), ``send_after_persist`` (votes and acks promise what is on
+  disk: §5.1, figure 2), then the applier gets the batch's request outcomes, the
+  snapshot, the committed entries in order, and the end of the batch.
 
 PURE: no I/O of its own; the disk, the network and the applier are passed in.
 """
@@ -25,7 +26,7 @@ from typing import Generic, Protocol, TypeVar
 
 from felix.proto.raft_messages import Entry, SnapshotMeta
 from felix.raft.ready import Outbound, Ready
-from felix.raft.types import Input, Persisted
+from felix.raft.types import HardStatePersisted, Input, Persisted
 
 W = TypeVar("W")
 W_co = TypeVar("W_co", covariant=True)
@@ -101,6 +102,9 @@ class ReadyDriver(Generic[W]):
         if ready.entries:
             last = ready.entries[-1]
             self.core.step(Persisted(last.index, last.term))
+        hs = ready.hard_state
+        if hs is not None and ready.must_sync:
+            self.core.step(HardStatePersisted(hs.term, hs.vote))
         send = self.network.send
         for out in ready.send_after_persist:
             send(out)

@@ -26,6 +26,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "HardState",
+    "HardStatePersisted",
     "Input",
     "Persisted",
     "Propose",
@@ -144,6 +145,22 @@ class Persisted:
 
 
 @dataclass(frozen=True, slots=True)
+class HardStatePersisted:
+    """The hard state (``term``, ``vote``) of an earlier Ready batch is durable.
+
+    The driver steps this after every durable write of a batch whose ``hard_state`` is
+    set and ``must_sync`` is true (`felix.raft.driver.ReadyDriver.finish` does).  A
+    candidate counts its own vote only from then on (§5.1 figure 2: persistent state is
+    updated on stable storage before responding; thesis §10.2.1 applies the same rule to
+    a leader's own entries): otherwise a single voter would win, and send AppendEntries
+    of a term that a crash can forget, in the very batch that starts its election.
+    """
+
+    term: int
+    vote: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Campaign:
     """Start an election now (tests, bootstrap)."""
 
@@ -172,6 +189,7 @@ Input = (
     | ProposeConfChange
     | ReadIndex
     | Persisted
+    | HardStatePersisted
     | Campaign
     | TransferLeader
     | SnapshotTaken

@@ -66,17 +66,21 @@ import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from felix.proto.raft_messages import (
+    AppendEntries,
     AppendResponse,
     ConfState,
     EntryKind,
+    InstallSnapshot,
     RaftMessage,
+    RequestVote,
     SnapshotMeta,
     SnapshotResponse,
+    TimeoutNow,
     VoteResponse,
 )
 from felix.raft.core import RaftCore
@@ -152,6 +156,9 @@ EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
 CLIENT_LINK_MS = (0.2, 2.0)
 PROBE_REQUEST_BASE = 1 << 48
 PROBE_RETRY_MS = 50.0
+# Messages whose term the sender must have made durable before sending them.
+_TERM_PROMISES = (AppendEntries, InstallSnapshot, TimeoutNow, RequestVote)
+
 SIM_SABOTAGE = frozenset({"lying_fsync", "lax_sync"})  # break the disk or driver, not the core
 """``lying_fsync``: the disk acknowledges every batch fsync without making anything
 durable (docs/architecture.md, "Reliability tiers": a missing fsync): the ``recovery``
@@ -399,13 +406,22 @@ class Simulation:
         disabled: frozenset[str] = frozenset(),
         trace: list[str] | None = None,
         hash_trace: bool = False,
+        voters: int | None = None,
     ) -> None:
+        """``voters``: only the plan's first ``voters`` nodes vote, the others boot as
+        learners (thesis §4.2.1); ``voters=1`` is how a cluster grown from one node
+        starts.  None: every node votes."""
         self.plan = plan
         self.sabotage = sabotage
         self.rng = random.Random(plan.seed)
         self.checker = ClusterChecker(disabled)
-        self.conf = ConfState(voters=tuple(range(1, plan.nodes + 1)), learners=())
-        self.nodes = {i: self._new_node(i) for i in self.conf.voters}
+        voter_count = plan.nodes if voters is None else voters
+        assert 0 < voter_count <= plan.nodes, f"{voter_count} voters of {plan.nodes} nodes"
+        self.conf = ConfState(
+            voters=tuple(range(1, voter_count + 1)),
+            learners=tuple(range(voter_count + 1, plan.nodes + 1)),
+        )
+        self.nodes = {i: self._new_node(i) for i in range(1, plan.nodes + 1)}
         self.clients = [_Client(c, self.rng.choice(self.conf.voters)) for c in range(plan.clients)]
         self.queue: list[tuple[float, int, Any]] = []
         self.seq = 0
@@ -837,6 +853,14 @@ class Simulation:
                 node.node_id, f"an install ack of snapshot {msg.snapshot_index}", durable,
                 lambda: f"its durable snapshot and log (to {disk.last_index}) cover it",
             )  # fmt: skip
+        elif isinstance(msg, _TERM_PROMISES) and not getattr(msg, "pre_vote", False):
+            # A leader's messages and a candidate's requests act on a term (and vote)
+            # that a crash must not forget: that term is durable before they leave.
+            hs = disk.hard_state
+            self.checker.observe_send_promise(
+                node.node_id, f"{type(msg).__name__} of term {msg.term}", hs.term >= msg.term,
+                lambda: f"its durable hard state {hs} reaches that term",
+            )  # fmt: skip
 
     def _transmit(self, src: int, dst: int, message: RaftMessage) -> None:
         if self.blocked[(src, dst)]:
@@ -1101,7 +1125,10 @@ class Simulation:
             leader = self._current_leader()
             if leader is None:
                 return
-            target = self.rng.choice([n for n in self.conf.voters if n != leader.node_id])
+            targets = [n for n in self.conf.voters if n != leader.node_id]
+            if not targets:
+                return  # a single voter has no one to hand leadership to
+            target = self.rng.choice(targets)
             self.fired["leader_transfer"] += 1
             self._step(leader, TransferLeader(target))
         else:
@@ -1372,19 +1399,25 @@ def run_seed(
     hash_trace: bool = False,
     fault_phase_ms: float = 3000.0,
     script: str | None = None,
+    voters: int | None = None,
 ) -> SimResult:
     """Run one seed: its plan, the simulation, the checkers.  ``script`` makes the seed
-    open with that scripted schedule (`felix.testing.faults.SCRIPTS`) whatever it drew."""
+    open with that scripted schedule (`felix.testing.faults.SCRIPTS`) whatever it drew.
+    ``voters`` makes only that many of the plan's nodes voters, the rest learners (the
+    scripts, written for all-voter clusters, are dropped then)."""
     if script is not None:
         plan = script_plan(seed, script, fault_phase_ms)
     else:
         plan = generate_plan(seed, fault_phase_ms)
+    if voters is not None:
+        plan = replace(plan, script=None)
     sim = Simulation(
         plan,
         sabotage=frozenset(sabotage),
         disabled=frozenset(disabled),
         trace=trace,
         hash_trace=hash_trace,
+        voters=voters,
     )
     return sim.run()
 

@@ -33,6 +33,7 @@ from felix.raft.types import (
     BootState,
     Campaign,
     HardState,
+    HardStatePersisted,
     Input,
     Persisted,
     Propose,
@@ -218,6 +219,9 @@ class Network:
                     node.held_persisted.append(Persisted(last.index, last.term))
                 else:
                     core.step(Persisted(last.index, last.term))
+            if ready.hard_state is not None and ready.must_sync:
+                hs = ready.hard_state
+                core.step(HardStatePersisted(hs.term, hs.vote))
             self._send(nid, ready.send_after_persist)
             node.apply(ready)
             node.read_states.extend(ready.read_states)
@@ -327,6 +331,16 @@ class Network:
         """Lose everything not durable; the node stays down until `restart`."""
         self.nodes[nid].up = False
         self.queue = [m for m in self.queue if m.to != nid and m.frm != nid]
+
+    def crash_during_write(self, nid: int) -> Ready:
+        """Take one Ready of ``nid``, put its ``send_now`` on the wire (contract step 1),
+        and crash before its write is durable: the batch is lost, its sends are not."""
+        node = self.nodes[nid]
+        ready = node.core.take_ready()
+        node.readies.append(ready)
+        self.crash(nid)
+        self._send(nid, ready.send_now)
+        return ready
 
     def restart(self, nid: int) -> None:
         node = self.nodes[nid]

@@ -17,6 +17,8 @@ from felix.raft.types import (
     BootState,
     Campaign,
     HardState,
+    HardStatePersisted,
+    Propose,
     RaftConfig,
     Receive,
     Role,
@@ -240,10 +242,45 @@ def test_prevote_changes_no_state_9_6() -> None:
     assert role_after is Role.CANDIDATE and c.term == 1 and c.vote == 1
 
 
-def test_single_voter_elects_itself_immediately() -> None:
+def test_single_voter_elects_itself_once_its_vote_is_durable() -> None:
+    """§5.1 figure 2: a single voter's own vote is its whole quorum, so it counts only
+    once the batch holding (term, vote) is durable (`HardStatePersisted`)."""
     c = bare_core(1, voters=(1,))
     c.step(Campaign())
-    assert c.role is Role.LEADER and c.term == 1
+    assert c.role is Role.CANDIDATE and c.term == 1 and c.vote == 1
+    r = c.take_ready()
+    assert r.must_sync and r.hard_state == HardState(1, 1, 0)
+    assert not r.send_now and not r.entries
+    c.step(HardStatePersisted(0, None))  # an older write: not this vote
+    assert c.role is Role.CANDIDATE
+    c.step(HardStatePersisted(1, 1))
+    role_after: Role = c.role  # (mypy narrowed c.role above; the step changed it)
+    assert role_after is Role.LEADER and c.term == 1
+
+
+def test_single_voter_with_learner_sends_nothing_of_a_term_not_durable_5_1() -> None:
+    """§5.1 figure 2: nothing that depends on a term or vote goes out before they are
+    durable.  One voter and one learner: an election and a proposal A in one batch; the
+    voter crashes before that batch's write completes and comes back at term 0.  If it
+    had led term 1 at once, A@2 (term 1) would already be at the learner; re-elected in
+    term 1 it commits B@2 (term 1), the learner's A@2 passes as a match, and the two
+    nodes apply different entries at index 2."""
+    net = Network(voters=(1,), learners=(2,))
+    core = net.core(1)
+    core.step(Campaign())
+    core.step(Propose(1, b"A"))
+    net.crash_during_write(1)
+    net.deliver()  # whatever went out in send_now reaches the learner
+    net.restart(1)
+    assert net.core(1).term == 0  # the lost batch held term 1
+    net.elect(1)
+    assert net.core(1).term == 1
+    net.propose(1, "B")
+    net.deliver()
+    net.tick_deliver(3)
+    assert net.applied_data(1) == ["B"]
+    assert net.applied_data(2) == ["B"], net.nodes[2].applied
+    net.assert_logs_match()
 
 
 def test_restart_from_bootstate_keeps_term_and_vote() -> None:

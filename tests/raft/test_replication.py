@@ -19,6 +19,7 @@ from felix.raft.types import (
     BootState,
     Campaign,
     HardState,
+    HardStatePersisted,
     Persisted,
     Propose,
     RaftConfig,
@@ -199,6 +200,8 @@ def test_leader_counts_itself_only_after_persisted_10_2_1() -> None:
     conf = ConfState((1,), ())
     c = RaftCore(RaftConfig(node_id=1), random.Random(1), BootState(HardState(), conf))
     c.step(Campaign())
+    c.take_ready()  # the new term and our vote
+    c.step(HardStatePersisted(1, 1))  # durable: now it leads
     r = c.take_ready()
     assert [e.kind for e in r.entries] == [EntryKind.NOOP] and c.commit_index == 0
     c.step(Propose(1, b"a"))
@@ -334,3 +337,4 @@ def test_commit_notice_reveals_a_lost_append_at_once() -> None:
     net.take(lambda m: m.to == 3)  # lost
     net.deliver()
     assert net.applied_data(3) == ["a"] and net.core(3).last_index == 2
+
