@@ -257,7 +257,7 @@ def handle_append_response(core: RaftCore, sender: int, m: AppendResponse) -> No
 
 
 def _on_append_success(core: RaftCore, sender: int, pr: Progress, match: int) -> None:
-    updated = pr.maybe_update(match)
+    updated = pr.maybe_update(match, core.seq)
     if pr.state is ProgressState.SNAPSHOT and pr.match >= pr.snap_index:
         pr.become_probe()  # installed: find where its log continues ours
     if not updated:
@@ -271,16 +271,21 @@ def _on_append_success(core: RaftCore, sender: int, pr: Progress, match: int) ->
 
 
 def _on_append_reject(core: RaftCore, pr: Progress, m: AppendResponse) -> None:
-    """Fast back-off (§5.3): skip the follower's whole conflicting term at once."""
+    """Fast back-off (§5.3): skip the follower's whole conflicting term at once.
+
+    A rejection at or below ``match`` is normally stale: it was sent before the ack that
+    taught us the match, and overtaken by it (§5.3: matchIndex only increases).  Only a
+    rejection answering an AppendEntries of a round that started after we learned the
+    match (``seq > match_seq``: sent after that ack arrived, so received after it was
+    sent) proves the follower lost what it acknowledged -- its disk was wiped, outside
+    Raft's fault model, but it must still catch up: forget the match and probe again."""
     rejected = m.match_index
     if pr.state is ProgressState.SNAPSHOT:
         return
-    if rejected == pr.match and m.conflict_index <= pr.match:
-        # It no longer holds what it acked: its disk was wiped (outside Raft's fault
-        # model, but it must still catch up).  Forget the match and probe again.
-        pr.match = max(m.conflict_index - 1, 0)
-    elif pr.state is ProgressState.REPLICATE and rejected <= pr.match:
-        return  # stale: we have since learned it matches further
+    if rejected <= pr.match:
+        if m.seq <= pr.match_seq or m.conflict_index > pr.match:
+            return  # stale: we have since learned it matches further
+        pr.lost_match(max(m.conflict_index - 1, 0), core.seq)
     if pr.state is ProgressState.PROBE and rejected != pr.next - 1:
         return  # an answer to an older probe
     hint = m.conflict_index

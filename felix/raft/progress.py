@@ -66,6 +66,7 @@ class Progress:
         "inflights",
         "is_learner",
         "match",
+        "match_seq",
         "next",
         "probe_sent",
         "recent_active",
@@ -78,6 +79,9 @@ class Progress:
 
     def __init__(self, next_index: int, inflight_msgs_max: int, is_learner: bool) -> None:
         self.match = 0
+        # The leader's heartbeat round when ``match`` last moved: a rejection answering
+        # an AppendEntries of a later round was sent after the follower held ``match``.
+        self.match_seq = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
@@ -122,16 +126,26 @@ class Progress:
         self.probe_sent = False
         self.inflights.clear()
 
-    def maybe_update(self, match: int) -> bool:
-        """A success up to ``match``; True if it is news (not a stale or duplicate ack)."""
+    def maybe_update(self, match: int, seq: int = 0) -> bool:
+        """A success up to ``match``, learned in the leader's round ``seq``; True if it
+        is news (not a stale or duplicate ack).  ``match`` never decreases here."""
         updated = False
         if match > self.match:
             self.match = match
+            self.match_seq = seq
             updated = True
         if match + 1 > self.next:
             self.next = match + 1
         self.inflights.free_to(match)
         return updated
+
+    def lost_match(self, match: int, seq: int) -> None:
+        """The follower no longer holds what it acknowledged (its disk was wiped): the one
+        way ``match`` decreases, and only on a rejection newer than the match
+        (`felix.raft.leader` checks ``seq > match_seq``)."""
+        assert match < self.match and seq > self.match_seq, (match, seq, self)
+        self.match = match
+        self.match_seq = seq
 
     def sent_entries(self, last_index: int, seq: int) -> None:
         """Record an AppendEntries carrying entries up to ``last_index``, sent in round

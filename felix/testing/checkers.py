@@ -19,6 +19,8 @@ breaks one of the Raft paper's guarantees (§5.2 figure 3):
   sequences are gap-free prefixes of one sequence.  Nodes keep a chained digest of what
   they applied so snapshot installs are checked too.
 * ``commit_monotonic``: a running node's commit index never decreases.
+* ``match_monotonic``: a leader's matchIndex for a follower never decreases within its
+  term (§5.3; the simulation never wipes a disk, the one case that may lower it).
 * ``leader_commit_rule``: a leader only ever moves its commit index onto an entry of its
   own term (§5.4.2, figure 8); older entries are committed indirectly.
 * ``persist_before_send``: a vote or an append acknowledgement leaves a node only once
@@ -59,6 +61,7 @@ INVARIANTS: tuple[str, ...] = (
     "leader_completeness",
     "state_machine_safety",
     "commit_monotonic",
+    "match_monotonic",
     "leader_commit_rule",
     "persist_before_send",
     "durability",
@@ -117,6 +120,7 @@ class ClusterChecker:
         self.committed_max = 0
         self.commit_of: dict[tuple[int, int], int] = {}
         self.acked: dict[int, int] = {}
+        self.match_of: dict[int, tuple[int, dict[int, int]]] = {}  # leader -> term, matches
 
     def _fail(self, invariant: str, detail: str) -> None:
         if invariant not in self.disabled:
@@ -127,6 +131,20 @@ class ClusterChecker:
         holder = self.leader_of_term.setdefault(term, node)
         if holder != node:
             self._fail("election_safety", f"term {term} has leaders {holder} and {node}")
+
+    def observe_matches(self, node: int, term: int, matches: dict[int, int]) -> None:
+        """``node``, leader in ``term``, holds these matchIndexes (§5.3: they only grow)."""
+        seen = self.match_of.get(node)
+        if seen is not None and seen[0] == term:
+            before = seen[1]
+            for peer, match in matches.items():
+                if match < before.get(peer, 0):
+                    self._fail(
+                        "match_monotonic",
+                        f"leader {node} of term {term}: match of {peer} went from "
+                        f"{before[peer]} to {match}",
+                    )
+        self.match_of[node] = (term, matches)
 
     def observe_vote_sent(self, voter: int, term: int, candidate: int) -> None:
         """``voter`` sent a granted (non-pre-)vote for ``candidate`` in ``term``."""

@@ -667,6 +667,7 @@ class Simulation:
         if core.role is Role.LEADER:
             term = core.term
             self.checker.observe_leader(node.node_id, term)
+            self.checker.observe_matches(node.node_id, term, core.match_indexes())
             self.leader_terms.add(term)
             if node.leader_term != term:
                 node.leader_term = term

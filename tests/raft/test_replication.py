@@ -25,6 +25,7 @@ from felix.raft.types import (
     RaftConfig,
     Receive,
     Role,
+    Tick,
 )
 from tests.raft.harness import Message, Network
 
@@ -338,3 +339,50 @@ def test_commit_notice_reveals_a_lost_append_at_once() -> None:
     net.deliver()
     assert net.applied_data(3) == ["a"] and net.core(3).last_index == 2
 
+
+def test_delayed_rejection_never_lowers_match_index_5_3() -> None:
+    """§5.3: matchIndex only grows for a follower that keeps its log.  A commit notice
+    at prev=2 overtakes the AppendEntries carrying entry 2, so node 2 rejects it; its ack
+    of entry 2 then reaches the leader first and the rejection after it.  The late
+    rejection is stale: match stays 2 and entry 2 is not sent again."""
+    net = Network()
+    net.elect(1)
+    net.propose(1, "a")
+    [append] = net.take(lambda m: m.to == 2)  # entry 2, held back
+    notices = net.deliver_except(lambda m: m.to == 2)  # node 3 acks: commit, notice
+    assert net.core(1).commit_index == 2
+    assert [m.msg.prev_log_index for m in notices] == [2]  # type: ignore[union-attr]
+    net.deliver_one(notices[0])  # overtakes the append: rejected, node 2 lacks entry 2
+    [rejection] = net.take(lambda m: m.frm == 2)
+    assert isinstance(rejection.msg, AppendResponse) and not rejection.msg.success
+    net.deliver_one(append)
+    for ack in net.take(lambda m: m.frm == 2):
+        net.deliver_one(ack)
+    assert net.core(1).match_indexes()[2] == 2
+    net.take()  # whatever the ack caused
+    net.deliver_one(rejection)  # late
+    assert net.core(1).match_indexes()[2] == 2
+    net.step(1, Tick())  # (nothing to flush otherwise)
+    resent = [m for m in net.queue if m.to == 2 and is_append_with(m, 2)]
+    assert not resent, resent
+
+
+def test_wiped_follower_rejecting_a_later_round_is_caught_up() -> None:
+    """A follower that lost what it acknowledged (its disk was replaced: outside Raft's
+    fault model) rejects a heartbeat sent after the leader learned its match; that
+    rejection is fresh, so the leader forgets the match and sends the log again."""
+    net = Network()
+    net.elect(1)
+    for i in range(5):
+        net.propose(1, f"e{i}")
+    net.deliver()
+    assert net.core(1).match_indexes()[3] == 6
+    net.crash(3)
+    node = net.nodes[3]
+    node.durable_entries = node.durable_entries[:2]
+    node.durable_hard_state = HardState(node.durable_hard_state.term, 1, 2)
+    net.restart(3)
+    net.tick_deliver(4)
+    assert net.core(1).match_indexes()[3] == 6 and net.core(3).last_index == 6
+    assert len(net.applied_data(3)) == 5
+    net.assert_logs_match()
