@@ -435,6 +435,15 @@ async def open_metadata_client(
     )
     if metrics is not None:
         metrics.track(view)
+    async with _running(view, ready_timeout_s) as ready:
+        yield ready
+
+
+@asynccontextmanager
+async def _running(
+    view: MetadataView, ready_timeout_s: float | None
+) -> AsyncIterator[MetadataView]:
+    """Run ``view``'s tasks, wait until it is ready, hand it out, and stop it on exit."""
     error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         view._start(nursery)
