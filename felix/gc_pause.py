@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+GC_PAUSE_BYTES: Final = 32 * 1024
+"""Decoding a message at least this big runs with the cyclic GC paused (`decode_paused`)."""
 
 
 @contextlib.contextmanager
@@ -26,3 +32,14 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def decode_paused(
+    decode: Callable[[bytes | bytearray | memoryview], T], payload: bytes | bytearray | memoryview
+) -> T:
+    """``decode(payload)``, with the GC paused if ``payload`` is at least `GC_PAUSE_BYTES`
+    (a big snapshot chunk or delta builds thousands of long-lived objects)."""
+    if len(payload) < GC_PAUSE_BYTES:
+        return decode(payload)
+    with gc_paused():
+        return decode(payload)

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from felix.gc_pause import GC_PAUSE_BYTES, gc_paused
 from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT
 from felix.proto.errors import ProtocolError
 from felix.proto.ws_frames import (
@@ -124,7 +125,11 @@ class ClientConnection:
     async def _parse(self) -> None:
         for opcode, payload in self._parser.messages():
             if opcode == OP_BINARY:
-                self._ready.append(SERVER_TO_CLIENT.decode(payload))
+                if len(payload) < GC_PAUSE_BYTES:
+                    self._ready.append(SERVER_TO_CLIENT.decode(payload))
+                else:  # a big chunk or delta: a bulk build of long-lived objects
+                    with gc_paused():
+                        self._ready.append(SERVER_TO_CLIENT.decode(payload))
             elif opcode == OP_PING:
                 await self.send_raw(client_frame(payload, os.urandom(4), OP_PONG))
             elif opcode == OP_CLOSE:

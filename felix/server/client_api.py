@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from felix.gc_pause import decode_paused
 from felix.metadata.commands import command_from_request, encode_command
 from felix.metadata.errors import CommandError
 from felix.proto.client_messages import (
@@ -104,7 +105,7 @@ class ClientApi:
         identity: int | None = None  # the broker id this connection said hello as
         while True:
             try:
-                message = CLIENT_TO_SERVER.decode(await conn.receive())
+                message = decode_paused(CLIENT_TO_SERVER.decode, await conn.receive())
             except ProtocolError as exc:
                 self._send(conn, Error(ErrorCode.BAD_REQUEST, str(exc), None))
                 await conn.close(1002, "protocol error")
