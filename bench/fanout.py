@@ -6,7 +6,7 @@ Subscribers are real loopback WebSocket connections that have said Hello (and re
 nothing during the timed part; kernel buffers hold the small messages).  The figure is
 the wall time from publish until the fan-out task has handed the message to every
 subscriber, per subscriber: encode + frame once, then one non-blocking ``send`` per
-subscriber (DESIGN.md §6: ~7 µs target per subscriber).
+subscriber (docs/architecture.md §7, "Hot paths").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 PURE (no I/O, no clock, no randomness; ``tests/test_layering.py``).  `DeltaAssembler`
 and `SnapshotAssembler` collect ``DeltaPart`` / ``Snapshot`` chunks and hand back a
 whole delta / staged snapshot only at the end marker, so a big delta or snapshot is
-applied atomically (docs/architecture.md).  A `SnapshotStage` builds the new view aside
+applied atomically (docs/architecture.md §8).  A `SnapshotStage` builds the new view aside
 (records, per-record hashes, typed tables, routing), chunk by chunk, so a malformed
 record leaves the cache unchanged and the install is a handful of table swaps.
 """

@@ -2,7 +2,7 @@
 
 PURE (no I/O, no clock, no randomness; ``tests/test_layering.py``).  *Ownership* of a
 shard by a node is its role there (`Role.LEADER`, `Role.REPLICA`, or not owned) plus,
-while leading, the leader epoch (docs/architecture.md).  `OwnershipEvent`s move one
+while leading, the leader epoch (docs/architecture.md §8).  `OwnershipEvent`s move one
 ownership map to the next (`ownership_diff` for two whole views); `OwnershipLedger`
 buffers events for a slow consumer, coalescing them per shard.
 """

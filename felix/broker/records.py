@@ -2,7 +2,7 @@
 
 PURE (no I/O, no clock, no randomness; ``tests/test_layering.py``).  Every record, in a
 snapshot or a delta, goes through the same check and typed conversion (`CONVERTERS`,
-one per kind of the record model, `felix.metadata.model`; docs/architecture.md):
+one per kind of the record model, `felix.metadata.model`; docs/architecture.md §8):
 exactly the model's fields, each of its declared type (ints never negative, a node
 state one of `NodeState`), a key equal to the one the fields imply, a known kind.  A
 record that fails raises `RecordError` (a `CacheError`) naming the record and the

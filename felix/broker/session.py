@@ -9,7 +9,7 @@ the server sent (`CacheError`: a gap, a digest mismatch, an invalid record, part
 of order), a ``Resync`` message or a ``Progress`` past a gap ends the session from
 inside the receive path; the digest audit and the periodic resync call `restart` from
 their tasks.  Each reason is counted in ``stats.resync_reasons``.  A lost connection is
-not a restart: the next session resumes from the cache's version (docs/architecture.md).
+not a restart: the next session resumes from the cache's version (docs/architecture.md §8).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The replicated metadata state machine (PURE: DESIGN.md §1).
+"""The replicated metadata state machine (PURE: docs/architecture.md §2).
 
 Each committed Raft entry carries one encoded command (`commands`); `state.MetadataState`
 applies it deterministically and yields exactly one `Delta` of `Change` records for the
-watch hub.  `view` and `digest` are shared with the broker's local cache.
+watch hub.  The record model (`model`, `config`) and the digest (`digest`) are shared with
+the broker's local cache (`felix.broker`); `view` is the flat record view `felix ctl` and
+the tests keep.
 """

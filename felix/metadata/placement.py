@@ -1,4 +1,4 @@
-"""Deterministic replica placement and leader choice (reference §7).
+"""Deterministic replica placement and leader choice.
 
 Placement is greedy and rack-striped: for each new shard, the leader slot goes to the
 candidate with the fewest leaderships (then fewest replicas, then lowest id); every

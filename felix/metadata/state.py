@@ -19,7 +19,7 @@ registration changes.  A drain is complete when the draining node leads nothing:
 ``drained_version`` is then the version at which that became true (None while draining
 is incomplete or the node is not draining).  Because the Delta carrying the last
 leadership move has that very version, the server may let the broker shut down once
-every active broker has reported ``applied_version >= drained_version`` (reference §9).
+every active broker has reported ``applied_version >= drained_version``.
 """
 
 from __future__ import annotations

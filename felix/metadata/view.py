@@ -1,4 +1,7 @@
-"""A flat view of the metadata as records, for the broker cache and the tests.
+"""A flat view of the metadata as records, for `felix ctl` and the tests.
+
+(The broker cache keeps typed tables of its own, `felix.broker.cache`; this is the
+plain reference model the tests compare it with.)
 
 The view is a dict keyed by ``(kind, key)``; `apply_changes` is the one way to advance
 it, and it keeps the digest up to date incrementally, so a broker checks each delta's

@@ -7,13 +7,13 @@ per direction of one channel, so a broker can never send a server-only message).
 registration time the dataclass's type hints are compiled once into a list of per-field
 decoder/encoder closures; decoding a payload is then
 
-1. `safe_loads`: a cbor2 decoder configured to refuse indefinite lengths, duplicate
-   keys, non-string map keys and *every* semantic tag, with nesting capped at the depth
-   the registry's schemas need; exactly one item (no trailing bytes).  Configured
-   decoders are reused from a cache keyed by that depth (building one costs about as much
-   as decoding a small message): a call takes one out and puts it back only after a clean
-   decode, so threads and re-entrant calls never share one and one that raised is
-   dropped;
+1. `safe_loads` (`felix.proto.safe_cbor`): a cbor2 decoder configured to refuse
+   indefinite lengths, duplicate keys, non-string map keys and *every* semantic tag, with
+   nesting capped at the depth the registry's schemas need; exactly one item (no trailing
+   bytes).  Configured decoders are reused from a cache keyed by that depth (building one
+   costs about as much as decoding a small message): a call takes one out and puts it
+   back only after a clean decode, so threads and re-entrant calls never share one and
+   one that raised is dropped;
 2. the schema walk: the ``type`` field picks the class, then each field is checked for
    type, range and length.  Missing and extra fields are errors.
 

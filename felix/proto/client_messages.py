@@ -1,4 +1,4 @@
-"""Messages between brokers (and admin clients) and the control plane (DESIGN.md §3).
+"""Messages between brokers (and admin clients) and the control plane (docs/architecture.md §11).
 
 Each WebSocket binary message is one CBOR map with a ``type``.  There are two registries,
 one per direction, so a server never accepts a server-only message from a client and a

@@ -1,9 +1,11 @@
 """Safe CBOR: exactly one item, every feature Felix does not use refused.
 
-PURE (``tests/test_layering.py``).  `safe_loads` decodes with a fresh-state cbor2
-decoder per payload: indefinite lengths, duplicate keys, non-string map keys and *every*
-semantic tag refused, nesting capped at a given depth, no trailing bytes; only
-`DecodeError` leaves it (docs/architecture.md, the wire protocol).
+PURE (``tests/test_layering.py``).  `safe_loads` decodes with a configured cbor2
+decoder, reused from a cache keyed by the depth cap (see `_DECODERS`: a decoder carries
+no state from one item to the next, one that raised is dropped, and threads never share
+one): indefinite lengths, duplicate keys, non-string map keys and *every* semantic tag
+refused, nesting capped at a given depth, no trailing bytes; only `DecodeError` leaves
+it (docs/architecture.md §11).
 """
 
 from __future__ import annotations

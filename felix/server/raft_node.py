@@ -11,10 +11,12 @@ steps them all into the core, and hands each resulting `Ready` to the shared
 1. the durable write starts (only if ``ready.must_sync``: a commit-only change is not
    written), then ``send_now`` goes to the transport's per-peer queues (non-blocking; the
    leader replicates while it fsyncs: thesis §10.2.1);
-2. once the write returns: ``Persisted`` back into the core, ``send_after_persist``
-   (votes and acks promise durability), then the request table learns the batch's
-   outcomes, the snapshot and committed entries are applied, and the state machine's
-   batch ends (the metadata state machine publishes its deltas).
+2. once the write returns: ``Persisted`` back into the core (and
+   ``HardStatePersisted`` if the batch wrote a hard state: a candidate counts its own
+   vote only then), ``send_after_persist`` (votes and acks promise durability), then the
+   request table learns the batch's outcomes, the snapshot and committed entries are
+   applied, and the state machine's batch ends (the metadata state machine publishes its
+   deltas to the watch hub, whose own fan-out task sends them).
 
 Proposals and reads wait in the `felix.server.requests.RequestTable`; requests for the
 leader that reach a follower go through `felix.server.forwarding.Forwarder`, which reads

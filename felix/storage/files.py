@@ -3,8 +3,8 @@
 Everything durable goes through a `Files`, so tests can swap the real disk (`OsFiles`) for
 `MemoryFiles`, a simulated disk that keeps a volatile cache apart from what is durable and
 can inject faults: crash after the n-th write/fsync call, short writes, a failing fsync,
-and after a crash a torn (prefix-only) tail of unsynced appends.  Crash rules follow the
-reliability plan (§4.6): data is durable only after ``fsync`` of the file, a create,
+and after a crash a torn (prefix-only) tail of unsynced appends.  The crash rules
+(docs/architecture.md §4): data is durable only after ``fsync`` of the file, a create,
 rename or remove only after ``fsync_dir`` of its directory.
 """
 

@@ -1,4 +1,4 @@
-"""Tier B (DESIGN.md §5): real `RaftNode` drivers over the in-memory network and WAL.
+"""Tier B (docs/architecture.md §10): real `RaftNode` drivers over the in-memory network and WAL.
 
 Run it inside ``trio.run(..., clock=MockClock(autojump_threshold=0))``: every wait is a
 `trio.sleep` or a channel, nothing touches a thread or socket, so virtual time runs as

@@ -1,4 +1,4 @@
-"""Reproducible Trio runs: a seeded scheduler (DESIGN.md §5, tier B).
+"""Reproducible Trio runs: a seeded scheduler (docs/architecture.md §10, tier B).
 
 Trio shuffles the order of runnable tasks on purpose, so MockClock alone does not make a
 run repeatable.  Trio's own scheduler-determinism test shows the switch below; it is
