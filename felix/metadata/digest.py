@@ -301,18 +301,9 @@ _PLANS: dict[str, _Plan] = {}
 _PLAN_MISSES: dict[str, int] = {}
 
 
-def _compile_plan(kind: str, names: list[str]) -> _Plan:
-    """A straight-line encoder for records of ``kind`` with exactly the fields ``names``.
-
-    It returns None when a record has other fields.  Field names reach the generated
-    source only as indexes into ``env``, never as text.  Each field contributes two
-    pieces: the constant ``[name,`` prefix merged with the value's head where the head
-    is known, then the value's bytes.
-    """
-    names = sorted(names)
-    count = len(names)
-    kind_prefix = b"\x83" + _text(kind)
-    env: dict[str, Any] = {
+def _plan_env(kind_prefix: bytes) -> dict[str, Any]:
+    """The globals of a generated record encoder (`_compile_plan`)."""
+    return {
         "KH": tuple(kind_prefix + _TEXT[n] for n in range(256)),
         "KP": kind_prefix,
         "head": _head,
@@ -329,6 +320,43 @@ def _compile_plan(kind: str, names: list[str]) -> _Plan:
         "FALSE": _FALSE,
         "bool": bool,
     }
+
+
+def _field_lines(i: int) -> list[str]:
+    """Generated source: field ``i`` (value ``x{i}``) as head ``a{i}`` and body ``b{i}``."""
+    return [
+        f"    t = type(x{i})",
+        "    if t is str:",
+        f"        b{i} = x{i}.encode()",
+        f"        n = len(b{i})",
+        f"        a{i} = T{i}[n] if n < 24 else P{i} + head(3, n)",
+        "    elif t is int:",
+        f"        a{i} = P{i}",
+        f"        b{i} = UINT[x{i}] if 0 <= x{i} < SMALL else INT(x{i})",
+        f"    elif x{i} is None:",
+        f"        a{i} = P{i}",
+        f"        b{i} = NONE",
+        "    elif t is bool:",
+        f"        a{i} = P{i}",
+        f"        b{i} = TRUE if x{i} else FALSE",
+        "    else:",
+        f"        a{i} = P{i}",
+        f"        b{i} = enc(x{i})",
+    ]
+
+
+def _compile_plan(kind: str, names: list[str]) -> _Plan:
+    """A straight-line encoder for records of ``kind`` with exactly the fields ``names``.
+
+    It returns None when a record has other fields.  Field names reach the generated
+    source only as indexes into ``env``, never as text.  Each field contributes two
+    pieces: the constant ``[name,`` prefix merged with the value's head where the head
+    is known, then the value's bytes.
+    """
+    names = sorted(names)
+    count = len(names)
+    kind_prefix = b"\x83" + _text(kind)
+    env = _plan_env(kind_prefix)
     lines = [
         "def plan(key, value):",
         f"    if len(value) != {count}:",
@@ -348,25 +376,7 @@ def _compile_plan(kind: str, names: list[str]) -> _Plan:
         env[f"K{i}"] = name
         env[f"P{i}"] = prefix
         env[f"T{i}"] = tuple(prefix + _TEXT[n] for n in range(24))
-        lines += [
-            f"    t = type(x{i})",
-            "    if t is str:",
-            f"        b{i} = x{i}.encode()",
-            f"        n = len(b{i})",
-            f"        a{i} = T{i}[n] if n < 24 else P{i} + head(3, n)",
-            "    elif t is int:",
-            f"        a{i} = P{i}",
-            f"        b{i} = UINT[x{i}] if 0 <= x{i} < SMALL else INT(x{i})",
-            f"    elif x{i} is None:",
-            f"        a{i} = P{i}",
-            f"        b{i} = NONE",
-            "    elif t is bool:",
-            f"        a{i} = P{i}",
-            f"        b{i} = TRUE if x{i} else FALSE",
-            "    else:",
-            f"        a{i} = P{i}",
-            f"        b{i} = enc(x{i})",
-        ]
+        lines += _field_lines(i)
         parts += [f"a{i}", f"b{i}"]
     lines.append(f"    return b''.join(({', '.join(parts)},))")
     namespace: dict[str, Any] = {}
