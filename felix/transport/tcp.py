@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
+from felix.gc_pause import decode_paused
 from felix.proto.errors import ProtocolError
 from felix.proto.frames import CLOSED, FRAME_BYTES_MAX_DEFAULT, FrameDecoder, encode_frame
 from felix.proto.raft_messages import (
@@ -304,7 +305,7 @@ async def _read_message(
     while True:
         frame = decoder.next_frame()
         if isinstance(frame, bytes):
-            message: PeerMessage = PEER.decode(frame)
+            message: PeerMessage = decode_paused(PEER.decode, frame)
             return message
         if frame is CLOSED:
             return None
