@@ -87,10 +87,6 @@ class RaftCore:
         self.config = config
         self.rng = rng
         self.node_id = config.node_id
-        sabotage = config.sabotage
-        self.sabotage_ack_before_persist = "ack_before_persist" in sabotage
-        self.sabotage_commit_old_term = "commit_old_term" in sabotage
-        self.sabotage_double_vote = "double_vote" in sabotage
 
         hs = boot.hard_state
         self.term = hs.term
@@ -327,10 +323,29 @@ class RaftCore:
 
     def respond(self, to: int, message: RaftMessage) -> None:
         """Messages that promise durable state (votes, acks): after persist (§5.1 fig. 2)."""
-        if self.sabotage_ack_before_persist:
-            self.send_now.append(Outbound(to, message))
-        else:
-            self.send_after_persist.append(Outbound(to, message))
+        self.send_after_persist.append(Outbound(to, message))
+
+    # -- rules a test may break (felix/testing/sabotage.py overrides these) -----------
+
+    def own_match_index(self) -> int:
+        """How far a leader counts its own log toward a commit quorum: what it has
+        persisted, not what it has appended (thesis §10.2.1)."""
+        return self.log.persisted_index
+
+    def may_commit_by_counting(self, index: int) -> bool:
+        """§5.4.2 (figure 8): a leader commits by counting replicas only an entry of its
+        own term."""
+        return self.log.term_at(index) == self.term
+
+    def may_grant_vote(self, m: RequestVote) -> bool:
+        """§5.2: one vote per term (the one already cast may be repeated; a node that
+        follows a leader in this term has none to give); a pre-vote for a future term
+        promises nothing, so it is granted on the log alone (thesis §9.6)."""
+        return (
+            self.vote == m.candidate
+            or (self.vote is None and self.leader_id is None)
+            or (m.pre_vote and m.term > self.term)
+        )
 
     def send(self, to: int, message: RaftMessage) -> None:
         self.send_now.append(Outbound(to, message))

@@ -68,15 +68,7 @@ def handle_vote_request(core: RaftCore, sender: int, m: RequestVote) -> None:
     """§5.2/§5.4.1 vote granting; thesis §9.6 for pre-votes.  Terms are already settled
     by the dispatcher: ``m.term >= core.term``, and higher only for a pre-vote."""
     log_ok = core.log.is_up_to_date(m.last_log_index, m.last_log_term)
-    can_vote = (
-        core.vote == m.candidate
-        or (core.vote is None and core.leader_id is None)
-        # A pre-vote for a future term promises nothing: grant it on the log alone.
-        or (m.pre_vote and m.term > core.term)
-    )
-    if core.sabotage_double_vote and m.term == core.term:
-        can_vote = True  # SABOTAGE: a second vote in one term breaks election safety
-    if not (can_vote and log_ok):
+    if not (log_ok and core.may_grant_vote(m)):
         core.respond(sender, VoteResponse(core.term, False, m.pre_vote))
         return
     if not m.pre_vote:

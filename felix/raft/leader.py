@@ -324,7 +324,7 @@ def handle_snapshot_response(core: RaftCore, sender: int, m: SnapshotResponse) -
 
 def maybe_commit(core: RaftCore) -> None:
     """§5.3/§5.4.2: commit the highest index a majority of voters holds, if it is ours."""
-    own = core.log.last_index if core.sabotage_ack_before_persist else core.log.persisted_index
+    own = core.own_match_index()
     progress = core.progress
     matches = []
     for v in core.conf.voters:
@@ -337,7 +337,7 @@ def maybe_commit(core: RaftCore) -> None:
     if n <= core.commit_index:
         return
     # Figure 8: only an entry of the current term is committed by counting replicas.
-    if not core.sabotage_commit_old_term and core.log.term_at(n) != core.term:
+    if not core.may_commit_by_counting(n):
         return
     core.commit_to(n)
     core.flush_needed = True
@@ -372,8 +372,6 @@ def propose(core: RaftCore, request_id: int, data: bytes) -> None:
         return
     e = core.append_as_leader(EntryKind.NORMAL, data)
     core.proposed.append(ProposalAccepted(request_id, e.index, e.term))
-    if core.sabotage_ack_before_persist:
-        maybe_commit(core)
 
 
 def propose_conf_change(core: RaftCore, request_id: int, change: ConfChange) -> None:

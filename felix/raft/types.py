@@ -7,7 +7,7 @@ times, then ``core.take_ready()`` to collect one `felix.raft.ready.Ready` batch.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from felix.proto.raft_messages import (
     ConfChange,
@@ -91,9 +91,6 @@ class RaftConfig:
     # A learner is promoted only if its match index is within this many entries of the
     # leader's last index (thesis §4.2.1: a new voter must be caught up first).
     promote_lag_entries_max: int = 64
-    # Test-only switches that break the core on purpose, so the simulation's checkers can
-    # prove they catch the bug: "ack_before_persist", "commit_old_term", "double_vote".
-    sabotage: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)

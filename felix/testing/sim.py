@@ -148,6 +148,7 @@ from felix.testing.faults import (
     script_plan,
 )
 from felix.testing.linearizability import Operation, OpKind, check_register_history
+from felix.testing.sabotage import core_for
 from felix.testing.simdisk import DiskWrite, SimDisk, SimFiles
 
 __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
@@ -413,6 +414,7 @@ class Simulation:
         starts.  None: every node votes."""
         self.plan = plan
         self.sabotage = sabotage
+        self.core_class = core_for(sabotage - SIM_SABOTAGE)  # felix/testing/sabotage.py
         self.rng = random.Random(plan.seed)
         self.checker = ClusterChecker(disabled)
         voter_count = plan.nodes if voters is None else voters
@@ -600,7 +602,6 @@ class Simulation:
             check_quorum=tuning.check_quorum,
             entries_per_msg_max=tuning.entries_per_msg_max,
             inflight_msgs_max=tuning.inflight_msgs_max,
-            sabotage=self.sabotage - SIM_SABOTAGE,
         )
         core_rng = random.Random(self.rng.getrandbits(64))
         node.incarnation += 1
@@ -608,7 +609,7 @@ class Simulation:
         node.leader_term, node.last_commit, node.in_flight = None, 0, None
         node.snapshot_index = 0
         boot = self._recover(node)
-        node.core = RaftCore(config, core_rng, boot)
+        node.core = self.core_class(config, core_rng, boot)
         driver = _LaxSyncDriver if "lax_sync" in self.sabotage else ReadyDriver
         hands = _DriverHands(self, node)
         node.driver = driver(hands, hands, hands, hands)

@@ -43,6 +43,7 @@ from felix.raft.types import (
     SnapshotTaken,
     Tick,
 )
+from felix.testing.sabotage import core_for
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Node:
     config: RaftConfig
     boot_conf: ConfState
     seed: int
+    # The core's class: `RaftCore`, or one broken on purpose (felix/testing/sabotage.py).
+    core_class: type[RaftCore] = RaftCore
     core: RaftCore = field(init=False)
     # The "disk": what a crash keeps.
     durable_hard_state: HardState = field(default_factory=HardState)
@@ -110,7 +113,7 @@ class Node:
             snapshot=self.durable_snapshot,
             entries=tuple(self.durable_entries),
         )
-        self.core = RaftCore(self.config, random.Random(self.seed), boot)
+        self.core = self.core_class(self.config, random.Random(self.seed), boot)
         if self.durable_snapshot is not None:
             meta, data = self.durable_snapshot
             self.applied = decode_state(data)
@@ -169,16 +172,19 @@ class Network:
         learners: Iterable[int] = (),
         extra: Iterable[int] = (),
         seed: int = 0,
+        sabotage: Iterable[str] = (),
         **config: object,
     ) -> None:
         """``extra``: nodes that boot with the same configuration but are not in it yet
-        (to be added as learners later)."""
+        (to be added as learners later).  ``sabotage``: cores that break those rules on
+        purpose (`felix.testing.sabotage.core_for`)."""
         self.conf = ConfState(voters=tuple(voters), learners=tuple(learners))
         self.config_overrides = config
         self.nodes: dict[int, Node] = {}
+        core_class = core_for(sabotage)
         for nid in (*self.conf.voters, *self.conf.learners, *extra):
             cfg = RaftConfig(node_id=nid, **config)  # type: ignore[arg-type]
-            self.nodes[nid] = Node(cfg, self.conf, seed * 1000 + nid)
+            self.nodes[nid] = Node(cfg, self.conf, seed * 1000 + nid, core_class)
         self.queue: list[Message] = []
         self.cut: set[tuple[int, int]] = set()
         self.leaders_by_term: dict[int, int] = {}

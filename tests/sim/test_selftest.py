@@ -1,6 +1,6 @@
 """Checker self-test: a core broken on purpose must be caught within 50 seeds.
 
-The core's ``RaftConfig.sabotage`` switches break one rule each.  With every checker on,
+The cores of `felix.testing.sabotage` break one rule each.  With every checker on,
 the direct checks (``persist_before_send``, ``vote_once``, ``leader_commit_rule``) point
 at the cause.  With those disabled, the effect checks (election safety, leader
 completeness, state-machine safety, durability ...) must still see the damage.  Random
