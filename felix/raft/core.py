@@ -104,9 +104,9 @@ class RaftCore:
         # Emitted for apply up to here.  A restart re-applies from the snapshot on.
         self.applied = self.log.snap_index
 
-        self.election_elapsed = 0
-        self.heartbeat_elapsed = 0
-        self.randomized_timeout = 0
+        self.election_elapsed_ticks = 0
+        self.heartbeat_elapsed_ticks = 0
+        self.election_timeout_ticks = 0  # randomized per election (§5.2)
         self.reset_election_timer()
 
         self.votes: dict[int, bool] = {}  # candidate / pre-candidate
@@ -118,7 +118,7 @@ class RaftCore:
         self.acked_seq: dict[int, int] = {}
         self.term_start_index = 0  # index of this leader's NOOP
         self.transfer_target: int | None = None
-        self.transfer_elapsed = 0
+        self.transfer_elapsed_ticks = 0
         self.reads_deferred: list[int] = []
         self.reads_pending: list[tuple[int, int, int]] = []  # (request_id, index, seq)
         self.read_round_needed = False
@@ -285,15 +285,15 @@ class RaftCore:
         return (
             self.config.check_quorum
             and self.leader_id is not None
-            and self.election_elapsed < self.config.election_ticks
+            and self.election_elapsed_ticks < self.config.election_ticks
         )
 
     def _tick(self) -> None:
         if self.role is Role.LEADER:
             leader.tick(self)
             return
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout:
+        self.election_elapsed_ticks += 1
+        if self.election_elapsed_ticks >= self.election_timeout_ticks:
             self.reset_election_timer()
             if self.is_promotable():  # learners and removed nodes never campaign
                 candidate.campaign(self, transfer=False)
@@ -302,9 +302,9 @@ class RaftCore:
 
     def reset_election_timer(self) -> None:
         """§5.2: randomized election timeout in [election_ticks, 2 * election_ticks)."""
-        self.election_elapsed = 0
+        self.election_elapsed_ticks = 0
         e = self.config.election_ticks
-        self.randomized_timeout = self.rng.randrange(e, 2 * e)
+        self.election_timeout_ticks = self.rng.randrange(e, 2 * e)
 
     def set_term(self, term: int) -> None:
         assert term >= self.term, f"term would decrease from {self.term} to {term}"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 def handle_append(core: RaftCore, sender: int, m: AppendEntries) -> None:
     """§5.3 AppendEntries receiver rules; called with ``m.term == core.term``."""
     core.leader_id = sender
-    core.election_elapsed = 0
+    core.election_elapsed_ticks = 0
     prev = m.prev_log_index
     entries = m.entries
     commit = core.commit_index
@@ -86,7 +86,7 @@ def handle_timeout_now(core: RaftCore, sender: int) -> None:
 def handle_snapshot(core: RaftCore, sender: int, m: InstallSnapshot) -> None:
     """§7 InstallSnapshot receiver, chunked: reassemble by offset, check, install."""
     core.leader_id = sender
-    core.election_elapsed = 0
+    core.election_elapsed_ticks = 0
     meta = m.meta
     if meta.index <= core.commit_index:
         # Stale: we already hold (committed) everything it covers.

@@ -51,14 +51,17 @@ def become_leader(core: RaftCore) -> None:
     core.role = Role.LEADER
     core.leader_id = core.node_id
     core.votes = {}
-    core.election_elapsed = 0
-    core.heartbeat_elapsed = 0
+    core.election_elapsed_ticks = 0
+    core.heartbeat_elapsed_ticks = 0
     core.progress = {}
     core.acked_seq = {}
     core.transfer_target = None
     core.reads_deferred = []
     core.reads_pending = []
     core.read_round_needed = False
+    # A leadership opens a round of its own: its first AppendEntries already carry a
+    # seq no earlier message of ours carried, and never 0 (a stale answer's seq).
+    core.seq += 1
     _sync_progress(core)
     # §8 / §5.4.2: commit an entry of our own term, which commits everything before it.
     core.term_start_index = core.append_as_leader(EntryKind.NOOP, b"").index
@@ -109,19 +112,19 @@ def _sync_progress(core: RaftCore) -> None:
 
 
 def tick(core: RaftCore) -> None:
-    core.heartbeat_elapsed += 1
-    core.election_elapsed += 1
+    core.heartbeat_elapsed_ticks += 1
+    core.election_elapsed_ticks += 1
     if core.transfer_target is not None:
-        core.transfer_elapsed += 1
-        if core.transfer_elapsed >= core.config.election_ticks:
+        core.transfer_elapsed_ticks += 1
+        if core.transfer_elapsed_ticks >= core.config.election_ticks:
             core.transfer_target = None  # thesis §3.10: abort after an election timeout
-    if core.election_elapsed >= core.config.election_ticks:
-        core.election_elapsed = 0
+    if core.election_elapsed_ticks >= core.config.election_ticks:
+        core.election_elapsed_ticks = 0
         if core.config.check_quorum and not _quorum_active(core):
             core.become_follower(core.term, None)  # thesis §6.2
             return
-    if core.heartbeat_elapsed >= core.config.heartbeat_ticks:
-        core.heartbeat_elapsed = 0
+    if core.heartbeat_elapsed_ticks >= core.config.heartbeat_ticks:
+        core.heartbeat_elapsed_ticks = 0
         _broadcast_heartbeat(core)
 
 
@@ -421,7 +424,7 @@ def transfer(core: RaftCore, target: int) -> None:
     if core.transfer_target == target:
         return
     core.transfer_target = target
-    core.transfer_elapsed = 0
+    core.transfer_elapsed_ticks = 0
     pr = core.progress[target]
     if pr.match == core.log.last_index:
         core.send(target, TimeoutNow(core.term, core.node_id))

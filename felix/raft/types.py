@@ -80,8 +80,9 @@ class RaftConfig:
     """Timings are in ticks; the driver decides how long a tick is."""
 
     node_id: int
-    election_ticks: int = 10  # randomized per election in [n, 2n) (§5.2)
-    heartbeat_ticks: int = 1
+    # The defaults are felix.config.RaftTimings' (a server passes its own anyway).
+    election_ticks: int = 8  # randomized per election in [n, 2n) (§5.2)
+    heartbeat_ticks: int = 2
     pre_vote: bool = True  # thesis §9.6
     check_quorum: bool = True  # thesis §6.2
     inflight_msgs_max: int = 64  # AppendEntries in flight per peer in replicate state

@@ -45,6 +45,8 @@ from felix.raft.types import (
 )
 from felix.testing.sabotage import core_for
 
+SCENARIO_TIMINGS: dict[str, object] = {"election_ticks": 10, "heartbeat_ticks": 1}
+
 
 @dataclass
 class Message:
@@ -179,6 +181,9 @@ class Network:
         (to be added as learners later).  ``sabotage``: cores that break those rules on
         purpose (`felix.testing.sabotage.core_for`)."""
         self.conf = ConfState(voters=tuple(voters), learners=tuple(learners))
+        # The scenarios count ticks with a heartbeat every tick and a 10-tick election
+        # timeout (not RaftConfig's defaults, felix.config's): keep them explicit.
+        config = {**SCENARIO_TIMINGS, **config}
         self.config_overrides = config
         self.nodes: dict[int, Node] = {}
         core_class = core_for(sabotage)
