@@ -1,4 +1,4 @@
-"""Tier-A deterministic whole-cluster simulation of the pure Raft cores (DESIGN.md §5).
+"""Tier-A deterministic whole-cluster simulation of the pure Raft cores (docs/architecture.md §10).
 
 Theory of operation
 -------------------
