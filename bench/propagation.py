@@ -626,7 +626,7 @@ def receive_cost(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
     """The brokers' receive path in CPU µs per message and per delta, over the writes.
 
     Worker CPU time (all of it: socket wake-ups, frame parsing, CBOR decode, digest
-    check, apply, timestamps, plus heartbeats and Progress messages) divided by what was
+    check, apply, timestamps, plus heartbeats and WatchProgress messages) divided by what was
     received; ``per_delta`` charges everything to the deltas, so it is the upper bound.
     """
     cpu_us = after["cpu_us"] - before["cpu_us"]

@@ -20,9 +20,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-from felix.proto.raft_messages import ConfState
+from felix.proto.raft_messages import ConfState, Entry, SnapshotMeta
 from felix.raft.core import RaftCore
-from felix.raft.types import BootState, HardState, Persisted, Propose, RaftConfig, Receive, Role
+from felix.raft.driver import ReadyDriver
+from felix.raft.ready import Outbound, Ready
+from felix.raft.types import BootState, HardState, Propose, RaftConfig, Receive, Role
 from felix.raft.types import Campaign as CampaignInput
 from felix.testing.sim import run_seed
 
@@ -33,11 +35,40 @@ PAYLOAD = b"x" * 64
 SIM_SEEDS = range(10)
 
 
+class _InstantHands:
+    """Disk, network and applier of one node for `ReadyDriver`: the write is durable
+    at once, messages go to a shared inbox, applied entries are counted."""
+
+    def __init__(self, node_id: int, inbox: deque[tuple[int, Receive]]) -> None:
+        self.node_id = node_id
+        self.inbox = inbox
+        self.applied = 0
+
+    def start_write(self, ready: Ready) -> None:
+        return None
+
+    def send(self, out: Outbound) -> None:
+        self.inbox.append((out.to, Receive(self.node_id, out.message)))
+
+    def resolve(self, ready: Ready) -> None:
+        pass
+
+    def restore(self, meta: SnapshotMeta, data: bytes) -> None:
+        pass
+
+    def apply(self, entry: Entry) -> None:
+        self.applied += 1
+
+    def batch_applied(self, ready: Ready) -> None:
+        pass
+
+
 def _pump(cores: dict[int, RaftCore]) -> int:
-    """Deliver every Ready until quiet (instant fsync, instant network); returns the
-    number of entries applied on the leader."""
-    applied = 0
+    """Deliver every Ready until quiet (instant fsync, instant network) through the
+    production `ReadyDriver`; returns the number of entries applied on the leader."""
     inbox: deque[tuple[int, Receive]] = deque()
+    hands = {n: _InstantHands(n, inbox) for n in cores}
+    drivers = {n: ReadyDriver(core, hands[n], hands[n], hands[n]) for n, core in cores.items()}
     busy = True
     while busy or inbox:
         busy = False
@@ -48,16 +79,10 @@ def _pump(cores: dict[int, RaftCore]) -> int:
             while core.has_ready():
                 busy = True
                 ready = core.take_ready()
-                for out in ready.send_now:
-                    inbox.append((out.to, Receive(node_id, out.message)))
-                if ready.entries:
-                    last = ready.entries[-1]
-                    core.step(Persisted(last.index, last.term))
-                for out in ready.send_after_persist:
-                    inbox.append((out.to, Receive(node_id, out.message)))
-                if core.role is Role.LEADER:
-                    applied += len(ready.committed)
-    return applied
+                drivers[node_id].begin(ready)
+                drivers[node_id].finish(ready)
+    leader = next((n for n, c in cores.items() if c.role is Role.LEADER), None)
+    return hands[leader].applied if leader is not None else 0
 
 
 def bench_core_commits() -> dict[str, float]:

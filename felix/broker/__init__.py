@@ -13,8 +13,8 @@ from felix.broker.cache import (
     Ownership,
     OwnershipEvent,
     RecordError,
-    Role,
     ShardId,
+    ShardRole,
 )
 from felix.broker.client import (
     BrokerMetrics,
@@ -36,8 +36,8 @@ __all__ = [
     "Ownership",
     "OwnershipEvent",
     "RecordError",
-    "Role",
     "ShardId",
+    "ShardRole",
     "WriteError",
     "open_metadata_client",
 ]

@@ -35,7 +35,7 @@ Every apply is one synchronous call, so a reader in the same Trio thread never s
 half-applied delta: the records, the typed tables, the routing table and the ownership
 map move together from one version to the next.
 
-*Ownership* of a shard by ``node_id`` is its role there (`Role.LEADER`, `Role.REPLICA`,
+*Ownership* of a shard by ``node_id`` is its role there (`ShardRole.LEADER`, `ShardRole.REPLICA`,
 or not owned) plus, while leading, the leader epoch.  Every apply returns the
 `OwnershipEvent`s that move the previous ownership map to the new one: per changed
 shard record for a delta, and the full diff of old view vs new view for a snapshot, so
@@ -62,7 +62,7 @@ from felix.broker.ownership import (
     Ownership,
     OwnershipEvent,
     OwnershipLedger,
-    Role,
+    ShardRole,
     ownership_diff,
     ownership_event,
     same_ownership,
@@ -111,8 +111,8 @@ __all__ = [
     "OwnershipLedger",
     "RecordError",
     "RecordId",
-    "Role",
     "ShardId",
+    "ShardRole",
     "SnapshotAssembler",
     "SnapshotStage",
 ]
@@ -257,12 +257,12 @@ class MetadataCache:
             if shard.leader == me:
                 found = leading.get(epoch)
                 if found is None:
-                    found = leading[epoch] = Ownership(Role.LEADER, epoch)
+                    found = leading[epoch] = Ownership(ShardRole.LEADER, epoch)
                 owned[shard_id] = found
             elif me in shard.replicas:
                 found = replica.get(epoch)
                 if found is None:
-                    found = replica[epoch] = Ownership(Role.REPLICA, epoch)
+                    found = replica[epoch] = Ownership(ShardRole.REPLICA, epoch)
                 owned[shard_id] = found
         return owned
 
@@ -380,9 +380,9 @@ class MetadataCache:
         new: Ownership | None = None
         if shard is not None:
             if shard.leader == me:
-                new = Ownership(Role.LEADER, shard.leader_epoch)
+                new = Ownership(ShardRole.LEADER, shard.leader_epoch)
             elif me in shard.replicas:
-                new = Ownership(Role.REPLICA, shard.leader_epoch)
+                new = Ownership(ShardRole.REPLICA, shard.leader_epoch)
         old = self.owned.get(shard_id)
         if new is None:
             if old is None:

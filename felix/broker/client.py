@@ -68,10 +68,10 @@ from felix.proto.client_messages import Record
 class ClientStats:
     """A consistent reading of the client's counters and lag.
 
-    ``lag_versions``: newest version seen (deltas, ``Progress``, write results) minus the
+    ``lag_versions``: newest version seen (deltas, ``WatchProgress``, write results) minus the
     applied one; ``lag_ms``: for how long the view has been behind that newest version
     (0 when caught up); ``silence_ms``: since the last message from the control plane
-    (``Progress`` arrives about every second when idle, so this bounds staleness).
+    (``WatchProgress`` arrives about every second when idle, so this bounds staleness).
     """
 
     version: int | None

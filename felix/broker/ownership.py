@@ -1,7 +1,7 @@
 """This node's ownership of shards, the events that move it, and their buffer.
 
 PURE (no I/O, no clock, no randomness; ``tests/test_layering.py``).  *Ownership* of a
-shard by a node is its role there (`Role.LEADER`, `Role.REPLICA`, or not owned) plus,
+shard by a node is its role there (`ShardRole.LEADER`, `ShardRole.REPLICA`, or not owned) plus,
 while leading, the leader epoch (docs/architecture.md §8).  `OwnershipEvent`s move one
 ownership map to the next (`ownership_diff` for two whole views); `OwnershipLedger`
 buffers events for a slow consumer, coalescing them per shard.
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from felix.broker.records import ShardId
 
 
-class Role(enum.StrEnum):
+class ShardRole(enum.StrEnum):
+    """This broker's role on one shard (a dataplane role, unrelated to a Raft node's role)."""
+
     LEADER = "leader"
     REPLICA = "replica"
 
@@ -25,7 +27,7 @@ class Role(enum.StrEnum):
 class Ownership:
     """This node's role on one shard; ``leader_epoch`` is the shard's epoch."""
 
-    role: Role
+    role: ShardRole
     leader_epoch: int
 
     def same_as(self, other: Ownership | None) -> bool:
@@ -33,7 +35,7 @@ class Ownership:
         leader whose epoch moved lost the shard in between and must re-establish it)."""
         if other is None or other.role is not self.role:
             return False
-        return self.role is Role.REPLICA or other.leader_epoch == self.leader_epoch
+        return self.role is ShardRole.REPLICA or other.leader_epoch == self.leader_epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +48,8 @@ class OwnershipEvent:
     """
 
     shard: ShardId
-    previous: Role | None
-    role: Role | None
+    previous: ShardRole | None
+    role: ShardRole | None
     leader_epoch: int
     version: int
 

@@ -135,11 +135,11 @@ def _short(value: object) -> str:
 
 
 def _converter(cls: type[Any]) -> Converter:
-    """The check and typed conversion of one kind's records (docs/architecture.md, the
-    record model of `felix.metadata.model`): exactly the model's fields, each of its
-    declared type, and a key equal to the one the fields imply.  A plain checker says
-    what is wrong; the compiled fast path (the same expressions, in one condition)
-    builds the frozen object through its slot setters."""
+    """The check and typed conversion of one kind's records (docs/architecture.md §8,
+    "Record model"; the model is `felix.metadata.model`): exactly the model's fields,
+    each of its declared type, and a key equal to the one the fields imply.  A plain
+    checker says what is wrong; the compiled fast path (the same expressions, in one
+    condition) builds the frozen object through its slot setters."""
     kind: str = cls.kind
     names: tuple[str, ...] = cls.__match_args__
     checks = [_FIELD_CHECKS.get((kind, n)) or _CHECKS[tuple(cls.types[n])] for n in names]

@@ -6,7 +6,7 @@ received is applied in one synchronous call, with no task switch per message.
 There is one restart mechanism, `Session.restart`: a reason is recorded, the session
 ends, and the next ``Hello`` asks for a snapshot.  Whatever makes the cache refuse what
 the server sent (`CacheError`: a gap, a digest mismatch, an invalid record, parts out
-of order), a ``Resync`` message or a ``Progress`` past a gap ends the session from
+of order), a ``Resync`` message or a ``WatchProgress`` past a gap ends the session from
 inside the receive path; the digest audit and the periodic resync call `restart` from
 their tasks.  Each reason is counted in ``stats.resync_reasons``.  A lost connection is
 not a restart: the next session resumes from the cache's version (docs/architecture.md §8).
@@ -41,9 +41,9 @@ from felix.proto.client_messages import (
     DeltaPart,
     Deltas,
     Error,
-    Progress,
     Resync,
     SnapshotChunk,
+    WatchProgress,
     WriteResult,
 )
 from felix.proto.errors import ProtocolError
@@ -262,7 +262,7 @@ class Session:
                         if update.ownership:
                             self._own(update.ownership)
                     counters.deltas += len(deltas)
-                elif kind is Progress:
+                elif kind is WatchProgress:
                     if message.version > self.newest:
                         self.newest = message.version
                     if message.version > (cache.version or 0) and not self._partial():

@@ -158,9 +158,9 @@ class DeltaPart:
     changes: Annotated[tuple[Change, ...], MaxItems(CHANGES_PER_DELTA_MAX)]
 
 
-@SERVER_TO_CLIENT.message("Progress")
+@SERVER_TO_CLIENT.message("WatchProgress")
 @dataclass(frozen=True, slots=True)
-class Progress:
+class WatchProgress:
     """In order with deltas: everything up to ``version`` has been sent."""
 
     version: int
@@ -183,4 +183,4 @@ class Error:
 
 
 ClientMessage = ClientHello | GetSnapshot | ReportHealth | WriteRequest
-ServerMessage = WriteResult | SnapshotChunk | Deltas | DeltaPart | Progress | Resync | Error
+ServerMessage = WriteResult | SnapshotChunk | Deltas | DeltaPart | WatchProgress | Resync | Error

@@ -17,7 +17,11 @@ this order:
    skip the write (like etcd-io/raft's ``MustSync``).  The commit index is not needed
    for safety — a restarted node learns it again from a leader — and syncing it would
    add an fsync to every commit on every node.
-3. Step ``Persisted(index, term)`` of the last entry written (if any) back into the core.
+3. Step ``Persisted(index, term)`` of the last entry written (if any) back into the core,
+   then, if ``hard_state`` was written, ``HardStatePersisted(term, vote)``: a candidate
+   counts its own vote only once its term and vote are durable (§5.1 figure 2; without
+   it a single voter would lead, and send AppendEntries, in a term its disk does not
+   record).
 4. ``send_after_persist``: votes, vote requests and acks — they promise that what they
    describe is on disk (§5.1 figure 2: "respond after updating stable storage").
 5. Apply ``snapshot`` (if any) to the state machine, then ``committed`` in order.  These

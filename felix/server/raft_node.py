@@ -256,7 +256,7 @@ class RaftNode:
         return index
 
     async def read_index(self, *, timeout_s: float | None = None) -> int:
-        """A linearizable read point: returns once this node has applied it (§6.4)."""
+        """A linearizable read point: returns once this node has applied it (thesis §6.4)."""
         requests = self.requests
         rid, waiter = requests.register(requests.reads)
         try:

@@ -31,8 +31,8 @@ its flusher; past ``coalesce_after_frames`` queued messages its further deltas a
 and coalesced into one message when the socket drains; past the byte bound it gets a
 ``Resync`` and is disconnected.  Nobody else ever waits for it.
 
-*Progress*: every ``progress_interval_s`` without a publish, one pre-built
-``Progress{version}`` frame goes to every live subscriber (in order with deltas, since
+*WatchProgress*: every ``progress_interval_s`` without a publish, one pre-built
+``WatchProgress{version}`` frame goes to every live subscriber (in order with deltas, since
 it travels the same socket path).
 """
 
@@ -52,9 +52,9 @@ from felix.proto.client_messages import (
     Delta,
     DeltaPart,
     Deltas,
-    Progress,
     Resync,
     SnapshotChunk,
+    WatchProgress,
 )
 from felix.proto.ws_frames import server_frame
 from felix.server.ws_server import WsConnection
@@ -282,7 +282,7 @@ class WatchHub:
     # --- maintenance tasks --------------------------------------------------------------
 
     async def run(self) -> None:
-        """The fan-out task, Progress heartbeats and draining of coalesced deltas."""
+        """The fan-out task, WatchProgress heartbeats and draining of coalesced deltas."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.fan_out)
             await self._maintain()
@@ -297,13 +297,13 @@ class WatchHub:
             self._flush_held()
             if elapsed >= interval:
                 elapsed = 0.0
-                # Progress promises everything <= version was sent: only when idle.
+                # WatchProgress promises everything <= version was sent: only when idle.
                 if not self._published_since_progress and not self._fanout:
                     self._broadcast_progress()
                 self._published_since_progress = False
 
     def _broadcast_progress(self) -> None:
-        frame = server_frame(SERVER_TO_CLIENT.encode(Progress(self.version)))
+        frame = server_frame(SERVER_TO_CLIENT.encode(WatchProgress(self.version)))
         for sub in list(self._subscribers):
             if sub.live and not sub.held and not sub.connection.sender.send(frame):
                 self._slow(sub)

@@ -23,8 +23,8 @@ from felix.broker.cache import (
     OwnershipEvent,
     OwnershipLedger,
     RecordError,
-    Role,
     ShardId,
+    ShardRole,
     SnapshotAssembler,
 )
 from felix.metadata.commands import (
@@ -59,13 +59,13 @@ def expected_routing(h: Harness) -> dict[ShardId, str | None]:
     return routes
 
 
-def expected_owned(h: Harness, me: int) -> dict[ShardId, Role]:
-    owned: dict[ShardId, Role] = {}
+def expected_owned(h: Harness, me: int) -> dict[ShardId, ShardRole]:
+    owned: dict[ShardId, ShardRole] = {}
     for shard in h.state.shards.values():
         if shard.leader == me:
-            owned[(shard.stream, shard.index)] = Role.LEADER
+            owned[(shard.stream, shard.index)] = ShardRole.LEADER
         elif me in shard.replicas:
-            owned[(shard.stream, shard.index)] = Role.REPLICA
+            owned[(shard.stream, shard.index)] = ShardRole.REPLICA
     return owned
 
 
@@ -178,7 +178,7 @@ def test_ownership_events_per_delta() -> None:
     started = {e.shard: e for e in update.ownership}
     assert all(e.started and e.previous is None for e in started.values())
     assert {k: e.role for k, e in started.items()} == expected_owned(h, 1)
-    led = [k for k, e in started.items() if e.role is Role.LEADER]
+    led = [k for k, e in started.items() if e.role is ShardRole.LEADER]
     assert led, "node 1 leads something"
     # Other nodes' changes that do not touch our shards produce no events.
     assert cache.apply_delta(h.ok(NodeHealth(3, "up"))).ownership == ()
@@ -186,7 +186,9 @@ def test_ownership_events_per_delta() -> None:
     update = cache.apply_delta(h.ok(DrainNode(1)))
     moved = {e.shard: e for e in update.ownership}
     assert set(moved) == set(led)
-    assert all(e.previous is Role.LEADER and e.role is Role.REPLICA for e in moved.values())
+    assert all(
+        e.previous is ShardRole.LEADER and e.role is ShardRole.REPLICA for e in moved.values()
+    )
     node = cache.node()
     assert node is not None and node.draining and node.drained_version == cache.version
     # Undrain and take a leadership back: replica -> leader, with the new epoch.
@@ -194,7 +196,7 @@ def test_ownership_events_per_delta() -> None:
     shard = led[0]
     update = cache.apply_delta(h.ok(MoveShardLeader(f"{shard[0]}/{shard[1]}", 1)))
     (event,) = [e for e in update.ownership if e.shard == shard]
-    assert (event.previous, event.role) == (Role.REPLICA, Role.LEADER)
+    assert (event.previous, event.role) == (ShardRole.REPLICA, ShardRole.LEADER)
     assert event.leader_epoch == cache.shards[shard].leader_epoch
     update = cache.apply_delta(h.ok(DeleteStream("s")))
     assert {e.shard for e in update.ownership if e.stopped} == set(expected_owned_before(started))
@@ -236,10 +238,11 @@ def test_ownership_across_a_snapshot_replace_is_the_diff() -> None:
     assert again.ownership == () and again.routes == ()
 
 
-def project(owned: dict[ShardId, Ownership]) -> dict[ShardId, tuple[Role, int | None]]:
+def project(owned: dict[ShardId, Ownership]) -> dict[ShardId, tuple[ShardRole, int | None]]:
     """What ownership events promise: the role, and the epoch while leading."""
     return {
-        k: (o.role, o.leader_epoch if o.role is Role.LEADER else None) for k, o in owned.items()
+        k: (o.role, o.leader_epoch if o.role is ShardRole.LEADER else None)
+        for k, o in owned.items()
     }
 
 
@@ -418,12 +421,14 @@ def test_audit_finds_a_record_changed_behind_the_caches_back() -> None:
     assert cache.recompute_digest() != cache.digest
 
 
-def event(shard: str, prev: Role | None, role: Role | None, epoch: int, v: int) -> OwnershipEvent:
+def event(
+    shard: str, prev: ShardRole | None, role: ShardRole | None, epoch: int, v: int
+) -> OwnershipEvent:
     return OwnershipEvent((shard, 0), prev, role, epoch, v)
 
 
 def test_the_ledger_coalesces_per_shard_for_a_slow_consumer() -> None:
-    L, R = Role.LEADER, Role.REPLICA
+    L, R = ShardRole.LEADER, ShardRole.REPLICA
     ledger = OwnershipLedger()
     ledger.push([event("a", None, L, 1, 10), event("b", None, R, 1, 10)])
     assert ledger.pop() == event("a", None, L, 1, 10)  # a fast consumer sees each event

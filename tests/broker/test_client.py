@@ -22,7 +22,7 @@ from felix.broker import (
     MetadataCache,
     MetadataView,
     OwnershipEvent,
-    Role,
+    ShardRole,
     WriteError,
     open_metadata_client,
 )
@@ -65,7 +65,7 @@ class Owned:
 
     def __init__(self, view: MetadataView) -> None:
         self.view = view
-        self.roles: dict[ShardId, Role] = {}
+        self.roles: dict[ShardId, ShardRole] = {}
         self.events: list[OwnershipEvent] = []
 
     async def run(self) -> None:
@@ -120,7 +120,7 @@ async def test_register_heartbeat_routing_and_ownership() -> None:
                                                       "10.9.0.12:9092"}  # fmt: skip
                 await wait_for(consumer.matches)
             owners = Counter(role for c in consumers for role in c.roles.values())
-            assert owners == {Role.LEADER: 6, Role.REPLICA: 6}
+            assert owners == {ShardRole.LEADER: 6, ShardRole.REPLICA: 6}
             assert all(v.stats.heartbeats >= 1 and v.stats.resyncs == 0 for v in views)
             nursery.cancel_scope.cancel()
 
@@ -182,9 +182,11 @@ async def test_server_resync_and_resume_below_history_take_snapshots() -> None:
                 old = old_owned.get(event.shard)
                 assert (old.role if old else None) == event.previous
             assert {e.shard for e in events} <= set(old_owned) | set(view.cache.owned)
-            assert any((e.previous, e.role) == (Role.LEADER, Role.REPLICA) for e in events)
+            assert any(
+                (e.previous, e.role) == (ShardRole.LEADER, ShardRole.REPLICA) for e in events
+            )
             assert {k: o.role for k, o in view.cache.owned.items()} == {
-                k: Role.REPLICA for k in old_owned
+                k: ShardRole.REPLICA for k in old_owned
             }
 
 
@@ -199,7 +201,7 @@ async def test_ownership_then_drain_until_done() -> None:
                                              "replication_factor": 3})  # fmt: skip
             await caught_up(cp, *views)
             await wait_for(consumer.matches)
-            led = {k for k, r in consumer.roles.items() if r is Role.LEADER}
+            led = {k for k, r in consumer.roles.items() if r is ShardRole.LEADER}
             assert led and all(e.started for e in consumer.events)
             assert not view.drained
             with trio.fail_after(10):
@@ -209,8 +211,8 @@ async def test_ownership_then_drain_until_done() -> None:
             await wait_for(consumer.matches)
             moved = [e for e in consumer.events if not e.started]
             assert {e.shard for e in moved} == led
-            assert all((e.previous, e.role) == (Role.LEADER, Role.REPLICA) for e in moved)
-            assert all(r is Role.REPLICA for r in consumer.roles.values())
+            assert all((e.previous, e.role) == (ShardRole.LEADER, ShardRole.REPLICA) for e in moved)
+            assert all(r is ShardRole.REPLICA for r in consumer.roles.values())
             assert all(view.routing[k] != view.address for k in view.routing)
             nursery.cancel_scope.cancel()
 
@@ -306,5 +308,5 @@ async def test_leader_stops_while_a_writer_is_mid_stream() -> None:
             for consumer in consumers:
                 await wait_for(consumer.matches)
             owners = Counter(role for c in consumers for role in c.roles.values())
-            assert owners == {Role.LEADER: 6, Role.REPLICA: 6}
+            assert owners == {ShardRole.LEADER: 6, ShardRole.REPLICA: 6}
             nursery.cancel_scope.cancel()

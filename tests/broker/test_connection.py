@@ -19,8 +19,8 @@ from felix.proto.client_messages import (
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
     ClientHello,
-    Progress,
     Resync,
+    WatchProgress,
 )
 from felix.proto.errors import ProtocolError
 from felix.proto.ws_frames import OP_PING, OP_PONG, accept_token, close_frame, server_frame
@@ -76,7 +76,7 @@ def frame(message: object) -> bytes:
 
 
 async def test_messages_split_at_every_byte_arrive_whole_and_in_order() -> None:
-    wire = b"".join(frame(Progress(v)) for v in range(1, 40))
+    wire = b"".join(frame(WatchProgress(v)) for v in range(1, 40))
 
     async def script(stream: trio.SocketStream) -> None:
         for i in range(len(wire)):
@@ -97,7 +97,7 @@ async def test_ping_is_answered_and_a_send_reaches_the_server() -> None:
     done = trio.Event()
 
     async def script(stream: trio.SocketStream) -> None:
-        await stream.send_all(server_frame(b"hi", OP_PING) + frame(Progress(7)))
+        await stream.send_all(server_frame(b"hi", OP_PING) + frame(WatchProgress(7)))
         buffer = b""
         while len(seen) < 2:
             buffer += await stream.receive_some(4096)
@@ -110,7 +110,7 @@ async def test_ping_is_answered_and_a_send_reaches_the_server() -> None:
 
     async with server(script) as port:
         conn = await ClientConnection.open("127.0.0.1", port)
-        assert await conn.receive() == Progress(7)
+        assert await conn.receive() == WatchProgress(7)
         await conn.send(ClientHello(5, 3, ""))
         with trio.fail_after(5):
             await done.wait()

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trio
 
-from felix.broker import MetadataView, Role, WriteError, open_metadata_client
+from felix.broker import MetadataView, ShardRole, WriteError, open_metadata_client
 from felix.broker.cache import ShardId
 from felix.broker.client import endpoint_order, parse_endpoint
 from felix.broker.connection import ClientConnection, ConnectionClosed
@@ -194,7 +194,7 @@ class Writer:
             await self.done.wait()
 
 
-def roles(view: MetadataView) -> dict[ShardId, Role]:
+def roles(view: MetadataView) -> dict[ShardId, ShardRole]:
     return {k: o.role for k, o in view.cache.owned.items()}
 
 
@@ -235,7 +235,7 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
             for consumer in consumers:
                 await wait_for(lambda c=consumer: bool(c.roles) and c.matches())  # type: ignore[misc]
             owners = Counter(r for c in consumers for r in c.roles.values())
-            assert owners == {Role.LEADER: SHARDS, Role.REPLICA: SHARDS}
+            assert owners == {ShardRole.LEADER: SHARDS, ShardRole.REPLICA: SHARDS}
 
             writer = Writer(writer_view)
             nursery.start_soon(writer.run)
@@ -267,7 +267,7 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
             for consumer in consumers:
                 await wait_for(consumer.matches)
             owners = Counter(r for c in consumers for r in c.roles.values())
-            assert owners == {Role.LEADER: SHARDS, Role.REPLICA: SHARDS}
+            assert owners == {ShardRole.LEADER: SHARDS, ShardRole.REPLICA: SHARDS}
 
             # The killed node comes back: it catches up and serves; nobody else notices.
             await trio.to_thread.run_sync(cluster.nodes[killed].start)
@@ -311,7 +311,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
                 nursery.cancel_scope.cancel()
             kept = view.cache
         old_owned = dict(kept.owned)
-        led = {k for k, o in old_owned.items() if o.role is Role.LEADER}
+        led = {k for k, o in old_owned.items() if o.role is ShardRole.LEADER}
         assert led and old_owned.keys() == {("s", i) for i in range(4)}
         # Broker 10 is gone: its shards' leadership moves to 11; then more versions than
         # the servers retain, so 10's resume point is gone when it comes back.
@@ -320,7 +320,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
             last = await admin.write("set_config", {"name": "streams_max", "value": 100 + n})
         assert kept.version is not None and last - kept.version > 4
         await all_at([other], last)
-        assert all(other.cache.owned[k].role is Role.LEADER for k in old_owned)
+        assert all(other.cache.owned[k].role is ShardRole.LEADER for k in old_owned)
 
         async with client(eps, 10, cache=kept) as view:
             consumer = Owned(view)  # events are relative to the kept view: start from it
@@ -338,5 +338,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
                 nursery.cancel_scope.cancel()
         # Only what changed while it was away: the shards it led, now as a replica.
         assert {e.shard for e in consumer.events} == led
-        assert all((e.previous, e.role) == (Role.LEADER, Role.REPLICA) for e in consumer.events)
-        assert roles(view) == dict.fromkeys(old_owned, Role.REPLICA)
+        assert all(
+            (e.previous, e.role) == (ShardRole.LEADER, ShardRole.REPLICA) for e in consumer.events
+        )
+        assert roles(view) == dict.fromkeys(old_owned, ShardRole.REPLICA)

@@ -59,7 +59,7 @@ def test_every_message_type_is_covered() -> None:
         "WriteResult",
         "SnapshotChunk",
         "Deltas",
-        "Progress",
+        "WatchProgress",
         "Resync",
         "Error",
     ):

@@ -26,9 +26,9 @@ from felix.proto.client_messages import (
     Deltas,
     Error,
     GetSnapshot,
-    Progress,
     Resync,
     SnapshotChunk,
+    WatchProgress,
     WriteRequest,
     WriteResult,
 )
@@ -67,7 +67,7 @@ class Broker:
             if message.last:
                 changes, self._parts = tuple(self._parts), []
                 self.apply(Delta(message.prev_version, message.version, message.digest, changes))
-        elif isinstance(message, Progress):
+        elif isinstance(message, WatchProgress):
             assert self.version is not None and message.version <= self.version
         elif isinstance(message, Resync):
             raise AssertionError(f"{self.name}: unexpected resync: {message.reason}")

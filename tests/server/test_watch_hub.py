@@ -15,9 +15,9 @@ from felix.proto.client_messages import (
     Delta,
     DeltaPart,
     Deltas,
-    Progress,
     Resync,
     SnapshotChunk,
+    WatchProgress,
 )
 from felix.server.watch_hub import HubLimits, WatchHub, pack_deltas, split_delta
 from felix.server.ws_server import WsConnection, serve_ws
@@ -105,7 +105,7 @@ class Watcher:
             if message.last:
                 changes, self._parts = tuple(self._parts), []
                 self._apply_delta(Delta(message.prev_version, message.version, b"", changes))
-        elif isinstance(message, Progress):
+        elif isinstance(message, WatchProgress):
             assert self.version is not None and message.version <= self.version + 0
             self.progress.append(message.version)
 
