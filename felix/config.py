@@ -54,6 +54,9 @@ class RaftTimings:
     check_quorum: bool = True
 
 
+FRAME_BYTES_MIN = 64 * 1024  # a peer frame must hold at least one ordinary entry
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     frame_bytes_max: int = 4 * 1024 * 1024
@@ -120,6 +123,19 @@ class NodeConfig:
                 "log.level: must be debug, info, warning or error",
             ),
         ]
+        # Every limit bounds a queue, a frame or a wait: zero would stop the node (a
+        # zero-length peer queue drops every message), so each must be at least 1.
+        checks += [
+            (getattr(self.limits, name) >= 1, f"limits.{name}: must be >= 1")
+            for name in Limits.__dataclass_fields__
+        ]
+        checks.append(
+            (
+                FRAME_BYTES_MIN <= self.limits.frame_bytes_max < 2**32,
+                f"limits.frame_bytes_max: must be >= {FRAME_BYTES_MIN} and < 2**32"
+                " (the frame prefix is 4 bytes)",
+            )
+        )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

@@ -77,6 +77,10 @@ def test_peers_and_endpoints_from_strings() -> None:
         ("[raft]\nelection_ticks = 2\nheartbeat_ticks = 1\n", "more than twice"),
         ("[log]\nformat = 'xml'\n", "log.format"),
         ("node_id = \n", "is not valid TOML"),
+        ("[limits]\npeer_send_queue_max = 0\n", "limits.peer_send_queue_max: must be >= 1"),
+        ("[limits]\nproposal_timeout_ms = -5\n", "limits.proposal_timeout_ms: must be >= 1"),
+        ("[limits]\nframe_bytes_max = 1000\n", "limits.frame_bytes_max: must be >= 65536"),
+        ("[limits]\nframe_bytes_max = 4294967296\n", "and < 2**32"),
     ],
 )
 def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from felix.broker.connection import ClientConnection
 from felix.proto.client_messages import ClientHello, Deltas
-from felix.testing.processes import ProcessCluster
+from felix.testing.processes import ProcessCluster, ServeProcess
 
 
 @pytest.fixture
@@ -134,3 +137,43 @@ def test_a_broker_resuming_right_after_a_restart_gets_deltas(
     first = trio.run(_first_watch_message, cluster.nodes[follower].client_port, resume_from)
     assert isinstance(first, Deltas), f"expected deltas after {resume_from}, got {first!r}"
     assert first.deltas[0].prev_version == resume_from
+
+
+def _peer_send_failures(node: ServeProcess) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{node.ops}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["peer"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "felix_peer_send_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def test_messages_to_unreachable_peers_are_dropped_at_the_bound_and_counted(
+    tmp_path: Path,
+) -> None:
+    """One node of three, its peers never started, a peer queue of one message: its
+    vote requests fill each queue, the rest are dropped and counted per peer, and the
+    node keeps serving (a full queue never blocks the Raft loop)."""
+    procs = ProcessCluster(tmp_path)
+    node = procs.nodes[1]
+    node.args += ["--set", "limits.peer_send_queue_max=1"]
+    node.start()
+    try:
+        deadline = time.monotonic() + 30
+        failures: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            try:
+                failures = _peer_send_failures(node)
+            except OSError:
+                failures = {}  # the ops port is not up yet
+            if failures.get("2", 0) >= 2 and failures.get("3", 0) >= 2:
+                break
+            time.sleep(0.05)
+        assert failures.get("2", 0) >= 2 and failures.get("3", 0) >= 2, failures
+        status = procs.status(1)
+        assert status is not None and status["role"] != "leader", status
+    finally:
+        node.stop()
