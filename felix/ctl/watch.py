@@ -146,7 +146,7 @@ class _WatchState:
             self.out(_notice(self.output, f"resync: {message.reason}"))
         elif isinstance(message, Error):
             raise server_error(message)
-        # Progress needs nothing: every delta up to it has been printed already.
+        # WatchProgress needs nothing: every delta up to it has been printed already.
 
     def _apply(self, delta: Delta) -> None:
         if self.version is not None and delta.version <= self.version:
