@@ -27,7 +27,7 @@ the model, and every recovery -- and a final power loss at the end of each run -
 give back exactly the model's image (the ``recovery`` invariant), so a WAL that loses or
 invents anything fails the seed.
 
-Some seeds open with a scripted schedule (`felix.testing.faults.Script`: Raft's figure
+Some seeds open with a scripted schedule (`felix.testing.sim_scripts.Script`: Raft's figure
 8, followers crashing right after an acknowledgement) before the random faults start.
 
 Clients (`felix.testing.clients`) write unique values and read keys of a replicated
@@ -124,31 +124,33 @@ from felix.testing.clients import (
 from felix.testing.faults import (
     HEALTHY_NETWORK,
     SCRIPTS,
-    Applied,
-    CaughtUp,
     ChurnEvent,
     ChurnKind,
-    Committed,
     CrashEpisode,
+    FaultPlan,
+    PartitionEpisode,
+    PartitionKind,
+    generate_plan,
+    script_plan,
+)
+from felix.testing.linearizability import Operation, OpKind, check_register_history
+from felix.testing.sabotage import core_for
+from felix.testing.sim_scripts import (
+    Applied,
+    CaughtUp,
+    Committed,
     CrashNodes,
     CrashOnWrite,
-    FaultPlan,
     Holds,
     IsLeader,
     Links,
-    PartitionEpisode,
-    PartitionKind,
     RestartNodes,
     Script,
     ScriptAction,
     ScriptCondition,
     StartCampaign,
     Write,
-    generate_plan,
-    script_plan,
 )
-from felix.testing.linearizability import Operation, OpKind, check_register_history
-from felix.testing.sabotage import core_for
 from felix.testing.simdisk import DiskWrite, SimDisk, SimFiles
 
 __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
