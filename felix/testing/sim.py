@@ -57,8 +57,6 @@ Run with a sabotaged core to see the checkers fire (``--disable`` turns checkers
 from __future__ import annotations
 
 import argparse
-import hashlib
-import heapq
 import math
 import random
 import sys
@@ -76,7 +74,6 @@ from felix.proto.raft_messages import (
     ConfState,
     EntryKind,
     InstallSnapshot,
-    RaftMessage,
     RequestVote,
     SnapshotMeta,
     SnapshotResponse,
@@ -124,17 +121,36 @@ from felix.testing.clients import (
 from felix.testing.faults import (
     HEALTHY_NETWORK,
     SCRIPTS,
-    ChurnEvent,
     ChurnKind,
-    CrashEpisode,
     FaultPlan,
-    PartitionEpisode,
-    PartitionKind,
     generate_plan,
     script_plan,
 )
 from felix.testing.linearizability import Operation, OpKind, check_register_history
 from felix.testing.sabotage import core_for
+from felix.testing.sim_events import (
+    CLIENT_LINK_MS,
+    Scheduler,
+    _Churn,
+    _ClientArrive,
+    _ClientIssue,
+    _ClientReplyArrive,
+    _ClientRetry,
+    _ClientTimeout,
+    _Crash,
+    _CrashNow,
+    _Deliver,
+    _FsyncDone,
+    _Heal,
+    _LivenessDeadline,
+    _PartitionEnd,
+    _PartitionStart,
+    _PowerLoss,
+    _Restart,
+    _ScriptWake,
+    _Tick,
+)
+from felix.testing.sim_network import Network
 from felix.testing.sim_scripts import (
     Applied,
     CaughtUp,
@@ -156,7 +172,6 @@ from felix.testing.simdisk import DiskWrite, SimDisk, SimFiles
 __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
 
 EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
-CLIENT_LINK_MS = (0.2, 2.0)
 PROBE_REQUEST_BASE = 1 << 48
 PROBE_RETRY_MS = 50.0
 # Messages whose term the sender must have made durable before sending them.
@@ -174,111 +189,6 @@ SCRIPT_FSYNC_MS_MAX = 2.0  # while a script runs: its waits assume a quick disk
 
 def replay_line(seed: int) -> str:
     return f"FELIX_SIM_SEED={seed} pytest tests/sim"
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(slots=True)
-class _Tick:
-    node: int
-    incarnation: int
-
-
-@dataclass(slots=True)
-class _Deliver:
-    src: int
-    dst: int
-    message: RaftMessage
-    link_seq: int
-
-
-@dataclass(slots=True)
-class _FsyncDone:
-    node: int
-    incarnation: int
-
-
-@dataclass(slots=True)
-class _ClientArrive:
-    node: int
-    request: ClientRequest
-
-
-@dataclass(slots=True)
-class _ClientReplyArrive:
-    reply: ClientReply
-
-
-@dataclass(slots=True)
-class _ClientTimeout:
-    client: int
-    op_seq: int
-
-
-@dataclass(slots=True)
-class _ClientIssue:
-    client: int
-
-
-@dataclass(slots=True)
-class _ClientRetry:
-    client: int
-    op_seq: int
-
-
-@dataclass(slots=True)
-class _PartitionStart:
-    episode_id: int
-    episode: PartitionEpisode
-
-
-@dataclass(slots=True)
-class _PartitionEnd:
-    episode_id: int
-
-
-@dataclass(slots=True)
-class _Crash:
-    episode: CrashEpisode
-
-
-@dataclass(slots=True)
-class _CrashNow:
-    node: int
-    incarnation: int
-    downtime_ms: float | None  # None: down until something restarts it
-    lose_unsynced: bool = False  # all unsynced bytes lost (else as the plan's odds say)
-
-
-@dataclass(slots=True)
-class _PowerLoss:
-    at_commit: bool = False  # wait for the next commit advance on a leader, then strike
-
-
-@dataclass(slots=True)
-class _Restart:
-    node: int
-
-
-@dataclass(slots=True)
-class _Churn:
-    event: ChurnEvent
-
-
-@dataclass(slots=True)
-class _Heal:
-    pass
-
-
-@dataclass(slots=True)
-class _LivenessDeadline:
-    pass
-
-
-@dataclass(slots=True)
-class _ScriptWake:
-    step: int  # re-evaluate the script (a retry or a timeout is due)
 
 
 # --------------------------------------------------------------------------- state
@@ -417,7 +327,7 @@ class Simulation:
         self.plan = plan
         self.sabotage = sabotage
         self.core_class = core_for(sabotage - SIM_SABOTAGE)  # felix/testing/sabotage.py
-        self.rng = random.Random(plan.seed)
+        self.sched = Scheduler(plan.seed, trace=trace, hash_trace=hash_trace)
         self.checker = ClusterChecker(disabled)
         voter_count = plan.nodes if voters is None else voters
         assert 0 < voter_count <= plan.nodes, f"{voter_count} voters of {plan.nodes} nodes"
@@ -425,21 +335,15 @@ class Simulation:
             voters=tuple(range(1, voter_count + 1)),
             learners=tuple(range(voter_count + 1, plan.nodes + 1)),
         )
+        self.fired: Counter[str] = Counter()
+        self.network = Network(plan.network, self.conf.voters, self.sched, self.fired)
         self.nodes = {i: self._new_node(i) for i in range(1, plan.nodes + 1)}
-        self.clients = [_Client(c, self.rng.choice(self.conf.voters)) for c in range(plan.clients)]
-        self.queue: list[tuple[float, int, Any]] = []
-        self.seq = 0
-        self.now = 0.0
-        self.step_no = 0
+        self.clients = [
+            _Client(c, self.sched.rng.choice(self.conf.voters)) for c in range(plan.clients)
+        ]
         self.history: list[Operation] = []
         self.applied_values: set[str] = set()
-        self.fired: Counter[str] = Counter()
-        self.network = plan.network
         self.clock_rates = list(plan.clock_rates)
-        self.blocked: Counter[tuple[int, int]] = Counter()
-        self.active_partitions: dict[int, list[tuple[int, int]]] = {}
-        self.link_sent: Counter[tuple[int, int]] = Counter()
-        self.link_delivered: dict[tuple[int, int], int] = {}
         self.next_request_id = 1
         self.in_liveness = False
         self.live = False
@@ -456,8 +360,6 @@ class Simulation:
         self.script_retry_at = math.inf
         self.script_mark = 0
         self.script_steps: list[str] = []
-        self.trace = trace
-        self.hasher = hashlib.blake2b(digest_size=16) if hash_trace or trace is not None else None
         self.handlers: dict[type, Callable[[Any], None]] = {
             _Tick: self._on_tick,
             _Deliver: self._on_deliver,
@@ -486,10 +388,6 @@ class Simulation:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _at(self, delay_ms: float, event: object) -> None:
-        self.seq += 1
-        heapq.heappush(self.queue, (self.now + delay_ms, self.seq, event))
-
     def _schedule_plan(self) -> None:
         for node in self.nodes.values():
             self._boot(node)
@@ -502,17 +400,19 @@ class Simulation:
         """Clients and the random faults, from now on (after the script, if any)."""
         plan = self.plan
         for client in self.clients:
-            self._at(self.rng.uniform(0, plan.client_think_ms_max), _ClientIssue(client.client_id))
+            self.sched.at(
+                self.sched.rng.uniform(0, plan.client_think_ms_max), _ClientIssue(client.client_id)
+            )
         for i, episode in enumerate(plan.partitions):
-            self._at(episode.start_ms, _PartitionStart(i, episode))
-            self._at(episode.start_ms + episode.duration_ms, _PartitionEnd(i))
+            self.sched.at(episode.start_ms, _PartitionStart(i, episode))
+            self.sched.at(episode.start_ms + episode.duration_ms, _PartitionEnd(i))
         for crash in plan.crashes:
-            self._at(crash.start_ms, _Crash(crash))
+            self.sched.at(crash.start_ms, _Crash(crash))
         for i, at_ms in enumerate(plan.power_losses):
-            self._at(at_ms, _PowerLoss(at_commit=i % 2 == 0))
+            self.sched.at(at_ms, _PowerLoss(at_commit=i % 2 == 0))
         for churn in plan.churn:
-            self._at(churn.at_ms, _Churn(churn))
-        self._at(plan.fault_phase_ms, _Heal())
+            self.sched.at(churn.at_ms, _Churn(churn))
+        self.sched.at(plan.fault_phase_ms, _Heal())
 
     def run(self) -> SimResult:
         violation: InvariantViolation | None = None
@@ -524,7 +424,7 @@ class Simulation:
             violation = exc
         except Exception as exc:  # a crash inside the core is a finding too
             detail = "".join(traceback.format_exception(exc)[-6:])
-            violation = InvariantViolation("exception", f"at step {self.step_no}: {detail}")
+            violation = InvariantViolation("exception", f"at step {self.sched.step_no}: {detail}")
         return SimResult(
             seed=self.plan.seed,
             plan=self.plan,
@@ -532,22 +432,19 @@ class Simulation:
             fired=dict(self.fired),
             history_ops=len(self.history),
             client_acks=len(self.checker.acked),
-            events=self.step_no,
-            sim_ms=self.now,
-            trace_hash=self.hasher.hexdigest() if self.hasher else "",
+            events=self.sched.step_no,
+            sim_ms=self.sched.now,
+            trace_hash=self.sched.trace_hash(),
             leaders_elected=len(self.leader_terms),
             script_steps=tuple(self.script_steps),
         )
 
     def _loop(self) -> None:
-        while self.queue and not self.live:
-            time_ms, _, event = heapq.heappop(self.queue)
-            self.now = time_ms
-            self.step_no += 1
-            if self.step_no > EVENTS_MAX:
+        while self.sched.queue and not self.live:
+            event = self.sched.pop()
+            if self.sched.step_no > EVENTS_MAX:
                 self.checker.fail("liveness", f"more than {EVENTS_MAX} events")
-            if self.hasher is not None:
-                self._record(event)
+            self.sched.record(event)
             self.handlers[type(event)](event)
             if self.script is not None:
                 self._script_progress()
@@ -565,13 +462,6 @@ class Simulation:
             for op in self.history
             if not (op.unknown and op.kind is OpKind.WRITE and op.value not in self.applied_values)
         ]
-
-    def _record(self, event: object) -> None:
-        line = f"{self.step_no} {self.now:.6f} {event!r}"
-        assert self.hasher is not None
-        self.hasher.update(line.encode())
-        if self.trace is not None:
-            self.trace.append(line)
 
     def _final_checks(self) -> None:
         for client in self.clients:  # still in flight when the run stopped: unknown
@@ -605,7 +495,7 @@ class Simulation:
             entries_per_msg_max=tuning.entries_per_msg_max,
             inflight_msgs_max=tuning.inflight_msgs_max,
         )
-        core_rng = random.Random(self.rng.getrandbits(64))
+        core_rng = random.Random(self.sched.rng.getrandbits(64))
         node.incarnation += 1
         node.kv, node.applied, node.digest = {}, 0, 0
         node.leader_term, node.last_commit, node.in_flight = None, 0, None
@@ -649,7 +539,7 @@ class Simulation:
         rate = self.clock_rates[node.node_id - 1]
         if rate != 1.0:
             self.fired["clock_skew"] += 1
-        self._at(self.plan.tick_ms * rate, _Tick(node.node_id, node.incarnation))
+        self.sched.at(self.plan.tick_ms * rate, _Tick(node.node_id, node.incarnation))
 
     def _step(self, node: _Node, inp: Input) -> None:
         assert node.core is not None
@@ -681,7 +571,7 @@ class Simulation:
                 self.checker.observe_leader_commit(node.node_id, term, commit, commit_term)
                 if self.power_loss_armed:
                     self.power_loss_armed = False
-                    self._at(0.0, _PowerLoss())
+                    self.sched.at(0.0, _PowerLoss())
         else:
             node.leader_term = None
         node.last_commit = commit
@@ -719,15 +609,15 @@ class Simulation:
         if node.wal.segment_count > segments:
             self.fired["wal_rotate"] += 1
         node.in_flight = ready
-        fsync_ms = self.rng.uniform(self.plan.fsync_ms_min, self.fsync_ms_max)
-        self._at(fsync_ms, _FsyncDone(node.node_id, node.incarnation))
+        fsync_ms = self.sched.rng.uniform(self.plan.fsync_ms_min, self.fsync_ms_max)
+        self.sched.at(fsync_ms, _FsyncDone(node.node_id, node.incarnation))
         if node.crash_armed_ms is not None:  # crash while this write is unsynced
             crash = _CrashNow(node.node_id, node.incarnation, node.crash_armed_ms)
             node.crash_armed_ms = None
-            self._at(self.rng.uniform(0, fsync_ms * 0.99), crash)
+            self.sched.at(self.sched.rng.uniform(0, fsync_ms * 0.99), crash)
         if node.crash_on_write and ready.entries and ready.entries[-1].index >= self.script_mark:
             node.crash_on_write = False  # script: right after this batch's send_now
-            self._at(0.0, _CrashNow(node.node_id, node.incarnation, None, lose_unsynced=True))
+            self.sched.at(0.0, _CrashNow(node.node_id, node.incarnation, None, lose_unsynced=True))
         return True
 
     def _on_fsync(self, event: _FsyncDone) -> None:
@@ -824,7 +714,7 @@ class Simulation:
 
     def _on_refused(self, node: _Node, refused: ProposalRefused | ReadRefused) -> None:
         if refused.request_id >= PROBE_REQUEST_BASE:
-            self.probe_retry_ms = self.now + PROBE_RETRY_MS  # e.g. a transfer in progress
+            self.probe_retry_ms = self.sched.now + PROBE_RETRY_MS  # e.g. a transfer in progress
         self._reply(node, refused.request_id, ReplyOutcome.REFUSED, hint=refused.leader_hint)
 
     # ------------------------------------------------------------------ network
@@ -832,7 +722,7 @@ class Simulation:
     def _send_all(self, node: _Node, outbound: Sequence[Outbound]) -> None:
         for item in outbound:
             self._check_promise(node, item)
-            self._transmit(node.node_id, item.to, item.message)
+            self.network.transmit(node.node_id, item.to, item.message)
 
     def _check_promise(self, node: _Node, item: Outbound) -> None:
         """Votes and acks promise durable state (§5.1 figure 2): check the disk."""
@@ -866,35 +756,10 @@ class Simulation:
                 lambda: f"its durable hard state {hs} reaches that term",
             )  # fmt: skip
 
-    def _transmit(self, src: int, dst: int, message: RaftMessage) -> None:
-        if self.blocked[(src, dst)]:
-            return
-        net = self.network
-        if net.drop_rate and self.rng.random() < net.drop_rate:
-            self.fired["drop"] += 1
-            return
-        copies = 1
-        if net.duplicate_rate and self.rng.random() < net.duplicate_rate:
-            copies = 2
-            self.fired["duplicate"] += 1
-        self.link_sent[(src, dst)] += 1
-        for _ in range(copies):
-            delay = self.rng.uniform(net.delay_ms_min, net.delay_ms_max)
-            if net.reorder_rate and self.rng.random() < net.reorder_rate:
-                delay += self.rng.uniform(0, net.reorder_ms_max)
-            if delay > HEALTHY_NETWORK.delay_ms_max:
-                self.fired["delay"] += 1
-            self._at(delay, _Deliver(src, dst, message, self.link_sent[(src, dst)]))
-
     def _on_deliver(self, event: _Deliver) -> None:
         node = self.nodes[event.dst]
-        link = (event.src, event.dst)
-        if node.core is None or self.blocked[link]:
+        if node.core is None or not self.network.admit(event):
             return
-        newest = self.link_delivered.get(link, 0)
-        if event.link_seq < newest:
-            self.fired["reorder"] += 1
-        self.link_delivered[link] = max(newest, event.link_seq)
         self._step(node, Receive(event.src, event.message))
 
     def _on_tick(self, event: _Tick) -> None:
@@ -911,23 +776,23 @@ class Simulation:
         if self.in_liveness or self.script is not None or client.op is not None:
             return  # (a paused client is restarted when the script ends)
         client.next_seq += 1
-        key = f"k{self.rng.randrange(self.plan.keys)}"
-        if self.rng.random() < 0.5:
+        key = f"k{self.sched.rng.randrange(self.plan.keys)}"
+        if self.sched.rng.random() < 0.5:
             self._issue(client, OpKind.WRITE, key, client.believed_leader)
         else:
             self._issue(client, OpKind.READ, key, client.believed_leader)
 
     def _issue(self, client: _Client, kind: OpKind, key: str, target: int) -> None:
         value = f"c{client.client_id}.{client.next_seq}" if kind is OpKind.WRITE else None
-        client.op = ClientOp(client.next_seq, kind, key, value, self.step_no)
+        client.op = ClientOp(client.next_seq, kind, key, value, self.sched.step_no)
         client.op.target = target
         self._send_request(client, client.op)
-        self._at(self.plan.client_timeout_ms, _ClientTimeout(client.client_id, client.op.seq))
+        self.sched.at(self.plan.client_timeout_ms, _ClientTimeout(client.client_id, client.op.seq))
 
     def _send_request(self, client: _Client, op: ClientOp) -> None:
         op.attempt += 1
         request = ClientRequest(client.client_id, op.seq, op.attempt, op.kind, op.key, op.value)
-        self._at(self.rng.uniform(*CLIENT_LINK_MS), _ClientArrive(op.target, request))
+        self.sched.at(self.sched.rng.uniform(*CLIENT_LINK_MS), _ClientArrive(op.target, request))
 
     def _on_client_arrive(self, event: _ClientArrive) -> None:
         node = self.nodes[event.node]
@@ -960,7 +825,7 @@ class Simulation:
         reply = ClientReply(
             request.client, request.op_seq, request.attempt, outcome, value, hint, index, term
         )
-        self._at(self.rng.uniform(*CLIENT_LINK_MS), _ClientReplyArrive(reply))
+        self.sched.at(self.sched.rng.uniform(*CLIENT_LINK_MS), _ClientReplyArrive(reply))
 
     def _on_client_reply(self, event: _ClientReplyArrive) -> None:
         reply = event.reply
@@ -969,14 +834,14 @@ class Simulation:
         if op is None or op.seq != reply.op_seq or op.attempt != reply.attempt:
             return  # an answer to an attempt the client gave up on
         if reply.outcome is ReplyOutcome.REFUSED:
-            client.believed_leader = reply.leader_hint or self.rng.choice(self.conf.voters)
+            client.believed_leader = reply.leader_hint or self.sched.rng.choice(self.conf.voters)
             op.target = client.believed_leader
-            self._at(self.rng.uniform(1.0, 10.0), _ClientRetry(client.client_id, op.seq))
+            self.sched.at(self.sched.rng.uniform(1.0, 10.0), _ClientRetry(client.client_id, op.seq))
             return
         if reply.outcome is ReplyOutcome.OK:
             client.believed_leader = op.target
             self.history.append(
-                Operation(client.client_id, op.call, self.step_no, op.kind, op.key,
+                Operation(client.client_id, op.call, self.sched.step_no, op.kind, op.key,
                           op.value if op.kind is OpKind.WRITE else reply.value)
             )  # fmt: skip
             if op.kind is OpKind.WRITE:
@@ -997,12 +862,14 @@ class Simulation:
             self.history.append(
                 Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
             )
-        client.believed_leader = self.rng.choice(self.conf.voters)
+        client.believed_leader = self.sched.rng.choice(self.conf.voters)
         self._finish_op(client)
 
     def _finish_op(self, client: _Client) -> None:
         client.op = None
-        self._at(self.rng.uniform(0, self.plan.client_think_ms_max), _ClientIssue(client.client_id))
+        self.sched.at(
+            self.sched.rng.uniform(0, self.plan.client_think_ms_max), _ClientIssue(client.client_id)
+        )
 
     # ------------------------------------------------------------------ faults
 
@@ -1012,40 +879,15 @@ class Simulation:
         ]
         return max(leaders, key=lambda n: n.core.term if n.core else 0, default=None)
 
-    def _partition_pairs(self, episode: PartitionEpisode) -> list[tuple[int, int]]:
-        everyone = list(self.conf.voters)
-        kind = episode.kind
-        if kind is PartitionKind.ISOLATE_LEADER:
-            leader = self._current_leader()
-            alone = leader.node_id if leader else self.rng.choice(everyone)
-            return _cut(alone, [n for n in everyone if n != alone], both_ways=True)
-        if kind in (PartitionKind.ONE_WAY_OUT, PartitionKind.ONE_WAY_IN):
-            (alone,) = episode.side
-            others = [n for n in everyone if n != alone]
-            pairs = _cut(alone, others, both_ways=False)
-            return pairs if kind is PartitionKind.ONE_WAY_OUT else [(b, a) for a, b in pairs]
-        other_side = [n for n in everyone if n not in episode.side]
-        if kind is PartitionKind.BRIDGE and len(other_side) > 1:
-            other_side.remove(self.rng.choice(other_side))
-        return [pair for a in episode.side for pair in _cut(a, other_side, both_ways=True)]
-
     def _on_partition_start(self, event: _PartitionStart) -> None:
         if self.in_liveness:
             return
-        pairs = self._partition_pairs(event.episode)
-        self.active_partitions[event.episode_id] = pairs
-        self.blocked.update(pairs)
-        kind = event.episode.kind
-        if kind in (PartitionKind.SPLIT, PartitionKind.BRIDGE):
-            self.fired["partition"] += 1
-        elif kind is PartitionKind.ISOLATE_LEADER:
-            self.fired["isolate_leader"] += 1
-        else:
-            self.fired["one_way_partition"] += 1
+        leader = self._current_leader()
+        leader_id = leader.node_id if leader is not None else None
+        self.network.start_partition(event.episode_id, event.episode, leader_id)
 
     def _on_partition_end(self, event: _PartitionEnd) -> None:
-        pairs = self.active_partitions.pop(event.episode_id, [])
-        self.blocked.subtract(pairs)
+        self.network.end_partition(event.episode_id)
 
     def _on_crash(self, event: _Crash) -> None:
         if self.in_liveness:
@@ -1075,7 +917,7 @@ class Simulation:
         self.fired["power_loss"] += 1
         for node in self.nodes.values():
             if node.core is not None:
-                self._crash(node, self.rng.uniform(10.0, 300.0))
+                self._crash(node, self.sched.rng.uniform(10.0, 300.0))
 
     def _crash(
         self, victim: _Node, downtime_ms: float | None, *, lose_unsynced: bool = False
@@ -1089,9 +931,9 @@ class Simulation:
             assert victim.files.unsynced_files() <= 1, "unsynced bytes in more than one file"
         kept = 0
         rate = self.plan.torn_write_rate
-        if unsynced and rate and not lose_unsynced and self.rng.random() < rate:
-            whole = self.rng.random() < KEEP_WHOLE_ODDS
-            kept = unsynced if whole else self.rng.randrange(unsynced)
+        if unsynced and rate and not lose_unsynced and self.sched.rng.random() < rate:
+            whole = self.sched.rng.random() < KEEP_WHOLE_ODDS
+            kept = unsynced if whole else self.sched.rng.randrange(unsynced)
             victim.wal.crash("torn", torn_bytes=kept)
         else:
             victim.wal.crash("lose")
@@ -1109,7 +951,7 @@ class Simulation:
         victim.proposals.clear()
         victim.pending_reads.clear()
         if downtime_ms is not None:
-            self._at(downtime_ms, _Restart(victim.node_id))
+            self.sched.at(downtime_ms, _Restart(victim.node_id))
 
     def _crash_victim(self, node_id: int | None) -> _Node | None:
         if node_id is None:
@@ -1132,14 +974,14 @@ class Simulation:
             targets = [n for n in self.conf.voters if n != leader.node_id]
             if not targets:
                 return  # a single voter has no one to hand leadership to
-            target = self.rng.choice(targets)
+            target = self.sched.rng.choice(targets)
             self.fired["leader_transfer"] += 1
             self._step(leader, TransferLeader(target))
         else:
             alive = [n for n in self.nodes.values() if n.alive]
             if alive:
                 self.fired["campaign"] += 1
-                self._step(self.rng.choice(alive), Campaign())
+                self._step(self.sched.rng.choice(alive), Campaign())
 
     # ------------------------------------------------------------------ scripts
 
@@ -1147,7 +989,7 @@ class Simulation:
         """Run ``script`` on a healthy network, on-time clocks and a quick disk; clients
         wait (one writes when the script says); the random faults start afterwards."""
         self.script = script
-        self.network = HEALTHY_NETWORK
+        self.network.faults = HEALTHY_NETWORK
         self.clock_rates = [1.0] * self.plan.nodes
         self.fsync_ms_max = min(self.plan.fsync_ms_max, SCRIPT_FSYNC_MS_MAX)
         self.script_step = -1
@@ -1163,17 +1005,17 @@ class Simulation:
                 self._end_script(script)
                 return
             step = script.steps[self.script_step]
-            self._note(f"script {script.name} step {self.script_step}: {step}")
+            self.sched.note(f"script {script.name} step {self.script_step}: {step}")
             self._script_do(step.do)
             if step.until is None or self._script_holds(step.until):
                 self.script_steps.append("ok")
                 continue
-            self.script_deadline = self.now + step.timeout_ms
-            self._at(step.timeout_ms, _ScriptWake(self.script_step))
+            self.script_deadline = self.sched.now + step.timeout_ms
+            self.sched.at(step.timeout_ms, _ScriptWake(self.script_step))
             self.script_retry_at = math.inf
             if step.retry_ms is not None:
-                self.script_retry_at = self.now + step.retry_ms
-                self._at(step.retry_ms, _ScriptWake(self.script_step))
+                self.script_retry_at = self.sched.now + step.retry_ms
+                self.sched.at(step.retry_ms, _ScriptWake(self.script_step))
             return
 
     def _script_progress(self) -> None:
@@ -1184,34 +1026,33 @@ class Simulation:
         assert step.until is not None
         if self._script_holds(step.until):
             self.script_steps.append("ok")
-        elif self.now >= self.script_deadline:
+        elif self.sched.now >= self.script_deadline:
             self.script_steps.append("timeout")
-            self._note(f"script {script.name} step {self.script_step}: timed out")
+            self.sched.note(f"script {script.name} step {self.script_step}: timed out")
         else:
-            if step.retry_ms is not None and self.now >= self.script_retry_at:
+            if step.retry_ms is not None and self.sched.now >= self.script_retry_at:
                 self._script_do(step.do)
-                self.script_retry_at = self.now + step.retry_ms
-                self._at(step.retry_ms, _ScriptWake(self.script_step))
+                self.script_retry_at = self.sched.now + step.retry_ms
+                self.sched.at(step.retry_ms, _ScriptWake(self.script_step))
             return
         self._next_script_step()
 
     def _end_script(self, script: Script) -> None:
         self.script = None
         self.fired[script.name] += 1
-        self.blocked.clear()
-        self.network = self.plan.network
+        self.network.reset(self.plan.network)
         self.clock_rates = list(self.plan.clock_rates)
         self.fsync_ms_max = self.plan.fsync_ms_max
         for node in self.nodes.values():
             node.crash_on_write = False
             if node.core is None:
-                self._at(self.rng.uniform(10.0, 100.0), _Restart(node.node_id))
+                self.sched.at(self.sched.rng.uniform(10.0, 100.0), _Restart(node.node_id))
         self._schedule_faults()
 
     def _script_do(self, actions: Sequence[ScriptAction]) -> None:
         for action in actions:
             if isinstance(action, Links):
-                self._set_links(action)
+                self.network.set_links(action)
             elif isinstance(action, CrashNodes):
                 for node_id in action.nodes:
                     if self.nodes[node_id].core is not None:
@@ -1240,15 +1081,6 @@ class Simulation:
         self.script_mark = core.last_index + 1
         client.next_seq += 1
         self._issue(client, OpKind.WRITE, "k0", action.node)
-
-    def _set_links(self, links: Links) -> None:
-        self.blocked.clear()
-        for a in self.conf.voters:
-            for b in self.conf.voters:
-                if a != b and not any(a in group and b in group for group in links.groups):
-                    self.blocked[(a, b)] = 1
-        for pair in links.cut:
-            self.blocked[pair] = 1
 
     def _script_holds(self, cond: ScriptCondition) -> bool:
         mark = self.script_mark
@@ -1279,30 +1111,24 @@ class Simulation:
         core = self.nodes[node_id].core
         return core.role if core is not None else None
 
-    def _note(self, text: str) -> None:
-        if self.trace is not None:
-            self.trace.append(f"{self.step_no} {self.now:.6f} # {text}")
-
     # ------------------------------------------------------------------ liveness
 
     def _on_heal(self, _event: _Heal) -> None:
         """End of the fault phase: heal the network, clocks and crashed nodes."""
         self.in_liveness = True
-        self.blocked.clear()
-        self.active_partitions.clear()
-        self.network = HEALTHY_NETWORK
+        self.network.heal()
         self.clock_rates = [1.0] * self.plan.nodes
         self.power_loss_armed = False
         for node in self.nodes.values():
             node.crash_armed_ms = None
             if node.core is None:
                 self._boot(node)
-        self._at(self.plan.liveness_ms, _LivenessDeadline())
+        self.sched.at(self.plan.liveness_ms, _LivenessDeadline())
 
     def _liveness_progress(self) -> None:
         """Propose a probe to each new leader; done once one probe is applied everywhere."""
         leader = self._current_leader()
-        if self.probe_retry_ms is not None and self.now >= self.probe_retry_ms:
+        if self.probe_retry_ms is not None and self.sched.now >= self.probe_retry_ms:
             self.probe_retry_ms = None
             self.probe_terms.clear()
         if leader is not None and leader.core is not None:
@@ -1364,11 +1190,6 @@ def _boot_difference(boot: BootState, expected: BootState) -> str:
             f"{diverge}, durable {len(theirs)} entries {theirs[diverge : diverge + 3]}..."
         )
     return "recovered " + "; ".join(problems)
-
-
-def _cut(node: int, others: Iterable[int], *, both_ways: bool) -> list[tuple[int, int]]:
-    pairs = [(node, other) for other in others]
-    return pairs + [(b, a) for a, b in pairs] if both_ways else pairs
 
 
 def _term_at_or_none(core: RaftCore | None, index: int) -> int | None:
