@@ -58,65 +58,29 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from felix.proto.raft_messages import (
-    AppendEntries,
-    AppendResponse,
     ConfState,
-    EntryKind,
-    InstallSnapshot,
-    RequestVote,
-    SnapshotMeta,
-    SnapshotResponse,
-    TimeoutNow,
-    VoteResponse,
-)
-from felix.raft.core import RaftCore
-from felix.raft.driver import ReadyDriver
-from felix.raft.ready import (
-    Outbound,
-    ProposalAccepted,
-    ProposalRefused,
-    ReadRefused,
-    ReadState,
-    Ready,
 )
 from felix.raft.types import (
-    BootState,
     Campaign,
-    Entry,
-    Input,
     Propose,
-    RaftConfig,
-    ReadIndex,
-    Receive,
     Role,
-    SnapshotTaken,
-    Tick,
     TransferLeader,
 )
-from felix.storage.errors import StorageError
-from felix.storage.memory_wal import MemoryWal
-from felix.storage.snapshots import snapshot_meta
-from felix.testing.checkers import ClusterChecker, InvariantViolation, chain_digest
+from felix.testing.checkers import ClusterChecker, InvariantViolation
 from felix.testing.clients import (
     ClientOp,
-    ClientReply,
     ClientRequest,
     ReplyOutcome,
-    decode_command,
-    decode_state,
-    encode_command,
-    encode_state,
 )
 from felix.testing.faults import (
     HEALTHY_NETWORK,
@@ -127,7 +91,6 @@ from felix.testing.faults import (
     script_plan,
 )
 from felix.testing.linearizability import Operation, OpKind, check_register_history
-from felix.testing.sabotage import core_for
 from felix.testing.sim_events import (
     CLIENT_LINK_MS,
     Scheduler,
@@ -167,63 +130,16 @@ from felix.testing.sim_scripts import (
     StartCampaign,
     Write,
 )
-from felix.testing.simdisk import DiskWrite, SimDisk, SimFiles
+from felix.testing.sim_world import PROBE_REQUEST_BASE, World, _Node
 
 __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
 
 EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
-PROBE_REQUEST_BASE = 1 << 48
-PROBE_RETRY_MS = 50.0
-# Messages whose term the sender must have made durable before sending them.
-_TERM_PROMISES = (AppendEntries, InstallSnapshot, TimeoutNow, RequestVote)
-
-SIM_SABOTAGE = frozenset({"lying_fsync", "lax_sync"})  # break the disk or driver, not the core
-"""``lying_fsync``: the disk acknowledges every batch fsync without making anything
-durable (docs/architecture.md, "Reliability tiers": a missing fsync): the ``recovery``
-check must see it.  ``lax_sync``: the Ready driver syncs less than the contract demands
-(a new term or vote is not written before the votes that promise it go out): the
-``send_promise`` check must see it."""
-KEEP_WHOLE_ODDS = 0.25  # a torn-write crash keeps the whole unsynced record this often
 SCRIPT_FSYNC_MS_MAX = 2.0  # while a script runs: its waits assume a quick disk
 
 
 def replay_line(seed: int) -> str:
     return f"FELIX_SIM_SEED={seed} pytest tests/sim"
-
-
-# --------------------------------------------------------------------------- state
-
-
-@dataclass(slots=True)
-class _Node:
-    """One simulated server: its core (None while crashed), WAL and state machine.
-
-    ``files`` is the WAL's simulated disk; ``model`` what it holds durably (see
-    `felix.testing.simdisk`)."""
-
-    node_id: int
-    files: SimFiles
-    wal: MemoryWal
-    model: SimDisk = field(default_factory=SimDisk)
-    core: RaftCore | None = None
-    incarnation: int = 0
-    in_flight: Ready | None = None
-    driver: ReadyDriver[bool] | None = None
-    kv: dict[str, str] = field(default_factory=dict)
-    applied: int = 0
-    digest: int = 0
-    snapshot_index: int = 0
-    crash_armed_ms: float | None = None  # crash at the next disk write, down this long
-    crash_on_write: bool = False  # script: crash once a write reaches the mark
-    leader_term: int | None = None
-    last_commit: int = 0
-    requests: dict[int, ClientRequest] = field(default_factory=dict)
-    proposals: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    pending_reads: list[ReadState] = field(default_factory=list)
-
-    @property
-    def alive(self) -> bool:
-        return self.core is not None
 
 
 @dataclass(slots=True)
@@ -264,50 +180,6 @@ class SimResult:
 # --------------------------------------------------------------------------- simulation
 
 
-class _LaxSyncDriver(ReadyDriver[bool]):
-    """Sabotage ``lax_sync``: a new term or vote alone is not written (only entries,
-    snapshots and compactions are), so votes go out before what they promise is durable."""
-
-    def needs_write(self, ready: Ready) -> bool:
-        return bool(ready.entries or ready.snapshot or ready.compact_to is not None)
-
-
-class _DriverHands:
-    """One simulated node as the Ready driver's core, disk, network and applier."""
-
-    __slots__ = ("node", "sim")
-
-    def __init__(self, sim: Simulation, node: _Node) -> None:
-        self.sim, self.node = sim, node
-
-    def step(self, inp: Input) -> None:
-        assert self.node.core is not None
-        self.node.core.step(inp)
-        self.sim._observe(self.node)
-
-    def start_write(self, ready: Ready) -> bool:
-        return self.sim._write(self.node, ready)
-
-    def send(self, out: Outbound) -> None:
-        self.sim._send_all(self.node, (out,))
-
-    def resolve(self, ready: Ready) -> None:
-        for accepted in ready.proposed:
-            self.sim._on_accepted(self.node, accepted)
-        for refused in ready.refused:
-            self.sim._on_refused(self.node, refused)
-
-    def restore(self, meta: SnapshotMeta, data: bytes) -> None:
-        self.sim._restore(self.node, meta, data)
-        self.sim.fired["install_snapshot"] += 1
-
-    def apply(self, entry: Entry) -> None:
-        self.sim._apply(self.node, entry)
-
-    def batch_applied(self, ready: Ready) -> None:
-        self.sim._batch_applied(self.node, ready)
-
-
 class Simulation:
     """One seeded run: build with a plan, call `run` once."""
 
@@ -325,8 +197,6 @@ class Simulation:
         learners (thesis §4.2.1); ``voters=1`` is how a cluster grown from one node
         starts.  None: every node votes."""
         self.plan = plan
-        self.sabotage = sabotage
-        self.core_class = core_for(sabotage - SIM_SABOTAGE)  # felix/testing/sabotage.py
         self.sched = Scheduler(plan.seed, trace=trace, hash_trace=hash_trace)
         self.checker = ClusterChecker(disabled)
         voter_count = plan.nodes if voters is None else voters
@@ -337,23 +207,18 @@ class Simulation:
         )
         self.fired: Counter[str] = Counter()
         self.network = Network(plan.network, self.conf.voters, self.sched, self.fired)
-        self.nodes = {i: self._new_node(i) for i in range(1, plan.nodes + 1)}
+        self.world = World(
+            plan, self.conf, self.sched, self.network, self.checker, self.fired, sabotage=sabotage
+        )
+        self.nodes = self.world.nodes
         self.clients = [
             _Client(c, self.sched.rng.choice(self.conf.voters)) for c in range(plan.clients)
         ]
         self.history: list[Operation] = []
-        self.applied_values: set[str] = set()
-        self.clock_rates = list(plan.clock_rates)
-        self.next_request_id = 1
         self.in_liveness = False
         self.live = False
         self.probe_terms: set[int] = set()
-        self.probe_retry_ms: float | None = None
         self.probe_count = 0
-        self.power_loss_armed = False
-        self.probe_points: list[tuple[int, int]] = []
-        self.leader_terms: set[int] = set()
-        self.fsync_ms_max = plan.fsync_ms_max
         self.script: Script | None = None  # while the plan's script runs
         self.script_step = 0
         self.script_deadline = 0.0
@@ -361,10 +226,10 @@ class Simulation:
         self.script_mark = 0
         self.script_steps: list[str] = []
         self.handlers: dict[type, Callable[[Any], None]] = {
-            _Tick: self._on_tick,
-            _Deliver: self._on_deliver,
-            _FsyncDone: self._on_fsync,
-            _ClientArrive: self._on_client_arrive,
+            _Tick: self.world.on_tick,
+            _Deliver: self.world.on_deliver,
+            _FsyncDone: self.world.on_fsync,
+            _ClientArrive: self.world.on_client_arrive,
             _ClientReplyArrive: self._on_client_reply,
             _ClientTimeout: self._on_client_timeout,
             _ClientIssue: self._on_client_issue,
@@ -372,25 +237,20 @@ class Simulation:
             _PartitionStart: self._on_partition_start,
             _PartitionEnd: self._on_partition_end,
             _Crash: self._on_crash,
-            _CrashNow: self._on_crash_now,
+            _CrashNow: self.world.on_crash_now,
             _PowerLoss: self._on_power_loss,
-            _Restart: self._on_restart,
+            _Restart: self.world.on_restart,
             _Churn: self._on_churn,
             _Heal: self._on_heal,
             _LivenessDeadline: self._on_liveness_deadline,
             _ScriptWake: lambda _event: None,  # the loop re-evaluates the script
         }
 
-    def _new_node(self, node_id: int) -> _Node:
-        files = SimFiles()
-        wal = MemoryWal(disk=files, segment_bytes_max=self.plan.wal_segment_bytes)
-        return _Node(node_id, files, wal)
-
     # ------------------------------------------------------------------ scheduling
 
     def _schedule_plan(self) -> None:
         for node in self.nodes.values():
-            self._boot(node)
+            self.world.boot(node)
         if self.plan.script is not None:
             self._start_script(self.plan.script)
         else:
@@ -435,7 +295,7 @@ class Simulation:
             events=self.sched.step_no,
             sim_ms=self.sched.now,
             trace_hash=self.sched.trace_hash(),
-            leaders_elected=len(self.leader_terms),
+            leaders_elected=len(self.world.leader_terms),
             script_steps=tuple(self.script_steps),
         )
 
@@ -460,7 +320,9 @@ class Simulation:
         return [
             op
             for op in self.history
-            if not (op.unknown and op.kind is OpKind.WRITE and op.value not in self.applied_values)
+            if not (
+                op.unknown and op.kind is OpKind.WRITE and op.value not in self.world.applied_values
+            )
         ]
 
     def _final_checks(self) -> None:
@@ -470,7 +332,7 @@ class Simulation:
                 self.history.append(
                     Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
                 )
-        self._final_power_loss()
+        self.world.final_power_loss()
         self.checker.check_durability()
         result = check_register_history(self._settled_history())
         if not result.ok:
@@ -480,294 +342,6 @@ class Simulation:
             self.checker.fail(
                 "linearizability", f"key {result.key}: {why}; {len(ops)} ops written to {path}"
             )
-
-    # ------------------------------------------------------------------ nodes
-
-    def _boot(self, node: _Node) -> None:
-        """Start (or restart) a node from what its WAL recovers."""
-        tuning = self.plan.tuning
-        config = RaftConfig(
-            node_id=node.node_id,
-            election_ticks=tuning.election_ticks,
-            heartbeat_ticks=tuning.heartbeat_ticks,
-            pre_vote=tuning.pre_vote,
-            check_quorum=tuning.check_quorum,
-            entries_per_msg_max=tuning.entries_per_msg_max,
-            inflight_msgs_max=tuning.inflight_msgs_max,
-        )
-        core_rng = random.Random(self.sched.rng.getrandbits(64))
-        node.incarnation += 1
-        node.kv, node.applied, node.digest = {}, 0, 0
-        node.leader_term, node.last_commit, node.in_flight = None, 0, None
-        node.snapshot_index = 0
-        boot = self._recover(node)
-        node.core = self.core_class(config, core_rng, boot)
-        driver = _LaxSyncDriver if "lax_sync" in self.sabotage else ReadyDriver
-        hands = _DriverHands(self, node)
-        node.driver = driver(hands, hands, hands, hands)
-        if boot.snapshot is not None:
-            self._restore(node, *boot.snapshot)
-            node.snapshot_index = node.applied
-        self._schedule_tick(node)
-        self._after_input(node)
-
-    def _recover(self, node: _Node) -> BootState:
-        """Open the WAL (replay, repair a torn tail); it must give back the model's image."""
-        try:
-            boot = node.wal.open(self.conf)
-        except StorageError as exc:
-            raise InvariantViolation(
-                "recovery", f"node {node.node_id} cannot recover its WAL: {exc}"
-            ) from exc
-        expected = node.model.expected_boot(self.conf)
-        if boot != expected:
-            self.checker.fail(
-                "recovery", f"node {node.node_id}: {_boot_difference(boot, expected)}"
-            )
-        return boot
-
-    def _final_power_loss(self) -> None:
-        """Every node loses power once more and recovers: what each WAL holds durably must
-        be exactly what the checkers took for durable all along."""
-        for node in self.nodes.values():
-            node.wal.crash("lose")
-            node.model.crash()
-            node.wal.close()
-            self._recover(node)
-
-    def _schedule_tick(self, node: _Node) -> None:
-        rate = self.clock_rates[node.node_id - 1]
-        if rate != 1.0:
-            self.fired["clock_skew"] += 1
-        self.sched.at(self.plan.tick_ms * rate, _Tick(node.node_id, node.incarnation))
-
-    def _step(self, node: _Node, inp: Input) -> None:
-        assert node.core is not None
-        node.core.step(inp)
-        self._after_input(node)
-
-    def _after_input(self, node: _Node) -> None:
-        self._observe(node)
-        self._drain(node)
-
-    def _observe(self, node: _Node) -> None:
-        """Feed the checkers what the core's state shows right now."""
-        core = node.core
-        if core is None:
-            return
-        commit = core.commit_index
-        self.checker.observe_commit(node.node_id, node.incarnation, commit)
-        if core.role is Role.LEADER:
-            term = core.term
-            self.checker.observe_leader(node.node_id, term)
-            self.checker.observe_matches(node.node_id, term, core.match_indexes())
-            self.leader_terms.add(term)
-            if node.leader_term != term:
-                node.leader_term = term
-                log = core.entries(core.first_index, core.last_index + 1)
-                self.checker.observe_new_leader(node.node_id, term, core.first_index - 1, log)
-            elif commit > node.last_commit:
-                commit_term = _term_at(core, commit)
-                self.checker.observe_leader_commit(node.node_id, term, commit, commit_term)
-                if self.power_loss_armed:
-                    self.power_loss_armed = False
-                    self.sched.at(0.0, _PowerLoss())
-        else:
-            node.leader_term = None
-        node.last_commit = commit
-
-    def _drain(self, node: _Node) -> None:
-        """Take Ready batches while the node's disk is free (one write at a time)."""
-        while node.core is not None and node.in_flight is None and node.core.has_ready():
-            ready = node.core.take_ready()
-            self._observe(node)
-            self._start_ready(node, ready)
-
-    def _start_ready(self, node: _Node, ready: Ready) -> None:
-        """The Ready goes through the same driver as production (felix/raft/driver.py):
-        ``begin`` writes (via `_write`) and sends; `_finish_ready` once it is durable."""
-        assert node.driver is not None
-        if ready.entries:
-            prev_term = _term_at_or_none(node.core, ready.entries[0].index - 1)
-            self.checker.observe_entries(node.node_id, ready.entries, prev_term)
-        if not ready.must_sync and ready.hard_state is not None:
-            self.fired["commit_unsynced"] += 1  # the production rule: no write for these
-        if not node.driver.begin(ready):
-            self._finish_ready(node, ready)  # nothing to write, or nothing to wait for
-
-    def _write(self, node: _Node, ready: Ready) -> bool:
-        """The disk half of ``begin``: True if the write waits for a simulated fsync."""
-        node.model.submit(
-            DiskWrite(ready.snapshot, ready.entries, ready.hard_state, ready.compact_to)
-        )
-        if ready.snapshot is None and not ready.entries and ready.hard_state is None:
-            node.model.complete_oldest()  # compaction only: no fsync to wait for
-            self._compact(node, ready.compact_to)
-            return False
-        segments = node.wal.segment_count
-        node.wal.write(ready.hard_state, ready.entries, ready.snapshot)  # no fsync yet
-        if node.wal.segment_count > segments:
-            self.fired["wal_rotate"] += 1
-        node.in_flight = ready
-        fsync_ms = self.sched.rng.uniform(self.plan.fsync_ms_min, self.fsync_ms_max)
-        self.sched.at(fsync_ms, _FsyncDone(node.node_id, node.incarnation))
-        if node.crash_armed_ms is not None:  # crash while this write is unsynced
-            crash = _CrashNow(node.node_id, node.incarnation, node.crash_armed_ms)
-            node.crash_armed_ms = None
-            self.sched.at(self.sched.rng.uniform(0, fsync_ms * 0.99), crash)
-        if node.crash_on_write and ready.entries and ready.entries[-1].index >= self.script_mark:
-            node.crash_on_write = False  # script: right after this batch's send_now
-            self.sched.at(0.0, _CrashNow(node.node_id, node.incarnation, None, lose_unsynced=True))
-        return True
-
-    def _on_fsync(self, event: _FsyncDone) -> None:
-        node = self.nodes[event.node]
-        if node.incarnation != event.incarnation or node.in_flight is None:
-            return
-        if "lying_fsync" not in self.sabotage:
-            node.wal.sync()
-        node.model.complete_oldest()
-        ready, node.in_flight = node.in_flight, None
-        self._compact(node, ready.compact_to)
-        self._finish_ready(node, ready)
-        self._drain(node)
-
-    def _compact(self, node: _Node, index: int | None) -> None:
-        """``compact_to``, once the batch is durable: drop WAL segments behind it."""
-        if index is not None and node.wal.compact(index):
-            self.fired["wal_compact"] += 1
-
-    def _finish_ready(self, node: _Node, ready: Ready) -> None:
-        """Steps 3–6 (the driver's ``finish``): Persisted, send_after_persist, apply."""
-        assert node.driver is not None
-        node.driver.finish(ready)
-
-    def _batch_applied(self, node: _Node, ready: Ready) -> None:
-        node.pending_reads.extend(ready.read_states)
-        self._answer_reads(node)
-        self._maybe_snapshot(node)
-
-    # ------------------------------------------------------------------ state machine
-
-    def _apply(self, node: _Node, entry: Entry) -> None:
-        before = node.applied
-        node.digest = chain_digest(node.digest, entry)
-        node.applied = entry.index
-        if entry.kind is EntryKind.NORMAL:
-            command = decode_command(entry.data)
-            if command is not None:
-                node.kv[command[0]] = command[1]
-                self.applied_values.add(command[1])
-        self.checker.observe_apply(node.node_id, before, entry, node.digest)
-        for request_id, term in node.proposals.pop(entry.index, ()):
-            outcome = ReplyOutcome.OK if term == entry.term else ReplyOutcome.FAILED
-            self._reply(node, request_id, outcome, index=entry.index, term=term)
-
-    def _restore(self, node: _Node, meta: SnapshotMeta, data: bytes) -> None:
-        applied, digest, kv = decode_state(data)
-        if applied != meta.index:
-            self.checker.fail("state_machine_safety", f"snapshot {meta} holds state {applied}")
-        node.applied, node.digest, node.kv = applied, digest, kv
-        self.checker.observe_restore(node.node_id, meta.index, meta.term, digest)
-        for index in [i for i in node.proposals if i <= applied]:
-            del node.proposals[index]  # unresolvable now: those clients time out
-        self._answer_reads(node)
-
-    def _maybe_snapshot(self, node: _Node) -> None:
-        """Every K applied entries, snapshot the state machine, save it durably in the
-        WAL's snapshot store, and only then tell the core (which may then compact)."""
-        every = self.plan.snapshot_every
-        core = node.core
-        if not every or core is None or node.applied - node.snapshot_index < every:
-            return
-        index = node.snapshot_index = node.applied
-        held = core.snapshot_meta
-        if held is not None and held.index >= index:
-            return  # the core holds a newer snapshot (a leader's, not yet handed over)
-        data = encode_state(index, node.digest, node.kv)
-        meta = snapshot_meta(index, _term_at(core, index), core.confs.at(index), data)
-        node.wal.snapshots.save(meta, data)
-        node.model.save_snapshot(meta, data)
-        core.step(SnapshotTaken(index, data))
-        assert core.snapshot_meta == meta, f"core took {core.snapshot_meta}, saved {meta}"
-        self.fired["snapshot"] += 1
-        self._observe(node)
-
-    def _answer_reads(self, node: _Node) -> None:
-        waiting = []
-        for read in node.pending_reads:
-            if read.index > node.applied:
-                waiting.append(read)
-                continue
-            request = node.requests.get(read.request_id)
-            value = node.kv.get(request.key) if request else None
-            self._reply(node, read.request_id, ReplyOutcome.OK, value=value)
-        node.pending_reads = waiting
-
-    def _on_accepted(self, node: _Node, accepted: ProposalAccepted) -> None:
-        if accepted.request_id >= PROBE_REQUEST_BASE:
-            self.probe_points.append((accepted.index, accepted.term))
-        elif accepted.index > node.applied:
-            node.proposals.setdefault(accepted.index, []).append(
-                (accepted.request_id, accepted.term)
-            )
-
-    def _on_refused(self, node: _Node, refused: ProposalRefused | ReadRefused) -> None:
-        if refused.request_id >= PROBE_REQUEST_BASE:
-            self.probe_retry_ms = self.sched.now + PROBE_RETRY_MS  # e.g. a transfer in progress
-        self._reply(node, refused.request_id, ReplyOutcome.REFUSED, hint=refused.leader_hint)
-
-    # ------------------------------------------------------------------ network
-
-    def _send_all(self, node: _Node, outbound: Sequence[Outbound]) -> None:
-        for item in outbound:
-            self._check_promise(node, item)
-            self.network.transmit(node.node_id, item.to, item.message)
-
-    def _check_promise(self, node: _Node, item: Outbound) -> None:
-        """Votes and acks promise durable state (§5.1 figure 2): check the disk."""
-        msg, disk = item.message, node.model
-        if isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
-            hs = disk.hard_state
-            durable = hs.term > msg.term or (hs.term == msg.term and hs.vote == item.to)
-            self.checker.observe_send_promise(
-                node.node_id, f"a vote for {item.to} in term {msg.term}", durable,
-                lambda: f"its durable hard state {hs} records it",
-            )  # fmt: skip
-            self.checker.observe_vote_sent(node.node_id, msg.term, item.to)
-        elif isinstance(msg, AppendResponse) and msg.success:
-            durable = disk.last_index >= msg.match_index
-            self.checker.observe_send_promise(
-                node.node_id, f"an ack of index {msg.match_index}", durable,
-                lambda: f"its durable log (last index {disk.last_index}) holds it",
-            )  # fmt: skip
-        elif isinstance(msg, SnapshotResponse) and msg.installed:
-            durable = disk.last_index >= msg.snapshot_index
-            self.checker.observe_send_promise(
-                node.node_id, f"an install ack of snapshot {msg.snapshot_index}", durable,
-                lambda: f"its durable snapshot and log (to {disk.last_index}) cover it",
-            )  # fmt: skip
-        elif isinstance(msg, _TERM_PROMISES) and not getattr(msg, "pre_vote", False):
-            # A leader's messages and a candidate's requests act on a term (and vote)
-            # that a crash must not forget: that term is durable before they leave.
-            hs = disk.hard_state
-            self.checker.observe_send_promise(
-                node.node_id, f"{type(msg).__name__} of term {msg.term}", hs.term >= msg.term,
-                lambda: f"its durable hard state {hs} reaches that term",
-            )  # fmt: skip
-
-    def _on_deliver(self, event: _Deliver) -> None:
-        node = self.nodes[event.dst]
-        if node.core is None or not self.network.admit(event):
-            return
-        self._step(node, Receive(event.src, event.message))
-
-    def _on_tick(self, event: _Tick) -> None:
-        node = self.nodes[event.node]
-        if node.core is None or node.incarnation != event.incarnation:
-            return
-        self._schedule_tick(node)
-        self._step(node, Tick())
 
     # ------------------------------------------------------------------ clients
 
@@ -793,39 +367,6 @@ class Simulation:
         op.attempt += 1
         request = ClientRequest(client.client_id, op.seq, op.attempt, op.kind, op.key, op.value)
         self.sched.at(self.sched.rng.uniform(*CLIENT_LINK_MS), _ClientArrive(op.target, request))
-
-    def _on_client_arrive(self, event: _ClientArrive) -> None:
-        node = self.nodes[event.node]
-        if node.core is None:
-            return  # lost with the crashed node: the client will time out
-        request_id = self.next_request_id
-        self.next_request_id += 1
-        request = event.request
-        node.requests[request_id] = request
-        if request.kind is OpKind.WRITE:
-            assert request.value is not None
-            self._step(node, Propose(request_id, encode_command(request.key, request.value)))
-        else:
-            self._step(node, ReadIndex(request_id))
-
-    def _reply(
-        self,
-        node: _Node,
-        request_id: int,
-        outcome: ReplyOutcome,
-        *,
-        value: str | None = None,
-        hint: int | None = None,
-        index: int = 0,
-        term: int = 0,
-    ) -> None:
-        request = node.requests.pop(request_id, None)
-        if request is None:
-            return
-        reply = ClientReply(
-            request.client, request.op_seq, request.attempt, outcome, value, hint, index, term
-        )
-        self.sched.at(self.sched.rng.uniform(*CLIENT_LINK_MS), _ClientReplyArrive(reply))
 
     def _on_client_reply(self, event: _ClientReplyArrive) -> None:
         reply = event.reply
@@ -873,16 +414,10 @@ class Simulation:
 
     # ------------------------------------------------------------------ faults
 
-    def _current_leader(self) -> _Node | None:
-        leaders = [
-            n for n in self.nodes.values() if n.core is not None and n.core.role is Role.LEADER
-        ]
-        return max(leaders, key=lambda n: n.core.term if n.core else 0, default=None)
-
     def _on_partition_start(self, event: _PartitionStart) -> None:
         if self.in_liveness:
             return
-        leader = self._current_leader()
+        leader = self.world.current_leader()
         leader_id = leader.node_id if leader is not None else None
         self.network.start_partition(event.episode_id, event.episode, leader_id)
 
@@ -892,18 +427,13 @@ class Simulation:
     def _on_crash(self, event: _Crash) -> None:
         if self.in_liveness:
             return
-        victim = self._crash_victim(event.episode.node)
+        victim = self.world.crash_victim(event.episode.node)
         if victim is None:
             return
         if event.episode.at_storage_op:
             victim.crash_armed_ms = event.episode.downtime_ms
         else:
-            self._crash(victim, event.episode.downtime_ms)
-
-    def _on_crash_now(self, event: _CrashNow) -> None:
-        node = self.nodes[event.node]
-        if node.core is not None and node.incarnation == event.incarnation:
-            self._crash(node, event.downtime_ms, lose_unsynced=event.lose_unsynced)
+            self.world.crash(victim, event.episode.downtime_ms)
 
     def _on_power_loss(self, event: _PowerLoss) -> None:
         """Every running node loses power at once; each comes back on its own.  Armed
@@ -912,63 +442,16 @@ class Simulation:
         if self.in_liveness:
             return
         if event.at_commit:
-            self.power_loss_armed = True
+            self.world.power_loss_armed = True
             return
         self.fired["power_loss"] += 1
-        for node in self.nodes.values():
-            if node.core is not None:
-                self._crash(node, self.sched.rng.uniform(10.0, 300.0))
-
-    def _crash(
-        self, victim: _Node, downtime_ms: float | None, *, lose_unsynced: bool = False
-    ) -> None:
-        """Power loss: memory goes, and the unsynced batch record (if any) is lost, or a
-        prefix of it is kept (a torn tail recovery must cut), or -- the fsync had not
-        returned but the bytes made it -- all of it."""
-        unsynced = victim.files.unsynced_bytes
-        if "lying_fsync" not in self.sabotage:
-            assert (unsynced > 0) == (victim.in_flight is not None), (unsynced, victim.in_flight)
-            assert victim.files.unsynced_files() <= 1, "unsynced bytes in more than one file"
-        kept = 0
-        rate = self.plan.torn_write_rate
-        if unsynced and rate and not lose_unsynced and self.sched.rng.random() < rate:
-            whole = self.sched.rng.random() < KEEP_WHOLE_ODDS
-            kept = unsynced if whole else self.sched.rng.randrange(unsynced)
-            victim.wal.crash("torn", torn_bytes=kept)
-        else:
-            victim.wal.crash("lose")
-        victim.model.crash(writes_kept=1 if unsynced and kept == unsynced else 0)
-        self.fired["crash"] += 1
-        if unsynced and kept == unsynced:
-            self.fired["unsynced_kept"] += 1
-        elif unsynced:
-            self.fired["unsynced_loss"] += 1
-        if 0 < kept < unsynced:
-            self.fired["torn_write"] += 1
-        victim.core = None
-        victim.in_flight = None
-        victim.requests.clear()
-        victim.proposals.clear()
-        victim.pending_reads.clear()
-        if downtime_ms is not None:
-            self.sched.at(downtime_ms, _Restart(victim.node_id))
-
-    def _crash_victim(self, node_id: int | None) -> _Node | None:
-        if node_id is None:
-            return self._current_leader()
-        node = self.nodes[node_id]
-        return node if node.alive else None
-
-    def _on_restart(self, event: _Restart) -> None:
-        node = self.nodes[event.node]
-        if node.core is None:
-            self._boot(node)
+        self.world.power_loss()
 
     def _on_churn(self, event: _Churn) -> None:
         if self.in_liveness:
             return
         if event.event.kind is ChurnKind.TRANSFER_LEADER:
-            leader = self._current_leader()
+            leader = self.world.current_leader()
             if leader is None:
                 return
             targets = [n for n in self.conf.voters if n != leader.node_id]
@@ -976,12 +459,12 @@ class Simulation:
                 return  # a single voter has no one to hand leadership to
             target = self.sched.rng.choice(targets)
             self.fired["leader_transfer"] += 1
-            self._step(leader, TransferLeader(target))
+            self.world.step(leader, TransferLeader(target))
         else:
             alive = [n for n in self.nodes.values() if n.alive]
             if alive:
                 self.fired["campaign"] += 1
-                self._step(self.sched.rng.choice(alive), Campaign())
+                self.world.step(self.sched.rng.choice(alive), Campaign())
 
     # ------------------------------------------------------------------ scripts
 
@@ -990,8 +473,8 @@ class Simulation:
         wait (one writes when the script says); the random faults start afterwards."""
         self.script = script
         self.network.faults = HEALTHY_NETWORK
-        self.clock_rates = [1.0] * self.plan.nodes
-        self.fsync_ms_max = min(self.plan.fsync_ms_max, SCRIPT_FSYNC_MS_MAX)
+        self.world.clock_rates = [1.0] * self.plan.nodes
+        self.world.fsync_ms_max = min(self.plan.fsync_ms_max, SCRIPT_FSYNC_MS_MAX)
         self.script_step = -1
         self._next_script_step()
 
@@ -1041,8 +524,8 @@ class Simulation:
         self.script = None
         self.fired[script.name] += 1
         self.network.reset(self.plan.network)
-        self.clock_rates = list(self.plan.clock_rates)
-        self.fsync_ms_max = self.plan.fsync_ms_max
+        self.world.clock_rates = list(self.plan.clock_rates)
+        self.world.fsync_ms_max = self.plan.fsync_ms_max
         for node in self.nodes.values():
             node.crash_on_write = False
             if node.core is None:
@@ -1056,7 +539,7 @@ class Simulation:
             elif isinstance(action, CrashNodes):
                 for node_id in action.nodes:
                     if self.nodes[node_id].core is not None:
-                        self._crash(self.nodes[node_id], None, lose_unsynced=True)
+                        self.world.crash(self.nodes[node_id], None, lose_unsynced=True)
             elif isinstance(action, CrashOnWrite):
                 for node_id in action.nodes:
                     self.nodes[node_id].crash_on_write = True
@@ -1065,11 +548,11 @@ class Simulation:
                     node = self.nodes[node_id]
                     node.crash_on_write = False
                     if node.core is None:
-                        self._boot(node)
+                        self.world.boot(node)
             elif isinstance(action, StartCampaign):
                 node = self.nodes[action.node]
                 if node.core is not None:
-                    self._step(node, Campaign())
+                    self.world.step(node, Campaign())
             else:
                 self._script_write(action)
 
@@ -1078,7 +561,7 @@ class Simulation:
         client = self.clients[0]
         if core is None or client.op is not None:
             return
-        self.script_mark = core.last_index + 1
+        self.script_mark = self.world.crash_mark = core.last_index + 1
         client.next_seq += 1
         self._issue(client, OpKind.WRITE, "k0", action.node)
 
@@ -1087,7 +570,7 @@ class Simulation:
         if isinstance(cond, IsLeader):
             return any(self._role(n) is Role.LEADER for n in cond.nodes)
         if isinstance(cond, CaughtUp):
-            leader = self._current_leader()
+            leader = self.world.current_leader()
             if leader is None or leader.core is None:
                 return False
             last = leader.core.last_index
@@ -1117,19 +600,15 @@ class Simulation:
         """End of the fault phase: heal the network, clocks and crashed nodes."""
         self.in_liveness = True
         self.network.heal()
-        self.clock_rates = [1.0] * self.plan.nodes
-        self.power_loss_armed = False
-        for node in self.nodes.values():
-            node.crash_armed_ms = None
-            if node.core is None:
-                self._boot(node)
+        self.world.heal()
         self.sched.at(self.plan.liveness_ms, _LivenessDeadline())
 
     def _liveness_progress(self) -> None:
         """Propose a probe to each new leader; done once one probe is applied everywhere."""
-        leader = self._current_leader()
-        if self.probe_retry_ms is not None and self.sched.now >= self.probe_retry_ms:
-            self.probe_retry_ms = None
+        leader = self.world.current_leader()
+        probes = self.world.probes
+        if probes.retry_at_ms is not None and self.sched.now >= probes.retry_at_ms:
+            probes.retry_at_ms = None
             self.probe_terms.clear()
         if leader is not None and leader.core is not None:
             term = leader.core.term
@@ -1137,9 +616,9 @@ class Simulation:
                 self.probe_terms.add(term)
                 self.probe_count += 1
                 request_id = PROBE_REQUEST_BASE + self.probe_count
-                self._step(leader, Propose(request_id, f"probe|{term}".encode()))
+                self.world.step(leader, Propose(request_id, f"probe|{term}".encode()))
         applied_everywhere = min(n.applied for n in self.nodes.values())
-        for index, term in self.probe_points:
+        for index, term in probes.accepted:
             record = self.checker.applied.get(index)
             if record and record.term == term and applied_everywhere >= index:
                 self.live = True
@@ -1167,49 +646,6 @@ def _dump_history(seed: int, ops: Sequence[Operation]) -> str:
     ]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
-
-
-def _boot_difference(boot: BootState, expected: BootState) -> str:
-    """How a recovered `BootState` differs from the model's durable image."""
-    problems = []
-    if boot.hard_state != expected.hard_state:
-        problems.append(f"hard state {boot.hard_state}, durable {expected.hard_state}")
-    if boot.conf != expected.conf:
-        problems.append(f"membership {boot.conf}, durable {expected.conf}")
-    got = boot.snapshot[0] if boot.snapshot else None
-    want = expected.snapshot[0] if expected.snapshot else None
-    if got != want or (boot.snapshot and expected.snapshot and boot.snapshot != expected.snapshot):
-        problems.append(f"snapshot {got}, durable {want}")
-    if boot.entries != expected.entries:
-        ours = [(e.index, e.term) for e in boot.entries]
-        theirs = [(e.index, e.term) for e in expected.entries]
-        pairs = zip(boot.entries, expected.entries, strict=False)
-        diverge = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(ours), len(theirs)))
-        problems.append(
-            f"log of {len(ours)} entries {ours[diverge : diverge + 3]}... from position "
-            f"{diverge}, durable {len(theirs)} entries {theirs[diverge : diverge + 3]}..."
-        )
-    return "recovered " + "; ".join(problems)
-
-
-def _term_at_or_none(core: RaftCore | None, index: int) -> int | None:
-    if core is None:
-        return None
-    if index == 0:
-        return 0
-    meta = core.snapshot_meta
-    if meta is not None and meta.index == index:
-        return meta.term
-    if core.first_index <= index <= core.last_index:
-        return core.entries(index, index + 1)[0].term
-    return None
-
-
-def _term_at(core: RaftCore, index: int) -> int:
-    term = _term_at_or_none(core, index)
-    if term is None:
-        raise InvariantViolation("log_matching", f"node {core.node_id} lacks index {index}")
-    return term
 
 
 # --------------------------------------------------------------------------- entry points
