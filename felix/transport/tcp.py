@@ -26,12 +26,15 @@ writer and one reader, and neither side ever waits on the other's replies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import socket
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
@@ -45,6 +48,7 @@ from felix.proto.raft_messages import (
     PeerMessage,
 )
 from felix.transport.base import Deliver, PeerPayload, PeerQueues, QueueItem, TransportStats
+from felix.transport.tls import TlsClosed, TlsSession
 
 log = logging.getLogger("felix.transport")
 
@@ -75,7 +79,24 @@ class TcpTransportConfig:
     backoff_s_min: float = 0.02
     backoff_s_max: float = 1.0
     connect_timeout_s: float = 2.0
-    handshake_timeout_s: float = 5.0
+    handshake_timeout_s: float = 5.0  # TLS handshake and Hello together
+    tls: PeerTls | None = None  # None: plaintext (only with an explicit --insecure)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTls:
+    """Mutual TLS for peer links, from the server's certificate files.
+
+    The contexts are asked for at every connection, so reloaded certificates apply to
+    new connections while existing ones keep theirs.  ``node_of`` returns the node id
+    a verified peer certificate names (raising `ValueError` saying why it names none
+    of this cluster's nodes); ``describe`` turns a failed handshake into operator
+    words (unknown CA, expired, ...)."""
+
+    server_context: Callable[[], ssl.SSLContext]
+    client_context: Callable[[], ssl.SSLContext]
+    node_of: Callable[[dict[str, Any]], int]
+    describe: Callable[[BaseException], str] = str
 
 
 class HandshakeRefused(ProtocolError):
@@ -85,10 +106,11 @@ class HandshakeRefused(ProtocolError):
 class _Link:
     """The socket of one live outbound connection, for direct sends while ``idle``."""
 
-    __slots__ = ("idle", "sock")
+    __slots__ = ("idle", "sock", "tls")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tls: TlsSession | None) -> None:
         self.sock = sock  # a dup of the stream's socket: same connection, own fd
+        self.tls = tls  # the connection's TLS state: frames are encrypted before a send
         self.idle = False  # the pump waits on an empty queue, nothing half sent
 
 
@@ -118,6 +140,8 @@ class TcpTransport:
             self._queues.offer(to, message)
             return
         frame = self._frame(message)
+        if link.tls is not None:
+            frame = link.tls.encrypt(frame)  # what is left unsent is ciphertext: queued as is
         try:
             sent = link.sock.send(frame)
         except BlockingIOError:
@@ -191,22 +215,53 @@ class TcpTransport:
                 if failures == 1 or failures % 100 == 0:
                     log.info("peer %d at %s unreachable (%s); retrying", peer, address, exc)
             else:
-                failures = 0
-                backoff = self.config.backoff_s_min
-                self.stats.connects += 1
-                await self._pump(peer, stream)
+                try:
+                    tls = await self._secure_outbound(peer, stream)
+                except HandshakeRefused as exc:
+                    self.stats.handshakes_refused += 1
+                    log.warning("refused the TLS link to peer %d at %s: %s", peer, address, exc)
+                    with contextlib.suppress(trio.BrokenResourceError, OSError):
+                        await stream.aclose()
+                else:
+                    failures = 0
+                    backoff = self.config.backoff_s_min
+                    self.stats.connects += 1
+                    await self._pump(peer, stream, tls)
             # Full jitter keeps restarted nodes from reconnecting in lockstep.
             await trio.sleep(backoff * (0.5 + self._rng.random() / 2))
             backoff = min(backoff * 2, self.config.backoff_s_max)
 
-    async def _pump(self, peer: int, stream: trio.SocketStream) -> None:
+    async def _secure_outbound(self, peer: int, stream: trio.SocketStream) -> TlsSession | None:
+        """The TLS session of a new outbound connection (None for plaintext); raises
+        `HandshakeRefused` if the handshake fails or the server is not ``peer``."""
+        tls = self.config.tls
+        if tls is None:
+            return None
+        session = TlsSession(tls.client_context(), server_side=False)
+        try:
+            with trio.fail_after(self.config.handshake_timeout_s):
+                await session.handshake(stream)
+        except trio.TooSlowError:
+            raise HandshakeRefused("no TLS handshake in time") from None
+        except (ssl.SSLError, TlsClosed, OSError, trio.BrokenResourceError) as exc:
+            raise HandshakeRefused(tls.describe(exc)) from None
+        try:
+            named = tls.node_of(session.peer_certificate())
+        except ValueError as exc:
+            raise HandshakeRefused(str(exc)) from None
+        if named != peer:
+            raise HandshakeRefused(f"its certificate names node {named}")
+        return session
+
+    async def _pump(self, peer: int, stream: trio.SocketStream, tls: TlsSession | None) -> None:
         receiver = self._queues.receivers[peer]
         link: _Link | None = None
+        seal = tls.encrypt if tls is not None else _plain
         try:
             async with stream:
-                await stream.send_all(self._hello)
+                await stream.send_all(seal(self._hello))
                 link = self._links[peer] = _Link(
-                    socket.socket(fileno=os.dup(stream.socket.fileno()))
+                    socket.socket(fileno=os.dup(stream.socket.fileno())), tls
                 )
                 while True:
                     try:
@@ -215,8 +270,11 @@ class TcpTransport:
                         link.idle = True  # send_nowait may write directly until it queues
                         first = await receiver.receive()
                         link.idle = False
-                    batch = [self._frame(first)]
-                    size = len(batch[0])
+                    # The unsent rest of a direct send (ciphertext already, with TLS)
+                    # goes first, as it is; the messages after it are framed and sealed.
+                    rest = first if isinstance(first, bytes) else b""
+                    batch = [] if rest else [self._frame(first)]
+                    size = len(rest) + sum(map(len, batch))
                     while size < SEND_BATCH_BYTES_MAX:
                         try:
                             frame = self._frame(receiver.receive_nowait())
@@ -224,8 +282,8 @@ class TcpTransport:
                             break
                         batch.append(frame)
                         size += len(frame)
-                    await stream.send_all(b"".join(batch))
-                    self.stats.sent += len(batch)
+                    await stream.send_all(rest + seal(b"".join(batch)) if batch else rest)
+                    self.stats.sent += len(batch) + bool(rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("connection to peer %d lost: %s", peer, exc or type(exc).__name__)
         finally:
@@ -237,7 +295,9 @@ class TcpTransport:
 
     def _frame(self, item: QueueItem) -> bytes:
         if isinstance(item, bytes):
-            return item  # already framed (the unsent rest of a direct send)
+            # Only ever at a queue's head (the rest of a direct send goes to an empty
+            # queue), where the pump sends it before framing anything.
+            raise AssertionError("wire bytes behind a queued message")
         return encode_frame(PEER.encode(item), self.config.frame_bytes_max)
 
     # --- inbound -------------------------------------------------------------------
@@ -257,7 +317,7 @@ class TcpTransport:
                 log.warning("closing peer connection from %s: protocol error: %s", remote, exc)
             except trio.TooSlowError:
                 log.warning(
-                    "closing peer connection from %s: no Hello within %.1f s",
+                    "closing peer connection from %s: no handshake and Hello within %.1f s",
                     remote,
                     self.config.handshake_timeout_s,
                 )
@@ -267,17 +327,39 @@ class TcpTransport:
     async def _receive_loop(
         self, stream: trio.SocketStream, decoder: FrameDecoder, remote: str
     ) -> None:
+        source: _Source = stream
+        certified: int | None = None
         with trio.fail_after(self.config.handshake_timeout_s):
-            hello = await _read_message(stream, decoder)
+            if self.config.tls is not None:
+                session, certified = await self._secure_inbound(stream)
+                source = _Decrypting(stream, session)
+            hello = await _read_message(source, decoder)
         sender = self._check_hello(hello, remote)
+        if certified is not None and certified != sender:
+            raise HandshakeRefused(f"Hello says node {sender}, its certificate names {certified}")
         while True:
-            message = await _read_message(stream, decoder)
+            message = await _read_message(source, decoder)
             if message is None:
                 return
             if isinstance(message, PeerHello):
                 raise ProtocolError("second Hello on one connection")
             self.stats.received += 1
             await self._deliver(sender, message)
+
+    async def _secure_inbound(self, stream: trio.SocketStream) -> tuple[TlsSession, int]:
+        """The TLS session of an inbound connection and the node its verified client
+        certificate names; raises `HandshakeRefused` saying why not."""
+        tls = self.config.tls
+        assert tls is not None
+        session = TlsSession(tls.server_context(), server_side=True)
+        try:
+            await session.handshake(stream)
+        except (ssl.SSLError, TlsClosed) as exc:
+            raise HandshakeRefused(f"TLS handshake failed: {tls.describe(exc)}") from None
+        try:
+            return session, tls.node_of(session.peer_certificate())
+        except ValueError as exc:
+            raise HandshakeRefused(f"TLS identity refused: {exc}") from None
 
     def _check_hello(self, hello: object, remote: str) -> int:
         if not isinstance(hello, PeerHello):
@@ -298,9 +380,37 @@ class TcpTransport:
         return hello.node_id
 
 
-async def _read_message(
-    stream: trio.abc.ReceiveStream, decoder: FrameDecoder
-) -> PeerMessage | None:
+class _Source(Protocol):
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+
+class _Decrypting:
+    """The plaintext side of an inbound TLS connection (b"" at the end of the stream)."""
+
+    def __init__(self, stream: trio.SocketStream, session: TlsSession) -> None:
+        self._stream = stream
+        self._session = session
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        while True:
+            if self._session.closed:
+                return b""
+            data = await self._stream.receive_some(max_bytes)
+            if not data:
+                return b""
+            try:
+                plain = self._session.decrypt(data)
+            except ssl.SSLError as exc:
+                raise ProtocolError(f"bad TLS record: {exc}") from None
+            if plain:
+                return plain
+
+
+def _plain(data: bytes) -> bytes:
+    return data
+
+
+async def _read_message(source: _Source, decoder: FrameDecoder) -> PeerMessage | None:
     """The next decoded message, or None on a clean end of stream."""
     while True:
         frame = decoder.next_frame()
@@ -309,7 +419,7 @@ async def _read_message(
             return message
         if frame is CLOSED:
             return None
-        decoder.feed(await stream.receive_some(RECEIVE_BYTES_MAX))
+        decoder.feed(await source.receive_some(RECEIVE_BYTES_MAX))
 
 
 def _describe_remote(stream: trio.SocketStream) -> str:

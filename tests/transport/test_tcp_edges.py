@@ -130,7 +130,7 @@ async def test_silent_connection_is_closed_after_the_handshake_timeout(
         assert "no Hello" not in caplog.text
         mock_clock.jump(0.2)
         assert await closed_by_server(stream)
-        assert "no Hello within 5.0 s" in caplog.text
+        assert "no handshake and Hello within 5.0 s" in caplog.text
         nursery.cancel_scope.cancel()
 
 
