@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -31,6 +33,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from felix.proto.ws_frames import OP_PING, close_frame, server_frame
+from felix.transport.tls import TlsClosed, TlsSession
 
 log = logging.getLogger("felix.ws")
 
@@ -46,7 +49,13 @@ class ConnectionGone(Exception):
 class FrameSender:
     """Writes whole frames to one socket without ever blocking the caller."""
 
-    def __init__(self, stream: trio.SocketStream, backlog_bytes_max: int) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        backlog_bytes_max: int,
+        seal: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self._seal = seal  # TLS: frames are encrypted here, per connection, before the write
         self._fd = stream.socket.fileno()
         self._raw = socket.socket(fileno=socket.dup(self._fd))  # a handle of our own
         self._raw.setblocking(False)
@@ -83,6 +92,20 @@ class FrameSender:
         return self._send_now(frame)
 
     def _send_now(self, frame: bytes) -> bool:
+        if self._seal is not None:
+            frame = self._seal(frame)
+        return self._write(frame)
+
+    def send_wire(self, data: bytes) -> bool:
+        """Queue or write bytes that are already what goes on the wire (TLS records
+        the session itself produced), in order with everything sent so far."""
+        if self.broken:
+            return False
+        if self._corked and not self._uncork():
+            return False
+        return self._write(data)
+
+    def _write(self, frame: bytes) -> bool:
         if self._backlog:
             return self._enqueue(memoryview(frame))
         try:
@@ -173,8 +196,15 @@ class FrameSender:
 class WsConnection:
     """One accepted WebSocket connection."""
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection, sender: FrameSender) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        ws: WSConnection,
+        sender: FrameSender,
+        tls: TlsSession | None = None,
+    ) -> None:
         self.stream = stream
+        self.tls = tls
         self._ws = ws
         self.sender = sender
         self._parts: list[bytes] = []
@@ -198,6 +228,10 @@ class WsConnection:
             if not data:
                 raise ConnectionGone("client closed the connection")
             self.last_heard = trio.current_time()
+            if self.tls is not None:
+                data = self._decrypt(self.tls, data)
+                if not data:
+                    continue
             try:
                 self._ws.receive_data(data)
                 self._handle_events()
@@ -205,6 +239,18 @@ class WsConnection:
                 await self.close(1002, "protocol error")
                 raise ConnectionGone(f"WebSocket protocol error: {exc}") from None
         return self._pending.popleft()
+
+    def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
+        try:
+            plain = tls.decrypt(data)
+        except ssl.SSLError as exc:
+            raise ConnectionGone(f"bad TLS record: {exc}") from None
+        answer = tls.pending_output()
+        if answer:
+            self.sender.send_wire(answer)
+        if tls.closed and not plain:
+            raise ConnectionGone("client closed the TLS session")
+        return plain
 
     def _handle_events(self) -> None:
         for event in self._ws.events():
@@ -253,43 +299,94 @@ async def keepalive(connection: WsConnection, interval_s: float, done: trio.Canc
             connection.sender.send(server_frame(b"felix", OP_PING))
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS for the client port: the current context (asked for at every connection, so
+    reloaded certificates apply to new ones) and how to word a failed handshake."""
+
+    context: Callable[[], ssl.SSLContext]
+    describe: Callable[[BaseException], str] = str
+
+
+@dataclass(slots=True)
+class ServeStats:
+    tls_handshakes_failed: int = 0
+    upgrades_failed: int = 0
+
+
 async def serve_ws(
     handler: Handler,
     host: str,
     port: int,
     *,
     backlog_bytes_max: int,
+    tls: ServerTls | None = None,
+    stats: ServeStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept WebSocket connections and run ``handler`` for each, in its own nursery."""
+    """Accept WebSocket connections (``wss://`` with ``tls``) and run ``handler`` for
+    each, in its own nursery."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
+    counts = stats if stats is not None else ServeStats()
 
     async def on_connection(stream: trio.SocketStream) -> None:
-        await _connection(stream, handler, backlog_bytes_max)
+        await _connection(stream, handler, backlog_bytes_max, tls, counts)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, on_connection, listeners)
         task_status.started(bound)
 
 
-async def _connection(stream: trio.SocketStream, handler: Handler, backlog_bytes_max: int) -> None:
+async def _open(
+    stream: trio.SocketStream, tls: ServerTls | None, stats: ServeStats
+) -> tuple[WSConnection, TlsSession | None, bool] | None:
+    """TLS handshake (if any), then the WebSocket upgrade, within HANDSHAKE_TIMEOUT_S;
+    None (counted, and logged when it was TLS) if either fails."""
+    ws = WSConnection(ConnectionType.SERVER)
+    session = TlsSession(tls.context(), server_side=True) if tls is not None else None
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            if session is not None:
+                try:
+                    await session.handshake(stream)
+                except (ssl.SSLError, TlsClosed) as exc:
+                    assert tls is not None
+                    stats.tls_handshakes_failed += 1
+                    log.info(
+                        "refused a client TLS handshake from %s: %s",
+                        _remote(stream),
+                        tls.describe(exc),
+                    )
+                    return None
+            leftover = await _handshake(stream, ws, session)
+    except (
+        trio.TooSlowError,
+        ConnectionGone,
+        RemoteProtocolError,
+        LocalProtocolError,
+        OSError,
+        trio.BrokenResourceError,
+    ):
+        stats.upgrades_failed += 1
+        return None
+    return ws, session, leftover
+
+
+async def _connection(
+    stream: trio.SocketStream,
+    handler: Handler,
+    backlog_bytes_max: int,
+    tls: ServerTls | None,
+    stats: ServeStats,
+) -> None:
     async with stream:
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                leftover = await _handshake(stream, ws)
-        except (
-            trio.TooSlowError,
-            ConnectionGone,
-            RemoteProtocolError,
-            LocalProtocolError,
-            OSError,
-            trio.BrokenResourceError,
-        ):
+        opened = await _open(stream, tls, stats)
+        if opened is None:
             return
-        sender = FrameSender(stream, backlog_bytes_max)
-        connection = WsConnection(stream, ws, sender)
+        ws, session, leftover = opened
+        sender = FrameSender(stream, backlog_bytes_max, session.encrypt if session else None)
+        connection = WsConnection(stream, ws, sender, session)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender.flush_forever)
@@ -310,16 +407,35 @@ async def _connection(stream: trio.SocketStream, handler: Handler, backlog_bytes
             sender.close()
 
 
-async def _handshake(stream: trio.SocketStream, ws: WSConnection) -> bool:
+async def _handshake(stream: trio.SocketStream, ws: WSConnection, tls: TlsSession | None) -> bool:
     """Run the HTTP upgrade; returns whether frames already arrived behind it."""
+
+    async def send(data: bytes) -> None:
+        await stream.send_all(tls.encrypt(data) if tls is not None else data)
+
     while True:
         data = await stream.receive_some(RECEIVE_BYTES)
         if not data:
             raise ConnectionGone("closed during the handshake")
+        if tls is not None:
+            try:
+                data = tls.decrypt(data)
+            except ssl.SSLError as exc:
+                raise ConnectionGone(f"bad TLS record: {exc}") from None
+            if tls.closed:
+                raise ConnectionGone("closed during the handshake")
         ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, Request):
-                await stream.send_all(ws.send(AcceptConnection()))
+                await send(ws.send(AcceptConnection()))
                 return True
-            await stream.send_all(ws.send(RejectConnection(status_code=400)))
+            await send(ws.send(RejectConnection(status_code=400)))
             raise ConnectionGone("not a WebSocket upgrade")
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
