@@ -30,11 +30,26 @@ invents anything fails the seed.
 Some seeds open with a scripted schedule (`felix.testing.sim_scripts.Script`: Raft's figure
 8, followers crashing right after an acknowledgement) before the random faults start.
 
-Clients (`felix.testing.clients`) write unique values and read keys of a replicated
+Clients (`felix.testing.sim_clients`) write unique values and read keys of a replicated
 register through the node they believe leads; the history feeds the linearizability
 checker.  After the fault phase everything heals and the cluster must elect a leader and
 commit a fresh probe on every node within `FaultPlan.liveness_ms` (liveness).
 `ClusterChecker` watches every step.
+
+Parts
+-----
+`Simulation` builds each part once and hands it its collaborators; each acts on the
+ones below it only, and they meet otherwise only in the event heap:
+
+* `felix.testing.sim_events`: the events and the `Scheduler` (heap, clock, random
+  source, trace hash);
+* `felix.testing.sim_network`: links, partitions, drop/duplicate/delay/reorder;
+* `felix.testing.sim_world`: the nodes -- cores, Ready drivers, WALs on simulated disks,
+  state machines, crashes and recovery -- serving client requests;
+* `felix.testing.sim_clients`: the clients and their history;
+* `felix.testing.sim_phases`: the script (`felix.testing.sim_scripts`), the random
+  faults, healing and liveness;
+* this module: the event loop, the final checks, `run_seed` and the command line.
 
 Usage
 -----
@@ -57,42 +72,18 @@ Run with a sabotaged core to see the checkers fire (``--disable`` turns checkers
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from felix.proto.raft_messages import (
-    ConfState,
-)
-from felix.raft.types import (
-    Campaign,
-    Propose,
-    Role,
-    TransferLeader,
-)
+from felix.proto.raft_messages import ConfState
 from felix.testing.checkers import ClusterChecker, InvariantViolation
-from felix.testing.clients import (
-    ClientOp,
-    ClientRequest,
-    ReplyOutcome,
-)
-from felix.testing.faults import (
-    HEALTHY_NETWORK,
-    SCRIPTS,
-    ChurnKind,
-    FaultPlan,
-    generate_plan,
-    script_plan,
-)
-from felix.testing.linearizability import Operation, OpKind, check_register_history
+from felix.testing.faults import SCRIPTS, FaultPlan, generate_plan, script_plan
+from felix.testing.sim_clients import Clients
 from felix.testing.sim_events import (
-    CLIENT_LINK_MS,
     Scheduler,
     _Churn,
     _ClientArrive,
@@ -114,40 +105,16 @@ from felix.testing.sim_events import (
     _Tick,
 )
 from felix.testing.sim_network import Network
-from felix.testing.sim_scripts import (
-    Applied,
-    CaughtUp,
-    Committed,
-    CrashNodes,
-    CrashOnWrite,
-    Holds,
-    IsLeader,
-    Links,
-    RestartNodes,
-    Script,
-    ScriptAction,
-    ScriptCondition,
-    StartCampaign,
-    Write,
-)
-from felix.testing.sim_world import PROBE_REQUEST_BASE, World, _Node
+from felix.testing.sim_phases import FaultInjector, Liveness, ScriptRunner
+from felix.testing.sim_world import World
 
 __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
 
 EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
-SCRIPT_FSYNC_MS_MAX = 2.0  # while a script runs: its waits assume a quick disk
 
 
 def replay_line(seed: int) -> str:
     return f"FELIX_SIM_SEED={seed} pytest tests/sim"
-
-
-@dataclass(slots=True)
-class _Client:
-    client_id: int
-    believed_leader: int
-    op: ClientOp | None = None
-    next_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +144,6 @@ class SimResult:
         )
 
 
-# --------------------------------------------------------------------------- simulation
-
-
 class Simulation:
     """One seeded run: build with a plan, call `run` once."""
 
@@ -199,85 +163,49 @@ class Simulation:
         self.plan = plan
         self.sched = Scheduler(plan.seed, trace=trace, hash_trace=hash_trace)
         self.checker = ClusterChecker(disabled)
-        voter_count = plan.nodes if voters is None else voters
-        assert 0 < voter_count <= plan.nodes, f"{voter_count} voters of {plan.nodes} nodes"
-        self.conf = ConfState(
-            voters=tuple(range(1, voter_count + 1)),
-            learners=tuple(range(voter_count + 1, plan.nodes + 1)),
-        )
         self.fired: Counter[str] = Counter()
-        self.network = Network(plan.network, self.conf.voters, self.sched, self.fired)
-        self.world = World(
-            plan, self.conf, self.sched, self.network, self.checker, self.fired, sabotage=sabotage
+        conf = _conf(plan.nodes, voters)
+        sched, checker, fired = self.sched, self.checker, self.fired
+        self.network = network = Network(plan.network, conf.voters, sched, fired)
+        self.world = world = World(plan, conf, sched, network, checker, fired, sabotage=sabotage)
+        self.clients = clients = Clients(plan, conf.voters, sched, checker)
+        self.script = (
+            ScriptRunner(plan.script, plan, sched, world, network, clients, fired)
+            if plan.script is not None
+            else None
         )
-        self.nodes = self.world.nodes
-        self.clients = [
-            _Client(c, self.sched.rng.choice(self.conf.voters)) for c in range(plan.clients)
-        ]
-        self.history: list[Operation] = []
-        self.in_liveness = False
-        self.live = False
-        self.probe_terms: set[int] = set()
-        self.probe_count = 0
-        self.script: Script | None = None  # while the plan's script runs
-        self.script_step = 0
-        self.script_deadline = 0.0
-        self.script_retry_at = math.inf
-        self.script_mark = 0
-        self.script_steps: list[str] = []
-        self.handlers: dict[type, Callable[[Any], None]] = {
-            _Tick: self.world.on_tick,
-            _Deliver: self.world.on_deliver,
-            _FsyncDone: self.world.on_fsync,
-            _ClientArrive: self.world.on_client_arrive,
-            _ClientReplyArrive: self._on_client_reply,
-            _ClientTimeout: self._on_client_timeout,
-            _ClientIssue: self._on_client_issue,
-            _ClientRetry: self._on_client_retry,
-            _PartitionStart: self._on_partition_start,
-            _PartitionEnd: self._on_partition_end,
-            _Crash: self._on_crash,
-            _CrashNow: self.world.on_crash_now,
-            _PowerLoss: self._on_power_loss,
-            _Restart: self.world.on_restart,
-            _Churn: self._on_churn,
-            _Heal: self._on_heal,
-            _LivenessDeadline: self._on_liveness_deadline,
+        self.liveness = Liveness(plan, sched, world, network, clients, checker)
+        self.faults = FaultInjector(plan, sched, world, network, clients, self.liveness, fired)
+        self.handlers = self._handlers()
+
+    def _handlers(self) -> dict[type, Callable[[Any], None]]:
+        """Which part handles each event."""
+        world, clients, faults, liveness = self.world, self.clients, self.faults, self.liveness
+        return {
+            _Tick: world.on_tick,
+            _Deliver: world.on_deliver,
+            _FsyncDone: world.on_fsync,
+            _ClientArrive: world.on_client_arrive,
+            _ClientReplyArrive: clients.on_reply,
+            _ClientTimeout: clients.on_timeout,
+            _ClientIssue: clients.on_issue,
+            _ClientRetry: clients.on_retry,
+            _PartitionStart: faults.on_partition_start,
+            _PartitionEnd: faults.on_partition_end,
+            _Crash: faults.on_crash,
+            _CrashNow: world.on_crash_now,
+            _PowerLoss: faults.on_power_loss,
+            _Restart: world.on_restart,
+            _Churn: faults.on_churn,
+            _Heal: liveness.on_heal,
+            _LivenessDeadline: liveness.on_deadline,
             _ScriptWake: lambda _event: None,  # the loop re-evaluates the script
         }
-
-    # ------------------------------------------------------------------ scheduling
-
-    def _schedule_plan(self) -> None:
-        for node in self.nodes.values():
-            self.world.boot(node)
-        if self.plan.script is not None:
-            self._start_script(self.plan.script)
-        else:
-            self._schedule_faults()
-
-    def _schedule_faults(self) -> None:
-        """Clients and the random faults, from now on (after the script, if any)."""
-        plan = self.plan
-        for client in self.clients:
-            self.sched.at(
-                self.sched.rng.uniform(0, plan.client_think_ms_max), _ClientIssue(client.client_id)
-            )
-        for i, episode in enumerate(plan.partitions):
-            self.sched.at(episode.start_ms, _PartitionStart(i, episode))
-            self.sched.at(episode.start_ms + episode.duration_ms, _PartitionEnd(i))
-        for crash in plan.crashes:
-            self.sched.at(crash.start_ms, _Crash(crash))
-        for i, at_ms in enumerate(plan.power_losses):
-            self.sched.at(at_ms, _PowerLoss(at_commit=i % 2 == 0))
-        for churn in plan.churn:
-            self.sched.at(churn.at_ms, _Churn(churn))
-        self.sched.at(plan.fault_phase_ms, _Heal())
 
     def run(self) -> SimResult:
         violation: InvariantViolation | None = None
         try:
-            self._schedule_plan()
+            self._start()
             self._loop()
             self._final_checks()
         except InvariantViolation as exc:
@@ -290,362 +218,52 @@ class Simulation:
             plan=self.plan,
             violation=violation,
             fired=dict(self.fired),
-            history_ops=len(self.history),
+            history_ops=len(self.clients.history),
             client_acks=len(self.checker.acked),
             events=self.sched.step_no,
             sim_ms=self.sched.now,
             trace_hash=self.sched.trace_hash(),
             leaders_elected=len(self.world.leader_terms),
-            script_steps=tuple(self.script_steps),
+            script_steps=tuple(self.script.steps) if self.script else (),
         )
+
+    def _start(self) -> None:
+        """Boot every node; open with the script, or go straight to the random faults."""
+        for node in self.world.nodes.values():
+            self.world.boot(node)
+        if self.script is None or self.script.start():
+            self.faults.schedule()
 
     def _loop(self) -> None:
-        while self.sched.queue and not self.live:
-            event = self.sched.pop()
-            if self.sched.step_no > EVENTS_MAX:
+        sched, script, liveness = self.sched, self.script, self.liveness
+        while sched.queue and not liveness.live:
+            event = sched.pop()
+            if sched.step_no > EVENTS_MAX:
                 self.checker.fail("liveness", f"more than {EVENTS_MAX} events")
-            self.sched.record(event)
+            sched.record(event)
             self.handlers[type(event)](event)
-            if self.script is not None:
-                self._script_progress()
-            if self.in_liveness:
-                self._liveness_progress()
-        if not self.live:
+            if script is not None and script.running and script.progress():
+                self.faults.schedule()  # the script is over: the random faults start
+            if liveness.healing:
+                liveness.progress()
+        if not liveness.live:
             self.checker.fail("liveness", "event queue ran dry")
 
-    def _settled_history(self) -> list[Operation]:
-        """Drop unknown writes whose unique value no node ever applied: they never took
-        effect (as etcd's robustness suite patches its histories).  Keeps the search
-        small; unknown writes that were applied stay unknown-but-possible."""
-        return [
-            op
-            for op in self.history
-            if not (
-                op.unknown and op.kind is OpKind.WRITE and op.value not in self.world.applied_values
-            )
-        ]
-
     def _final_checks(self) -> None:
-        for client in self.clients:  # still in flight when the run stopped: unknown
-            op = client.op
-            if op is not None and op.kind is OpKind.WRITE:
-                self.history.append(
-                    Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
-                )
+        self.clients.close()  # still in flight when the run stopped: unknown
         self.world.final_power_loss()
         self.checker.check_durability()
-        result = check_register_history(self._settled_history())
-        if not result.ok:
-            why = "check ran out of budget" if result.exhausted else "not linearizable"
-            ops = [op for op in self.history if op.key == result.key]
-            path = _dump_history(self.plan.seed, ops)
-            self.checker.fail(
-                "linearizability", f"key {result.key}: {why}; {len(ops)} ops written to {path}"
-            )
-
-    # ------------------------------------------------------------------ clients
-
-    def _on_client_issue(self, event: _ClientIssue) -> None:
-        client = self.clients[event.client]
-        if self.in_liveness or self.script is not None or client.op is not None:
-            return  # (a paused client is restarted when the script ends)
-        client.next_seq += 1
-        key = f"k{self.sched.rng.randrange(self.plan.keys)}"
-        if self.sched.rng.random() < 0.5:
-            self._issue(client, OpKind.WRITE, key, client.believed_leader)
-        else:
-            self._issue(client, OpKind.READ, key, client.believed_leader)
-
-    def _issue(self, client: _Client, kind: OpKind, key: str, target: int) -> None:
-        value = f"c{client.client_id}.{client.next_seq}" if kind is OpKind.WRITE else None
-        client.op = ClientOp(client.next_seq, kind, key, value, self.sched.step_no)
-        client.op.target = target
-        self._send_request(client, client.op)
-        self.sched.at(self.plan.client_timeout_ms, _ClientTimeout(client.client_id, client.op.seq))
-
-    def _send_request(self, client: _Client, op: ClientOp) -> None:
-        op.attempt += 1
-        request = ClientRequest(client.client_id, op.seq, op.attempt, op.kind, op.key, op.value)
-        self.sched.at(self.sched.rng.uniform(*CLIENT_LINK_MS), _ClientArrive(op.target, request))
-
-    def _on_client_reply(self, event: _ClientReplyArrive) -> None:
-        reply = event.reply
-        client = self.clients[reply.client]
-        op = client.op
-        if op is None or op.seq != reply.op_seq or op.attempt != reply.attempt:
-            return  # an answer to an attempt the client gave up on
-        if reply.outcome is ReplyOutcome.REFUSED:
-            client.believed_leader = reply.leader_hint or self.sched.rng.choice(self.conf.voters)
-            op.target = client.believed_leader
-            self.sched.at(self.sched.rng.uniform(1.0, 10.0), _ClientRetry(client.client_id, op.seq))
-            return
-        if reply.outcome is ReplyOutcome.OK:
-            client.believed_leader = op.target
-            self.history.append(
-                Operation(client.client_id, op.call, self.sched.step_no, op.kind, op.key,
-                          op.value if op.kind is OpKind.WRITE else reply.value)
-            )  # fmt: skip
-            if op.kind is OpKind.WRITE:
-                self.checker.observe_client_ack(reply.index, reply.term)
-        self._finish_op(client)
-
-    def _on_client_retry(self, event: _ClientRetry) -> None:
-        client = self.clients[event.client]
-        if client.op is not None and client.op.seq == event.op_seq:
-            self._send_request(client, client.op)
-
-    def _on_client_timeout(self, event: _ClientTimeout) -> None:
-        client = self.clients[event.client]
-        op = client.op
-        if op is None or op.seq != event.op_seq:
-            return
-        if op.kind is OpKind.WRITE:
-            self.history.append(
-                Operation(client.client_id, op.call, math.inf, op.kind, op.key, op.value)
-            )
-        client.believed_leader = self.sched.rng.choice(self.conf.voters)
-        self._finish_op(client)
-
-    def _finish_op(self, client: _Client) -> None:
-        client.op = None
-        self.sched.at(
-            self.sched.rng.uniform(0, self.plan.client_think_ms_max), _ClientIssue(client.client_id)
-        )
-
-    # ------------------------------------------------------------------ faults
-
-    def _on_partition_start(self, event: _PartitionStart) -> None:
-        if self.in_liveness:
-            return
-        leader = self.world.current_leader()
-        leader_id = leader.node_id if leader is not None else None
-        self.network.start_partition(event.episode_id, event.episode, leader_id)
-
-    def _on_partition_end(self, event: _PartitionEnd) -> None:
-        self.network.end_partition(event.episode_id)
-
-    def _on_crash(self, event: _Crash) -> None:
-        if self.in_liveness:
-            return
-        victim = self.world.crash_victim(event.episode.node)
-        if victim is None:
-            return
-        if event.episode.at_storage_op:
-            victim.crash_armed_ms = event.episode.downtime_ms
-        else:
-            self.world.crash(victim, event.episode.downtime_ms)
-
-    def _on_power_loss(self, event: _PowerLoss) -> None:
-        """Every running node loses power at once; each comes back on its own.  Armed
-        "at commit", it strikes right after a leader advances its commit index, when
-        followers' acks may still be unsynced (the window a persist-order bug opens)."""
-        if self.in_liveness:
-            return
-        if event.at_commit:
-            self.world.power_loss_armed = True
-            return
-        self.fired["power_loss"] += 1
-        self.world.power_loss()
-
-    def _on_churn(self, event: _Churn) -> None:
-        if self.in_liveness:
-            return
-        if event.event.kind is ChurnKind.TRANSFER_LEADER:
-            leader = self.world.current_leader()
-            if leader is None:
-                return
-            targets = [n for n in self.conf.voters if n != leader.node_id]
-            if not targets:
-                return  # a single voter has no one to hand leadership to
-            target = self.sched.rng.choice(targets)
-            self.fired["leader_transfer"] += 1
-            self.world.step(leader, TransferLeader(target))
-        else:
-            alive = [n for n in self.nodes.values() if n.alive]
-            if alive:
-                self.fired["campaign"] += 1
-                self.world.step(self.sched.rng.choice(alive), Campaign())
-
-    # ------------------------------------------------------------------ scripts
-
-    def _start_script(self, script: Script) -> None:
-        """Run ``script`` on a healthy network, on-time clocks and a quick disk; clients
-        wait (one writes when the script says); the random faults start afterwards."""
-        self.script = script
-        self.network.faults = HEALTHY_NETWORK
-        self.world.clock_rates = [1.0] * self.plan.nodes
-        self.world.fsync_ms_max = min(self.plan.fsync_ms_max, SCRIPT_FSYNC_MS_MAX)
-        self.script_step = -1
-        self._next_script_step()
-
-    def _next_script_step(self) -> None:
-        """Start steps until one has to wait (or the script is over)."""
-        script = self.script
-        assert script is not None
-        while True:
-            self.script_step += 1
-            if self.script_step == len(script.steps):
-                self._end_script(script)
-                return
-            step = script.steps[self.script_step]
-            self.sched.note(f"script {script.name} step {self.script_step}: {step}")
-            self._script_do(step.do)
-            if step.until is None or self._script_holds(step.until):
-                self.script_steps.append("ok")
-                continue
-            self.script_deadline = self.sched.now + step.timeout_ms
-            self.sched.at(step.timeout_ms, _ScriptWake(self.script_step))
-            self.script_retry_at = math.inf
-            if step.retry_ms is not None:
-                self.script_retry_at = self.sched.now + step.retry_ms
-                self.sched.at(step.retry_ms, _ScriptWake(self.script_step))
-            return
-
-    def _script_progress(self) -> None:
-        """After every event: has the waiting step's condition come true (or timed out)?"""
-        script = self.script
-        assert script is not None
-        step = script.steps[self.script_step]
-        assert step.until is not None
-        if self._script_holds(step.until):
-            self.script_steps.append("ok")
-        elif self.sched.now >= self.script_deadline:
-            self.script_steps.append("timeout")
-            self.sched.note(f"script {script.name} step {self.script_step}: timed out")
-        else:
-            if step.retry_ms is not None and self.sched.now >= self.script_retry_at:
-                self._script_do(step.do)
-                self.script_retry_at = self.sched.now + step.retry_ms
-                self.sched.at(step.retry_ms, _ScriptWake(self.script_step))
-            return
-        self._next_script_step()
-
-    def _end_script(self, script: Script) -> None:
-        self.script = None
-        self.fired[script.name] += 1
-        self.network.reset(self.plan.network)
-        self.world.clock_rates = list(self.plan.clock_rates)
-        self.world.fsync_ms_max = self.plan.fsync_ms_max
-        for node in self.nodes.values():
-            node.crash_on_write = False
-            if node.core is None:
-                self.sched.at(self.sched.rng.uniform(10.0, 100.0), _Restart(node.node_id))
-        self._schedule_faults()
-
-    def _script_do(self, actions: Sequence[ScriptAction]) -> None:
-        for action in actions:
-            if isinstance(action, Links):
-                self.network.set_links(action)
-            elif isinstance(action, CrashNodes):
-                for node_id in action.nodes:
-                    if self.nodes[node_id].core is not None:
-                        self.world.crash(self.nodes[node_id], None, lose_unsynced=True)
-            elif isinstance(action, CrashOnWrite):
-                for node_id in action.nodes:
-                    self.nodes[node_id].crash_on_write = True
-            elif isinstance(action, RestartNodes):
-                for node_id in action.nodes:
-                    node = self.nodes[node_id]
-                    node.crash_on_write = False
-                    if node.core is None:
-                        self.world.boot(node)
-            elif isinstance(action, StartCampaign):
-                node = self.nodes[action.node]
-                if node.core is not None:
-                    self.world.step(node, Campaign())
-            else:
-                self._script_write(action)
-
-    def _script_write(self, action: Write) -> None:
-        core = self.nodes[action.node].core
-        client = self.clients[0]
-        if core is None or client.op is not None:
-            return
-        self.script_mark = self.world.crash_mark = core.last_index + 1
-        client.next_seq += 1
-        self._issue(client, OpKind.WRITE, "k0", action.node)
-
-    def _script_holds(self, cond: ScriptCondition) -> bool:
-        mark = self.script_mark
-        if isinstance(cond, IsLeader):
-            return any(self._role(n) is Role.LEADER for n in cond.nodes)
-        if isinstance(cond, CaughtUp):
-            leader = self.world.current_leader()
-            if leader is None or leader.core is None:
-                return False
-            last = leader.core.last_index
-            return all(n.applied >= last for n in self.nodes.values() if n.core is not None)
-        if isinstance(cond, Holds):
-            return all(self._holds_mark(self.nodes[n], cond.durable) for n in cond.nodes)
-        node = self.nodes[cond.node]
-        if node.core is None:
-            return False
-        if isinstance(cond, Committed):
-            return node.core.commit_index >= mark
-        assert isinstance(cond, Applied)
-        return node.applied >= mark
-
-    def _holds_mark(self, node: _Node, durable: bool) -> bool:
-        if durable:
-            return node.model.last_index >= self.script_mark
-        return node.core is not None and node.core.last_index >= self.script_mark
-
-    def _role(self, node_id: int) -> Role | None:
-        core = self.nodes[node_id].core
-        return core.role if core is not None else None
-
-    # ------------------------------------------------------------------ liveness
-
-    def _on_heal(self, _event: _Heal) -> None:
-        """End of the fault phase: heal the network, clocks and crashed nodes."""
-        self.in_liveness = True
-        self.network.heal()
-        self.world.heal()
-        self.sched.at(self.plan.liveness_ms, _LivenessDeadline())
-
-    def _liveness_progress(self) -> None:
-        """Propose a probe to each new leader; done once one probe is applied everywhere."""
-        leader = self.world.current_leader()
-        probes = self.world.probes
-        if probes.retry_at_ms is not None and self.sched.now >= probes.retry_at_ms:
-            probes.retry_at_ms = None
-            self.probe_terms.clear()
-        if leader is not None and leader.core is not None:
-            term = leader.core.term
-            if term not in self.probe_terms:
-                self.probe_terms.add(term)
-                self.probe_count += 1
-                request_id = PROBE_REQUEST_BASE + self.probe_count
-                self.world.step(leader, Propose(request_id, f"probe|{term}".encode()))
-        applied_everywhere = min(n.applied for n in self.nodes.values())
-        for index, term in probes.accepted:
-            record = self.checker.applied.get(index)
-            if record and record.term == term and applied_everywhere >= index:
-                self.live = True
-
-    def _on_liveness_deadline(self, _event: _LivenessDeadline) -> None:
-        if not self.live:
-            states = ", ".join(
-                f"{n.node_id}:{n.core.role.value}/t{n.core.term}/c{n.core.commit_index}"
-                f"/a{n.applied}"
-                for n in self.nodes.values()
-                if n.core is not None
-            )
-            self.checker.fail(
-                "liveness",
-                f"no probe applied on every node {self.plan.liveness_ms:.0f}ms after healing "
-                f"[{states}]",
-            )
+        self.clients.check_history(self.world.applied_values)
 
 
-def _dump_history(seed: int, ops: Sequence[Operation]) -> str:
-    """Write a failing key's history where a human can read it, one op per line."""
-    path = Path(tempfile.gettempdir()) / f"felix_sim_history_{seed}.txt"
-    lines = [
-        f"client={op.client} call={op.call} ret={op.ret} {op.kind.value} {op.value}" for op in ops
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+def _conf(nodes: int, voters: int | None) -> ConfState:
+    """The first ``voters`` of ``nodes`` vote (None: all), the others are learners."""
+    voter_count = nodes if voters is None else voters
+    assert 0 < voter_count <= nodes, f"{voter_count} voters of {nodes} nodes"
+    return ConfState(
+        voters=tuple(range(1, voter_count + 1)),
+        learners=tuple(range(voter_count + 1, nodes + 1)),
+    )
 
 
 # --------------------------------------------------------------------------- entry points

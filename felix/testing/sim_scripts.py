@@ -2,7 +2,7 @@
 
 Why a module: a script is data, like the rest of a `felix.testing.faults.FaultPlan` (a
 plan carries one), but it is a language of its own -- actions, conditions, steps -- and
-the two scripts are long.  The simulation (`felix.testing.sim`) runs one.
+the two scripts are long.  `felix.testing.sim_phases.ScriptRunner` runs one.
 
 A script is a fixed schedule of links, crashes, restarts, campaigns and writes, each step
 waiting for a condition on the cluster, that steers the cluster into a known dangerous

@@ -12,9 +12,9 @@ recoveries are checked against the model of what is durable
 (`felix.testing.sim_durability`).
 
 `World` also serves clients (requests arrive and replies leave as events; the client
-side is `felix.testing.sim`) and feeds `ClusterChecker` everything it watches.
+side is `felix.testing.sim_clients`) and feeds `ClusterChecker` everything it watches.
 It sends through `felix.testing.sim_network.Network` and knows nothing of the run's
-phases: those (`felix.testing.sim`) call it.
+phases: those (`felix.testing.sim_phases`) call it.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class _Node:
 
 @dataclass(slots=True)
 class ProbeLog:
-    """What became of the liveness probes proposed (the liveness phase)."""
+    """What became of the liveness probes proposed (`felix.testing.sim_phases.Liveness`)."""
 
     accepted: list[tuple[int, int]] = field(default_factory=list)  # (index, term)
     retry_at_ms: float | None = None  # a probe was refused: propose again from then on
