@@ -60,12 +60,16 @@ class ClientConnection:
         self._closing: ConnectionClosed | None = None  # a close frame behind unread messages
 
     @classmethod
-    async def open(cls, host: str, port: int, *, timeout_s: float = 5.0) -> ClientConnection:
+    async def open(
+        cls, host: str, port: int, *, timeout_s: float = 5.0, token: str = ""
+    ) -> ClientConnection:
+        """Connect and upgrade; ``token`` (if any) authenticates the connection
+        (``Authorization: Bearer`` in the upgrade request)."""
         with trio.fail_after(timeout_s):
             sock = await _connect(host, port)
             try:
                 key = os.urandom(16)
-                await _send_all(sock, client_handshake(f"{host}:{port}", "/", key))
+                await _send_all(sock, client_handshake(f"{host}:{port}", "/", key, token))
                 head, rest = await _read_head(sock)
                 check_handshake_response(head, key)
             except BaseException:

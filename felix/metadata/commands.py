@@ -175,6 +175,34 @@ class MoveShardLeader:
     expected_version: Version | None = None
 
 
+@wire_type
+@dataclass(frozen=True, slots=True)
+class CreateToken:
+    """Store an API token's role and secret hash (`felix.metadata.tokens`); the secret
+    itself never reaches the cluster."""
+
+    NAME: ClassVar[str] = "create_token"
+    token_id: Annotated[str, MaxLen(16)]
+    role: Name
+    secret_sha256: Annotated[str, MaxLen(64)]
+    node_id: NodeId | None = None
+    expires_at_ms: Annotated[int, IntRange(0, 2**62)] | None = None
+    description: Annotated[str, MaxLen(200)] = ""
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class RevokeToken:
+    """Forget a token: every node refuses it, and closes its streams, once applied."""
+
+    NAME: ClassVar[str] = "revoke_token"
+    token_id: Annotated[str, MaxLen(16)]
+    expected_version: Version | None = None
+
+
+TOKEN_COMMANDS: Final = (CreateToken, RevokeToken)
+
 Command = (
     RegisterNode
     | NodeHealth
@@ -187,6 +215,8 @@ Command = (
     | SetTenant
     | SetQuota
     | MoveShardLeader
+    | CreateToken
+    | RevokeToken
 )
 COMMAND_CLASSES: Final[dict[str, type[Command]]] = {
     cls.NAME: cls
@@ -202,6 +232,8 @@ COMMAND_CLASSES: Final[dict[str, type[Command]]] = {
         SetTenant,
         SetQuota,
         MoveShardLeader,
+        CreateToken,
+        RevokeToken,
     )
 }
 
@@ -282,14 +314,17 @@ def decode_command(data: bytes) -> Command:
 
 __all__ = [
     "COMMAND_CLASSES",
+    "TOKEN_COMMANDS",
     "Command",
     "CommandError",
     "CreateStream",
+    "CreateToken",
     "DeleteStream",
     "DrainNode",
     "MoveShardLeader",
     "NodeHealth",
     "RegisterNode",
+    "RevokeToken",
     "SetConfig",
     "SetQuota",
     "SetTenant",

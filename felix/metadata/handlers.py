@@ -28,6 +28,7 @@ from felix.metadata.model import (
     Tenant,
     shard_key,
 )
+from felix.metadata.tokens import TOKENS_MAX, TokenRecord, check_record
 from felix.proto.client_messages import ErrorCode
 
 if TYPE_CHECKING:
@@ -164,6 +165,26 @@ def move_shard_leader(state: MetadataState, cmd: cmds.MoveShardLeader) -> None:
         state._put(dataclasses.replace(shard, leader=cmd.node_id, leader_epoch=epoch))
 
 
+def create_token(state: MetadataState, cmd: cmds.CreateToken) -> None:
+    """Everything is checked before the one write: a token command never rolls back."""
+    record = TokenRecord(cmd.token_id, cmd.role, cmd.node_id, cmd.secret_sha256,
+                         cmd.expires_at_ms, cmd.description)  # fmt: skip
+    problem = check_record(record)
+    if problem is not None:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"create_token: {problem}")
+    if record.id in state.tokens:
+        raise rejected(f"token {record.id} exists")
+    if len(state.tokens) >= TOKENS_MAX:
+        raise rejected(f"the cluster already holds TOKENS_MAX={TOKENS_MAX} tokens")
+    state._set_token(record.id, record)
+
+
+def revoke_token(state: MetadataState, cmd: cmds.RevokeToken) -> None:
+    if cmd.token_id not in state.tokens:
+        raise rejected(f"token {cmd.token_id} does not exist")
+    state._set_token(cmd.token_id, None)
+
+
 HANDLERS: Final[dict[type, Callable[[MetadataState, Any], None]]] = {
     cmds.RegisterNode: register_node,
     cmds.NodeHealth: node_health,
@@ -176,5 +197,7 @@ HANDLERS: Final[dict[type, Callable[[MetadataState, Any], None]]] = {
     cmds.SetTenant: set_tenant,
     cmds.SetQuota: set_quota,
     cmds.MoveShardLeader: move_shard_leader,
+    cmds.CreateToken: create_token,
+    cmds.RevokeToken: revoke_token,
 }
 assert set(HANDLERS) == set(cmds.COMMAND_CLASSES.values())

@@ -50,6 +50,7 @@ from felix.metadata.model import (
 )
 from felix.metadata.placement import NodeLoad, choose_leader, place_shards
 from felix.metadata.snapshot import decode_snapshot, encode_snapshot
+from felix.metadata.tokens import TokenRecord, check_record
 from felix.proto.client_messages import Change, Delta, ErrorCode
 
 
@@ -95,6 +96,9 @@ class MetadataState:
             KIND_TENANT: self.tenants,
             KIND_CONFIG: self.config,
         }
+        # Private to the control plane: not in records, deltas or the digest (tokens.py).
+        self.tokens: dict[str, TokenRecord] = {}
+        self.tokens_generation = 0  # +1 on every token change: nodes re-check sessions
         self._digest = 0
         self._node_shards: dict[int, set[str]] = {}
         self._leader_count: dict[int, int] = {}
@@ -124,7 +128,8 @@ class MetadataState:
             dict(self.config), dict(self.tenants), dict(self.nodes), dict(self.streams),
             dict(self.shards),
         )  # fmt: skip
-        return lambda: encode_snapshot(version, digest, _records_of(*tables))
+        tokens = _tokens_of(self.tokens)
+        return lambda: encode_snapshot(version, digest, _records_of(*tables), tokens)
 
     def node_shards(self, node_id: int) -> list[str]:
         """Keys of the shards ``node_id`` replicates, sorted (deterministic order)."""
@@ -259,6 +264,15 @@ class MetadataState:
                 self._tenant_shards.get(obj.tenant, 0) + sign * obj.shards
             )
 
+    def _set_token(self, token_id: str, record: TokenRecord | None) -> None:
+        """The one write of a token command (its handler has checked everything first,
+        so there is nothing to roll back); the Delta of the entry stays empty."""
+        if record is None:
+            del self.tokens[token_id]
+        else:
+            self.tokens[token_id] = record
+        self.tokens_generation += 1
+
     # --- shared helpers --------------------------------------------------------------
 
     def _node(self, node_id: int) -> Node:
@@ -355,14 +369,19 @@ class MetadataState:
 
     def snapshot(self) -> bytes:
         """The whole state (version, digest, records) as bytes; see `snapshot.py`."""
-        return encode_snapshot(self.version, self.digest, self.records())
+        return encode_snapshot(self.version, self.digest, self.records(), _tokens_of(self.tokens))
 
     @classmethod
     def restore(cls, data: bytes) -> MetadataState:
         """The state a `snapshot` was taken of: same records, indexes, version and
         digest.  Raises `SnapshotError` if the bytes are bad or the digest disagrees."""
-        version, digest, records = decode_snapshot(data)
+        version, digest, records, tokens = decode_snapshot(data)
         state = cls()
+        for record in tokens:
+            problem = check_record(record)
+            if problem is not None or record.id in state.tokens:
+                raise SnapshotError(f"snapshot token {record.id!r}: {problem or 'duplicate'}")
+            state.tokens[record.id] = record
         for change in records:
             if change.value is None:
                 raise SnapshotError(f"snapshot record {change.kind} {change.key!r} is empty")
@@ -390,6 +409,10 @@ def _records_of(
     yield from _changes(streams[k] for k in sorted(streams))
     ordered_shards: list[Shard] = sorted(shards.values(), key=_shard_order)
     yield from _changes(ordered_shards)
+
+
+def _tokens_of(tokens: dict[str, TokenRecord]) -> tuple[TokenRecord, ...]:
+    return tuple(tokens[k] for k in sorted(tokens))
 
 
 def _changes(objects: Iterable[Model]) -> Iterator[Change]:

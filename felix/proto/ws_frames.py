@@ -131,15 +131,19 @@ class ServerFrameParser:
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def client_handshake(host: str, path: str, key: bytes) -> bytes:
-    """The HTTP upgrade request; ``key`` is 16 random bytes chosen by the caller."""
+def client_handshake(host: str, path: str, key: bytes, token: str = "") -> bytes:
+    """The HTTP upgrade request; ``key`` is 16 random bytes chosen by the caller;
+    ``token`` (if any) goes in ``Authorization: Bearer`` and must be printable ASCII."""
     import base64
 
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise ValueError("a token is printable ASCII without spaces")
     encoded = base64.b64encode(key).decode()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {encoded}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
     ).encode()
 
 

@@ -10,11 +10,19 @@ the connection), never an exception that would take the server down.
 Writes and health reports reaching a follower are forwarded to the leader over the peer
 link (`felix.server.forwarding.Forwarder`), so a client may use any node.  Outcomes
 arrive typed (`felix.server.outcome.Outcome`) and become `WriteResult` or `Error` here.
+
+With an `Authenticator`, a connection acts as one `Principal`: a bearer token in the
+upgrade request's ``Authorization`` header, or else in the first message, a ``Hello``,
+within ``AUTH_TIMEOUT_S``.  Every request and every stream is then checked against the
+role rules (`felix.server.auth`); a refusal is ``Error{unauthorized}`` and changes
+nothing.  Every ``RECHECK_INTERVAL_S`` the open sessions are checked again, so a revoked
+or expired token's streams close within a second (docs/architecture.md §12).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -35,7 +43,16 @@ from felix.proto.client_messages import (
 )
 from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import ForwardKind
-from felix.proto.ws_frames import server_frame
+from felix.proto.ws_frames import close_frame, server_frame
+from felix.server.auth import (
+    INSECURE,
+    Authenticator,
+    Principal,
+    Unauthorized,
+    authorize_health,
+    authorize_watch,
+    authorize_write,
+)
 from felix.server.forwarding import Forwarder
 from felix.server.metadata_sm import MetadataStore
 from felix.server.outcome import Outcome
@@ -43,12 +60,28 @@ from felix.server.raft_node import RaftNode
 from felix.server.requests import NodeError
 from felix.server.sessions import encode_report
 from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
-from felix.server.ws_server import ConnectionGone, WsConnection, serve_ws
+from felix.server.ws_server import ConnectionGone, ServerTls, WsConnection, serve_ws
 
 log = logging.getLogger("felix.client_api")
 
 REQUESTS_IN_FLIGHT_MAX = 256
 BACKLOG_BYTES_MAX = 4 * 1024 * 1024
+AUTH_TIMEOUT_S = 5.0  # a connection without credentials in its upgrade must send Hello
+RECHECK_INTERVAL_S = 0.25
+CLOSE_UNAUTHORIZED = 4003
+LINGER_S = 1.0  # how long a refused connection's last bytes are read and dropped
+
+
+@dataclass(slots=True)
+class _Session:
+    principal: Principal
+    scope: trio.CancelScope
+
+
+@dataclass(slots=True)
+class AuthStats:
+    refused: dict[str, int] = field(default_factory=dict)  # by operation
+    closed_revoked: int = 0
 
 
 class ClientApi:
@@ -61,8 +94,14 @@ class ClientApi:
         *,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
         limits: HubLimits | None = None,
+        auth: Authenticator | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.node = node
+        self.auth = auth  # None: every connection is admin (``--insecure`` only)
+        self.tls = tls
+        self.auth_stats = AuthStats()
+        self._sessions: dict[WsConnection, _Session] = {}
         self.forwarder = forwarder
         self.store = store
         self.hub = hub
@@ -81,12 +120,29 @@ class ClientApi:
                     host,
                     port,
                     backlog_bytes_max=BACKLOG_BYTES_MAX,
+                    tls=self.tls,
                     task_status=task_status,
                 )
             )
             if self.hub is not None:
                 nursery.start_soon(self.hub.run)
+            if self.auth is not None:
+                nursery.start_soon(self._recheck_sessions, self.auth)
             task_status.started(self.port)
+
+    async def _recheck_sessions(self, auth: Authenticator) -> None:
+        """Close the sessions whose credentials no longer hold (revoked, expired)."""
+        while True:
+            await trio.sleep(RECHECK_INTERVAL_S)
+            for conn, session in list(self._sessions.items()):
+                why = auth.still_valid(session.principal)
+                if why is not None:
+                    self.auth_stats.closed_revoked += 1
+                    log.info("closing the session of %s: %s", session.principal.describe(), why)
+                    self._send(conn, Error(ErrorCode.UNAUTHORIZED, why, None))
+                    conn.sender.send_final(close_frame(CLOSE_UNAUTHORIZED, why[:100]))
+                    session.scope.cancel()
+                    del self._sessions[conn]
 
     async def handle(self, conn: WsConnection) -> None:
         self.connections += 1
@@ -99,33 +155,106 @@ class ClientApi:
         finally:
             self.connections -= 1
 
+    async def _receive(self, conn: WsConnection) -> Any:
+        """The next client message; None (after answering and closing) if malformed."""
+        try:
+            return decode_paused(CLIENT_TO_SERVER.decode, await conn.receive())
+        except ProtocolError as exc:
+            self._send(conn, Error(ErrorCode.BAD_REQUEST, str(exc), None))
+            await conn.close(1002, "protocol error")
+            return None
+
     async def _read_requests(self, conn: WsConnection, nursery: trio.Nursery) -> None:
+        opened = await self._authenticate(conn)
+        if opened is None:
+            return
+        principal, message = opened
+        self._sessions[conn] = _Session(principal, nursery.cancel_scope)
+        try:
+            await self._serve_session(conn, nursery, principal, message)
+        finally:
+            self._sessions.pop(conn, None)
+
+    async def _serve_session(
+        self, conn: WsConnection, nursery: trio.Nursery, principal: Principal, message: Any
+    ) -> None:
         limit = trio.Semaphore(self.requests_in_flight_max)
         watching = False
-        identity: int | None = None  # the broker id this connection said hello as
         while True:
-            try:
-                message = decode_paused(CLIENT_TO_SERVER.decode, await conn.receive())
-            except ProtocolError as exc:
-                self._send(conn, Error(ErrorCode.BAD_REQUEST, str(exc), None))
-                await conn.close(1002, "protocol error")
-                return
-            if isinstance(message, ClientHello):
+            if message is None:
+                message = await self._receive(conn)
+                if message is None:
+                    return
+            refusal = self._refusal(principal, message)
+            if refusal is not None:
+                self._refuse(conn, type(message).__name__, refusal, _request_id(message))
+            elif isinstance(message, ClientHello):
                 if watching or self.hub is None:
                     self._send(conn, Error(ErrorCode.BAD_REQUEST, "already watching", None))
-                    continue
-                watching = True
-                identity = message.node_id
-                nursery.start_soon(self._watch, conn, message.from_version, nursery)
-                continue
-            if isinstance(message, ReportHealth) and identity not in (None, message.node_id):
-                detail = (
-                    f"this connection is broker {identity}; it may not report for {message.node_id}"
+                else:
+                    watching = True
+                    nursery.start_soon(self._watch, conn, message.from_version, nursery)
+            else:
+                await limit.acquire()
+                nursery.start_soon(self._answer_one, conn, message, principal, limit)
+            message = None
+
+    async def _authenticate(self, conn: WsConnection) -> tuple[Principal, Any] | None:
+        """Who this connection acts as, and the first message if it had to be read to
+        find out; None once a connection without valid credentials is answered."""
+        auth = self.auth
+        if auth is None:
+            return INSECURE, None
+        header = conn.headers.get("authorization")
+        message: Any = None
+        try:
+            if header is not None:
+                scheme, _, token = header.partition(" ")
+                if scheme.lower() != "bearer":
+                    raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+                return auth.authenticate(token.strip()), None
+            with trio.move_on_after(AUTH_TIMEOUT_S) as timer:
+                message = await self._receive(conn)
+            if timer.cancelled_caught:
+                raise Unauthorized(f"no credentials within {AUTH_TIMEOUT_S:.0f} s")
+            if message is None:
+                return None
+            if not isinstance(message, ClientHello):
+                raise Unauthorized(
+                    f"{type(message).__name__} before authentication: send a bearer token"
+                    " in the upgrade request or a Hello with a token first"
                 )
-                self._send(conn, Error(ErrorCode.UNAUTHORIZED, detail, None))
-                continue
-            await limit.acquire()
-            nursery.start_soon(self._answer_one, conn, message, limit)
+            return auth.authenticate(message.token), message
+        except Unauthorized as exc:
+            self._refuse(conn, "authenticate", str(exc), _request_id(message))
+            conn.sender.send_final(close_frame(CLOSE_UNAUTHORIZED, "unauthorized"))
+            await _discard_until_closed(conn)
+            return None
+
+    def _refusal(self, principal: Principal, message: Any) -> str | None:
+        """Why ``principal`` may not send ``message`` (None: it may; writes are checked
+        once their command is parsed, in `_write`)."""
+        if isinstance(message, ClientHello):
+            if self.auth is not None and message.token:
+                try:
+                    again = self.auth.authenticate(message.token)
+                except Unauthorized as exc:
+                    return str(exc)
+                if again != principal:
+                    return (
+                        f"the Hello's token is {again.describe()},"
+                        f" the session's {principal.describe()}"
+                    )
+            return authorize_watch(principal, message.node_id)
+        if isinstance(message, ReportHealth):
+            return authorize_health(principal, message.node_id)
+        return None
+
+    def _refuse(self, conn: WsConnection, operation: str, why: str, request_id: int | None) -> None:
+        refused = self.auth_stats.refused
+        refused[operation] = refused.get(operation, 0) + 1
+        log.info("refused %s: %s", operation, why)
+        self._send(conn, Error(ErrorCode.UNAUTHORIZED, why, request_id))
 
     async def _watch(
         self, conn: WsConnection, from_version: int | None, nursery: trio.Nursery
@@ -135,9 +264,11 @@ class ClientApi:
         await conn.close(4001, reason[:100])
         nursery.cancel_scope.cancel()
 
-    async def _answer_one(self, conn: WsConnection, message: Any, limit: trio.Semaphore) -> None:
+    async def _answer_one(
+        self, conn: WsConnection, message: Any, principal: Principal, limit: trio.Semaphore
+    ) -> None:
         try:
-            reply = await self._answer(conn, message)
+            reply = await self._answer(conn, message, principal)
             if reply is not None:
                 self._send(conn, reply)
         except Exception as exc:  # never let one request take the connection down
@@ -146,9 +277,9 @@ class ClientApi:
         finally:
             limit.release()
 
-    async def _answer(self, conn: WsConnection, message: Any) -> Any:
+    async def _answer(self, conn: WsConnection, message: Any, principal: Principal) -> Any:
         if isinstance(message, WriteRequest):
-            return await self._write(message)
+            return await self._write(conn, message, principal)
         if isinstance(message, GetSnapshot):
             return await self._snapshot(conn, message)
         if isinstance(message, ReportHealth):
@@ -171,20 +302,36 @@ class ClientApi:
         await send_snapshot(conn, version, digest, records, request.request_id, self.limits)
         return None
 
-    async def _write(self, request: WriteRequest) -> Any:
+    async def _write(self, conn: WsConnection, request: WriteRequest, principal: Principal) -> Any:
         try:
-            data = self._encode_write(request)
+            command = command_from_request(request.command, request.args, request.expected_version)
         except CommandError as exc:
             return Error(exc.code, exc.detail, request.request_id)
-        outcome = await self.forwarder.submit(ForwardKind.WRITE, data)
+        refusal = authorize_write(principal, command)
+        if refusal is not None:
+            self._refuse(conn, command.NAME, refusal, request.request_id)
+            return None
+        outcome = await self.forwarder.submit(ForwardKind.WRITE, encode_command(command))
         return _error(outcome, request.request_id) or WriteResult(request.request_id, outcome.index)
-
-    def _encode_write(self, request: WriteRequest) -> bytes:
-        command = command_from_request(request.command, request.args, request.expected_version)
-        return encode_command(command)
 
     def _send(self, conn: WsConnection, message: Any) -> None:
         conn.sender.send_soon(server_frame(SERVER_TO_CLIENT.encode(message)))
+
+
+async def _discard_until_closed(conn: WsConnection) -> None:
+    """Read and drop what the refused client still sends, for at most LINGER_S: closing
+    a socket with unread bytes resets it, and the client would lose our answer."""
+    with trio.move_on_after(LINGER_S):
+        try:
+            while True:
+                await conn.receive()
+        except ConnectionGone:
+            pass
+
+
+def _request_id(message: Any) -> int | None:
+    request_id = getattr(message, "request_id", None)
+    return request_id if isinstance(request_id, int) else None
 
 
 def _error(outcome: Outcome, request_id: int | None) -> Error | None:

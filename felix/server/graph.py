@@ -17,12 +17,14 @@ from dataclasses import dataclass
 import trio
 
 from felix.proto.raft_messages import ForwardKind
+from felix.server.auth import Authenticator
 from felix.server.client_api import ClientApi
 from felix.server.forwarding import Forwarder
 from felix.server.metadata_sm import MetadataStateMachine, MetadataStore
 from felix.server.raft_node import RaftNode
 from felix.server.sessions import SessionTracker
 from felix.server.watch_hub import HubLimits, WatchHub
+from felix.server.ws_server import ServerTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,16 @@ class MetadataParts:
 class MetadataServices:
     """What serves brokers and admins on top of one `RaftNode`."""
 
-    def __init__(self, node: RaftNode, parts: MetadataParts) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        parts: MetadataParts,
+        *,
+        auth: Authenticator | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
+        """``auth`` None serves everyone as admin (``--insecure``); ``tls`` None is
+        plaintext.  Both are built by the caller from the node's config."""
         assert node.state_machine is parts.state_machine, "the node must drive these parts"
         self.node = node
         self.store = parts.store
@@ -54,7 +65,7 @@ class MetadataServices:
                 ForwardKind.HEALTH: self.sessions.handle_forwarded,
             },
         )
-        self.api = ClientApi(node, self.forwarder, parts.store, parts.hub)
+        self.api = ClientApi(node, self.forwarder, parts.store, parts.hub, auth=auth, tls=tls)
 
     async def run(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED

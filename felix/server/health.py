@@ -9,6 +9,11 @@ Kubernetes convention (etcd's too): 200 or 503, named sub-checks at ``/readyz/<n
 
 Requests are read with a size bound and a timeout; anything malformed gets a 400 and
 the connection is closed.  The server never crashes on a bad request.
+
+With an `Authenticator`, every path outside ``open_paths`` (by default the probes and
+``/metrics``, for kubelets and scrapers) needs ``Authorization: Bearer <token>``: 401
+without valid credentials; ``POST`` routes (membership, leadership) need the admin
+role, status reads any role, else 403 (docs/architecture.md §12).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import trio
+
+from felix.server.auth import Authenticator, Unauthorized, authorize_admin
 
 log = logging.getLogger("felix.health")
 
@@ -40,9 +47,13 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
 
 
+OPEN_PATHS_DEFAULT: frozenset[str] = frozenset({"/livez", "/readyz", "/metrics", "/health"})
+
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     503: "Service Unavailable",
@@ -57,7 +68,13 @@ class OpsServer:
         metrics: Callable[[], bytes],
         get_routes: Mapping[str, Route] | None = None,
         post_routes: Mapping[str, Route] | None = None,
+        *,
+        auth: Authenticator | None = None,
+        open_paths: frozenset[str] = OPEN_PATHS_DEFAULT,
     ) -> None:
+        self.auth = auth  # None: no credentials asked (``--insecure`` only)
+        self.open_paths = open_paths
+        self.refused = 0
         self._groups = {"livez": dict(livez), "readyz": dict(readyz)}
         self._metrics = metrics
         self._get = dict(get_routes or {})
@@ -99,6 +116,10 @@ class OpsServer:
         url = urlsplit(target)
         query = parse_qs(url.query, keep_blank_values=True)
         path = url.path.rstrip("/") or "/"
+        refusal = self._check_access(head, method, path)
+        if refusal is not None:
+            self.refused += 1
+            return refusal
         if method == "POST":
             route = self._post.get(path)
             return await self._call(route, query) if route else Response(404, b"not found\n")
@@ -121,6 +142,25 @@ class OpsServer:
         if not verbose:
             body = "ok\n"
         return Response(200 if ok else 503, body.encode())
+
+    def _check_access(self, head: bytes, method: str, path: str) -> Response | None:
+        """401/403 for a request the caller may not make; None if it may."""
+        group = "/" + path.lstrip("/").partition("/")[0]  # /readyz/<check> as /readyz
+        if self.auth is None or path in self.open_paths or group in self.open_paths:
+            return None
+        header = _header(head, b"authorization")
+        scheme, _, token = (header or "").partition(" ")
+        try:
+            if header is None or scheme.lower() != "bearer":
+                raise Unauthorized("send Authorization: Bearer <token>")
+            principal = self.auth.authenticate(token.strip())
+        except Unauthorized as exc:
+            return Response(401, f"unauthorized: {exc}\n".encode())
+        if method == "POST":
+            refusal = authorize_admin(principal, f"POST {path}")
+            if refusal is not None:
+                return Response(403, f"forbidden: {refusal}\n".encode())
+        return None
 
     async def _call(self, route: Route, query: Query) -> Response:
         try:
@@ -158,6 +198,15 @@ async def _read_head(stream: trio.abc.ReceiveStream) -> bytes:
             raise ValueError("connection closed before the request was complete")
         data += chunk
     return bytes(data.split(b"\r\n\r\n", 1)[0])
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    """The value of header ``name`` (lower case) in a request head, if present."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
 
 
 def _render(response: Response) -> bytes:

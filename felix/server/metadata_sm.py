@@ -12,11 +12,12 @@ machine applies to it and publishes to the hub; the Raft node drives the state m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from felix.gc_pause import gc_paused
 from felix.metadata.state import ApplyResult, MetadataState
+from felix.metadata.tokens import TokenRecord
 from felix.proto.client_messages import Change, Delta
 from felix.proto.raft_messages import Entry, EntryKind
 from felix.server.outcome import Outcome
@@ -32,6 +33,10 @@ class MetadataStore:
     @property
     def version(self) -> int:
         return self.state.version
+
+    def tokens(self) -> Mapping[str, TokenRecord]:
+        """The API tokens as of the applied state (private: never in `view`)."""
+        return self.state.tokens
 
     def view(self) -> tuple[int, bytes, Sequence[Change]]:
         """(version, digest, records): a consistent full view for snapshots."""

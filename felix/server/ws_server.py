@@ -56,6 +56,8 @@ class FrameSender:
         seal: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._seal = seal  # TLS: frames are encrypted here, per connection, before the write
+        # Plaintext writes frames as they are: no extra call per subscriber per message.
+        self._send_now: Callable[[bytes], bool] = self._write if seal is None else self._sealed
         self._fd = stream.socket.fileno()
         self._raw = socket.socket(fileno=socket.dup(self._fd))  # a handle of our own
         self._raw.setblocking(False)
@@ -91,10 +93,9 @@ class FrameSender:
             return False
         return self._send_now(frame)
 
-    def _send_now(self, frame: bytes) -> bool:
-        if self._seal is not None:
-            frame = self._seal(frame)
-        return self._write(frame)
+    def _sealed(self, frame: bytes) -> bool:
+        assert self._seal is not None
+        return self._write(self._seal(frame))
 
     def send_wire(self, data: bytes) -> bool:
         """Queue or write bytes that are already what goes on the wire (TLS records
@@ -202,9 +203,11 @@ class WsConnection:
         ws: WSConnection,
         sender: FrameSender,
         tls: TlsSession | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.stream = stream
         self.tls = tls
+        self.headers = headers or {}  # the upgrade request's (``authorization``, ...)
         self._ws = ws
         self.sender = sender
         self._parts: list[bytes] = []
@@ -340,7 +343,7 @@ async def serve_ws(
 
 async def _open(
     stream: trio.SocketStream, tls: ServerTls | None, stats: ServeStats
-) -> tuple[WSConnection, TlsSession | None, bool] | None:
+) -> tuple[WSConnection, TlsSession | None, dict[str, str]] | None:
     """TLS handshake (if any), then the WebSocket upgrade, within HANDSHAKE_TIMEOUT_S;
     None (counted, and logged when it was TLS) if either fails."""
     ws = WSConnection(ConnectionType.SERVER)
@@ -359,7 +362,7 @@ async def _open(
                         tls.describe(exc),
                     )
                     return None
-            leftover = await _handshake(stream, ws, session)
+            headers = await _handshake(stream, ws, session)
     except (
         trio.TooSlowError,
         ConnectionGone,
@@ -370,7 +373,7 @@ async def _open(
     ):
         stats.upgrades_failed += 1
         return None
-    return ws, session, leftover
+    return ws, session, headers
 
 
 async def _connection(
@@ -384,17 +387,16 @@ async def _connection(
         opened = await _open(stream, tls, stats)
         if opened is None:
             return
-        ws, session, leftover = opened
+        ws, session, headers = opened
         sender = FrameSender(stream, backlog_bytes_max, session.encrypt if session else None)
-        connection = WsConnection(stream, ws, sender, session)
+        connection = WsConnection(stream, ws, sender, session, headers)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender.flush_forever)
                 nursery.start_soon(
                     keepalive, connection, KEEPALIVE_INTERVAL_S, nursery.cancel_scope
                 )
-                if leftover:
-                    connection._handle_events()
+                connection._handle_events()  # frames that came with the upgrade
                 try:
                     await handler(connection)
                 finally:
@@ -407,8 +409,10 @@ async def _connection(
             sender.close()
 
 
-async def _handshake(stream: trio.SocketStream, ws: WSConnection, tls: TlsSession | None) -> bool:
-    """Run the HTTP upgrade; returns whether frames already arrived behind it."""
+async def _handshake(
+    stream: trio.SocketStream, ws: WSConnection, tls: TlsSession | None
+) -> dict[str, str]:
+    """Run the HTTP upgrade; returns the request's headers (names in lower case)."""
 
     async def send(data: bytes) -> None:
         await stream.send_all(tls.encrypt(data) if tls is not None else data)
@@ -428,7 +432,10 @@ async def _handshake(stream: trio.SocketStream, ws: WSConnection, tls: TlsSessio
         for event in ws.events():
             if isinstance(event, Request):
                 await send(ws.send(AcceptConnection()))
-                return True
+                return {
+                    bytes(name).decode("latin-1").lower(): bytes(value).decode("latin-1")
+                    for name, value in event.extra_headers
+                }
             await send(ws.send(RejectConnection(status_code=400)))
             raise ConnectionGone("not a WebSocket upgrade")
 

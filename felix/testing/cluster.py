@@ -13,8 +13,10 @@ from what its disk holds.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -23,6 +25,7 @@ from felix.proto.client_messages import Error, Record, WriteRequest, WriteResult
 from felix.proto.raft_messages import ConfState, SnapshotMeta
 from felix.raft.ready import Ready
 from felix.raft.types import RaftConfig
+from felix.server.auth import Authenticator
 from felix.server.graph import MetadataParts, MetadataServices
 from felix.server.metadata_sm import metadata_outcome
 from felix.server.raft_node import NodeSettings, NodeStatus, RaftNode, StateMachine
@@ -159,16 +162,26 @@ class TrioCluster:
             sim.stopped.set()
 
     async def start_metadata(
-        self, node_id: int, limits: HubLimits | None = None
+        self,
+        node_id: int,
+        limits: HubLimits | None = None,
+        *,
+        bootstrap_token_file: Path | None = None,
+        now_ms: Callable[[], int] | None = None,
     ) -> tuple[SimNode, MetadataServices]:
         """Start a node serving metadata: its graph built whole before it runs (the
-        caller runs ``services.run`` for the client API)."""
+        caller runs ``services.run`` for the client API).  With a bootstrap token file
+        the client API authenticates every connection (`felix.server.auth`)."""
         parts = MetadataParts.build(limits)
         sim = await self.start(
             node_id, state_machine=parts.state_machine, outcome_of=metadata_outcome
         )
         assert sim.node is not None
-        return sim, MetadataServices(sim.node, parts)
+        auth = None
+        if bootstrap_token_file is not None:
+            clock = now_ms or (lambda: int(time.time() * 1000))
+            auth = Authenticator(parts.store.tokens, bootstrap_token_file, clock)
+        return sim, MetadataServices(sim.node, parts, auth=auth)
 
     async def start_all(self) -> None:
         for node_id in self.voters:

@@ -10,11 +10,13 @@ from felix.metadata.commands import (
     COMMAND_CLASSES,
     Command,
     CreateStream,
+    CreateToken,
     DeleteStream,
     DrainNode,
     MoveShardLeader,
     NodeHealth,
     RegisterNode,
+    RevokeToken,
     SetConfig,
     SetQuota,
     SetTenant,
@@ -43,6 +45,8 @@ EXAMPLES: list[Command] = [
     SetTenant("acme", display_name="Acme Inc"),
     SetQuota("acme", streams_max=3, shards_max=None, bytes_per_s=1 << 20),
     MoveShardLeader("orders/3", 2),
+    CreateToken("00000000000000ab", "broker", "0" * 64, node_id=7, expires_at_ms=5),
+    RevokeToken("00000000000000ab"),
 ]
 
 

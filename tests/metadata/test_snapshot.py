@@ -45,7 +45,9 @@ def test_empty_state_round_trips() -> None:
 def snapshot_parts() -> tuple[int, bytes, tuple[Change, ...]]:
     h = with_stream(cluster({1: "a", 2: "b", 3: "c"}), "s", 2)
     h.ok(CreateStream("t", 1, "acme"))
-    return decode_snapshot(h.state.snapshot())
+    version, digest, records, tokens = decode_snapshot(h.state.snapshot())
+    assert tokens == ()
+    return version, digest, records
 
 
 def test_a_tampered_record_fails_the_digest() -> None:
@@ -97,7 +99,15 @@ def test_inconsistent_snapshots_are_refused(mutate: object, match: str) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\xa0", dumps([2, 0, bytes(8), []]), dumps([1, 0, b"\x00", []]), dumps([1, 0])],
+    [
+        b"",
+        b"\xa0",
+        dumps([3, 0, bytes(8), [], []]),
+        dumps([2, 0, bytes(8), []]),
+        dumps([1, 0, b"\x00", []]),
+        dumps([1, 0]),
+        dumps([2, 0, bytes(8), [], [["x", "admin", None, "0" * 64, None, ""]]]),
+    ],
 )
 def test_undecodable_snapshots_are_refused(data: bytes) -> None:
     with pytest.raises(SnapshotError):
