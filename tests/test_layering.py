@@ -43,13 +43,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     "felix.raft": _units("proto"),
     "felix.metadata": _units("proto"),  # not raft: entries are bytes with an index to it
     "felix.storage": _units("proto", "raft", "metadata"),
-    "felix.transport": _units("proto"),  # not storage
-    "felix.server": _units("proto", "raft", "metadata", "storage", "transport", "config", "logs"),
-    "felix.broker": _units("proto", "metadata"),  # what it shares with the server: wire + model
+    "felix.transport": _units("proto", "security"),  # not storage
+    "felix.server": _units(
+        "proto", "raft", "metadata", "storage", "transport", "security", "config", "logs"
+    ),
+    "felix.broker": _units("proto", "metadata", "security"),  # wire + model + TLS
     "felix.config": _units(),  # a leaf: config dataclasses, read by the server and the CLI
     "felix.logs": _units(),
+    "felix.security": _units(),  # stdlib, cryptography (certs only) and trio (handshake)
     "felix.gc_pause": _units(),
-    "felix.ctl": _units("proto", "metadata", "broker", "config"),
+    "felix.ctl": _units("proto", "metadata", "broker", "config", "security"),
     "felix.cli": _units("felix"),  # felix.__version__; commands by name (COMMAND_MODULES)
     "felix": _units(),
     "felix.testing": ANYTHING,
