@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--tick-ms", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="felix-bench-") as tmp:
-        cluster = ProcessCluster(Path(tmp), tick_ms=args.tick_ms)
+        cluster = ProcessCluster(Path(tmp), tick_ms=args.tick_ms, secure=False)
         cluster.start_all()
         try:
             leader = cluster.wait_for_leader()

@@ -351,7 +351,7 @@ def control_plane(
     root: Path, procs: Processes, tick_ms: int, extra: Sequence[str] = ()
 ) -> Iterator[ProcessCluster]:
     root.mkdir(parents=True, exist_ok=True)
-    cluster = ProcessCluster(root, size=3, tick_ms=tick_ms)
+    cluster = ProcessCluster(root, size=3, tick_ms=tick_ms, secure=False)
     for node in cluster.nodes.values():
         for item in extra:
             node.args += ["--set", item]
@@ -890,6 +890,7 @@ async def catchup_async(
                     "--listen-client", f"127.0.0.1:{client}",
                     "--listen-ops", f"127.0.0.1:{ops}",
                     "--set", f"raft.tick_ms={args.tick_ms}",
+                    "--insecure",
                 ],
                 root / f"node-{new_id}.log",
             )  # fmt: skip

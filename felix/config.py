@@ -83,6 +83,24 @@ class WatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """PEM files (``felix certs`` makes them; production can bring its own).  The node's
+    certificate names it (``felix://<cluster_id>/node/<node_id>``) and serves both its
+    peer link (mutual TLS) and its client port."""
+
+    ca: str = ""  # the cluster CA: peers, and client certificates unless client_ca is set
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""  # CA of broker/admin client certificates (default: ca)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    bootstrap_token_file: str = ""  # the first admin token (a Secret); reread on SIGHUP
+    ops_open_paths: str = "/livez,/readyz,/metrics,/health"  # no token needed (probes)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # or "json"
@@ -98,8 +116,35 @@ class NodeConfig:
     raft: RaftTimings = field(default_factory=RaftTimings)
     limits: Limits = field(default_factory=Limits)
     snapshot: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    insecure: bool = False  # plaintext, no authentication: only when asked for by name
     watch: WatchConfig = field(default_factory=WatchConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def security_problem(self) -> str | None:
+        """Why ``felix serve`` must refuse to start (None: TLS and auth are configured,
+        or ``insecure`` was asked for).  Secure by default: no silent plaintext."""
+        if self.insecure:
+            return None
+        missing = [
+            name
+            for name, value in (
+                ("tls.ca", self.tls.ca),
+                ("tls.cert", self.tls.cert),
+                ("tls.key", self.tls.key),
+                ("auth.bootstrap_token_file", self.auth.bootstrap_token_file),
+            )
+            if not value
+        ]
+        if not missing:
+            return None
+        return (
+            f"TLS and authentication are required, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set; `felix certs` makes "
+            "certificates and `felix dev` a whole local setup, or pass --insecure to run "
+            "without TLS and authentication"
+        )
 
     def validate(self) -> NodeConfig:
         checks: list[tuple[bool, str]] = [
@@ -301,3 +346,46 @@ def parse_peers(value: Any) -> dict[int, Endpoint]:
             raise ValueError(f"peer id {node_id} must be >= 1")
         peers[node_id] = parse_endpoint(address)
     return peers
+
+
+# --- client credentials (felix ctl, felix status, ...) ----------------------------------
+
+DEV_DATA_DIR = Path("./felix-data")  # where `felix dev` keeps its CA and admin token
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """What a command-line client presents: a bearer token and the CA it trusts
+    (None: plaintext, for a cluster run with ``--insecure``)."""
+
+    token: str = ""
+    ca: Path | None = None
+    source: str = "none"  # where they came from, for error messages
+
+
+def client_credentials(
+    token: str | None = None,
+    ca: str | None = None,
+    env: Mapping[str, str] | None = None,
+    dev_dir: Path = DEV_DATA_DIR,
+) -> ClientCredentials:
+    """Flags first, then ``FELIX_TOKEN`` / ``FELIX_CA``, then the files `felix dev`
+    wrote in ``dev_dir`` (``admin-token``, ``tls/ca.crt``), so the quick start needs no
+    flags.  A token flag or variable may name a file with ``@path``."""
+    env = os.environ if env is None else env
+    source = "flags"
+    token = token if token is not None else env.get("FELIX_TOKEN")
+    ca = ca if ca is not None else env.get("FELIX_CA")
+    if token is None and ca is None:
+        source = f"{dev_dir} (felix dev)"
+        token_file, ca_file = dev_dir / "admin-token", dev_dir / "tls" / "ca.crt"
+        token = f"@{token_file}" if token_file.exists() else None
+        ca = str(ca_file) if ca_file.exists() else None
+    elif "FELIX_TOKEN" in env or "FELIX_CA" in env:
+        source = "FELIX_TOKEN / FELIX_CA"
+    if token is not None and token.startswith("@"):
+        try:
+            token = Path(token[1:]).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the token file {token[1:]}: {exc}") from None
+    return ClientCredentials(token or "", Path(ca) if ca else None, source)

@@ -21,14 +21,18 @@ from felix.broker.client import (
     ClientStats,
     MetadataView,
     WriteError,
+    broker_ssl_context,
     open_metadata_client,
 )
+from felix.broker.connection import TlsRefused
+from felix.broker.session import CredentialsRefused
 
 __all__ = [
     "BrokerMetrics",
     "CacheError",
     "CacheUpdate",
     "ClientStats",
+    "CredentialsRefused",
     "DigestMismatch",
     "GapError",
     "MetadataCache",
@@ -38,6 +42,8 @@ __all__ = [
     "RecordError",
     "ShardId",
     "ShardRole",
+    "TlsRefused",
     "WriteError",
+    "broker_ssl_context",
     "open_metadata_client",
 ]

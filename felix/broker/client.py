@@ -42,7 +42,9 @@ broker reads.
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
 import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -57,11 +59,12 @@ from felix.broker.cache import MetadataCache, OwnershipEvent, OwnershipLedger, S
 from felix.broker.requests import Requests
 from felix.broker.requests import WriteError as WriteError
 from felix.broker.session import ClientSettings as ClientSettings
-from felix.broker.session import Counters, Session, Wakeup
+from felix.broker.session import Counters, CredentialsRefused, Session, Wakeup
 from felix.broker.tasks import BackgroundTasks
 from felix.metadata.config import ConfigValue
 from felix.metadata.model import Node, Shard, Stream, Tenant
 from felix.proto.client_messages import Record
+from felix.security.contexts import client_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +386,17 @@ class MetadataView:
         self._ownership_ready.fire()
 
 
+def broker_ssl_context(
+    ca: str | os.PathLike[str],
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A TLS 1.3 context for ``open_metadata_client``: trusts only the cluster CA and
+    presents a client certificate if given (one naming ``felix://<cluster>/broker/<id>``
+    authenticates without a token)."""
+    return client_context(ca, cert, key)
+
+
 @asynccontextmanager
 async def open_metadata_client(
     endpoints: Sequence[str],
@@ -401,6 +415,7 @@ async def open_metadata_client(
     report_down_on_exit: bool = True,
     verify_deltas: bool = True,
     token: str = "",
+    ssl_context: ssl.SSLContext | None = None,
     cache: MetadataCache | None = None,
     metrics: BrokerMetrics | None = None,
     rng: random.Random | None = None,
@@ -409,7 +424,9 @@ async def open_metadata_client(
     """Connect to the control plane and keep a `MetadataView` current; see the module
     docstring.  ``node_id`` None is a read-only watcher (no registration, heartbeats or
     ownership).  ``cache`` resumes from a view kept from an earlier client (a warm
-    start).  ``metrics`` exports this view's numbers through `BrokerMetrics`."""
+    start).  ``metrics`` exports this view's numbers through `BrokerMetrics`.  ``token``
+    authenticates every connection; ``ssl_context`` (e.g. `broker_ssl_context`) makes
+    them ``wss://``.  Refused credentials raise `CredentialsRefused`."""
     settings = ClientSettings(
         heartbeat_s=heartbeat_s,
         backoff_s_min=backoff_s_min,
@@ -421,6 +438,7 @@ async def open_metadata_client(
         report_down_on_exit=report_down_on_exit,
         verify_deltas=verify_deltas,
         token=token,
+        ssl_context=ssl_context,
     )
     view = MetadataView(
         endpoints,
@@ -443,19 +461,29 @@ async def open_metadata_client(
 async def _running(
     view: MetadataView, ready_timeout_s: float | None
 ) -> AsyncIterator[MetadataView]:
-    """Run ``view``'s tasks, wait until it is ready, hand it out, and stop it on exit."""
+    """Run ``view``'s tasks, wait until it is ready, hand it out, and stop it on exit.
+    Refused credentials end it with `CredentialsRefused` itself (not in a group)."""
     error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        view._start(nursery)
-        try:
-            with trio.fail_after(ready_timeout_s or float("inf")):
-                await view.wait_ready()
-            yield view
-        except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
-            error = exc
-        finally:
-            await view._stop()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            view._start(nursery)
+            try:
+                with trio.fail_after(ready_timeout_s or float("inf")):
+                    await view.wait_ready()
+                yield view
+            except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                error = exc
+            finally:
+                await view._stop()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        refused, _ = group.split(CredentialsRefused)
+        if refused is None:
+            raise
+        first: BaseException = refused
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     if error is not None:
         raise error
 

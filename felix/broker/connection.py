@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 from typing import Any
 
 import trio
@@ -31,6 +32,9 @@ from felix.proto.ws_frames import (
     client_frame,
     client_handshake,
 )
+from felix.security.contexts import classify_handshake_error
+from felix.security.identity import IdentityError, identity_of
+from felix.security.tls import TlsClosed, TlsSession
 
 # Not larger: ``recv(n)`` allocates n bytes first, and from 128 KiB up glibc serves that
 # with mmap + munmap, which made every small delta cost ~12 µs more.
@@ -49,9 +53,25 @@ class ConnectionClosed(Exception):
             super().__init__(f"connection closed: {reason}" if reason else "connection closed")
 
 
-class ClientConnection:
-    def __init__(self, sock: socket.socket, parser: ServerFrameParser) -> None:
+class _Socket:
+    """The connected socket as the TLS handshake's byte stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await _send_all(self._sock, bytes(data))
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await _recv(self._sock, max_bytes or RECEIVE_BYTES)
+
+
+class ClientConnection:
+    def __init__(
+        self, sock: socket.socket, parser: ServerFrameParser, tls: TlsSession | None = None
+    ) -> None:
+        self._sock = sock
+        self._tls = tls  # wss://: frames are encrypted here, read bytes decrypted
         self._parser = parser
         self._ready: list[Any] = []
         self._send_lock = trio.Lock()
@@ -61,23 +81,38 @@ class ClientConnection:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, *, timeout_s: float = 5.0, token: str = ""
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = 5.0,
+        token: str = "",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> ClientConnection:
         """Connect and upgrade; ``token`` (if any) authenticates the connection
-        (``Authorization: Bearer`` in the upgrade request)."""
+        (``Authorization: Bearer`` in the upgrade request).  With ``ssl_context``
+        (``wss://``) the server must present a verified certificate naming a
+        control-plane node (``felix://<cluster>/node/<id>``); else `TlsRefused`."""
         with trio.fail_after(timeout_s):
             sock = await _connect(host, port)
             try:
+                tls = await _secure(sock, ssl_context) if ssl_context is not None else None
                 key = os.urandom(16)
-                await _send_all(sock, client_handshake(f"{host}:{port}", "/", key, token))
-                head, rest = await _read_head(sock)
+                request = client_handshake(f"{host}:{port}", "/", key, token)
+                await _send_all(sock, tls.encrypt(request) if tls else request)
+                head, rest = await _read_head(sock, tls)
                 check_handshake_response(head, key)
             except BaseException:
                 _close(sock)
                 raise
         parser = ServerFrameParser()
         parser.feed(rest)
-        return cls(sock, parser)
+        return cls(sock, parser, tls)
+
+    @property
+    def server_certificate(self) -> dict[str, Any]:
+        """The server's verified certificate (``getpeercert()`` form; empty: plaintext)."""
+        return self._tls.peer_certificate() if self._tls is not None else {}
 
     async def send(self, message: Any) -> None:
         await self.send_raw(client_frame(CLIENT_TO_SERVER.encode(message), os.urandom(4)))
@@ -86,7 +121,7 @@ class ClientConnection:
         """Send already-framed bytes (client frames, e.g. several coalesced)."""
         async with self._send_lock:
             try:
-                await _send_all(self._sock, data)
+                await _send_all(self._sock, self._tls.encrypt(data) if self._tls else data)
             except (trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionClosed(reason=str(exc) or type(exc).__name__) from None
 
@@ -112,6 +147,7 @@ class ClientConnection:
             if self._ready:
                 return
         sock = self._sock
+        data = b""
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)  # the schedule point of a receive
@@ -123,8 +159,26 @@ class ClientConnection:
                 raise ConnectionClosed(reason=str(exc) or type(exc).__name__) from None
         if not data:
             raise ConnectionClosed(reason="end of stream")
+        if self._tls is not None:
+            data = await self._decrypt(self._tls, data)
         self._parser.feed(data)
         await self._parse()
+
+    async def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
+        try:
+            plain = tls.decrypt(data)
+        except ssl.SSLError as exc:
+            raise ConnectionClosed(reason=f"bad TLS record: {exc}") from None
+        answer = tls.pending_output()  # e.g. a KeyUpdate reply: sent before anything else
+        if answer:
+            async with self._send_lock:
+                try:
+                    await _send_all(self._sock, answer)
+                except (trio.ClosedResourceError, OSError) as exc:
+                    raise ConnectionClosed(reason=str(exc) or type(exc).__name__) from None
+        if tls.closed and not plain:
+            raise ConnectionClosed(reason="the server closed the TLS session")
+        return plain
 
     async def _parse(self) -> None:
         for opcode, payload in self._parser.messages():
@@ -206,18 +260,50 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
     await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    data = b""
+async def _recv(sock: socket.socket, max_bytes: int) -> bytes:
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(max_bytes)
+        except BlockingIOError:
+            continue
+
+
+async def _read_head(sock: socket.socket, tls: TlsSession | None) -> tuple[bytes, bytes]:
+    data = tls.buffered() if tls is not None else b""
     while b"\r\n\r\n" not in data:
         if len(data) > HANDSHAKE_BYTES_MAX:
             raise ProtocolError("WebSocket handshake response too large")
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            chunk = sock.recv(4096)
-        except BlockingIOError:
-            continue
+        chunk = await _recv(sock, 4096)
         if not chunk:
             raise ConnectionClosed(reason="closed during the handshake")
+        if tls is not None:
+            try:
+                chunk = tls.decrypt(chunk)
+            except ssl.SSLError as exc:
+                raise TlsRefused(reason=f"TLS: {classify_handshake_error(exc)}") from None
+            if tls.closed and not chunk:
+                raise ConnectionClosed(reason="the server closed the TLS session")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     return head, rest
+
+
+class TlsRefused(ConnectionClosed):
+    """The TLS handshake failed or the server is not a control-plane node (the reason
+    in operator words: unknown CA, certificate expired, ...)."""
+
+
+async def _secure(sock: socket.socket, context: ssl.SSLContext) -> TlsSession:
+    tls = TlsSession(context, server_side=False)
+    try:
+        await tls.handshake(_Socket(sock))
+    except (ssl.SSLError, TlsClosed) as exc:
+        raise TlsRefused(reason=f"TLS: {classify_handshake_error(exc)}") from None
+    try:
+        server = identity_of(tls.peer_certificate())
+    except IdentityError as exc:
+        raise TlsRefused(reason=f"TLS: {exc}") from None
+    if server.kind != "node":
+        raise TlsRefused(reason=f"TLS: the server presents {server.uri()}, not a node's identity")
+    return tls

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from felix.proto.client_messages import (
     DeltaPart,
     Deltas,
     Error,
+    ErrorCode,
     Resync,
     SnapshotChunk,
     WatchProgress,
@@ -64,7 +66,8 @@ class ClientSettings:
     shutdown_timeout_s: float = 1.0
     report_down_on_exit: bool = True
     verify_deltas: bool = True
-    token: str = ""
+    token: str = ""  # sent as Authorization: Bearer in every connection's upgrade
+    ssl_context: ssl.SSLContext | None = None  # wss://: the cluster CA, maybe a client cert
 
 
 @dataclass
@@ -101,6 +104,15 @@ class Wakeup:
         if self.waiting:
             self._event.set()
             self._event = trio.Event()
+
+
+CLOSE_UNAUTHORIZED = 4003  # the server's close code for refused credentials
+
+
+class CredentialsRefused(Exception):
+    """The control plane refused this client's token or certificate, or its role does
+    not allow what the client does.  Fatal: retrying with the same credentials cannot
+    succeed, so `open_metadata_client` raises this instead of reconnecting."""
 
 
 class _Restart(Exception):
@@ -191,7 +203,13 @@ class Session:
         counters, settings = self.counters, self.settings
         for host, port in itertools.cycle(self._endpoints):
             try:
-                conn = await ClientConnection.open(host, port, timeout_s=settings.connect_timeout_s)
+                conn = await ClientConnection.open(
+                    host,
+                    port,
+                    timeout_s=settings.connect_timeout_s,
+                    token=settings.token,
+                    ssl_context=settings.ssl_context,
+                )
             except (OSError, trio.TooSlowError, ConnectionClosed, ProtocolError) as exc:
                 counters.connect_failures += 1
                 failures += 1
@@ -217,6 +235,8 @@ class Session:
                 self._scope = scope
                 await self._session(conn)
         except ConnectionClosed as exc:
+            if exc.code == CLOSE_UNAUTHORIZED:
+                raise CredentialsRefused(self.last_error or exc.reason) from None
             log.debug("broker %s: %s closed: %s", self.node_id, self.endpoint, exc)
         except (_Restart, CacheError, ProtocolError) as exc:
             if isinstance(exc, DigestMismatch):
@@ -237,7 +257,7 @@ class Session:
         self._snapshot_parts.reset()
         self._delta_parts.reset()
         from_version = None if self._want_snapshot else self.cache.version
-        await conn.send(ClientHello(self.node_id, from_version, self.settings.token))
+        await conn.send(ClientHello(self.node_id, from_version, ""))  # token: in the upgrade
         self.conn = conn
         self.requests.attach(conn)
         self._connected()
@@ -303,6 +323,9 @@ class Session:
         elif isinstance(message, (WriteResult, Error)) and self.requests.settle(message):
             pass
         elif isinstance(message, Error) and message.request_id is None:
+            if message.code is ErrorCode.UNAUTHORIZED:
+                self.last_error = message.detail
+                raise CredentialsRefused(message.detail)
             self.counters.health_errors += 1
             self.last_error = message.detail
             log.warning("broker %s: control plane error: %s", self.node_id, message.detail)

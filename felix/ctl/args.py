@@ -18,6 +18,7 @@ from felix.ctl.reads import (
     cmd_tenant_list,
 )
 from felix.ctl.runner import run
+from felix.ctl.tokens import cmd_token_create, cmd_token_list, cmd_token_revoke
 from felix.ctl.watch import cmd_watch
 from felix.ctl.writes import (
     cmd_node_drain,
@@ -53,6 +54,16 @@ def register(subparsers: Any) -> None:
         "--endpoints",
         default=DEV_CLIENT_ENDPOINTS,
         help=f"client API host:port list, tried in order (default {DEV_CLIENT_ENDPOINTS})",
+    )
+    common.add_argument(
+        "--token",
+        help="bearer token, or @FILE (default: FELIX_TOKEN, else ./felix-data/admin-token"
+        " from felix dev)",
+    )
+    common.add_argument(
+        "--ca",
+        help="CA certificate: connect with wss:// (default: FELIX_CA, else"
+        " ./felix-data/tls/ca.crt from felix dev; none: plaintext)",
     )
     common.add_argument("-o", "--output", choices=("table", "json"), default="table")
     common.add_argument(
@@ -173,6 +184,20 @@ def register(subparsers: Any) -> None:
     quota.add_argument("--streams-max", type=int, metavar="N")
     quota.add_argument("--shards-max", type=int, metavar="N")
     quota.add_argument("--bytes-per-s", type=int, metavar="N")
+
+    tokens = sub.add_parser("token", help="API tokens (admin)").add_subparsers(
+        dest="ctl_token", metavar="COMMAND", required=True
+    )
+    create = leaf(tokens, "create", cmd_token_create, write, "make a token; prints it once")
+    create.add_argument("--role", required=True, help="admin, reader or broker")
+    create.add_argument("--node", type=int, metavar="N", help="the broker's node id (broker role)")
+    create.add_argument(
+        "--ttl", metavar="DURATION", help="expire after e.g. 30d, 12h (default never)"
+    )
+    create.add_argument("--description", default="", help="what the token is for")
+    leaf(tokens, "list", cmd_token_list, common, "list tokens (never their secrets)")
+    revoke = leaf(tokens, "revoke", cmd_token_revoke, write, "revoke a token: its sessions close")
+    revoke.add_argument("id", help="the token id (the 16 hex digits after fx1.)")
 
 
 def _stream_options(parser: argparse.ArgumentParser) -> None:

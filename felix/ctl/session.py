@@ -7,16 +7,18 @@ ids to addresses.
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 import trio
 
-from felix.broker.connection import ClientConnection, ConnectionClosed
-from felix.config import parse_endpoint
+from felix.broker.connection import ClientConnection, ConnectionClosed, TlsRefused
+from felix.config import ConfigError, client_credentials, parse_endpoint
 from felix.ctl.errors import CtlError
 from felix.proto.errors import ProtocolError
+from felix.security.contexts import TlsConfigError, client_context
 
 CONNECT_TIMEOUT_S: Final = 2.0
 RETRY_DELAY_S: Final = (0.05, 1.0)  # first and largest pause between rounds of endpoints
@@ -45,9 +47,35 @@ def parse_endpoints(text: str) -> list[tuple[str, int]]:
     return endpoints
 
 
-async def connect(host: str, port: int) -> ClientConnection:
+@dataclass(frozen=True, slots=True)
+class Link:
+    """How the ctl reaches a node: token and TLS (from `felix.config.client_credentials`)."""
+
+    token: str = ""
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Link:
+        try:
+            creds = client_credentials(getattr(args, "token", None), getattr(args, "ca", None))
+            context = client_context(creds.ca) if creds.ca is not None else None
+        except (ConfigError, TlsConfigError) as exc:
+            raise CtlError(str(exc), exit_code=2) from None
+        return cls(creds.token, context)
+
+
+async def connect(host: str, port: int, link: Link | None = None) -> ClientConnection:
+    link = link or Link()
     try:
-        return await ClientConnection.open(host, port, timeout_s=CONNECT_TIMEOUT_S)
+        return await ClientConnection.open(
+            host,
+            port,
+            timeout_s=CONNECT_TIMEOUT_S,
+            token=link.token,
+            ssl_context=link.ssl_context,
+        )
+    except TlsRefused as exc:
+        raise Retry(str(exc)) from None
     except trio.TooSlowError:
         raise Retry(f"no WebSocket handshake within {CONNECT_TIMEOUT_S:g} s") from None
     except OSError as exc:
@@ -87,6 +115,7 @@ async def on_some_endpoint(
     until one does not raise `Retry`.  A round in which nothing was even reachable ends
     the command, as does ``--timeout``."""
     endpoints = parse_endpoints(args.endpoints)
+    link = Link.from_args(args)
     tries = Tries()
     delay = RETRY_DELAY_S[0]
     with trio.move_on_after(args.timeout):
@@ -95,7 +124,7 @@ async def on_some_endpoint(
             for host, port in endpoints:
                 name = f"{host}:{port}"
                 try:
-                    conn = await connect(host, port)
+                    conn = await connect(host, port, link)
                 except Retry as exc:
                     tries.problems[name] = f"unreachable ({exc})"
                     continue

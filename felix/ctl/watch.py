@@ -16,7 +16,7 @@ import trio
 from felix.broker.connection import ConnectionClosed
 from felix.ctl.errors import CtlError, Outcome, server_error
 from felix.ctl.render import json_default
-from felix.ctl.session import RETRY_DELAY_S, Retry, connect, parse_endpoints
+from felix.ctl.session import RETRY_DELAY_S, Link, Retry, connect, parse_endpoints
 from felix.proto.client_messages import (
     Change,
     ClientHello,
@@ -73,6 +73,7 @@ async def cmd_watch(args: argparse.Namespace, emit: Emit | None = None) -> Outco
 
 async def _watch(args: argparse.Namespace, out: Emit) -> None:
     endpoints = parse_endpoints(args.endpoints)
+    link = Link.from_args(args)
     if args.count is not None and args.count <= 0:
         return
     state = _WatchState(args.output, out, args.count, version=args.from_version)
@@ -83,7 +84,7 @@ async def _watch(args: argparse.Namespace, out: Emit) -> None:
         attempt += 1
         name = f"{host}:{port}"
         try:
-            conn = await connect(host, port)
+            conn = await connect(host, port, link)
         except Retry as exc:
             state.problems[name] = f"unreachable ({exc})"
             failures += 1

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Annotated, Final
 
 from felix.proto.cbor import IntRange, MaxLen, wire_array
+from felix.proto.client_messages import TOKENS_LISTED_MAX
 
 ROLE_ADMIN: Final = "admin"
 ROLE_READER: Final = "reader"
@@ -40,7 +41,7 @@ TOKEN_ID_PATTERN: Final = re.compile(r"[0-9a-f]{16}")
 SECRET_HASH_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 _SECRET_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 TOKEN_BYTES_MAX: Final = 128  # what a client may send; a real token is 64 characters
-TOKENS_MAX: Final = 100_000  # records in the cluster (a bound like every table's)
+TOKENS_MAX: Final = TOKENS_LISTED_MAX  # records in the cluster: one `TokenList` holds them all
 
 
 @wire_array

@@ -110,7 +110,37 @@ class WriteRequest:
     expected_version: int | None
 
 
+@CLIENT_TO_SERVER.message("ListTokens")
+@dataclass(frozen=True, slots=True)
+class ListTokens:
+    """Admin only: the cluster's API tokens as this node has applied them (never a
+    secret or its hash)."""
+
+    request_id: int
+
+
 # --- server -> client ----------------------------------------------------------------
+
+
+TOKENS_LISTED_MAX = 10_000  # the cluster holds at most this many (felix.metadata.tokens)
+
+
+@wire_array
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: Annotated[str, MaxLen(16)]
+    role: Annotated[str, MaxLen(16)]
+    node_id: int | None
+    expires_at_ms: int | None
+    description: Annotated[str, MaxLen(200)]
+
+
+@SERVER_TO_CLIENT.message("TokenList")
+@dataclass(frozen=True, slots=True)
+class TokenList:
+    request_id: int
+    version: int  # the applied version the list is from
+    tokens: Annotated[tuple[TokenInfo, ...], MaxItems(TOKENS_LISTED_MAX)]
 
 
 @SERVER_TO_CLIENT.message("WriteResult")
@@ -182,5 +212,7 @@ class Error:
     request_id: int | None
 
 
-ClientMessage = ClientHello | GetSnapshot | ReportHealth | WriteRequest
-ServerMessage = WriteResult | SnapshotChunk | Deltas | DeltaPart | WatchProgress | Resync | Error
+ClientMessage = ClientHello | GetSnapshot | ReportHealth | WriteRequest | ListTokens
+ServerMessage = (
+    WriteResult | SnapshotChunk | Deltas | DeltaPart | WatchProgress | Resync | Error | TokenList
+)

@@ -13,6 +13,7 @@ from typing import Any
 from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfChangeKind
 from felix.raft.types import Role
+from felix.server.auth import Authenticator
 from felix.server.health import OpsServer, Query, Response
 from felix.server.raft_node import RaftNode
 from felix.server.requests import NodeError, NotLeader
@@ -56,15 +57,30 @@ def _int_param(query: Query, name: str) -> int:
     return int(values[0])
 
 
-def build_ops_server(config: NodeConfig, node: RaftNode, wal: SegmentedWal) -> OpsServer:
+def build_ops_server(
+    config: NodeConfig, node: RaftNode, wal: SegmentedWal, *, auth: Authenticator | None = None
+) -> OpsServer:
+    """``auth`` None (``--insecure``) asks nobody for credentials; ``/readyz?verbose``
+    says so."""
     livez, readyz = _health_checks(node, wal)
+    secured = auth is not None
+
+    def security() -> tuple[bool, str]:
+        if secured:
+            return True, "TLS and authentication on"
+        return True, "INSECURE: plaintext links, no authentication (--insecure)"
+
+    readyz["security"] = security
     get_routes, post_routes = _admin_routes(config, node)
+    open_paths = frozenset(p.strip() for p in config.auth.ops_open_paths.split(",") if p.strip())
     return OpsServer(
         livez=livez,
         readyz=readyz,
         metrics=node.metrics.exposition,
         get_routes=get_routes,
         post_routes=post_routes,
+        auth=auth,
+        open_paths=open_paths,
     )
 
 

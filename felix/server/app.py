@@ -23,10 +23,11 @@ from felix.server.graph import MetadataParts, MetadataServices
 from felix.server.metadata_sm import metadata_outcome
 from felix.server.metrics import NodeMetrics
 from felix.server.raft_node import NodeSettings, RaftNode
+from felix.server.security import NodeSecurity
 from felix.server.watch_hub import HubLimits
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
-from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
+from felix.transport.tcp import PeerAddress, PeerTls, TcpTransport, TcpTransportConfig
 
 log = logging.getLogger("felix.app")
 
@@ -40,8 +41,20 @@ class NodeHandle:
     config: NodeConfig
     node: RaftNode
     ops_port: int
+    security: NodeSecurity
     stop_requested: trio.Event = field(default_factory=trio.Event)
     hand_off: bool = True
+
+    def reload(self) -> None:
+        """SIGHUP: reread certificates and the bootstrap token; what fails to load is
+        logged and the material in use stays."""
+        problems = self.security.reload()
+        for problem in problems:
+            log.error(
+                "node %d: reload kept the old TLS/auth material: %s", self.config.node_id, problem
+            )
+        if not problems:
+            log.info("node %d: TLS and auth material reloaded", self.config.node_id)
 
     def request_stop(self, *, others_stopping: bool = False) -> None:
         """Stop gracefully; when the whole cluster stops at once (``felix dev``) there is
@@ -82,7 +95,9 @@ def hub_limits_for(config: NodeConfig) -> HubLimits:
     )
 
 
-def tcp_transport_for(config: NodeConfig) -> Callable[[Deliver], PeerTransport]:
+def tcp_transport_for(
+    config: NodeConfig, tls: PeerTls | None = None
+) -> Callable[[Deliver], PeerTransport]:
     def transport(deliver: Deliver) -> PeerTransport:
         peers = {n: PeerAddress(e.host, e.port) for n, e in config.peers.items()}
         tcp_config = TcpTransportConfig(
@@ -93,6 +108,7 @@ def tcp_transport_for(config: NodeConfig) -> Callable[[Deliver], PeerTransport]:
             peers=peers,
             frame_bytes_max=config.limits.frame_bytes_max,
             send_queue_max=config.limits.peer_send_queue_max,
+            tls=tls,
         )
         return TcpTransport(tcp_config, deliver, random.Random())
 
@@ -106,6 +122,13 @@ async def run_node(
     task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Build the node's whole graph (docs/architecture.md, "Object graph"), then run it."""
+    security = NodeSecurity.from_config(config)  # before anything opens: fail fast
+    if security.insecure:
+        log.warning(
+            "node %d runs INSECURE (--insecure): plaintext peer and client links, no"
+            " authentication; anyone who reaches its ports owns the cluster",
+            config.node_id,
+        )
     voters = ConfState(tuple(sorted({config.node_id, *config.peers})), ())
     config.data_dir.mkdir(parents=True, exist_ok=True)
     wal, boot = await SegmentedWal.open(
@@ -117,21 +140,23 @@ async def run_node(
         raft_config_for(config),
         boot,
         wal,
-        tcp_transport_for(config),
+        tcp_transport_for(config, security.peer_tls()),
         parts.state_machine,
         settings=node_settings_for(config),
         metrics=metrics,
         outcome_of=metadata_outcome,
     )
-    services = MetadataServices(node, parts)
+    auth = security.authenticator(parts.store)
+    services = MetadataServices(node, parts, auth=auth, tls=security.client_tls())
     metrics.watch_stats(lambda: parts.hub)
-    ops = build_ops_server(config, node, wal)
+    metrics.client_stats(lambda: services.api)
+    ops = build_ops_server(config, node, wal, auth=auth)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
             await nursery.start(services.run, config.listen.client.host, config.listen.client.port)
-            handle = NodeHandle(config, node, ops_port)
+            handle = NodeHandle(config, node, ops_port, security)
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",
                 config.node_id,

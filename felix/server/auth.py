@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from felix.metadata import commands as cmds
 from felix.metadata.tokens import (
@@ -33,6 +33,7 @@ from felix.metadata.tokens import (
     secret_hash,
     secret_matches,
 )
+from felix.security.identity import Identity, IdentityError, identity_of
 
 log = logging.getLogger("felix.auth")
 
@@ -99,8 +100,10 @@ class Authenticator:
         tokens: Callable[[], Mapping[str, TokenRecord]],
         bootstrap_file: Path | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        cluster_id: str = "",
     ) -> None:
         self._tokens = tokens
+        self.cluster_id = cluster_id  # client certificates must name this cluster
         self.bootstrap_file = bootstrap_file
         self._now_ms = now_ms
         self._bootstrap: tuple[str, str] | None = None  # (id, secret hash)
@@ -135,6 +138,14 @@ class Authenticator:
         if self._expired(record):
             raise Unauthorized(f"token {parsed.id} has expired")
         return Principal(record.role, record.node_id, record.id)
+
+    def certificate(self, peercert: Mapping[str, Any]) -> Principal:
+        """The principal of a verified client certificate (`Unauthorized` if it names
+        no client of this cluster)."""
+        try:
+            return principal_of_certificate(self.cluster_id, identity_of(peercert))
+        except IdentityError as exc:
+            raise Unauthorized(f"client certificate: {exc}") from None
 
     def still_valid(self, principal: Principal) -> str | None:
         """Why ``principal`` may no longer act (revoked, expired, bootstrap token
@@ -191,12 +202,15 @@ def authorize_admin(principal: Principal, operation: str) -> str | None:
     return f"{principal.describe()} may not {operation}: it needs the admin role"
 
 
-def principal_of_certificate(kind: str, name: str) -> Principal:
-    """The principal a verified client certificate's identity names."""
-    if kind == "broker":
-        return Principal(ROLE_BROKER, int(name), source="certificate")
-    if kind == "admin":
+def principal_of_certificate(cluster_id: str, identity: Identity) -> Principal:
+    """The principal a verified client certificate names: ``broker/<id>`` a broker bound
+    to that id, ``admin/<name>`` an admin; anything else (a node's, another cluster's)
+    authenticates no client."""
+    if identity.cluster_id != cluster_id:
+        raise Unauthorized(f"the client certificate is for cluster {identity.cluster_id!r}")
+    if identity.kind == "broker":
+        assert isinstance(identity.ident, int)
+        return Principal(ROLE_BROKER, identity.ident, source="certificate")
+    if identity.kind == "admin":
         return Principal(ROLE_ADMIN, source="certificate")
-    if kind == "reader":
-        return Principal(ROLE_READER, source="certificate")
-    raise Unauthorized(f"a {kind} certificate names no client role")
+    raise Unauthorized(f"a {identity.kind} certificate names no client role")

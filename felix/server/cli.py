@@ -10,21 +10,33 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
 import shutil
 import signal
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from felix.config import ConfigError, Endpoint, NodeConfig, load_config, parse_endpoint
+from felix.config import (
+    ConfigError,
+    Endpoint,
+    NodeConfig,
+    client_credentials,
+    load_config,
+    parse_endpoint,
+)
 from felix.logs import setup_logging
+from felix.metadata.tokens import format_token
 
 DEV_ENDPOINTS = "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003"
+DEV_TOKEN_FILE = "admin-token"
 HTTP_TIMEOUT_S = 10.0
 
 log = logging.getLogger("felix.cli")
@@ -42,6 +54,11 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--listen-ops", help="host:port for /livez /readyz /metrics and admin")
     serve.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without TLS and authentication (config: insecure); logged loudly",
     )
     serve.set_defaults(handler=run_serve)
 
@@ -88,6 +105,10 @@ def _endpoints_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoints", default=DEV_ENDPOINTS, help=f"ops host:port list (default {DEV_ENDPOINTS})"
     )
+    parser.add_argument(
+        "--token",
+        help="bearer token, or @FILE (default: FELIX_TOKEN, else felix dev's admin token)",
+    )
 
 
 # --- serve ------------------------------------------------------------------------------
@@ -111,10 +132,19 @@ def run_serve(args: argparse.Namespace) -> int:
         "listen.ops": args.listen_ops,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.insecure:
+        overrides["insecure"] = "true"
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"felix: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    from felix.server.security import NodeSecurity, SecurityConfigError
+
+    try:
+        NodeSecurity.from_config(config)  # the same check the node repeats: fail before start
+    except SecurityConfigError as exc:
+        print(f"felix: refusing to start: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log.level, config.log.format)
     trio.run(_serve_until_signal, [config])
@@ -126,13 +156,17 @@ async def _serve_until_signal(configs: list[NodeConfig], banner: bool = False) -
     exits at once)."""
     from felix.server.app import NodeHandle, run_node
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as outer:
             handles: list[NodeHandle] = []
 
             async def watch_signals() -> None:
                 seen = 0
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        for handle in handles:
+                            handle.reload()
+                        continue
                     seen += 1
                     if seen > 1:
                         log.warning("second signal: exiting now")
@@ -155,7 +189,8 @@ async def _announce(handles: list[Any]) -> None:
     for handle in handles:
         c = handle.config
         print(
-            f"node {c.node_id}: peer {c.listen.peer}  client ws://{c.listen.client}  "
+            f"node {c.node_id}: peer {c.listen.peer}  client"
+            f" {'ws' if handle.security.insecure else 'wss'}://{c.listen.client}  "
             f"ops http://{c.listen.ops.host}:{handle.ops_port}  data {c.data_dir}",
             flush=True,
         )
@@ -185,7 +220,45 @@ async def _announce(handles: list[Any]) -> None:
 # --- dev ------------------------------------------------------------------------------
 
 
-def dev_configs(data_dir: Path, nodes: int, base_port: int) -> list[NodeConfig]:
+DEV_CLUSTER_ID = "felix-dev"
+
+
+@dataclass(frozen=True, slots=True)
+class DevMaterial:
+    """What `felix dev` makes once in its data directory and reuses: a throwaway CA,
+    one certificate per node, and the admin token every tool picks up from there."""
+
+    tls_dir: Path
+    token_file: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+
+def dev_material(data_dir: Path, nodes: int) -> DevMaterial:
+    from felix.security.certs import init_ca, issue
+
+    material = DevMaterial(data_dir / "tls", data_dir / DEV_TOKEN_FILE)
+    material.tls_dir.mkdir(parents=True, exist_ok=True)
+    if not material.ca.exists():
+        init_ca(material.tls_dir, DEV_CLUSTER_ID)
+    for i in range(1, nodes + 1):
+        if not (material.tls_dir / f"node-{i}.crt").exists():
+            issue(material.tls_dir, "node", i, dns=["localhost"])
+    if not material.token_file.exists():
+        text = format_token(secrets.token_hex(8), secrets.token_bytes(32))
+        descriptor = os.open(material.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(text + "\n")
+    return material
+
+
+def dev_configs(
+    data_dir: Path, nodes: int, base_port: int, material: DevMaterial | None = None
+) -> list[NodeConfig]:
+    """One config per node; with ``material`` (what `felix dev` uses) TLS and auth are
+    on, without it the nodes run ``insecure``."""
     ids = list(range(1, nodes + 1))
     peer_ports = {i: base_port + i - 1 for i in ids}
     configs = []
@@ -193,7 +266,7 @@ def dev_configs(data_dir: Path, nodes: int, base_port: int) -> list[NodeConfig]:
         peers = ",".join(f"{p}=127.0.0.1:{peer_ports[p]}" for p in ids if p != i)
         overrides = {
             "node_id": str(i),
-            "cluster_id": "felix-dev",
+            "cluster_id": DEV_CLUSTER_ID,
             "data_dir": str(data_dir / f"node-{i}"),
             "listen.peer": f"127.0.0.1:{peer_ports[i]}",
             "listen.client": f"127.0.0.1:{base_port + 1000 + i - 1}",
@@ -201,6 +274,13 @@ def dev_configs(data_dir: Path, nodes: int, base_port: int) -> list[NodeConfig]:
         }
         if peers:
             overrides["peers"] = peers
+        if material is None:
+            overrides["insecure"] = "true"
+        else:
+            overrides["tls.ca"] = str(material.ca)
+            overrides["tls.cert"] = str(material.tls_dir / f"node-{i}.crt")
+            overrides["tls.key"] = str(material.tls_dir / f"node-{i}.key")
+            overrides["auth.bootstrap_token_file"] = str(material.token_file)
         configs.append(load_config(None, env={}, overrides=overrides))
     return configs
 
@@ -209,12 +289,21 @@ def run_dev(args: argparse.Namespace) -> int:
     setup_logging("info", args.log_format)
     if args.fresh and args.data_dir.exists():
         shutil.rmtree(args.data_dir)
+    from felix.security.certs import CertError
+
     try:
-        configs = dev_configs(args.data_dir, args.nodes, args.base_port)
-    except ConfigError as exc:
+        material = dev_material(args.data_dir, args.nodes)
+        configs = dev_configs(args.data_dir, args.nodes, args.base_port, material)
+    except (ConfigError, CertError, OSError) as exc:
         print(f"felix: {exc}", file=sys.stderr)
         return 2
     print(f"felix dev: {args.nodes}-node cluster on 127.0.0.1, data in {args.data_dir}", flush=True)
+    print(
+        f"felix dev: TLS and authentication on: CA {material.ca}, admin token in"
+        f" {material.token_file} (felix ctl and felix status read both from"
+        f" {args.data_dir}; elsewhere set FELIX_CA and FELIX_TOKEN)",
+        flush=True,
+    )
     try:
         trio.run(_serve_until_signal, configs, True)
     except OSError as exc:
@@ -231,19 +320,29 @@ class AdminError(Exception):
     pass
 
 
-def _request(endpoint: str, path: str, *, post: bool = False) -> tuple[int, Any]:
+def _token(args: argparse.Namespace) -> str:
+    try:
+        return client_credentials(getattr(args, "token", None)).token
+    except ConfigError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _request(endpoint: str, path: str, *, post: bool = False, token: str = "") -> tuple[int, Any]:
     url = f"http://{endpoint}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(
-        url, method="POST" if post else "GET", data=b"" if post else None
+        url, method="POST" if post else "GET", data=b"" if post else None, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
+        text = exc.read()
         try:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, json.loads(text or b"null")
         except ValueError:
-            return exc.code, {"error": f"HTTP {exc.code}"}
+            shown = text.decode("utf-8", "replace").strip()[:300]
+            return exc.code, {"error": f"HTTP {exc.code}: {shown}" if shown else f"HTTP {exc.code}"}
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise AdminError(f"{endpoint}: {reason}") from None
@@ -259,12 +358,12 @@ def _endpoints(args: argparse.Namespace) -> list[str]:
     return endpoints
 
 
-def _statuses(endpoints: list[str]) -> list[dict[str, Any]]:
+def _statuses(endpoints: list[str], token: str) -> list[dict[str, Any]]:
     rows = []
     for endpoint in endpoints:
         try:
-            code, body = _request(endpoint, "/v1/status")
-            row = body if code == 200 else {"error": f"HTTP {code}"}
+            code, body = _request(endpoint, "/v1/status", token=token)
+            row = body if code == 200 else {"error": body.get("error", f"HTTP {code}")}
         except AdminError as exc:
             row = {"error": str(exc)}
         row["endpoint"] = endpoint
@@ -274,9 +373,12 @@ def _statuses(endpoints: list[str]) -> list[dict[str, Any]]:
 
 def run_status(args: argparse.Namespace) -> int:
     try:
-        rows = _statuses(_endpoints(args))
+        rows = _statuses(_endpoints(args), _token(args))
     except ValueError as exc:
         print(f"felix: --endpoints: {exc}", file=sys.stderr)
+        return 2
+    except AdminError as exc:
+        print(f"felix: {exc}", file=sys.stderr)
         return 2
     if args.output == "json":
         print(json.dumps(rows, indent=2))
@@ -318,8 +420,8 @@ def run_status(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
-def _leader_endpoint(endpoints: list[str]) -> str:
-    rows = _statuses(endpoints)
+def _leader_endpoint(endpoints: list[str], token: str) -> str:
+    rows = _statuses(endpoints, token)
     for row in rows:
         if row.get("role") == "leader":
             return str(row["endpoint"])
@@ -332,8 +434,9 @@ def _leader_endpoint(endpoints: list[str]) -> str:
 
 def _post_to_leader(args: argparse.Namespace, path: str) -> int:
     try:
-        leader = _leader_endpoint(_endpoints(args))
-        code, body = _request(leader, path, post=True)
+        token = _token(args)
+        leader = _leader_endpoint(_endpoints(args), token)
+        code, body = _request(leader, path, post=True, token=token)
     except (AdminError, ValueError) as exc:
         print(f"felix: {exc}", file=sys.stderr)
         return 1

@@ -37,7 +37,10 @@ from felix.proto.client_messages import (
     Error,
     ErrorCode,
     GetSnapshot,
+    ListTokens,
     ReportHealth,
+    TokenInfo,
+    TokenList,
     WriteRequest,
     WriteResult,
 )
@@ -49,6 +52,7 @@ from felix.server.auth import (
     Authenticator,
     Principal,
     Unauthorized,
+    authorize_admin,
     authorize_health,
     authorize_watch,
     authorize_write,
@@ -60,7 +64,14 @@ from felix.server.raft_node import RaftNode
 from felix.server.requests import NodeError
 from felix.server.sessions import encode_report
 from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
-from felix.server.ws_server import ConnectionGone, ServerTls, WsConnection, serve_ws
+from felix.server.ws_server import (
+    ConnectionGone,
+    ServeLimits,
+    ServerTls,
+    ServeStats,
+    WsConnection,
+    serve_ws,
+)
 
 log = logging.getLogger("felix.client_api")
 
@@ -70,6 +81,7 @@ AUTH_TIMEOUT_S = 5.0  # a connection without credentials in its upgrade must sen
 RECHECK_INTERVAL_S = 0.25
 CLOSE_UNAUTHORIZED = 4003
 LINGER_S = 1.0  # how long a refused connection's last bytes are read and dropped
+UNAUTHENTICATED_MAX = 256  # connections waiting for credentials at once; more: refused
 
 
 @dataclass(slots=True)
@@ -96,12 +108,16 @@ class ClientApi:
         limits: HubLimits | None = None,
         auth: Authenticator | None = None,
         tls: ServerTls | None = None,
+        serve_limits: ServeLimits | None = None,
     ) -> None:
         self.node = node
         self.auth = auth  # None: every connection is admin (``--insecure`` only)
         self.tls = tls
+        self.serve_limits = serve_limits or ServeLimits()
+        self.serve_stats = ServeStats()
         self.auth_stats = AuthStats()
         self._sessions: dict[WsConnection, _Session] = {}
+        self.unauthenticated = 0  # connections waiting for their credentials now
         self.forwarder = forwarder
         self.store = store
         self.hub = hub
@@ -121,6 +137,8 @@ class ClientApi:
                     port,
                     backlog_bytes_max=BACKLOG_BYTES_MAX,
                     tls=self.tls,
+                    stats=self.serve_stats,
+                    limits=self.serve_limits,
                     task_status=task_status,
                 )
             )
@@ -205,6 +223,19 @@ class ClientApi:
         auth = self.auth
         if auth is None:
             return INSECURE, None
+        if self.unauthenticated >= UNAUTHENTICATED_MAX:
+            self._refuse(conn, "authenticate", "too many connections still authenticating", None)
+            conn.sender.send_final(close_frame(CLOSE_UNAUTHORIZED, "busy"))
+            return None
+        self.unauthenticated += 1
+        try:
+            return await self._authenticate_one(conn, auth)
+        finally:
+            self.unauthenticated -= 1
+
+    async def _authenticate_one(
+        self, conn: WsConnection, auth: Authenticator
+    ) -> tuple[Principal, Any] | None:
         header = conn.headers.get("authorization")
         message: Any = None
         try:
@@ -213,6 +244,9 @@ class ClientApi:
                 if scheme.lower() != "bearer":
                     raise Unauthorized("the Authorization header must be 'Bearer <token>'")
                 return auth.authenticate(token.strip()), None
+            certificate = conn.tls.peer_certificate() if conn.tls is not None else {}
+            if certificate:  # verified against the client CA in the handshake
+                return auth.certificate(certificate), None
             with trio.move_on_after(AUTH_TIMEOUT_S) as timer:
                 message = await self._receive(conn)
             if timer.cancelled_caught:
@@ -248,6 +282,8 @@ class ClientApi:
             return authorize_watch(principal, message.node_id)
         if isinstance(message, ReportHealth):
             return authorize_health(principal, message.node_id)
+        if isinstance(message, ListTokens):
+            return authorize_admin(principal, "list tokens")
         return None
 
     def _refuse(self, conn: WsConnection, operation: str, why: str, request_id: int | None) -> None:
@@ -282,12 +318,24 @@ class ClientApi:
             return await self._write(conn, message, principal)
         if isinstance(message, GetSnapshot):
             return await self._snapshot(conn, message)
+        if isinstance(message, ListTokens):
+            return self._tokens(message.request_id)
         if isinstance(message, ReportHealth):
             if not self.forwarder.serves(ForwardKind.HEALTH):
                 return Error(ErrorCode.BAD_REQUEST, "health reports are not served here", None)
             outcome = await self.forwarder.submit(ForwardKind.HEALTH, encode_report(message))
             return _error(outcome, None)
         return Error(ErrorCode.BAD_REQUEST, f"unexpected {type(message).__name__}", None)
+
+    def _tokens(self, request_id: int) -> Any:
+        if self.store is None:
+            return Error(ErrorCode.BAD_REQUEST, "this node serves no metadata", request_id)
+        tokens = self.store.tokens()
+        listed = tuple(
+            TokenInfo(t.id, t.role, t.node_id, t.expires_at_ms, t.description)
+            for t in (tokens[k] for k in sorted(tokens))
+        )
+        return TokenList(request_id, self.store.version, listed)
 
     async def _snapshot(self, conn: WsConnection, request: GetSnapshot) -> Any:
         store = self.store

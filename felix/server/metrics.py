@@ -85,9 +85,43 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def client_stats(self, read: Callable[[], Any]) -> None:
+        """Export the client API's security counters, read at scrape time."""
+        self.registry.register(_ClientCollector(read))
+
     def watch_stats(self, read: Callable[[], Any]) -> None:
         """Export the watch hub's counters, read at scrape time (no per-delta cost)."""
         self.registry.register(_WatchCollector(read))
+
+
+class _ClientCollector(Collector):
+    """The client port's security counters: refusals by operation, revoked sessions
+    closed, connections turned away before any credential (a flood)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        api = self._read()
+        refused = CounterMetricFamily(
+            "felix_client_unauthorized", "Client requests refused", labels=["operation"]
+        )
+        for operation, count in sorted(api.auth_stats.refused.items()):
+            refused.add_metric([operation], count)
+        yield refused
+        serve = api.serve_stats
+        for name, help_text, value in (
+            ("felix_client_sessions_revoked", "Sessions closed: token revoked or expired",
+             api.auth_stats.closed_revoked),
+            ("felix_client_refused_busy", "Connections closed at once: over the bounds",
+             serve.refused_busy),
+            ("felix_client_tls_handshakes_failed", "Client TLS handshakes refused",
+             serve.tls_handshakes_failed),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily(
+            "felix_client_connections", "Open client connections", serve.connections
+        )
 
 
 class _WatchCollector(Collector):

@@ -33,7 +33,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from felix.proto.ws_frames import OP_PING, close_frame, server_frame
-from felix.transport.tls import TlsClosed, TlsSession
+from felix.security.tls import TlsClosed, TlsSession
 
 log = logging.getLogger("felix.ws")
 
@@ -315,6 +315,17 @@ class ServerTls:
 class ServeStats:
     tls_handshakes_failed: int = 0
     upgrades_failed: int = 0
+    refused_busy: int = 0  # closed at once: too many connections, or handshakes at once
+    connections: int = 0  # open now
+    handshaking: int = 0  # in the TLS handshake or the upgrade now
+
+
+@dataclass(frozen=True, slots=True)
+class ServeLimits:
+    """Bounds before anyone is authenticated: what a flood of connections can hold."""
+
+    connections_max: int = 10_000
+    handshakes_max: int = 256  # at once; each bounded by HANDSHAKE_TIMEOUT_S
 
 
 async def serve_ws(
@@ -325,16 +336,27 @@ async def serve_ws(
     backlog_bytes_max: int,
     tls: ServerTls | None = None,
     stats: ServeStats | None = None,
+    limits: ServeLimits = ServeLimits(),
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket connections (``wss://`` with ``tls``) and run ``handler`` for
-    each, in its own nursery."""
+    each, in its own nursery.  Past ``limits`` a new connection is closed at once."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     counts = stats if stats is not None else ServeStats()
 
     async def on_connection(stream: trio.SocketStream) -> None:
-        await _connection(stream, handler, backlog_bytes_max, tls, counts)
+        if counts.connections >= limits.connections_max or (
+            counts.handshaking >= limits.handshakes_max
+        ):
+            counts.refused_busy += 1
+            await trio.aclose_forcefully(stream)
+            return
+        counts.connections += 1
+        try:
+            await _connection(stream, handler, backlog_bytes_max, tls, counts)
+        finally:
+            counts.connections -= 1
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, on_connection, listeners)
@@ -346,6 +368,16 @@ async def _open(
 ) -> tuple[WSConnection, TlsSession | None, dict[str, str]] | None:
     """TLS handshake (if any), then the WebSocket upgrade, within HANDSHAKE_TIMEOUT_S;
     None (counted, and logged when it was TLS) if either fails."""
+    stats.handshaking += 1
+    try:
+        return await _open_bounded(stream, tls, stats)
+    finally:
+        stats.handshaking -= 1
+
+
+async def _open_bounded(
+    stream: trio.SocketStream, tls: ServerTls | None, stats: ServeStats
+) -> tuple[WSConnection, TlsSession | None, dict[str, str]] | None:
     ws = WSConnection(ConnectionType.SERVER)
     session = TlsSession(tls.context(), server_side=True) if tls is not None else None
     try:
@@ -417,17 +449,19 @@ async def _handshake(
     async def send(data: bytes) -> None:
         await stream.send_all(tls.encrypt(data) if tls is not None else data)
 
+    pending = tls.buffered() if tls is not None else b""
     while True:
-        data = await stream.receive_some(RECEIVE_BYTES)
+        data = pending or await stream.receive_some(RECEIVE_BYTES)
         if not data:
             raise ConnectionGone("closed during the handshake")
-        if tls is not None:
+        if tls is not None and not pending:
             try:
                 data = tls.decrypt(data)
             except ssl.SSLError as exc:
                 raise ConnectionGone(f"bad TLS record: {exc}") from None
             if tls.closed:
                 raise ConnectionGone("closed during the handshake")
+        pending = b""
         ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, Request):

@@ -31,6 +31,7 @@ from felix.server.metadata_sm import metadata_outcome
 from felix.server.raft_node import NodeSettings, NodeStatus, RaftNode, StateMachine
 from felix.server.requests import ResultOutcome, applied_ok
 from felix.server.watch_hub import HubLimits
+from felix.server.ws_server import ServerTls
 from felix.storage.memory_wal import MemoryWal
 from felix.storage.segmented_wal import SegmentedWal
 from felix.testing.kv import KvStateMachine
@@ -168,6 +169,8 @@ class TrioCluster:
         *,
         bootstrap_token_file: Path | None = None,
         now_ms: Callable[[], int] | None = None,
+        tls: ServerTls | None = None,
+        cluster_id: str = "",
     ) -> tuple[SimNode, MetadataServices]:
         """Start a node serving metadata: its graph built whole before it runs (the
         caller runs ``services.run`` for the client API).  With a bootstrap token file
@@ -180,8 +183,8 @@ class TrioCluster:
         auth = None
         if bootstrap_token_file is not None:
             clock = now_ms or (lambda: int(time.time() * 1000))
-            auth = Authenticator(parts.store.tokens, bootstrap_token_file, clock)
-        return sim, MetadataServices(sim.node, parts, auth=auth)
+            auth = Authenticator(parts.store.tokens, bootstrap_token_file, clock, cluster_id)
+        return sim, MetadataServices(sim.node, parts, auth=auth, tls=tls)
 
     async def start_all(self) -> None:
         for node_id in self.voters:

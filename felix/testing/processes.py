@@ -1,15 +1,20 @@
 """Real `felix serve` processes on loopback, for process-level tests and benches.
 
 Every process is started with its own data dir and free ports, and stopped by its PID
-(SIGTERM, then SIGKILL after a grace period) — nothing outlives the harness.
+(SIGTERM, then SIGKILL after a grace period) — nothing outlives the harness.  A cluster
+is ``secure`` by default, as `felix serve` is: the harness makes a CA, one certificate
+per node and a bootstrap admin token in its root, and talks ``wss://`` with that token;
+``secure=False`` runs the nodes ``--insecure`` (benches compare the two).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +27,9 @@ from typing import Any
 
 import trio
 
+from felix.broker.client import broker_ssl_context
 from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.metadata.tokens import format_token
 from felix.proto.client_messages import (
     Change,
     GetSnapshot,
@@ -30,6 +37,7 @@ from felix.proto.client_messages import (
     WriteRequest,
     WriteResult,
 )
+from felix.security.certs import init_ca, issue
 
 HTTP_TIMEOUT_S = 5.0
 
@@ -57,6 +65,7 @@ class ServeProcess:
     args: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    token: str = ""  # presented on the ops port (admin routes, status)
 
     @property
     def ops(self) -> str:
@@ -90,15 +99,31 @@ class ServeProcess:
             return None
 
     def get(self, path: str, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, Any]:
-        return http("GET", self.ops, path, timeout_s)
+        return http("GET", self.ops, path, timeout_s, self.token)
 
     def post(self, path: str) -> tuple[int, Any]:
-        return http("POST", self.ops, path)
+        return http("POST", self.ops, path, token=self.token)
 
 
-async def _request(port: int, request: WriteRequest) -> Any:
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How a client of a harness cluster connects: token and CA (empty: insecure)."""
+
+    token: str = ""
+    ca: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return broker_ssl_context(self.ca) if self.ca is not None else None
+
+    async def open(self, port: int, timeout_s: float = HTTP_TIMEOUT_S) -> ClientConnection:
+        return await ClientConnection.open(
+            "127.0.0.1", port, timeout_s=timeout_s, token=self.token, ssl_context=self.ssl_context()
+        )
+
+
+async def _request(port: int, request: WriteRequest, creds: Credentials) -> Any:
     with trio.fail_after(HTTP_TIMEOUT_S):
-        conn = await ClientConnection.open("127.0.0.1", port)
+        conn = await creds.open(port)
         try:
             await conn.send(request)
             return await conn.receive()
@@ -106,9 +131,9 @@ async def _request(port: int, request: WriteRequest) -> Any:
             await conn.aclose()
 
 
-async def _snapshot(port: int) -> list[Change]:
+async def _snapshot(port: int, creds: Credentials) -> list[Change]:
     with trio.fail_after(HTTP_TIMEOUT_S):
-        conn = await ClientConnection.open("127.0.0.1", port)
+        conn = await creds.open(port)
         try:
             await conn.send(GetSnapshot(1, False))
             records: list[Change] = []
@@ -123,10 +148,14 @@ async def _snapshot(port: int) -> list[Change]:
 
 
 def http(
-    method: str, endpoint: str, path: str, timeout_s: float = HTTP_TIMEOUT_S
+    method: str, endpoint: str, path: str, timeout_s: float = HTTP_TIMEOUT_S, token: str = ""
 ) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(
-        f"http://{endpoint}{path}", method=method, data=b"" if method == "POST" else None
+        f"http://{endpoint}{path}",
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -140,9 +169,35 @@ class ProcessCluster:
     root: Path
     size: int = 3
     tick_ms: int = 20
+    secure: bool = True
+    cluster_id: str = "proc-test"
     nodes: dict[int, ServeProcess] = field(default_factory=dict)
+    creds: Credentials = field(default_factory=Credentials)
+
+    def _security_args(self, node_id: int) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        tls = self.root / "tls"
+        return [
+            "--set", f"tls.ca={tls / 'ca.crt'}",
+            "--set", f"tls.cert={tls / f'node-{node_id}.crt'}",
+            "--set", f"tls.key={tls / f'node-{node_id}.key'}",
+            "--set", f"auth.bootstrap_token_file={self.root / 'admin-token'}",
+        ]  # fmt: skip
+
+    def _make_material(self) -> None:
+        tls = self.root / "tls"
+        tls.mkdir(parents=True, exist_ok=True)
+        init_ca(tls, self.cluster_id)
+        for node_id in range(1, self.size + 2):  # one spare, for a node a test adds
+            issue(tls, "node", node_id)
+        token = format_token(secrets.token_hex(8), secrets.token_bytes(32))
+        (self.root / "admin-token").write_text(token + "\n")
+        self.creds = Credentials(token, tls / "ca.crt")
 
     def __post_init__(self) -> None:
+        if self.secure:
+            self._make_material()
         ports = free_ports(3 * self.size)
         ids = list(range(1, self.size + 1))
         peer_ports = {i: ports[i - 1] for i in ids}
@@ -153,12 +208,13 @@ class ProcessCluster:
             data_dir = self.root / f"node-{i}"
             args = [
                 sys.executable, "-m", "felix.cli", "serve",
-                "--node-id", str(i), "--cluster-id", "proc-test",
+                "--node-id", str(i), "--cluster-id", self.cluster_id,
                 "--data-dir", str(data_dir), "--peers", peers,
                 "--listen-peer", f"127.0.0.1:{peer_ports[i]}",
                 "--listen-client", f"127.0.0.1:{client_port}",
                 "--listen-ops", f"127.0.0.1:{ops_port}",
                 "--set", f"raft.tick_ms={self.tick_ms}",
+                *self._security_args(i),
             ]  # fmt: skip
             self.nodes[i] = ServeProcess(
                 i,
@@ -168,6 +224,7 @@ class ProcessCluster:
                 data_dir,
                 args,
                 self.root / f"node-{i}.log",
+                token=self.creds.token,
             )
 
     def start_all(self) -> None:
@@ -206,7 +263,7 @@ class ProcessCluster:
             try:
                 leader = self.wait_for_leader(max(0.1, deadline - time.monotonic()))
                 request = WriteRequest(1, "set_tenant", {"name": key, "display_name": value}, None)
-                reply = trio.run(_request, self.nodes[leader].client_port, request)
+                reply = trio.run(_request, self.nodes[leader].client_port, request, self.creds)
             except (OSError, TimeoutError, ConnectionClosed, trio.TooSlowError):
                 time.sleep(0.02)
                 continue
@@ -217,7 +274,7 @@ class ProcessCluster:
 
     def local_items(self, node_id: int, keys: list[str]) -> dict[str, str | None]:
         """What ``node_id`` has applied for tenants ``keys`` (a local, serializable read)."""
-        records = trio.run(_snapshot, self.nodes[node_id].client_port)
+        records = trio.run(_snapshot, self.nodes[node_id].client_port, self.creds)
         names = {
             c.key: c.value.get("display_name") for c in records if c.kind == "tenant" and c.value
         }

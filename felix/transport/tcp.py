@@ -47,8 +47,8 @@ from felix.proto.raft_messages import (
     PeerHello,
     PeerMessage,
 )
+from felix.security.tls import TlsClosed, TlsSession
 from felix.transport.base import Deliver, PeerPayload, PeerQueues, QueueItem, TransportStats
-from felix.transport.tls import TlsClosed, TlsSession
 
 log = logging.getLogger("felix.transport")
 
@@ -390,8 +390,12 @@ class _Decrypting:
     def __init__(self, stream: trio.SocketStream, session: TlsSession) -> None:
         self._stream = stream
         self._session = session
+        self._pending = session.buffered()  # the Hello may have come with the Finished
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            return pending
         while True:
             if self._session.closed:
                 return b""

@@ -27,9 +27,9 @@ import trio
 from felix.broker import MetadataView, ShardRole, WriteError, open_metadata_client
 from felix.broker.cache import ShardId
 from felix.broker.client import endpoint_order, parse_endpoint
-from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.broker.connection import ConnectionClosed
 from felix.proto.client_messages import ErrorCode, GetSnapshot, Record, SnapshotChunk
-from felix.testing.processes import ProcessCluster
+from felix.testing.processes import Credentials, ProcessCluster
 from tests.broker.harness import wait_for
 from tests.broker.test_client import FAST, Owned, all_up
 
@@ -84,7 +84,12 @@ def aimed(eps: Sequence[str], target: str, node_id: int | None, seed: int) -> li
 
 @asynccontextmanager
 async def client(
-    eps: Sequence[str], node_id: int | None, *, first: str | None = None, **kwargs: Any
+    eps: Sequence[str],
+    node_id: int | None,
+    creds: Credentials,
+    *,
+    first: str | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[MetadataView]:
     seed = node_id or 0
     order = aimed(eps, first, node_id, seed) if first is not None else list(eps)
@@ -94,6 +99,8 @@ async def client(
         address=f"10.9.0.{node_id}:9092" if node_id is not None else None,
         rack=f"r{(node_id or 0) % 3}",
         rng=random.Random(seed),
+        token=creds.token,
+        ssl_context=creds.ssl_context(),
         **(FAST | kwargs),
     ) as view:
         yield view
@@ -105,7 +112,7 @@ async def linearizable_view(cluster: ProcessCluster) -> tuple[int, bytes, Record
         while True:
             leader = await trio.to_thread.run_sync(cluster.wait_for_leader)
             try:
-                conn = await ClientConnection.open("127.0.0.1", cluster.nodes[leader].client_port)
+                conn = await cluster.creds.open(cluster.nodes[leader].client_port)
             except OSError:
                 await trio.sleep(0.02)
                 continue
@@ -212,10 +219,14 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
         views: list[MetadataView] = []
         for i, node_id in enumerate(ids):  # two brokers first try each node
             first = eps[i % len(eps)]
-            views.append(await stack.enter_async_context(client(eps, node_id, first=first)))
+            views.append(
+                await stack.enter_async_context(client(eps, node_id, cluster.creds, first=first))
+            )
         registered = views[: len(REGISTERED)]
         # The writer starts on the leader: its writes in flight are cut by the kill.
-        writer_view = await stack.enter_async_context(client(eps, None, first=eps[leader - 1]))
+        writer_view = await stack.enter_async_context(
+            client(eps, None, cluster.creds, first=eps[leader - 1])
+        )
         everyone = [*views, writer_view]
         assert {node_of(cluster, v.endpoint) for v in views} == set(cluster.nodes)
         await writer_view.write("set_tenant", {"name": "acme"})
@@ -277,7 +288,9 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
                     "set_config", {"name": "streams_max", "value": 5000 + n}, timeout_s=10
                 )
             await trio.to_thread.run_sync(cluster.wait_caught_up, killed, last)
-            async with client([eps[killed - 1]], None) as fresh:  # only the restarted node
+            async with client(
+                [eps[killed - 1]], None, cluster.creds
+            ) as fresh:  # only the restarted node
                 version, digest, records = await linearizable_view(cluster)
                 await all_at([*everyone, fresh], version)
                 for view in [*everyone, fresh]:
@@ -298,9 +311,9 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
     cluster = short_history_cluster
     await trio.to_thread.run_sync(cluster.wait_for_leader)
     eps = endpoints(cluster)
-    async with client(eps, None) as admin, client(eps, 11) as other:
+    async with client(eps, None, cluster.creds) as admin, client(eps, 11, cluster.creds) as other:
         await admin.write("set_tenant", {"name": "acme"})
-        async with client(eps, 10, report_down_on_exit=False) as view:
+        async with client(eps, 10, cluster.creds, report_down_on_exit=False) as view:
             consumer = Owned(view)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consumer.run)
@@ -322,7 +335,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
         await all_at([other], last)
         assert all(other.cache.owned[k].role is ShardRole.LEADER for k in old_owned)
 
-        async with client(eps, 10, cache=kept) as view:
+        async with client(eps, 10, cluster.creds, cache=kept) as view:
             consumer = Owned(view)  # events are relative to the kept view: start from it
             consumer.roles = {k: o.role for k, o in old_owned.items()}
             async with trio.open_nursery() as nursery:

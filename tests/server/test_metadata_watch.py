@@ -36,6 +36,9 @@ from felix.server.graph import MetadataServices
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.testing.cluster import TrioCluster, write_metadata
+from felix.testing.processes import Credentials
+
+PLAINTEXT = Credentials()
 
 
 @dataclass
@@ -83,13 +86,19 @@ class Broker:
         self.applied.append(delta.version)
 
 
-async def run_broker(broker: Broker, ports: list[int], start: int, stop: trio.Event) -> None:
+async def run_broker(
+    broker: Broker,
+    ports: list[int],
+    start: int,
+    stop: trio.Event,
+    creds: Credentials = PLAINTEXT,
+) -> None:
     """Watch from any node; on a dropped connection resume from the last version on the
     next node (with back-off), as the broker library will."""
     for attempt in itertools.count(start):
         port = ports[attempt % len(ports)]
         try:
-            conn = await ClientConnection.open("127.0.0.1", port, timeout_s=2)
+            conn = await creds.open(port, timeout_s=2)
         except (OSError, trio.TooSlowError):
             await trio.sleep(0.02)
             continue

@@ -18,9 +18,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from felix.broker.connection import ClientConnection
 from felix.proto.client_messages import ClientHello, Deltas
-from felix.testing.processes import ProcessCluster, ServeProcess
+from felix.testing.processes import Credentials, ProcessCluster, ServeProcess
 
 
 @pytest.fixture
@@ -104,13 +103,13 @@ def test_config_typo_is_refused_clearly(tmp_path: Path) -> None:
     assert "did you mean 'raft.election_ticks'?" in result.stderr
 
 
-async def _first_watch_message(port: int, from_version: int) -> object:
+async def _first_watch_message(port: int, from_version: int, creds: Credentials) -> object:
     """Connect (retrying while the restarted node's client port comes up), resume from
     ``from_version``, and return the first message of the stream."""
     with trio.fail_after(20):
         while True:
             try:
-                conn = await ClientConnection.open("127.0.0.1", port)
+                conn = await creds.open(port)
                 break
             except OSError:
                 await trio.sleep(0.02)
@@ -134,7 +133,9 @@ def test_a_broker_resuming_right_after_a_restart_gets_deltas(
     cluster.wait_caught_up(follower, last)
     assert cluster.nodes[follower].stop() == 0
     cluster.nodes[follower].start()
-    first = trio.run(_first_watch_message, cluster.nodes[follower].client_port, resume_from)
+    first = trio.run(
+        _first_watch_message, cluster.nodes[follower].client_port, resume_from, cluster.creds
+    )
     assert isinstance(first, Deltas), f"expected deltas after {resume_from}, got {first!r}"
     assert first.deltas[0].prev_version == resume_from
 

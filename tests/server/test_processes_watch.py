@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from felix.broker.connection import ClientConnection
 from felix.metadata.digest import digest_bytes
 from felix.proto.client_messages import GetSnapshot, SnapshotChunk
-from felix.testing.processes import ProcessCluster
+from felix.testing.processes import Credentials, ProcessCluster
 from tests.server.test_metadata_watch import Broker, run_broker
 
 
@@ -29,8 +28,10 @@ def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
         procs.stop_all()
 
 
-async def leader_view(port: int) -> tuple[int, bytes, dict[tuple[str, str], object]]:
-    conn = await ClientConnection.open("127.0.0.1", port)
+async def leader_view(
+    port: int, creds: Credentials
+) -> tuple[int, bytes, dict[tuple[str, str], object]]:
+    conn = await creds.open(port)
     try:
         await conn.send(GetSnapshot(1, True))
         records: dict[tuple[str, str], object] = {}
@@ -54,7 +55,7 @@ def test_brokers_survive_kill9_of_the_leader(cluster: ProcessCluster) -> None:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for i, broker in enumerate(brokers):
-                nursery.start_soon(run_broker, broker, ports, i, stop)
+                nursery.start_soon(run_broker, broker, ports, i, stop, cluster.creds)
             with trio.fail_after(20):
                 while any(b.version is None for b in brokers):
                     await trio.sleep(0.02)
@@ -67,7 +68,8 @@ def test_brokers_survive_kill9_of_the_leader(cluster: ProcessCluster) -> None:
                 while any(b.version is None or b.version < last for b in brokers):
                     await trio.sleep(0.02)
             new_leader = await trio.to_thread.run_sync(cluster.wait_for_leader)
-            version, digest, records = await leader_view(cluster.nodes[new_leader].client_port)
+            port = cluster.nodes[new_leader].client_port
+            version, digest, records = await leader_view(port, cluster.creds)
             with trio.fail_after(20):  # nothing is written any more: all converge on it
                 while any(b.version != version for b in brokers):
                     await trio.sleep(0.02)

@@ -11,13 +11,14 @@ write and bounded backlog that plaintext used.  Received bytes are fed in with
 A session is driven by one connection's tasks only.  The handshake runs first, over
 the stream, bounded by the caller's deadline; after it, `encrypt` and `decrypt` never
 touch the socket.  TLS 1.3 only (`felix.security.contexts` builds the contexts).
+Used by the peer transport, the client port and the broker library's connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -27,6 +28,14 @@ READ_BYTES: Final = 64 * 1024
 
 class TlsClosed(Exception):
     """The peer went away (or sent close_notify) during or after the handshake."""
+
+
+class ByteStream(Protocol):
+    """What the handshake needs of a connection (a `trio.abc.Stream` has it)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
 
 
 class TlsSession:
@@ -46,7 +55,7 @@ class TlsSession:
         )
         self.closed = False  # close_notify received: no more plaintext will come
 
-    async def handshake(self, stream: trio.abc.Stream) -> None:
+    async def handshake(self, stream: ByteStream) -> None:
         """Run the handshake over ``stream``; raises `ssl.SSLError` (after sending the
         alert that tells the peer why) or `TlsClosed`.  The caller bounds the time."""
         while True:
@@ -64,9 +73,9 @@ class TlsSession:
             data = await stream.receive_some(HANDSHAKE_RECEIVE_BYTES)
             if not data:
                 raise TlsClosed("the peer closed the connection during the TLS handshake")
-            self._incoming.write(data)
+            self._incoming.write(bytes(data))
 
-    async def _flush(self, stream: trio.abc.Stream) -> None:
+    async def _flush(self, stream: ByteStream) -> None:
         data = self._outgoing.read()
         if data:
             await stream.send_all(data)
@@ -96,6 +105,11 @@ class TlsSession:
                 break
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def buffered(self) -> bytes:
+        """Plaintext that arrived with the handshake's last flight (the peer may send
+        data right behind its Finished): read it before waiting on the socket."""
+        return self.decrypt(b"")
 
     def pending_output(self) -> bytes:
         """Records TLS itself wants sent after a `decrypt` (a KeyUpdate answer)."""
