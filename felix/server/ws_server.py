@@ -34,6 +34,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from felix.proto.ws_frames import OP_PING, close_frame, server_frame
 from felix.security.tls import TlsClosed, TlsSession
+from felix.transport.tcp import describe_remote
 
 log = logging.getLogger("felix.ws")
 
@@ -390,7 +391,7 @@ async def _open_bounded(
                     stats.tls_handshakes_failed += 1
                     log.info(
                         "refused a client TLS handshake from %s: %s",
-                        _remote(stream),
+                        describe_remote(stream),
                         tls.describe(exc),
                     )
                     return None
@@ -472,11 +473,3 @@ async def _handshake(
                 }
             await send(ws.send(RejectConnection(status_code=400)))
             raise ConnectionGone("not a WebSocket upgrade")
-
-
-def _remote(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"

@@ -304,7 +304,7 @@ class TcpTransport:
 
     async def _serve_inbound(self, stream: trio.SocketStream) -> None:
         decoder = FrameDecoder(self.config.frame_bytes_max)
-        remote = _describe_remote(stream)
+        remote = describe_remote(stream)
         self.stats.inbound_connections += 1
         async with stream:  # closed only after the reason is counted and logged
             try:
@@ -426,7 +426,8 @@ async def _read_message(source: _Source, decoder: FrameDecoder) -> PeerMessage |
         decoder.feed(await source.receive_some(RECEIVE_BYTES_MAX))
 
 
-def _describe_remote(stream: trio.SocketStream) -> str:
+def describe_remote(stream: trio.SocketStream) -> str:
+    """``host:port`` of the other end, for log lines ("?" once the socket is gone)."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:

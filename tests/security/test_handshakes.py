@@ -27,8 +27,8 @@ from felix.security.contexts import (
     classify_handshake_error,
     client_context,
 )
-from felix.security.handshake import close_refused, handshake
 from felix.security.identity import Identity, IdentityError, identity_of, require_identity
+from tests.security.sslstream import close_refused, handshake
 from tests.security.tls_harness import (
     CLUSTER,
     PING,

@@ -19,7 +19,7 @@ import trio
 
 from felix.security.certs import IssuedFiles, init_ca, issue
 from felix.security.contexts import client_context, server_context
-from felix.security.handshake import close_refused, handshake
+from tests.security.sslstream import close_refused, handshake
 
 CLUSTER = "c1"
 PING = b"ping"

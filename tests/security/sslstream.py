@@ -1,4 +1,6 @@
-"""A bounded TLS handshake on a ``trio.SSLStream`` that tells the peer why it was refused.
+"""A bounded TLS handshake on a ``trio.SSLStream`` that tells the peer why it was refused
+(test side: production connections use `felix.security.tls.TlsSession`, which flushes
+the alert itself).
 
 ``trio.SSLStream`` (0.35) raises when OpenSSL refuses the other side but drops the
 alert OpenSSL queued for it, so the refused peer sees only a closed connection and its
