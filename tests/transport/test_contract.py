@@ -185,10 +185,10 @@ async def test_a_full_queue_raises_would_block_instead_of_blocking(kind: str) ->
         assert a.transport.stats.dropped_queue_full == 6
         assert a.transport.stats.dropped_unknown_peer == 0
         a.transport.send_nowait(3, append(0))  # one peer's full queue is not another's
-        await h.start(b)
-        await h.start(a)
         c = h.nodes[3]
-        await h.start(c)
+        await h.start(b)
+        await h.start(c)  # both receivers up before the sender's queues drain
+        await h.start(a)
         for seq in range(4):  # what was queued is delivered once the transport runs
             assert await b.next() == (1, append(seq))
         assert await c.next() == (1, append(0))
