@@ -265,7 +265,7 @@ async def write_metadata(
         leader = await cluster.wait_for_leader()
         try:
             conn = await ClientConnection.open("127.0.0.1", ports[leader.node_id])
-        except OSError:
+        except (OSError, ConnectionClosed):  # refused, or the node stopped mid-upgrade
             await trio.sleep(TICK_S)
             continue
         try:

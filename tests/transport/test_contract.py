@@ -26,6 +26,7 @@ class Node:
     inbox: trio.MemoryReceiveChannel[Received]
     transport: PeerTransport
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stopped: trio.Event = field(default_factory=trio.Event)
 
     async def next(self) -> Received:
         with trio.fail_after(10):
@@ -81,10 +82,18 @@ class Harness:
 
     async def start(self, node: Node) -> None:
         async def run(task_status: trio.TaskStatus[None]) -> None:
-            with node.scope:
-                await node.transport.run(task_status=task_status)
+            try:
+                with node.scope:
+                    await node.transport.run(task_status=task_status)
+            finally:
+                node.stopped.set()
 
         await self.nursery.start(run)
+
+    async def stop(self, node: Node) -> None:
+        """Cancel the node's transport and wait until it has closed its sockets."""
+        node.scope.cancel()
+        await node.stopped.wait()
 
     async def start_all(self) -> None:
         for node_id in sorted(self.ids):
@@ -201,7 +210,7 @@ async def test_peer_restart_reconnects(kind: str) -> None:
         a, b = h.nodes[1], h.nodes[2]
         a.transport.send_nowait(2, TimeoutNow(1, 1))
         assert await b.next() == (1, TimeoutNow(1, 1))
-        b.scope.cancel()
+        await h.stop(b)  # its listener is closed before the new one binds the port
         restarted = await h.build(2)  # same address, fresh transport
         h.wire_addresses()
         await h.start(restarted)
