@@ -3,7 +3,7 @@
     python -m bench.propagation --brokers 100,500,1000 --rate 20 --duration 10 \\
         --json out.json --plot out.png [--runs 3] \\
         [--failover-trials 10 [--failover-brokers 1000]] [--catchup-shards 100000] \\
-        [--no-steady]
+        [--no-steady] [--tls]
 
 A real 3-node control plane (`felix serve` processes on loopback, WAL on disk in a temp
 dir) and N simulated brokers — real `felix.broker` clients, spread over a few worker
@@ -19,7 +19,13 @@ time taken in a worker process compare directly.
   latency (send -> delta applied in that broker's cache) and the all-brokers latency
   (send -> applied by the last broker).  ``missed``: (broker, change) pairs never
   applied after a drain period.  Also the server memory per connected broker (sum of the
-  three servers' VmRSS growth while the N brokers connect, divided by N).
+  three servers' VmRSS growth while the N brokers connect, divided by N) and the
+  servers' CPU per broker per change (their user + system time over the writes, divided
+  by N x changes: the fan-out dominates it at large N; Raft and heartbeats are in it too).
+* ``--tls``: every steady run is made twice, back to back, plaintext (``--insecure``)
+  and secure (TLS on every port, each broker with its own broker token over ``wss://``),
+  and the report adds the TLS / plaintext ratios of each run pair.  Failover and
+  catch-up stay plaintext.
 * failover (``--failover-trials``): with N brokers watching, ``kill -9`` the leader, then
   time until a write succeeds again (tried on every survivor) and until every broker has
   applied that write; snapshots sent during the trial (the target: none — brokers resume
@@ -67,7 +73,7 @@ from felix.proto.client_messages import (
     WriteRequest,
     WriteResult,
 )
-from felix.testing.processes import ProcessCluster, ServeProcess, free_ports, http
+from felix.testing.processes import Credentials, ProcessCluster, ServeProcess, free_ports, http
 
 BROKERS_PER_WORKER = 250
 WORKERS_MAX = 4
@@ -171,11 +177,11 @@ class WorkerProcess:
     log_path: Path
     proc: subprocess.Popen[str] | None = None
 
-    def start(self, endpoints: str) -> None:
+    def start(self, endpoints: str, security: Sequence[str] = ()) -> None:
         args = [
             sys.executable, "-m", "bench.propagation_worker",
             "--endpoints", endpoints, "--first-id", str(self.first_id),
-            "--count", str(self.count), "--register", str(self.register),
+            "--count", str(self.count), "--register", str(self.register), *security,
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -245,11 +251,15 @@ class Brokers:
     def registered(self) -> int:
         return sum(w.register for w in self.workers)
 
-    def start(self, endpoints: str) -> float:
+    @property
+    def ids(self) -> range:
+        return range(BROKER_ID_BASE, BROKER_ID_BASE + self.count)
+
+    def start(self, endpoints: str, security: Sequence[str] = ()) -> float:
         """Start every worker; returns once every broker has its first view."""
         started = now()
         for worker in self.workers:
-            worker.start(endpoints)
+            worker.start(endpoints, security)
         for worker in self.workers:
             reply = worker.read()
             if "ready" not in reply:
@@ -348,10 +358,10 @@ class Processes:
 
 @contextmanager
 def control_plane(
-    root: Path, procs: Processes, tick_ms: int, extra: Sequence[str] = ()
+    root: Path, procs: Processes, tick_ms: int, extra: Sequence[str] = (), secure: bool = False
 ) -> Iterator[ProcessCluster]:
     root.mkdir(parents=True, exist_ok=True)
-    cluster = ProcessCluster(root, size=3, tick_ms=tick_ms, secure=False)
+    cluster = ProcessCluster(root, size=3, tick_ms=tick_ms, secure=secure)
     for node in cluster.nodes.values():
         for item in extra:
             node.args += ["--set", item]
@@ -366,6 +376,30 @@ def control_plane(
 
 def client_endpoints(cluster: ProcessCluster) -> str:
     return ",".join(f"127.0.0.1:{n.client_port}" for n in cluster.nodes.values())
+
+
+def broker_security(cluster: ProcessCluster, ids: Sequence[int], root: Path) -> list[str]:
+    """The worker arguments for a secure cluster: its CA and one broker token per broker
+    (made through the API as `felix ctl token create` does, kept in a 0600 file)."""
+    if not cluster.secure:
+        return []
+    assert cluster.creds.ca is not None
+    creds = trio.run(cluster.broker_credentials, ids)
+    path = root / "broker-tokens.json"
+    path.touch(mode=0o600)
+    path.write_text(json.dumps({str(i): c.token for i, c in creds.items()}))
+    return ["--ca", str(cluster.creds.ca), "--tokens", str(path)]
+
+
+def server_cpu_s(cluster: ProcessCluster) -> float:
+    """User + system CPU seconds of the running servers so far."""
+    total = 0.0
+    for node in cluster.nodes.values():
+        if node.proc is not None and node.proc.poll() is None:
+            with open(f"/proc/{node.proc.pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def server_rss(cluster: ProcessCluster) -> dict[int, int]:
@@ -435,12 +469,12 @@ class Writer:
 
 
 async def steady_writes(
-    port: int, rate: float, duration: float, bar: ProgressBar | None
+    port: int, creds: Credentials, rate: float, duration: float, bar: ProgressBar | None
 ) -> list[Write]:
     writes: list[Write] = []
     total = max(1, round(rate * duration))
     async with trio.open_nursery() as nursery:
-        writer = Writer(await ClientConnection.open("127.0.0.1", port))
+        writer = Writer(await creds.open(port))
         nursery.start_soon(writer.reader)
         start = trio.current_time()
         for seq in range(total):
@@ -566,28 +600,31 @@ def analyse(
 
 
 def steady_run(
-    args: argparse.Namespace, root: Path, procs: Processes, n: int, run: int
+    args: argparse.Namespace, root: Path, procs: Processes, n: int, run: int, tls: bool = False
 ) -> dict[str, Any]:
     register = n if args.register == "all" else min(n, int(args.register))
-    with control_plane(root, procs, args.tick_ms) as cluster:
+    label = f"N={n} run {run}{' tls' if tls else ''}"
+    with control_plane(root, procs, args.tick_ms, secure=tls) as cluster:
+        brokers = Brokers.plan(root, n, args.workers, register)
+        security = broker_security(cluster, brokers.ids, root)
         time.sleep(0.5)
         before = server_rss(cluster)
-        brokers = Brokers.plan(root, n, args.workers, register)
         procs.add(brokers.stop)
         try:
             status_line(
-                f"N={n} run {run}: starting {n} brokers "
+                f"{label}: starting {n} brokers "
                 f"({brokers.registered} registered) in {len(brokers.workers)} worker(s)"
             )
-            ready_s = brokers.start(client_endpoints(cluster))
+            ready_s = brokers.start(client_endpoints(cluster), security)
             time.sleep(SETTLE_S)
             after = server_rss(cluster)
             leader = cluster.wait_for_leader()
-            bar = ProgressBar(f"N={n} run {run} writes", max(1, round(args.rate * args.duration)))
+            bar = ProgressBar(f"{label} writes", max(1, round(args.rate * args.duration)))
             stats_before = brokers.stats()
-            writes = trio.run(
-                steady_writes, cluster.nodes[leader].client_port, args.rate, args.duration, bar
-            )
+            cpu_before = server_cpu_s(cluster)
+            port = cluster.nodes[leader].client_port
+            writes = trio.run(steady_writes, port, cluster.creds, args.rate, args.duration, bar)
+            server_cpu = server_cpu_s(cluster) - cpu_before
             newest = max((w.version for w in writes if w.version is not None), default=0)
             behind = brokers.drain(newest, DRAIN_S)
             bar.close(f"drained (behind: {behind})")
@@ -602,8 +639,11 @@ def steady_run(
     }
     figures, raw = analyse(writes, records, labels)
     growth = {i: after.get(i, 0) - before.get(i, 0) for i in before}
+    changes = max(1, figures["changes_written"])
     figures.update(
         {
+            "tls": tls,
+            "server_cpu_us_per_broker_change": round(server_cpu * 1e6 / (n * changes), 3),
             "brokers": n,
             "registered": register,
             "workers": len(brokers.workers),
@@ -638,35 +678,69 @@ def receive_cost(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
     }
 
 
-def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, dict[str, Any]]:
+    """Results per mode ("plain", and "tls" with ``--tls``), each per N; with ``--tls``
+    the two runs of a pair are made back to back, so the machine's drift hits both."""
+    modes = ("plain", "tls") if args.tls else ("plain",)
+    results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
     for n in [int(x) for x in args.brokers.split(",") if x.strip()]:
-        runs = []
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for run in range(1, args.runs + 1):
-            runs.append(steady_run(args, root / f"n{n}-run{run}", procs, n, run))
-            shutil.rmtree(root / f"n{n}-run{run}", ignore_errors=True)
-        over_runs: dict[str, Any] = {
-            name: {q: spread([r[name][q] for r in runs]) for q in ("p50", "p99", "max")}
-            for name in FIGURES
-        }
-        for name in ("server_kib_per_broker", *RECEIVE_FIGURES):
-            over_runs[name] = spread([r[name] for r in runs])
-        results[str(n)] = {
-            "brokers": n,
-            "registered": runs[0]["registered"],
-            "workers": runs[0]["workers"],
-            **{
-                name: {q: over_runs[name][q]["median"] for q in over_runs[name]} for name in FIGURES
-            },
-            "changes_written": sum(r["changes_written"] for r in runs),
-            "write_errors": sum(r["write_errors"] for r in runs),
-            "missed": sum(r["missed"] for r in runs),
-            "server_kib_per_broker": over_runs["server_kib_per_broker"]["median"],
-            **{name: over_runs[name]["median"] for name in RECEIVE_FIGURES},
-            "over_runs": over_runs,
-            "runs": runs,
-        }
+            for mode in modes:
+                run_root = root / f"n{n}-run{run}-{mode}"
+                runs[mode].append(steady_run(args, run_root, procs, n, run, mode == "tls"))
+                shutil.rmtree(run_root, ignore_errors=True)
+        for mode in modes:
+            results[mode][str(n)] = over_runs(runs[mode])
     return results
+
+
+PER_RUN_FIGURES = ("server_kib_per_broker", "server_cpu_us_per_broker_change", *RECEIVE_FIGURES)
+
+
+def over_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One N's runs: min/median/max of every figure, medians at the top level."""
+    spreads: dict[str, Any] = {
+        name: {q: spread([r[name][q] for r in runs]) for q in ("p50", "p99", "max")}
+        for name in FIGURES
+    }
+    for name in PER_RUN_FIGURES:
+        spreads[name] = spread([r[name] for r in runs])
+    return {
+        "brokers": runs[0]["brokers"],
+        "registered": runs[0]["registered"],
+        "workers": runs[0]["workers"],
+        **{name: {q: spreads[name][q]["median"] for q in spreads[name]} for name in FIGURES},
+        "changes_written": sum(r["changes_written"] for r in runs),
+        "write_errors": sum(r["write_errors"] for r in runs),
+        "missed": sum(r["missed"] for r in runs),
+        **{name: spreads[name]["median"] for name in PER_RUN_FIGURES},
+        "over_runs": spreads,
+        "runs": runs,
+    }
+
+
+RATIO_FIGURES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "all_brokers_p99": lambda r: r["all_brokers_ms"]["p99"],
+    "all_brokers_p50": lambda r: r["all_brokers_ms"]["p50"],
+    "propagation_p99": lambda r: r["propagation_ms"]["p99"],
+    "commit_p50": lambda r: r["commit_ms"]["p50"],
+    "server_cpu_per_broker_change": lambda r: r["server_cpu_us_per_broker_change"],
+    "server_kib_per_broker": lambda r: r["server_kib_per_broker"],
+    "receive_us_per_delta": lambda r: r["receive_us_per_delta"],
+}
+
+
+def tls_ratios(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, Any]:
+    """Per N and figure: TLS / plaintext of each run pair, min/median/max over pairs."""
+    table: dict[str, Any] = {}
+    for n, p in plain.items():
+        pairs = list(zip(p["runs"], tls[n]["runs"], strict=True))
+        table[n] = {
+            name: spread([get(t) / get(q) if get(q) else math.nan for q, t in pairs])
+            for name, get in RATIO_FIGURES.items()
+        }
+    return table
 
 
 # --- failover mode ----------------------------------------------------------------------
@@ -965,41 +1039,59 @@ def catchup(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str,
 # --- report -----------------------------------------------------------------------------
 
 
-def fmt_spread(s: dict[str, float]) -> str:
+def fmt_spread(s: dict[str, float], digits: int = 1) -> str:
     if math.isnan(s["median"]):
         return "-"
     if s["min"] == s["max"]:
-        return f"{s['median']:.1f}"
-    return f"{s['min']:.1f}/{s['median']:.1f}/{s['max']:.1f}"
+        return f"{s['median']:.{digits}f}"
+    return f"{s['min']:.{digits}f}/{s['median']:.{digits}f}/{s['max']:.{digits}f}"
+
+
+def print_steady(title: str, steady_results: dict[str, Any], runs: int) -> None:
+    print(f"\n{title}: ms, min/median/max over {runs} run(s)")
+    headers = [
+        "N", "changes", "missed",
+        "commit p50", "commit p99", "prop p50", "prop p99", "prop max",
+        "all p50", "all p99", "all max", "KiB/broker", "srv µs/b·chg", "rx µs/delta",
+    ]  # fmt: skip
+    rows = []
+    for n, r in steady_results.items():
+        o = r["over_runs"]
+        rows.append(
+            [
+                n, r["changes_written"], r["missed"],
+                fmt_spread(o["commit_ms"]["p50"]), fmt_spread(o["commit_ms"]["p99"]),
+                fmt_spread(o["propagation_ms"]["p50"]), fmt_spread(o["propagation_ms"]["p99"]),
+                fmt_spread(o["propagation_ms"]["max"]),
+                fmt_spread(o["all_brokers_ms"]["p50"]), fmt_spread(o["all_brokers_ms"]["p99"]),
+                fmt_spread(o["all_brokers_ms"]["max"]),
+                fmt_spread(o["server_kib_per_broker"]),
+                fmt_spread(o["server_cpu_us_per_broker_change"], 2),
+                fmt_spread(o["receive_us_per_delta"]),
+            ]
+        )  # fmt: skip
+    print_table(headers, rows)
+
+
+def print_tls_ratios(table: dict[str, Any]) -> None:
+    print("\nTLS / plaintext, per run pair (min/median/max); targets at N=1000: all p99 <= 1.5x,")
+    print("server CPU per broker per change <= 2x (KiB/broker is the TLS figure, target <= 64)")
+    names = list(RATIO_FIGURES)
+    print_table(
+        ["N", *names],
+        [[n, *(fmt_spread(r[name], 2) for name in names)] for n, r in table.items()],
+    )
 
 
 def print_report(payload: dict[str, Any]) -> None:
     steady_results = payload.get("steady") or {}
     if steady_results:
         runs = payload["settings"]["runs"]
-        print(f"\nsteady rate: ms, min/median/max over {runs} run(s)")
-        headers = [
-            "N", "changes", "missed",
-            "commit p50", "commit p99", "prop p50", "prop p99", "prop max",
-            "all p50", "all p99", "all max", "KiB/broker", "rx µs/delta",
-        ]  # fmt: skip
-        rows = []
-        for n, r in steady_results.items():
-            o = r["over_runs"]
-            rows.append(
-                [
-                    n, r["changes_written"], r["missed"],
-                    fmt_spread(o["commit_ms"]["p50"]), fmt_spread(o["commit_ms"]["p99"]),
-                    fmt_spread(o["propagation_ms"]["p50"]), fmt_spread(o["propagation_ms"]["p99"]),
-                    fmt_spread(o["propagation_ms"]["max"]),
-                    fmt_spread(o["all_brokers_ms"]["p50"]), fmt_spread(o["all_brokers_ms"]["p99"]),
-                    fmt_spread(o["all_brokers_ms"]["max"]),
-                    fmt_spread(o["server_kib_per_broker"]),
-                    fmt_spread(o["receive_us_per_delta"]),
-                ]
-            )  # fmt: skip
-        print_table(headers, rows)
-        print("\npropagation by the node a broker watches (ms, last run of each N):")
+        print_steady("steady rate, plaintext", steady_results, runs)
+        if payload.get("steady_tls"):
+            print_steady("steady rate, TLS and broker tokens", payload["steady_tls"], runs)
+            print_tls_ratios(payload["tls_vs_plain"])
+        print("\npropagation by the node a broker watches (ms, last plaintext run of each N):")
         rows = [
             [n, node, f["brokers"], f["p50"], f["p99"], f["max"]]
             for n, r in steady_results.items()
@@ -1109,6 +1201,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0, help="broker processes (0: auto)")
     parser.add_argument("--tick-ms", type=int, default=50, help="raft.tick_ms of the servers")
     parser.add_argument("--no-steady", action="store_true", help="skip the steady-rate mode")
+    parser.add_argument(
+        "--tls", action="store_true", help="each steady run plaintext and with TLS + tokens"
+    )
     parser.add_argument("--failover-trials", type=int, default=0, help="0: no failover mode")
     parser.add_argument("--failover-brokers", type=int, default=0, help="0: the largest N")
     parser.add_argument("--catchup-shards", type=int, default=0, help="0: no catch-up mode")
@@ -1153,7 +1248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = now()
     try:
         if not args.no_steady:
-            payload["steady"] = steady(args, root / "steady", procs)
+            by_mode = steady(args, root / "steady", procs)
+            payload["steady"] = by_mode["plain"]
+            if args.tls:
+                payload["steady_tls"] = by_mode["tls"]
+                payload["tls_vs_plain"] = tls_ratios(by_mode["plain"], by_mode["tls"])
         if args.failover_trials:
             payload["failover"] = failover(args, root / "failover", procs)
         if args.catchup_shards:

@@ -40,7 +40,7 @@ from typing import Any
 import trio
 
 from felix.broker.cache import CacheUpdate, MetadataCache
-from felix.broker.client import MetadataView, open_metadata_client
+from felix.broker.client import MetadataView, broker_ssl_context, open_metadata_client
 from felix.proto.client_messages import Delta
 
 CONNECT_WAVE = 50  # brokers started together, then a short pause (no SYN flood)
@@ -99,6 +99,13 @@ class Worker:
         self.views: dict[int, MetadataView] = {}
         self.caches: dict[int, TimingCache] = {}
         self.all_ready = trio.Event()
+        # secure clusters: one context for the process (trusting the cluster CA), and
+        # each broker's own broker-role token
+        self.ssl_context = broker_ssl_context(args.ca) if args.ca else None
+        self.tokens: dict[str, str] = {}
+        if args.tokens:
+            with open(args.tokens) as tokens:
+                self.tokens = json.load(tokens)
 
     async def broker(self, broker_id: int, register: bool) -> None:
         cache = TimingCache(broker_id)
@@ -112,6 +119,8 @@ class Worker:
             ready_timeout_s=self.args.ready_timeout,
             report_down_on_exit=False,
             rng=random.Random(broker_id),
+            token=self.tokens.get(str(broker_id), ""),
+            ssl_context=self.ssl_context,
         ) as view:
             self.views[broker_id] = view
             if len(self.views) == len(self.ids):
@@ -212,6 +221,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--register", type=int, default=0, help="how many of them register")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--ca", default="", help="the cluster CA (wss:// and a secure cluster)")
+    parser.add_argument("--tokens", default="", help="JSON file: broker id -> its token")
     args = parser.parse_args()
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):  # the parent stops us by PID

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ import trio
 
 from felix.broker.client import broker_ssl_context
 from felix.broker.connection import ClientConnection, ConnectionClosed
-from felix.metadata.tokens import format_token
+from felix.metadata.tokens import ROLE_BROKER, format_token, parse_token, secret_hash
 from felix.proto.client_messages import (
     Change,
+    Error,
     GetSnapshot,
+    Record,
     SnapshotChunk,
     WriteRequest,
     WriteResult,
@@ -147,6 +150,44 @@ async def _snapshot(port: int, creds: Credentials) -> list[Change]:
             await conn.aclose()
 
 
+async def mint_broker_tokens(
+    port: int, creds: Credentials, node_ids: Sequence[int]
+) -> dict[int, str]:
+    """A broker-role token bound to each of ``node_ids``, as `felix ctl token create
+    --role broker --node N` makes them: the secret is made here and only its hash is
+    written, pipelined over one admin connection.  Raises `ConnectionClosed` or
+    `TokenMintError` (the leader changed, or a refusal): the caller retries."""
+    made = {
+        node_id: format_token(secrets.token_hex(8), secrets.token_bytes(32)) for node_id in node_ids
+    }
+    by_request: dict[int, int] = {}
+    with trio.fail_after(HTTP_TIMEOUT_S + len(made) / 100):
+        conn = await creds.open(port)
+        try:
+            for request_id, (node_id, token) in enumerate(made.items(), start=1):
+                parsed = parse_token(token)
+                args: Record = {
+                    "token_id": parsed.id, "role": ROLE_BROKER, "node_id": node_id,
+                    "secret_sha256": secret_hash(parsed.secret), "expires_at_ms": None,
+                    "description": f"harness broker {node_id}",
+                }  # fmt: skip
+                by_request[request_id] = node_id
+                await conn.send(WriteRequest(request_id, "create_token", args, None))
+            while by_request:
+                for reply in await conn.receive_batch():
+                    if isinstance(reply, Error):
+                        raise TokenMintError(f"create_token: {reply.code.value}: {reply.detail}")
+                    if isinstance(reply, WriteResult):
+                        by_request.pop(reply.request_id, None)
+        finally:
+            await conn.aclose()
+    return made
+
+
+class TokenMintError(Exception):
+    """A create_token write was refused (typically: the node stopped leading)."""
+
+
 def http(
     method: str, endpoint: str, path: str, timeout_s: float = HTTP_TIMEOUT_S, token: str = ""
 ) -> tuple[int, Any]:
@@ -173,6 +214,34 @@ class ProcessCluster:
     cluster_id: str = "proc-test"
     nodes: dict[int, ServeProcess] = field(default_factory=dict)
     creds: Credentials = field(default_factory=Credentials)
+    _broker_creds: dict[int, Credentials] = field(default_factory=dict)
+
+    async def credentials_for(self, node_id: int | None) -> Credentials:
+        """What a client presents: the admin token for ``None``, otherwise a broker
+        token bound to ``node_id`` (made once, on first use; insecure: no credentials)."""
+        if node_id is None:
+            return self.creds
+        if node_id not in self._broker_creds:
+            self._broker_creds.update(await self.broker_credentials([node_id]))
+        return self._broker_creds[node_id]
+
+    async def broker_credentials(self, node_ids: Sequence[int]) -> dict[int, Credentials]:
+        """A broker token per id (`mint_broker_tokens` on the leader, retried across
+        leader changes for up to 20 s); insecure clusters need none."""
+        if not self.secure:
+            return {node_id: Credentials() for node_id in node_ids}
+        deadline = time.monotonic() + 20.0
+        while True:
+            leader = await trio.to_thread.run_sync(self.wait_for_leader)
+            try:
+                port = self.nodes[leader].client_port
+                tokens = await mint_broker_tokens(port, self.creds, node_ids)
+            except (OSError, ConnectionClosed, TokenMintError, trio.TooSlowError):
+                if time.monotonic() > deadline:
+                    raise
+                await trio.sleep(0.05)
+                continue
+            return {node_id: Credentials(t, self.creds.ca) for node_id, t in tokens.items()}
 
     def _security_args(self, node_id: int) -> list[str]:
         if not self.secure:

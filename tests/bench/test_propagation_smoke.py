@@ -88,3 +88,23 @@ def test_failover_and_catchup_smoke(tmp_path: Path) -> None:
     assert learner["applied_index"] >= learner["target"]
     assert learner["snapshot_index"] > 0  # it caught up from a snapshot
     assert catchup["fresh_broker"][0]["complete"]
+
+
+def test_tls_pairs_smoke(tmp_path: Path) -> None:
+    """``--tls``: each run twice, plaintext then secure; the secure cluster refuses
+    plaintext and tokenless clients, so brokers that applied every change spoke
+    ``wss://`` with their broker tokens."""
+    payload = run_bench(
+        tmp_path,
+        "--brokers", "10", "--rate", "20", "--duration", "1", "--runs", "1", "--register", "3",
+        "--tls",
+    )  # fmt: skip
+    plain, tls = payload["steady"]["10"], payload["steady_tls"]["10"]
+    assert not plain["runs"][0]["tls"] and tls["runs"][0]["tls"]
+    for result in (plain, tls):
+        assert result["changes_written"] == 20 and result["missed"] == 0
+        assert result["server_cpu_us_per_broker_change"] > 0
+    assert tls["runs"][0]["client_stats"]["snapshots"] == 10
+    ratio = payload["tls_vs_plain"]["10"]["all_brokers_p99"]
+    expected = tls["all_brokers_ms"]["p99"] / plain["all_brokers_ms"]["p99"]
+    assert ratio["median"] == expected

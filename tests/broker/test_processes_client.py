@@ -29,7 +29,7 @@ from felix.broker.cache import ShardId
 from felix.broker.client import endpoint_order, parse_endpoint
 from felix.broker.connection import ConnectionClosed
 from felix.proto.client_messages import ErrorCode, GetSnapshot, Record, SnapshotChunk
-from felix.testing.processes import Credentials, ProcessCluster
+from felix.testing.processes import ProcessCluster
 from tests.broker.harness import wait_for
 from tests.broker.test_client import FAST, Owned, all_up
 
@@ -86,13 +86,14 @@ def aimed(eps: Sequence[str], target: str, node_id: int | None, seed: int) -> li
 async def client(
     eps: Sequence[str],
     node_id: int | None,
-    creds: Credentials,
+    cluster: ProcessCluster,
     *,
     first: str | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[MetadataView]:
     seed = node_id or 0
     order = aimed(eps, first, node_id, seed) if first is not None else list(eps)
+    creds = await cluster.credentials_for(node_id)  # a broker token for a broker's own id
     async with open_metadata_client(
         order,
         node_id=node_id,
@@ -220,12 +221,12 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
         for i, node_id in enumerate(ids):  # two brokers first try each node
             first = eps[i % len(eps)]
             views.append(
-                await stack.enter_async_context(client(eps, node_id, cluster.creds, first=first))
+                await stack.enter_async_context(client(eps, node_id, cluster, first=first))
             )
         registered = views[: len(REGISTERED)]
         # The writer starts on the leader: its writes in flight are cut by the kill.
         writer_view = await stack.enter_async_context(
-            client(eps, None, cluster.creds, first=eps[leader - 1])
+            client(eps, None, cluster, first=eps[leader - 1])
         )
         everyone = [*views, writer_view]
         assert {node_of(cluster, v.endpoint) for v in views} == set(cluster.nodes)
@@ -288,9 +289,7 @@ async def test_brokers_keep_up_through_kill9_of_the_leader(cluster: ProcessClust
                     "set_config", {"name": "streams_max", "value": 5000 + n}, timeout_s=10
                 )
             await trio.to_thread.run_sync(cluster.wait_caught_up, killed, last)
-            async with client(
-                [eps[killed - 1]], None, cluster.creds
-            ) as fresh:  # only the restarted node
+            async with client([eps[killed - 1]], None, cluster) as fresh:  # only the restarted node
                 version, digest, records = await linearizable_view(cluster)
                 await all_at([*everyone, fresh], version)
                 for view in [*everyone, fresh]:
@@ -311,9 +310,9 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
     cluster = short_history_cluster
     await trio.to_thread.run_sync(cluster.wait_for_leader)
     eps = endpoints(cluster)
-    async with client(eps, None, cluster.creds) as admin, client(eps, 11, cluster.creds) as other:
+    async with client(eps, None, cluster) as admin, client(eps, 11, cluster) as other:
         await admin.write("set_tenant", {"name": "acme"})
-        async with client(eps, 10, cluster.creds, report_down_on_exit=False) as view:
+        async with client(eps, 10, cluster, report_down_on_exit=False) as view:
             consumer = Owned(view)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consumer.run)
@@ -335,7 +334,7 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
         await all_at([other], last)
         assert all(other.cache.owned[k].role is ShardRole.LEADER for k in old_owned)
 
-        async with client(eps, 10, cluster.creds, cache=kept) as view:
+        async with client(eps, 10, cluster, cache=kept) as view:
             consumer = Owned(view)  # events are relative to the kept view: start from it
             consumer.roles = {k: o.role for k, o in old_owned.items()}
             async with trio.open_nursery() as nursery:
