@@ -81,10 +81,15 @@ class TlsSession:
             await stream.send_all(data)
 
     def encrypt(self, plaintext: bytes | bytearray | memoryview) -> bytes:
-        """The TLS records carrying ``plaintext`` (all of it: the BIO never blocks)."""
-        view = memoryview(plaintext)
-        while view:
-            view = view[self._tls.write(view) :]
+        """The TLS records carrying ``plaintext`` (all of it: the BIO never blocks).
+
+        On the fan-out's path once per subscriber per delta: one ``write`` takes a whole
+        frame (a memory BIO is never full), the loop is only the general case."""
+        written = self._tls.write(plaintext)
+        if written < len(plaintext):
+            view = memoryview(plaintext)[written:]
+            while view:
+                view = view[self._tls.write(view) :]
         return self._outgoing.read()
 
     def decrypt(self, ciphertext: bytes) -> bytes:

@@ -56,9 +56,12 @@ class FrameSender:
         backlog_bytes_max: int,
         seal: Callable[[bytes], bytes] | None = None,
     ) -> None:
-        self._seal = seal  # TLS: frames are encrypted here, per connection, before the write
-        # Plaintext writes frames as they are: no extra call per subscriber per message.
-        self._send_now: Callable[[bytes], bool] = self._write if seal is None else self._sealed
+        # TLS: frames are encrypted here, per connection, before the write; plaintext
+        # writes them as they are (no extra call per subscriber per message)
+        self._send_now: Callable[[bytes], bool] = self._write
+        if seal is not None:
+            write = self._write
+            self._send_now = lambda frame: write(seal(frame))
         self._fd = stream.socket.fileno()
         self._raw = socket.socket(fileno=socket.dup(self._fd))  # a handle of our own
         self._raw.setblocking(False)
@@ -93,10 +96,6 @@ class FrameSender:
         if self._corked and not self._uncork():
             return False
         return self._send_now(frame)
-
-    def _sealed(self, frame: bytes) -> bool:
-        assert self._seal is not None
-        return self._write(self._seal(frame))
 
     def send_wire(self, data: bytes) -> bool:
         """Queue or write bytes that are already what goes on the wire (TLS records
