@@ -92,6 +92,9 @@ class TlsConfig:
     cert: str = ""
     key: str = ""
     client_ca: str = ""  # CA of broker/admin client certificates (default: ca)
+    # The ops port serves HTTPS with the node's certificate too (admin tokens travel on
+    # it); false keeps it plaintext for probes or scrapers that cannot do TLS.
+    ops: bool = True
 
 
 @dataclass(frozen=True, slots=True)

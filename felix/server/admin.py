@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -58,14 +59,21 @@ def _int_param(query: Query, name: str) -> int:
 
 
 def build_ops_server(
-    config: NodeConfig, node: RaftNode, wal: SegmentedWal, *, auth: Authenticator | None = None
+    config: NodeConfig,
+    node: RaftNode,
+    wal: SegmentedWal,
+    *,
+    auth: Authenticator | None = None,
+    tls: Callable[[], ssl.SSLContext] | None = None,
 ) -> OpsServer:
     """``auth`` None (``--insecure``) asks nobody for credentials; ``/readyz?verbose``
-    says so."""
+    says so, and says when the ops port itself is plaintext (``tls.ops = false``)."""
     livez, readyz = _health_checks(node, wal)
     secured = auth is not None
 
     def security() -> tuple[bool, str]:
+        if secured and tls is None:
+            return True, "TLS and authentication on; the ops port is plaintext (tls.ops = false)"
         if secured:
             return True, "TLS and authentication on"
         return True, "INSECURE: plaintext links, no authentication (--insecure)"
@@ -81,6 +89,7 @@ def build_ops_server(
         post_routes=post_routes,
         auth=auth,
         open_paths=open_paths,
+        tls=tls,
     )
 
 

@@ -44,6 +44,7 @@ class NodeHandle:
     security: NodeSecurity
     stop_requested: trio.Event = field(default_factory=trio.Event)
     hand_off: bool = True
+    ops_tls: bool = False  # the ops port serves HTTPS
 
     def reload(self) -> None:
         """SIGHUP: reread certificates and the bootstrap token; what fails to load is
@@ -150,13 +151,20 @@ async def run_node(
     services = MetadataServices(node, parts, auth=auth, tls=security.client_tls())
     metrics.watch_stats(lambda: parts.hub)
     metrics.client_stats(lambda: services.api)
-    ops = build_ops_server(config, node, wal, auth=auth)
+    ops_tls = security.ops_tls(config.tls.ops)
+    if auth is not None and ops_tls is None:
+        log.warning(
+            "node %d: the ops port is plaintext (tls.ops = false): bearer tokens sent to"
+            " its admin routes travel in the clear",
+            config.node_id,
+        )
+    ops = build_ops_server(config, node, wal, auth=auth, tls=ops_tls)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
             await nursery.start(services.run, config.listen.client.host, config.listen.client.port)
-            handle = NodeHandle(config, node, ops_port, security)
+            handle = NodeHandle(config, node, ops_port, security, ops_tls=ops_tls is not None)
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",
                 config.node_id,

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -25,6 +26,7 @@ from typing import Any
 import trio
 
 from felix.config import (
+    ClientCredentials,
     ConfigError,
     Endpoint,
     NodeConfig,
@@ -34,6 +36,7 @@ from felix.config import (
 )
 from felix.logs import setup_logging
 from felix.metadata.tokens import format_token
+from felix.security.contexts import client_context
 
 DEV_ENDPOINTS = "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003"
 DEV_TOKEN_FILE = "admin-token"
@@ -191,7 +194,8 @@ async def _announce(handles: list[Any]) -> None:
         print(
             f"node {c.node_id}: peer {c.listen.peer}  client"
             f" {'ws' if handle.security.insecure else 'wss'}://{c.listen.client}  "
-            f"ops http://{c.listen.ops.host}:{handle.ops_port}  data {c.data_dir}",
+            f"ops {'https' if handle.ops_tls else 'http'}://{c.listen.ops.host}:{handle.ops_port}"
+            f"  data {c.data_dir}",
             flush=True,
         )
     endpoints = ",".join(f"{h.config.listen.ops.host}:{h.ops_port}" for h in handles)
@@ -320,21 +324,26 @@ class AdminError(Exception):
     pass
 
 
-def _token(args: argparse.Namespace) -> str:
+def _credentials(args: argparse.Namespace) -> ClientCredentials:
     try:
-        return client_credentials(getattr(args, "token", None)).token
+        return client_credentials(getattr(args, "token", None), getattr(args, "ca", None))
     except ConfigError as exc:
         raise AdminError(str(exc)) from None
 
 
-def _request(endpoint: str, path: str, *, post: bool = False, token: str = "") -> tuple[int, Any]:
-    url = f"http://{endpoint}{path}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def _request(
+    endpoint: str, path: str, creds: ClientCredentials, *, post: bool = False
+) -> tuple[int, Any]:
+    """One ops-port request: HTTPS trusting only the cluster CA when one is known (the
+    ops port serves TLS whenever the node does, unless ``tls.ops = false``)."""
+    context = client_context(creds.ca) if creds.ca is not None else None
+    url = f"{'https' if context else 'http'}://{endpoint}{path}"
+    headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
     request = urllib.request.Request(
         url, method="POST" if post else "GET", data=b"" if post else None, headers=headers
     )
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         text = exc.read()
@@ -345,6 +354,11 @@ def _request(endpoint: str, path: str, *, post: bool = False, token: str = "") -
             return exc.code, {"error": f"HTTP {exc.code}: {shown}" if shown else f"HTTP {exc.code}"}
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(reason):
+            reason = (
+                f"{reason}: it does not speak TLS (an --insecure node, or tls.ops = false:"
+                f" then unset FELIX_CA / --ca for it)"
+            )
         raise AdminError(f"{endpoint}: {reason}") from None
 
 
@@ -358,11 +372,11 @@ def _endpoints(args: argparse.Namespace) -> list[str]:
     return endpoints
 
 
-def _statuses(endpoints: list[str], token: str) -> list[dict[str, Any]]:
+def _statuses(endpoints: list[str], creds: ClientCredentials) -> list[dict[str, Any]]:
     rows = []
     for endpoint in endpoints:
         try:
-            code, body = _request(endpoint, "/v1/status", token=token)
+            code, body = _request(endpoint, "/v1/status", creds)
             row = body if code == 200 else {"error": body.get("error", f"HTTP {code}")}
         except AdminError as exc:
             row = {"error": str(exc)}
@@ -373,7 +387,7 @@ def _statuses(endpoints: list[str], token: str) -> list[dict[str, Any]]:
 
 def run_status(args: argparse.Namespace) -> int:
     try:
-        rows = _statuses(_endpoints(args), _token(args))
+        rows = _statuses(_endpoints(args), _credentials(args))
     except ValueError as exc:
         print(f"felix: --endpoints: {exc}", file=sys.stderr)
         return 2
@@ -420,8 +434,8 @@ def run_status(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in rows) else 1
 
 
-def _leader_endpoint(endpoints: list[str], token: str) -> str:
-    rows = _statuses(endpoints, token)
+def _leader_endpoint(endpoints: list[str], creds: ClientCredentials) -> str:
+    rows = _statuses(endpoints, creds)
     for row in rows:
         if row.get("role") == "leader":
             return str(row["endpoint"])
@@ -434,9 +448,9 @@ def _leader_endpoint(endpoints: list[str], token: str) -> str:
 
 def _post_to_leader(args: argparse.Namespace, path: str) -> int:
     try:
-        token = _token(args)
-        leader = _leader_endpoint(_endpoints(args), token)
-        code, body = _request(leader, path, post=True, token=token)
+        creds = _credentials(args)
+        leader = _leader_endpoint(_endpoints(args), creds)
+        code, body = _request(leader, path, creds, post=True)
     except (AdminError, ValueError) as exc:
         print(f"felix: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,10 @@ Kubernetes convention (etcd's too): 200 or 503, named sub-checks at ``/readyz/<n
 Requests are read with a size bound and a timeout; anything malformed gets a 400 and
 the connection is closed.  The server never crashes on a bad request.
 
+With ``tls`` (a context getter, asked at each connection so a reloaded certificate
+applies to the next one) it serves HTTPS: the handshake counts against the same
+request timeout, and a failed one is counted and closes only that connection.
+
 With an `Authenticator`, every path outside ``open_paths`` (by default the probes and
 ``/metrics``, for kubelets and scrapers) needs ``Authorization: Bearer <token>``: 401
 without valid credentials; ``POST`` routes (membership, leadership) need the admin
@@ -19,6 +23,7 @@ role, status reads any role, else 403 (docs/architecture.md §12).
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -71,7 +76,10 @@ class OpsServer:
         *,
         auth: Authenticator | None = None,
         open_paths: frozenset[str] = OPEN_PATHS_DEFAULT,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
+        self.tls = tls
+        self.tls_handshakes_failed = 0
         self.auth = auth  # None: no credentials asked (``--insecure`` only)
         self.open_paths = open_paths
         self.refused = 0
@@ -91,9 +99,13 @@ class OpsServer:
             task_status.started(self.port)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
+        if self.tls is not None:
+            stream = trio.SSLStream(stream, self.tls(), server_side=True)
         async with stream:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT_S):
+                    if isinstance(stream, trio.SSLStream):
+                        await self._handshake(stream)
                     head = await _read_head(stream)
                 response = await self.respond(head)
             except trio.TooSlowError:
@@ -106,6 +118,14 @@ class OpsServer:
                 await stream.send_all(_render(response))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
+
+    async def _handshake(self, stream: trio.SSLStream[trio.abc.Stream]) -> None:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            self.tls_handshakes_failed += 1
+            log.info("ops port: TLS handshake failed: %s", exc.__cause__ or exc)
+            raise
 
     async def respond(self, head: bytes) -> Response:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")

@@ -3,7 +3,7 @@
 `NodeSecurity.from_config` loads everything up front, so a bad certificate, key or
 token file stops the node at start with a message naming the file, never at the first
 connection.  The transport, the client API and the ops server get what they need from
-it (`peer_tls`, `client_tls`, `authenticator`); `reload` (SIGHUP) rebuilds the contexts
+it (`peer_tls`, `client_tls`, `ops_tls`, `authenticator`); `reload` (SIGHUP) rebuilds the contexts
 and rereads the bootstrap token, keeping the old ones if the new files do not load:
 connections already made keep theirs, new ones use the new material.
 """
@@ -11,6 +11,8 @@ connections already made keep theirs, new ones use the new material.
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,14 @@ class NodeSecurity:
             node_of=self.node_of,
             describe=classify_handshake_error,
         )
+
+    def ops_tls(self, enabled: bool) -> Callable[[], ssl.SSLContext] | None:
+        """The ops port's context (the client port's: the node's certificate, client
+        certificates optional); None when insecure or ``tls.ops`` is off."""
+        if self.client_server is None or not enabled:
+            return None
+        server = self.client_server
+        return lambda: server.current
 
     def client_tls(self) -> ServerTls | None:
         if self.client_server is None:

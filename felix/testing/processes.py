@@ -41,6 +41,7 @@ from felix.proto.client_messages import (
     WriteResult,
 )
 from felix.security.certs import init_ca, issue
+from felix.security.contexts import client_context
 
 HTTP_TIMEOUT_S = 5.0
 
@@ -69,6 +70,7 @@ class ServeProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""  # presented on the ops port (admin routes, status)
+    ca: Path | None = None  # the ops port speaks HTTPS (a secure cluster)
 
     @property
     def ops(self) -> str:
@@ -102,10 +104,15 @@ class ServeProcess:
             return None
 
     def get(self, path: str, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, Any]:
-        return http("GET", self.ops, path, timeout_s, self.token)
+        return http("GET", self.ops, path, timeout_s, self.token, self.ca)
 
     def post(self, path: str) -> tuple[int, Any]:
-        return http("POST", self.ops, path, token=self.token)
+        return http("POST", self.ops, path, token=self.token, ca=self.ca)
+
+    def get_text(self, path: str, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, str]:
+        """A GET of a text route (``/metrics``, ``/readyz?verbose``): status and body."""
+        code, body = http_bytes("GET", self.ops, path, timeout_s, self.token, self.ca)
+        return code, body.decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,20 +196,41 @@ class TokenMintError(Exception):
 
 
 def http(
-    method: str, endpoint: str, path: str, timeout_s: float = HTTP_TIMEOUT_S, token: str = ""
+    method: str,
+    endpoint: str,
+    path: str,
+    timeout_s: float = HTTP_TIMEOUT_S,
+    token: str = "",
+    ca: Path | None = None,
 ) -> tuple[int, Any]:
+    """One ops-port request with a JSON answer (see `http_bytes`)."""
+    code, body = http_bytes(method, endpoint, path, timeout_s, token, ca)
+    return code, json.loads(body or b"null")
+
+
+def http_bytes(
+    method: str,
+    endpoint: str,
+    path: str,
+    timeout_s: float = HTTP_TIMEOUT_S,
+    token: str = "",
+    ca: Path | None = None,
+) -> tuple[int, bytes]:
+    """One ops-port request; HTTPS trusting only ``ca`` when it is given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    scheme = "https" if ca is not None else "http"
     request = urllib.request.Request(
-        f"http://{endpoint}{path}",
+        f"{scheme}://{endpoint}{path}",
         method=method,
         data=b"" if method == "POST" else None,
         headers=headers,
     )
+    context = client_context(ca) if ca is not None else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+            return response.status, bytes(response.read())
+    except urllib.error.HTTPError as exc:  # 4xx/5xx: the status and the body
+        return exc.code, bytes(exc.read())
 
 
 @dataclass
@@ -294,6 +322,7 @@ class ProcessCluster:
                 args,
                 self.root / f"node-{i}.log",
                 token=self.creds.token,
+                ca=self.creds.ca,
             )
 
     def start_all(self) -> None:

@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from felix.broker import CredentialsRefused, TlsRefused, broker_ssl_context, ope
 from felix.metadata.tokens import format_token
 from felix.proto.client_messages import ClientHello, Deltas, SnapshotChunk
 from felix.security.certs import issue
-from felix.testing.processes import ProcessCluster, free_ports
+from felix.testing.processes import ProcessCluster, ServeProcess, free_ports, http_bytes
 
 FELIX = [sys.executable, "-m", "felix.cli"]
 
@@ -61,12 +61,15 @@ def test_serve_refuses_a_certificate_for_another_node(tmp_path: Path) -> None:
     assert "names felix://proc-test/node/2, but this is node 1" in result.stderr
 
 
-def get_text(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:  # e.g. 503 while there is no leader
-        return exc.code, exc.read().decode()
+def wait_ready_text(node: ServeProcess) -> str:
+    """``/readyz?verbose`` once the node listens (503 while it has no leader is fine)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return node.get_text("/readyz?verbose")[1]
+        except OSError:  # not listening yet (URLError is an OSError)
+            assert time.monotonic() < deadline, "the node never came up"
+            time.sleep(0.05)
 
 
 def test_insecure_is_said_at_start_and_on_readyz(tmp_path: Path) -> None:
@@ -74,18 +77,45 @@ def test_insecure_is_said_at_start_and_on_readyz(tmp_path: Path) -> None:
     node = cluster.nodes[1]
     node.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _, text = get_text(f"http://{node.ops}/readyz?verbose")
-                break
-            except OSError:  # not listening yet
-                assert time.monotonic() < deadline, "the node never came up"
-                time.sleep(0.05)
+        text = wait_ready_text(node)
         assert "INSECURE: plaintext links, no authentication" in text
     finally:
         node.stop()
     assert "runs INSECURE" in node.log_path.read_text()
+
+
+def test_the_ops_port_speaks_https_and_tls_ops_false_keeps_it_plaintext(
+    tmp_path: Path,
+) -> None:
+    """A secure node's ops port is HTTPS (the admin token never travels in the clear):
+    plain HTTP gets nothing, HTTPS trusting the cluster CA works, another CA is refused.
+    ``tls.ops = false`` keeps it plaintext for probes that cannot do TLS, and says so."""
+    cluster = ProcessCluster(tmp_path / "tls", size=1)
+    node = cluster.nodes[1]
+    node.start()
+    try:
+        assert "TLS and authentication on" in wait_ready_text(node)
+        with pytest.raises(OSError):  # the server closes without an answer: not TLS
+            http_bytes("GET", node.ops, "/livez")
+        assert node.get("/v1/status")[0] == 200  # HTTPS, the CA, the admin token
+        other = ProcessCluster(tmp_path / "other", size=1)  # only its CA is used
+        with pytest.raises(urllib.error.URLError) as refused:
+            http_bytes("GET", node.ops, "/livez", ca=other.creds.ca)
+        assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+    finally:
+        node.stop()
+
+    plain = ProcessCluster(tmp_path / "plain", size=1)
+    node = plain.nodes[1]
+    node.args += ["--set", "tls.ops=false"]
+    node.ca = None  # the ops client: plain HTTP
+    node.start()
+    try:
+        assert "the ops port is plaintext (tls.ops = false)" in wait_ready_text(node)
+        assert node.get("/v1/status")[0] == 200
+    finally:
+        node.stop()
+    assert "bearer tokens sent to its admin routes travel in the clear" in node.log_path.read_text()
 
 
 def dev_base_port() -> int:
@@ -165,7 +195,9 @@ def test_felix_dev_runs_secure_and_the_tools_use_its_files(dev: tuple[Path, int]
              "FELIX_CA": str(cwd / "felix-data" / "tls" / "ca.crt")},
     )  # fmt: skip
     assert bad.returncode == 1 and "unauthorized" in bad.stderr
-    _, metrics = get_text(f"http://127.0.0.1:{base + 2000}/metrics")  # open: no token
+    ca = cwd / "felix-data" / "tls" / "ca.crt"
+    _, body = http_bytes("GET", f"127.0.0.1:{base + 2000}", "/metrics", ca=ca)  # no token
+    metrics = body.decode()
     assert 'felix_client_unauthorized_total{operation="authenticate"} 1.0' in metrics
 
     # The broker library, with the broker token and the CA.
