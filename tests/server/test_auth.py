@@ -1,7 +1,7 @@
-"""Authentication and roles on the client API, over real sockets: every client call with
-every kind of credential is allowed or refused exactly as docs/architecture.md §12 says,
-a refusal is ``Error{unauthorized}`` and writes nothing, and a revoked token's open
-watch stream is closed."""
+"""Authentication and roles on the client API and the ops port, over real sockets:
+every client call and admin endpoint with every kind of credential is allowed or
+refused exactly as docs/architecture.md §12 says, a refusal (``Error{unauthorized}``,
+401, 403) changes nothing, and a revoked token's open watch stream is closed."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from felix.server.client_api import (
     _Session,
 )
 from felix.server.graph import MetadataServices
+from felix.server.health import OpsServer, Response
 from felix.server.raft_node import NodeSettings
 from felix.testing.cluster import TrioCluster
 
@@ -317,4 +318,114 @@ async def test_a_revoked_session_closes_at_the_next_recheck_within_a_second(
             await trio.sleep(0.01)
         assert trio.current_time() - revoked_at <= RECHECK_INTERVAL_S + 0.01
         assert conn.sender.final and api.auth_stats.closed_revoked == 1
+        nursery.cancel_scope.cancel()
+
+
+OPS_OPERATIONS = {  # (method, path): who may (None: everyone, open for probes/scrapers)
+    ("GET", "/livez"): None,
+    ("GET", "/readyz"): None,
+    ("GET", "/metrics"): None,
+    ("GET", "/v1/status"): {"reader", "broker 7", "broker 8", "admin", "bootstrap"},
+    ("POST", "/v1/transfer-leader"): {"admin", "bootstrap"},
+    ("POST", "/v1/members/add"): {"admin", "bootstrap"},
+    ("POST", "/v1/members/promote"): {"admin", "bootstrap"},
+    ("POST", "/v1/members/remove"): {"admin", "bootstrap"},
+}
+VALID_CREDENTIALS = {"reader", "broker 7", "broker 8", "admin", "bootstrap"}
+
+
+async def _ops_status(port: int, method: str, path: str, credential: str) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    auth = f"Authorization: Bearer {credential}\r\n" if credential else ""
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n"
+    async with stream:
+        await stream.send_all(request.encode())
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n" not in answer:
+                chunk = await stream.receive_some(4096)
+                assert chunk, "closed without a status line"
+                answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+async def test_the_ops_port_role_matrix(tmp_path: Path) -> None:
+    """Every admin endpoint with every credential, over a real socket, against the
+    cluster's own token store: open paths for anyone; status for any valid credential;
+    membership and leadership for admins only.  401 without a valid credential, 403 for
+    a valid one without the role, and a refused route is never called."""
+    async with serving(tmp_path) as api:
+        called: list[tuple[str, str]] = []
+
+        def route(method: str, path: str) -> Any:
+            async def handler(query: Any) -> Response:
+                called.append((method, path))
+                return Response(200, b"{}\n", "application/json")
+
+            return handler
+
+        ops = OpsServer(
+            livez={"loop": lambda: (True, "ok")},
+            readyz={"leader": lambda: (True, "ok")},
+            metrics=lambda: b"m 1\n",
+            get_routes={p: route(m, p) for m, p in OPS_OPERATIONS if m == "GET" and "v1" in p},
+            post_routes={p: route(m, p) for m, p in OPS_OPERATIONS if m == "POST"},
+            auth=api.services.api.auth,
+        )
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(ops.run, "127.0.0.1", 0)
+            got: dict[tuple[str, str, str], int] = {}
+            expected: dict[tuple[str, str, str], int] = {}
+            for name, credential in CREDENTIALS.items():
+                for (method, path), allowed in OPS_OPERATIONS.items():
+                    called.clear()
+                    status = await _ops_status(port, method, path, credential)
+                    got[name, method, path] = status
+                    if allowed is None or name in allowed:
+                        expected[name, method, path] = 200
+                    else:
+                        expected[name, method, path] = 403 if name in VALID_CREDENTIALS else 401
+                    if status != 200:
+                        assert not called, (name, method, path)  # nothing was done
+            assert got == expected
+            assert ops.refused == sum(1 for s in expected.values() if s != 200)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_revocation_closes_watches_on_every_node(tmp_path: Path) -> None:
+    """Three nodes, a reader watching on each: one revoke_token through the leader closes
+    all three streams with 4003 (each node rechecks its sessions against what it has
+    applied; the MockClock test above bounds that at RECHECK_INTERVAL_S)."""
+    path = tmp_path / "bootstrap-token"
+    path.write_text(BOOTSTRAP + "\n")
+    settings = NodeSettings(tick_s=0.01, snapshot_in_thread=False)
+    async with trio.open_nursery() as nursery:
+        cluster = TrioCluster(nursery, [1, 2, 3], settings=settings)
+        ports: dict[int, int] = {}
+        for node_id in (1, 2, 3):
+            _, services = await cluster.start_metadata(node_id, bootstrap_token_file=path)
+            ports[node_id] = await nursery.start(services.run, "127.0.0.1", 0)
+        leader = (await cluster.wait_for_leader()).node_id
+        api = Api(ports[leader], services)
+        assert isinstance(await api.call(create_token(READER, "reader", None, None), BOOTSTRAP),
+                          WriteResult)  # fmt: skip
+        await cluster.wait_converged()
+        watchers = [
+            await ClientConnection.open("127.0.0.1", ports[n], token=READER) for n in (1, 2, 3)
+        ]
+        try:
+            for conn in watchers:
+                await conn.send(ClientHello(None, None, ""))
+                assert isinstance(await conn.receive(), SnapshotChunk)
+            revoke = write("revoke_token", {"token_id": parse_token(READER).id})
+            assert isinstance(await api.call(revoke, BOOTSTRAP), WriteResult)
+            with trio.fail_after(10):  # a bound, not the claim
+                for conn in watchers:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:
+                            await conn.receive()
+                    assert closed.value.code == CLOSE_UNAUTHORIZED
+        finally:
+            for conn in watchers:
+                await conn.aclose()
         nursery.cancel_scope.cancel()
