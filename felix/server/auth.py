@@ -67,6 +67,12 @@ class Unauthorized(Exception):
     """Authentication failed; the message says why without echoing the credential."""
 
 
+class UnknownToken(Unauthorized):
+    """The token id is not in this node's applied state: revoked, never made, or made
+    so recently that this node has not applied it yet (the caller may wait for a
+    linearizable read point and ask again)."""
+
+
 class BootstrapTokenError(Exception):
     """The bootstrap token file is missing, unreadable or not a token."""
 
@@ -132,7 +138,7 @@ class Authenticator:
             raise Unauthorized(f"wrong secret for token {parsed.id}")
         record = self._tokens().get(parsed.id)
         if record is None:
-            raise Unauthorized(f"unknown or revoked token {parsed.id}")
+            raise UnknownToken(f"unknown or revoked token {parsed.id}")
         if not secret_matches(record, parsed.secret):
             raise Unauthorized(f"wrong secret for token {parsed.id}")
         if self._expired(record):

@@ -52,6 +52,7 @@ from felix.server.auth import (
     Authenticator,
     Principal,
     Unauthorized,
+    UnknownToken,
     authorize_admin,
     authorize_health,
     authorize_watch,
@@ -243,7 +244,7 @@ class ClientApi:
                 scheme, _, token = header.partition(" ")
                 if scheme.lower() != "bearer":
                     raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-                return auth.authenticate(token.strip()), None
+                return await self._token_principal(auth, token.strip()), None
             certificate = conn.tls.peer_certificate() if conn.tls is not None else {}
             if certificate:  # verified against the client CA in the handshake
                 return auth.certificate(certificate), None
@@ -258,12 +259,32 @@ class ClientApi:
                     f"{type(message).__name__} before authentication: send a bearer token"
                     " in the upgrade request or a Hello with a token first"
                 )
-            return auth.authenticate(message.token), message
+            return await self._token_principal(auth, message.token), message
         except Unauthorized as exc:
             self._refuse(conn, "authenticate", str(exc), _request_id(message))
             conn.sender.send_final(close_frame(CLOSE_UNAUTHORIZED, "unauthorized"))
             await _discard_until_closed(conn)
             return None
+
+    async def _token_principal(self, auth: Authenticator, token: str) -> Principal:
+        """`Authenticator.authenticate`, linearizable for unknown tokens: a token minted
+        on the leader an instant ago may not be applied here yet, so an unknown id waits
+        for a ReadIndex point (thesis §6.4), bounded by `AUTH_TIMEOUT_S`, then is
+        checked once more.  Only tokens that parse and are unknown pay this, bounded by
+        the connections allowed to be authenticating at once."""
+        try:
+            return auth.authenticate(token)
+        except UnknownToken:
+            await self._caught_up_to_leader(AUTH_TIMEOUT_S)
+            return auth.authenticate(token)
+
+    async def _caught_up_to_leader(self, timeout_s: float) -> None:
+        """Return once this node has applied the leader's ReadIndex point (asked over the
+        peer link from a follower), or after ``timeout_s`` (then the local view stands)."""
+        with trio.move_on_after(timeout_s):
+            point = await self.forwarder.submit(ForwardKind.READ, b"", timeout_s=timeout_s)
+            while point.error is None and self.node.applied_index < point.index:
+                await self.node.wait_changed()
 
     def _refusal(self, principal: Principal, message: Any) -> str | None:
         """Why ``principal`` may not send ``message`` (None: it may; writes are checked

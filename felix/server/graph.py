@@ -21,7 +21,9 @@ from felix.server.auth import Authenticator
 from felix.server.client_api import ClientApi
 from felix.server.forwarding import Forwarder
 from felix.server.metadata_sm import MetadataStateMachine, MetadataStore
+from felix.server.outcome import Outcome
 from felix.server.raft_node import RaftNode
+from felix.server.requests import NodeError
 from felix.server.sessions import SessionTracker
 from felix.server.watch_hub import HubLimits, WatchHub
 from felix.server.ws_server import ServerTls
@@ -63,9 +65,17 @@ class MetadataServices:
             {
                 ForwardKind.WRITE: node.propose_outcome,
                 ForwardKind.HEALTH: self.sessions.handle_forwarded,
+                ForwardKind.READ: self._read_point,
             },
         )
         self.api = ClientApi(node, self.forwarder, parts.store, parts.hub, auth=auth, tls=tls)
+
+    async def _read_point(self, _: bytes) -> Outcome:
+        """The `ForwardKind.READ` handler, on the leader: a linearizable read point."""
+        try:
+            return Outcome(await self.node.read_index())
+        except NodeError as exc:
+            return exc.outcome()
 
     async def run(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
