@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
 from felix.metadata.errors import CommandError, bad_request
 from felix.proto.cbor import (
     IntRange,
+    MaxItems,
     MaxLen,
     ScalarValue,
     dumps,
@@ -41,6 +42,8 @@ Shards = Annotated[int, IntRange(1, 100_000)]
 ReplicationFactor = Annotated[int, IntRange(1, 16)]
 RetentionMs = Annotated[int, IntRange(1, 2**62)]
 Quota = Annotated[int, IntRange(0, 2**62)]
+ReplicaSet = Annotated[tuple[NodeId, ...], MaxItems(16)]
+Reason = Annotated[str, MaxLen(200)]
 
 if TYPE_CHECKING:
     ConfigArg = int | bool | str | None
@@ -72,22 +75,76 @@ class NodeHealth:
     node_id: NodeId
     status: Name
     epoch: Version | None = None
+    operator: bool = False  # an admin's "down": safety-checked unless ``force``
+    force: bool = False
     expected_version: Version | None = None
 
 
 @wire_type
 @dataclass(frozen=True, slots=True)
 class DrainNode:
+    """Move leadership off a broker (controlled shutdown); refused if a shard would be
+    left below ``min_live_replicas`` unless ``force`` (recorded in the entry)."""
+
     NAME: ClassVar[str] = "drain_node"
     node_id: NodeId
+    force: bool = False
     expected_version: Version | None = None
 
 
 @wire_type
 @dataclass(frozen=True, slots=True)
 class UndrainNode:
+    """End a drain, and a decommission not yet finished."""
+
     NAME: ClassVar[str] = "undrain_node"
     node_id: NodeId
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class AckDrain:
+    """The leader saw every live broker apply ``drained_version``: the drain is complete
+    (controlled shutdown, docs/architecture.md §13).  Stale if the version moved."""
+
+    NAME: ClassVar[str] = "ack_drain"
+    node_id: NodeId
+    drained_version: Version
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class DecommissionNode:
+    """Drain a broker and move every replica off it (through the planner, bounded);
+    ``remove_node`` deregisters it once it holds nothing."""
+
+    NAME: ClassVar[str] = "decommission_node"
+    node_id: NodeId
+    force: bool = False
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class RemoveNode:
+    """Forget a broker that holds no replica (decommissioned, or never used)."""
+
+    NAME: ClassVar[str] = "remove_node"
+    node_id: NodeId
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class ExpireNode:
+    """The leader's verdict that a broker has been down past ``replica_down_timeout_s``:
+    its replicas are re-replicated elsewhere.  ``epoch`` fences a broker that came back."""
+
+    NAME: ClassVar[str] = "expire_node"
+    node_id: NodeId
+    epoch: Version
     expected_version: Version | None = None
 
 
@@ -103,19 +160,22 @@ class CreateStream:
     tenant: Name
     replication_factor: ReplicationFactor | None = None
     retention_ms: RetentionMs | None = None
+    force: bool = False  # place without rack spread even when placement is strict
     expected_version: Version | None = None
 
 
 @wire_type
 @dataclass(frozen=True, slots=True)
 class UpdateStream:
-    """None leaves a field unchanged; shards may only grow; replication factor is fixed."""
+    """None leaves a field unchanged; shards may only grow; a new replication factor is
+    reached by the planner's bounded, make-before-break moves."""
 
     NAME: ClassVar[str] = "update_stream"
     name: Name
     shards: Shards | None = None
     replication_factor: ReplicationFactor | None = None
     retention_ms: RetentionMs | None = None
+    force: bool = False
     expected_version: Version | None = None
 
 
@@ -201,7 +261,57 @@ class RevokeToken:
     expected_version: Version | None = None
 
 
+@wire_type
+@dataclass(frozen=True, slots=True)
+class ReassignShard:
+    """Start moving ``shard`` to the replica set ``replicas`` (make-before-break): new
+    replicas join catching up, old ones leave only once every new one is ready.  The
+    ``reason`` is the planner's (or the operator's) and is shown by ``felix ctl``."""
+
+    NAME: ClassVar[str] = "reassign_shard"
+    shard: Name
+    replicas: ReplicaSet
+    reason: Reason = ""
+    force: bool = False  # past the move bounds and the live-replica check
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class ReplicaReady:
+    """A broker's copy of ``shard`` has caught up (`MetadataView.report_replica_ready`)."""
+
+    NAME: ClassVar[str] = "replica_ready"
+    shard: Name
+    node_id: NodeId
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class FinishReassignment:
+    """Drop the leaving replicas of ``shard``: every joining one is ready and none of
+    the leaving ones leads.  ``force`` drops them even before (recorded)."""
+
+    NAME: ClassVar[str] = "finish_reassignment"
+    shard: Name
+    force: bool = False
+    expected_version: Version | None = None
+
+
+@wire_type
+@dataclass(frozen=True, slots=True)
+class CancelReassignment:
+    """Return ``shard`` to the replicas it had before its reassignment."""
+
+    NAME: ClassVar[str] = "cancel_reassignment"
+    shard: Name
+    expected_version: Version | None = None
+
+
 TOKEN_COMMANDS: Final = (CreateToken, RevokeToken)
+REPLICA_COMMANDS: Final = (ReassignShard, ReplicaReady, FinishReassignment, CancelReassignment)
+NODE_COMMANDS: Final = (AckDrain, DecommissionNode, RemoveNode, ExpireNode)
 
 Command = (
     RegisterNode
@@ -217,6 +327,14 @@ Command = (
     | MoveShardLeader
     | CreateToken
     | RevokeToken
+    | ReassignShard
+    | ReplicaReady
+    | FinishReassignment
+    | CancelReassignment
+    | AckDrain
+    | DecommissionNode
+    | RemoveNode
+    | ExpireNode
 )
 COMMAND_CLASSES: Final[dict[str, type[Command]]] = {
     cls.NAME: cls
@@ -234,6 +352,8 @@ COMMAND_CLASSES: Final[dict[str, type[Command]]] = {
         MoveShardLeader,
         CreateToken,
         RevokeToken,
+        *REPLICA_COMMANDS,
+        *NODE_COMMANDS,
     )
 }
 
@@ -261,7 +381,8 @@ def command_from_request(
     if "expected_version" in args:
         raise bad_request(f"{command}: expected_version belongs on the request, not in args")
     plain: dict[str, Any] = _defaults(cls)
-    plain.update(args)
+    # A Record holds arrays as tuples (immutable); the schema decoder takes lists.
+    plain.update({k: list(v) if isinstance(v, tuple) else v for k, v in args.items()})
     plain["expected_version"] = expected_version
     try:
         cmd = from_plain(cls, plain)
@@ -289,6 +410,10 @@ def _check_static(cmd: Command) -> None:
         raise bad_request(f"node_health: status must be one of {HEALTH_STATUSES}")
     if isinstance(cmd, RegisterNode) and not cmd.address:
         raise bad_request("register_node: address must not be empty")
+    if isinstance(cmd, ReassignShard) and (
+        not cmd.replicas or len(set(cmd.replicas)) != len(cmd.replicas)
+    ):
+        raise bad_request("reassign_shard: replicas must be distinct node ids, at least one")
 
 
 def command_args(cmd: Command) -> Record:
@@ -314,16 +439,26 @@ def decode_command(data: bytes) -> Command:
 
 __all__ = [
     "COMMAND_CLASSES",
+    "NODE_COMMANDS",
+    "REPLICA_COMMANDS",
     "TOKEN_COMMANDS",
+    "AckDrain",
+    "CancelReassignment",
     "Command",
     "CommandError",
     "CreateStream",
     "CreateToken",
+    "DecommissionNode",
     "DeleteStream",
     "DrainNode",
+    "ExpireNode",
+    "FinishReassignment",
     "MoveShardLeader",
     "NodeHealth",
+    "ReassignShard",
     "RegisterNode",
+    "RemoveNode",
+    "ReplicaReady",
     "RevokeToken",
     "SetConfig",
     "SetQuota",

@@ -56,6 +56,58 @@ CONFIG_SPECS: Final[Mapping[str, ConfigSpec]] = {
         ConfigSpec("max_message_bytes", int, 1 << 20, 1, 64 << 20, "brokers refuse larger"),
         ConfigSpec("rack_aware_placement", bool, True, doc="spread replicas across racks"),
         ConfigSpec("allow_stream_deletion", bool, True, doc="delete_stream is permitted"),
+        ConfigSpec(
+            "rack_aware_placement_strict",
+            bool,
+            False,
+            doc="refuse a create or grow that cannot put every replica in its own rack",
+        ),
+        ConfigSpec(
+            "min_live_replicas",
+            int,
+            2,
+            1,
+            16,
+            "live caught-up replicas a drain or 'down' must leave (at most RF - 1, at least 1)",
+        ),
+        ConfigSpec(
+            "replica_down_timeout_s",
+            int,
+            600,
+            1,
+            30 * 86_400,
+            "a broker down this long has its replicas re-replicated",
+        ),
+        ConfigSpec("moves_per_node_max", int, 2, 1, 10_000, "reassignments touching one broker"),
+        ConfigSpec("moves_cluster_max", int, 64, 1, 100_000, "reassignments in the cluster"),
+        ConfigSpec(
+            "replica_skew_max",
+            int,
+            2,
+            1,
+            1_000_000,
+            "most minus fewest replicas across brokers that the planner tolerates",
+        ),
+        ConfigSpec(
+            "leader_skew_max",
+            int,
+            2,
+            1,
+            1_000_000,
+            "most minus fewest leaderships across brokers that the planner tolerates",
+        ),
+        ConfigSpec(
+            "leader_moves_per_pass_max",
+            int,
+            64,
+            0,
+            100_000,
+            "preferred-leader and leader-balance moves in one planner pass",
+        ),
+        ConfigSpec("auto_rebalance", bool, True, doc="the leader runs the planner by itself"),
+        ConfigSpec(
+            "rebalance_interval_s", int, 300, 1, 86_400, "the leader's periodic planner pass"
+        ),
     )
 }
 

@@ -13,9 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from felix.metadata import commands as cmds
+from felix.metadata import replicas
 from felix.metadata.config import config_bool, validate_config
 from felix.metadata.errors import CommandError, rejected
 from felix.metadata.model import (
+    EVACUATE_DECOMMISSION,
+    EVACUATE_DOWN_TIMEOUT,
     KIND_CONFIG,
     KIND_SHARD,
     KIND_STREAM,
@@ -43,8 +46,9 @@ def register_node(state: MetadataState, cmd: cmds.RegisterNode) -> None:
             raise rejected(f"address {cmd.address!r} is in use by live node {other.id}")
     old = state.nodes.get(cmd.node_id)
     draining = old.draining if old is not None else False
+    evacuate = old.evacuate if old is not None and old.evacuate == EVACUATE_DECOMMISSION else ""
     node = Node(cmd.node_id, cmd.address, cmd.rack, NodeState.REGISTERED, state._index,
-                draining, None)  # fmt: skip
+                draining, None, False, evacuate)  # fmt: skip
     state._node_changed(node)
 
 
@@ -60,20 +64,35 @@ def node_health(state: MetadataState, cmd: cmds.NodeHealth) -> None:
             ErrorCode.CONFLICT,
             f"node {node.id} epoch {cmd.epoch} is stale (current epoch {node.epoch})",
         )
+    if cmd.operator and cmd.status == NodeState.DOWN and node.state != NodeState.DOWN:
+        replicas.check_availability(state, node.id, "marking down", cmd.force)
     if node.state != cmd.status:
-        state._node_changed(dataclasses.replace(node, state=cmd.status))
+        evacuate = (
+            "" if cmd.status == NodeState.UP and node.evacuate == EVACUATE_DOWN_TIMEOUT else None
+        )
+        changed = dataclasses.replace(node, state=cmd.status)
+        if evacuate is not None:
+            changed = dataclasses.replace(changed, evacuate=evacuate)
+        state._node_changed(changed)
 
 
 def drain_node(state: MetadataState, cmd: cmds.DrainNode) -> None:
+    """Refused (unless ``force``) if a shard would be left short of live replicas."""
     node = state._node(cmd.node_id)
     if not node.draining:
+        replicas.check_availability(state, node.id, "draining", cmd.force)
         state._node_changed(dataclasses.replace(node, draining=True))
 
 
 def undrain_node(state: MetadataState, cmd: cmds.UndrainNode) -> None:
     node = state._node(cmd.node_id)
-    if node.draining:
-        state._node_changed(dataclasses.replace(node, draining=False, drained_version=None))
+    evacuate = "" if node.evacuate == EVACUATE_DECOMMISSION else node.evacuate
+    if node.draining or evacuate != node.evacuate:
+        state._node_changed(
+            dataclasses.replace(
+                node, draining=False, drained_version=None, drain_acked=False, evacuate=evacuate
+            )
+        )
 
 
 def create_stream(state: MetadataState, cmd: cmds.CreateStream) -> None:
@@ -87,6 +106,11 @@ def create_stream(state: MetadataState, cmd: cmds.CreateStream) -> None:
     stream = Stream(cmd.name, cmd.tenant, cmd.shards, rf, retention)
     state._put(stream)
     state._add_shards(stream, 0)
+    replicas.check_strict_spread(state, _keys(stream, 0), cmd.force)
+
+
+def _keys(stream: Stream, first: int) -> list[str]:
+    return [shard_key(stream.name, index) for index in range(first, stream.shards)]
 
 
 def _check_shard_count(state: MetadataState, shards: int) -> None:
@@ -96,21 +120,25 @@ def _check_shard_count(state: MetadataState, shards: int) -> None:
 
 
 def update_stream(state: MetadataState, cmd: cmds.UpdateStream) -> None:
-    """Retention changes in place; new shards are placed like a create's."""
+    """Retention changes in place; new shards are placed like a create's; a new
+    replication factor is reached by the planner's moves (`felix.metadata.planner`)."""
     stream = state._stream(cmd.name)
-    rf = cmd.replication_factor
-    if rf is not None and rf != stream.replication_factor:
-        raise rejected("changing a stream's replication factor is not supported")
+    rf = stream.replication_factor if cmd.replication_factor is None else cmd.replication_factor
+    if rf != stream.replication_factor:
+        replicas.check_rf_change(state, rf, cmd.force)
     shards = stream.shards if cmd.shards is None else cmd.shards
     if shards < stream.shards:
         raise rejected(f"stream {stream.name!r} has {stream.shards} shards; cannot shrink")
     _check_shard_count(state, shards)
     state._check_stream_quotas(state._tenant(stream.tenant), 0, shards - stream.shards)
     retention = stream.retention_ms if cmd.retention_ms is None else cmd.retention_ms
-    updated = dataclasses.replace(stream, shards=shards, retention_ms=retention)
+    updated = dataclasses.replace(
+        stream, shards=shards, retention_ms=retention, replication_factor=rf
+    )
     state._put(updated)
     if shards > stream.shards:
         state._add_shards(updated, stream.shards)
+        replicas.check_strict_spread(state, _keys(updated, stream.shards), cmd.force)
 
 
 def delete_stream(state: MetadataState, cmd: cmds.DeleteStream) -> None:
@@ -199,5 +227,13 @@ HANDLERS: Final[dict[type, Callable[[MetadataState, Any], None]]] = {
     cmds.MoveShardLeader: move_shard_leader,
     cmds.CreateToken: create_token,
     cmds.RevokeToken: revoke_token,
+    cmds.ReassignShard: replicas.reassign_shard,
+    cmds.ReplicaReady: replicas.replica_ready,
+    cmds.FinishReassignment: replicas.finish_reassignment,
+    cmds.CancelReassignment: replicas.cancel_reassignment,
+    cmds.AckDrain: replicas.ack_drain,
+    cmds.DecommissionNode: replicas.decommission_node,
+    cmds.RemoveNode: replicas.remove_node,
+    cmds.ExpireNode: replicas.expire_node,
 }
 assert set(HANDLERS) == set(cmds.COMMAND_CLASSES.values())

@@ -9,10 +9,15 @@ kind    key           fields
 ======  ============  ==========================================================
 node    "7"           id, address, rack, state ("registered"/"up"/"down"),
                       epoch (Raft index of the latest registration), draining
-                      (bool), drained_version (int or None)
+                      (bool), drained_version (int or None), drain_acked (bool:
+                      every live broker has applied drained_version), evacuate
+                      ("" or why every replica must leave: "decommission",
+                      "down_timeout")
 stream  "orders"      name, tenant, shards, replication_factor, retention_ms
 shard   "orders/3"    stream, index, replicas (tuple of node ids, leader first
-                      at placement), leader (node id or None), leader_epoch
+                      at placement), leader (node id or None), leader_epoch,
+                      adding / removing (node ids joining / leaving in a
+                      reassignment), catching_up (replicas not caught up yet)
 tenant  "acme"        name, display_name, streams_max, shards_max, bytes_per_s
                       (each quota an int, or None for unlimited)
 config  "streams_max" name, value
@@ -76,7 +81,8 @@ class Node(_Model):
     kind: ClassVar[str] = KIND_NODE
     types: ClassVar[Mapping[str, tuple[type, ...]]] = {
         "id": _INT, "address": _STR, "rack": _STR, "state": _STR, "epoch": _INT,
-        "draining": _BOOL, "drained_version": _OPT_INT,
+        "draining": _BOOL, "drained_version": _OPT_INT, "drain_acked": _BOOL,
+        "evacuate": _STR,
     }  # fmt: skip
     id: int
     address: str
@@ -85,6 +91,8 @@ class Node(_Model):
     epoch: int
     draining: bool
     drained_version: int | None
+    drain_acked: bool = False
+    evacuate: str = ""
 
     @property
     def key(self) -> str:
@@ -98,6 +106,15 @@ class Node(_Model):
     def live(self) -> bool:
         """Eligible for new replicas and preferred for leadership."""
         return self.state == NodeState.UP and not self.draining
+
+    @property
+    def accepts_replicas(self) -> bool:
+        """Live and not being emptied: the planner may place replicas here."""
+        return self.live and not self.evacuate
+
+
+EVACUATE_DECOMMISSION: Final = "decommission"
+EVACUATE_DOWN_TIMEOUT: Final = "down_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +144,34 @@ class Shard(_Model):
     kind: ClassVar[str] = KIND_SHARD
     types: ClassVar[Mapping[str, tuple[type, ...]]] = {
         "stream": _STR, "index": _INT, "replicas": (tuple,), "leader": _OPT_INT,
-        "leader_epoch": _INT,
+        "leader_epoch": _INT, "adding": (tuple,), "removing": (tuple,),
+        "catching_up": (tuple,),
     }  # fmt: skip
     stream: str
     index: int
     replicas: tuple[int, ...]
     leader: int | None
     leader_epoch: int
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
+    catching_up: tuple[int, ...] = ()
+
+    @property
+    def reassigning(self) -> bool:
+        return bool(self.adding or self.removing)
+
+    @property
+    def target(self) -> tuple[int, ...]:
+        """The replica set once the reassignment (if any) completes."""
+        return tuple(r for r in self.replicas if r not in self.removing)
+
+    @property
+    def original(self) -> tuple[int, ...]:
+        """The replica set before the reassignment (what a cancel returns to)."""
+        return tuple(r for r in self.replicas if r not in self.adding)
+
+    def caught_up(self) -> tuple[int, ...]:
+        return tuple(r for r in self.replicas if r not in self.catching_up)
 
     @property
     def key(self) -> str:
@@ -187,8 +225,10 @@ def from_record(kind: str, key: str, value: Mapping[str, object]) -> Model:
         if type(value[name]) not in allowed:
             raise SnapshotError(f"{kind} {key!r}: field {name} has type {type(value[name])}")
     obj = cls(**cast(dict[str, Any], value))
-    if isinstance(obj, Shard) and not all(type(r) is int for r in obj.replicas):
-        raise SnapshotError(f"shard {key!r}: replicas must be node ids")
+    if isinstance(obj, Shard):
+        ids = (*obj.replicas, *obj.adding, *obj.removing, *obj.catching_up)
+        if not all(type(r) is int for r in ids):
+            raise SnapshotError(f"shard {key!r}: replicas must be node ids")
     if obj.key != key:
         raise SnapshotError(f"{kind} record key {key!r} does not match its fields")
     return obj

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from felix.metadata.errors import rejected
+from felix.metadata.model import Shard
 
 
 @dataclass(slots=True)
@@ -100,3 +101,11 @@ def choose_leader(
     if leader is not None and is_up(leader):
         return leader
     return next((r for r in replicas if is_up(r)), None)
+
+
+def leader_candidates(shard: Shard) -> tuple[int, ...]:
+    """The replicas that may lead ``shard``, in preference order: caught-up replicas that
+    stay (the target set), then caught-up ones leaving; never one still catching up."""
+    waiting = shard.catching_up
+    staying = tuple(r for r in shard.target if r not in waiting)
+    return staying + tuple(r for r in shard.removing if r not in waiting)

@@ -48,7 +48,7 @@ from felix.metadata.model import (
     Tenant,
     from_record,
 )
-from felix.metadata.placement import NodeLoad, choose_leader, place_shards
+from felix.metadata.placement import NodeLoad, choose_leader, leader_candidates, place_shards
 from felix.metadata.snapshot import decode_snapshot, encode_snapshot
 from felix.metadata.tokens import TokenRecord, check_record
 from felix.proto.client_messages import Change, Delta, ErrorCode
@@ -102,6 +102,8 @@ class MetadataState:
         self._digest = 0
         self._node_shards: dict[int, set[str]] = {}
         self._leader_count: dict[int, int] = {}
+        self.reassigning: set[str] = set()  # keys of shards with a move in flight
+        self._moves: dict[int, int] = {}  # node id -> in-flight moves adding or removing it
         self._tenant_streams: dict[str, int] = {}
         self._tenant_shards: dict[str, int] = {}
         self._undo: list[_Undo] = []
@@ -137,6 +139,10 @@ class MetadataState:
 
     def leader_count(self, node_id: int) -> int:
         return self._leader_count.get(node_id, 0)
+
+    def moves_of(self, node_id: int) -> int:
+        """In-flight reassignments adding or removing ``node_id``."""
+        return self._moves.get(node_id, 0)
 
     def tenant_usage(self, tenant: str) -> tuple[int, int]:
         """(streams, shards) owned by ``tenant``."""
@@ -257,6 +263,13 @@ class MetadataState:
                 count = self._leader_count.get(obj.leader, 0) + sign
                 self._leader_count[obj.leader] = count
                 self._touched.add(obj.leader)
+            if obj.adding or obj.removing:
+                if sign > 0:
+                    self.reassigning.add(obj.key)
+                else:
+                    self.reassigning.discard(obj.key)
+                for node in (*obj.adding, *obj.removing):
+                    self._moves[node] = self._moves.get(node, 0) + sign
         elif isinstance(obj, Stream):
             streams = self._tenant_streams.get(obj.tenant, 0) + sign
             self._tenant_streams[obj.tenant] = streams
@@ -305,9 +318,12 @@ class MetadataState:
         return node is not None and node.up
 
     def _reelect(self, key: str) -> None:
-        """Give shard ``key`` the leader `choose_leader` wants (leader_epoch++ if new)."""
+        """Give shard ``key`` the leader `choose_leader` wants (leader_epoch++ if new).
+        Only a caught-up replica may lead; replicas staying come before leaving ones."""
         shard = self.shards[key]
-        leader = choose_leader(shard.replicas, shard.leader, self._is_live, self._is_up)
+        candidates = leader_candidates(shard)
+        current = shard.leader if shard.leader in candidates else None
+        leader = choose_leader(candidates, current, self._is_live, self._is_up)
         if leader != shard.leader:
             self._put(
                 dataclasses.replace(shard, leader=leader, leader_epoch=shard.leader_epoch + 1)
@@ -331,7 +347,7 @@ class MetadataState:
             if done:
                 wanted = node.drained_version if node.drained_version is not None else self._index
             if wanted != node.drained_version:
-                self._put(dataclasses.replace(node, drained_version=wanted))
+                self._put(dataclasses.replace(node, drained_version=wanted, drain_acked=False))
 
     def _check_stream_quotas(self, tenant: Tenant, new_streams: int, new_shards: int) -> None:
         streams, shards = self.tenant_usage(tenant.name)
@@ -349,7 +365,7 @@ class MetadataState:
         candidates = [
             NodeLoad(n.id, n.rack, len(self._node_shards.get(n.id, ())), self.leader_count(n.id))
             for n in self.nodes.values()
-            if n.live
+            if n.accepts_replicas
         ]
         return place_shards(
             candidates,

@@ -87,9 +87,8 @@ def record_valid(kind: object, key: object, value: object) -> bool:
             return False
     if kind == "node" and record["state"] not in ("registered", "up", "down"):
         return False
-    replicas = record.get("replicas", ()) if kind == "shard" else ()
-    assert isinstance(replicas, tuple)
-    return obj is not None and all(0 <= r <= ID_MAX for r in replicas)
+    id_tuples = [v for v in record.values() if isinstance(v, tuple)]  # replicas, adding, ...
+    return obj is not None and all(0 <= r <= ID_MAX for ids in id_tuples for r in ids)
 
 
 def canonical_id(text: str) -> bool:

@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from felix.metadata.commands import (
     COMMAND_CLASSES,
+    AckDrain,
+    CancelReassignment,
     Command,
+    DecommissionNode,
+    ExpireNode,
+    FinishReassignment,
+    ReassignShard,
+    RemoveNode,
+    ReplicaReady,
     CreateStream,
     CreateToken,
     DeleteStream,
@@ -47,6 +55,17 @@ EXAMPLES: list[Command] = [
     MoveShardLeader("orders/3", 2),
     CreateToken("00000000000000ab", "broker", "0" * 64, node_id=7, expires_at_ms=5),
     RevokeToken("00000000000000ab"),
+    ReassignShard("orders/3", (4, 5, 6), reason="balance", force=True),
+    ReplicaReady("orders/3", 4),
+    FinishReassignment("orders/3"),
+    CancelReassignment("orders/3"),
+    AckDrain(1, 17),
+    DecommissionNode(1, force=True),
+    RemoveNode(1),
+    ExpireNode(1, epoch=4),
+    NodeHealth(1, "down", operator=True, force=True),
+    DrainNode(2, force=True),
+    UpdateStream("orders", replication_factor=5, force=True),
 ]
 
 

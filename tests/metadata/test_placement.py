@@ -126,7 +126,8 @@ def test_drain_waits_while_no_other_replica_can_lead() -> None:
     assert leader is not None
     other = 3 - leader
     h.ok(NodeHealth(other, "down"))
-    h.ok(DrainNode(leader))
+    h.reject(DrainNode(leader), match="s/0; move replicas first, or use --force")
+    h.ok(DrainNode(leader, force=True))  # the operator knows better
     assert h.state.shards["s/0"].leader == leader  # never make a shard unavailable
     assert h.state.nodes[leader].drained_version is None
     delta = h.ok(NodeHealth(other, "up"))
@@ -136,7 +137,8 @@ def test_drain_waits_while_no_other_replica_can_lead() -> None:
 
 def test_drain_completes_when_the_last_led_stream_is_deleted() -> None:
     h = with_stream(cluster({1: "a"}), "s", 2, rf=1)
-    h.ok(DrainNode(1))
+    h.reject(DrainNode(1), match="2 shard")  # no other replica can lead
+    h.ok(DrainNode(1, force=True))
     assert h.state.nodes[1].drained_version is None
     delta = h.ok(DeleteStream("s"))
     assert h.state.nodes[1].drained_version == delta.version

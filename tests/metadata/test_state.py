@@ -114,7 +114,7 @@ def test_update_stream() -> None:
     assert [c.key for c in delta.changes] == ["orders", "orders/2", "orders/3"]
     assert h.state.streams["orders"].retention_ms == 77
     h.reject(UpdateStream("orders", shards=3), match="cannot shrink")
-    h.reject(UpdateStream("orders", replication_factor=2), match="replication factor")
+    h.reject(UpdateStream("orders", replication_factor=9), match="replication factor 9 needs")
     h.reject(UpdateStream("nope", retention_ms=1), match="stream 'nope' does not exist")
     assert h.ok(UpdateStream("orders")).changes == ()
 
