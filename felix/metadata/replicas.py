@@ -177,8 +177,11 @@ def reassign_shard(state: MetadataState, cmd: cmds.ReassignShard) -> None:
     if shard.reassigning:
         raise rejected(f"shard {shard.key} is already moving to {shard.target}; cancel that first")
     target = cmd.replicas
-    if set(target) == set(shard.replicas):
+    if target == shard.replicas:
         raise rejected(f"shard {shard.key} already has replicas {shard.replicas}")
+    if set(target) == set(shard.replicas):  # a new order only: a new preferred leader
+        state._put(dataclasses.replace(shard, replicas=target))
+        return
     adding = tuple(r for r in target if r not in shard.replicas)
     removing = tuple(r for r in shard.replicas if r not in target)
     limit = state._cfg_int("shards_per_node_max")
