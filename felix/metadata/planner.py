@@ -23,8 +23,8 @@ shard's count of live replicas, not even while it runs.  Passes, in priority ord
    ``leader_skew_max`` by reordering replicas (no data moves), then leadership returns
    to every live preferred leader; both bounded by ``leader_moves_max``.
 
-Replica moves are bounded by ``moves_per_node_max`` (moves touching one broker, counting
-those in flight) and ``moves_cluster_max``; the handlers enforce the same bounds at
+Replica moves are bounded by ``moves_per_node_max`` (moves adding to a broker or removing
+from one that serves data, counting those in flight) and ``moves_cluster_max``; the handlers enforce the same bounds at
 apply, so no planner, old leader or operator can exceed them without ``force``.  Every
 step carries the reason an operator is shown.
 """
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from felix.metadata import commands as cmds
 from felix.metadata.config import config_bool, config_int
@@ -61,9 +61,9 @@ class PlannerLimits:
     leader_moves_max: int = 64
 
 
-@dataclass(frozen=True, slots=True)
-class ShardInfo:
-    """What the planner needs of one shard.  ``rf`` 0 means "keep the current count"."""
+class ShardInfo(NamedTuple):
+    """What the planner needs of one shard.  ``rf`` 0 means "keep the current count".
+    (A NamedTuple: 100,000 of them are built per pass, and a frozen dataclass is slower.)"""
 
     replicas: tuple[int, ...]
     leader: int | None = None
@@ -128,6 +128,10 @@ class _Budget:
             if node is not None:
                 self.per_node[node] = self.per_node.get(node, 0) + 1
 
+    @property
+    def spent(self) -> bool:
+        return self.total >= self.limits.moves_cluster_max
+
     def allows(self, add: int | None, remove: int | None) -> bool:
         per = self.limits.moves_per_node_max
         return (
@@ -143,7 +147,7 @@ class _Planner:
         self.limits = limits
         self.plan = Plan()
         self.info = {key: _info(v) for key, v in sorted(given.shards.items())}
-        self.replicas = {key: list(i.replicas) for key, i in self.info.items()}
+        self.replicas = {key: i.replicas for key, i in self.info.items()}  # copy on write
         self.busy: set[str] = set()  # one move per shard at a time
         self.budget = _Budget(limits)
         self.load: dict[int, int] = {b: 0 for b in given.brokers}
@@ -157,7 +161,8 @@ class _Planner:
                 self.held[b] = self.held.get(b, 0) + 1
             if info.in_flight is not None:
                 self.busy.add(key)
-                self.budget.charge((*info.in_flight[0], *info.in_flight[1]))
+                leaving = (self._counted(b) for b in info.in_flight[1])
+                self.budget.charge((*info.in_flight[0], *leaving))
         self.live = sorted(b for b, i in self.brokers.items() if i.live and not i.evacuate)
 
     def _rack(self, broker: int) -> str:
@@ -181,18 +186,30 @@ class _Planner:
             new_rack = self._rack(b) not in racks
             if spread_only and not new_rack:
                 continue
-            if not self.budget.allows(b, leaving):
+            if not self.budget.allows(b, self._counted(leaving)):
                 continue
             rank = (0 if (new_rack or not self.limits.rack_aware) else 1, self.load[b], b)
             if best is None or rank < best:
                 best = rank
         return best[2] if best is not None else None
 
+    def _room(self, leaving: int) -> bool:
+        """Some live broker may still take a move, and ``leaving`` may still give one."""
+        if not self.budget.allows(None, self._counted(leaving)):
+            return False
+        return any(self.budget.allows(b, None) for b in self.live)
+
+    def _counted(self, broker: int | None) -> int | None:
+        """``broker`` if a move removing it counts against its bound: a broker that is
+        down and being emptied serves no data, so removing its copies costs it nothing."""
+        info = self.brokers.get(broker) if broker is not None else None
+        return None if info is None or (info.evacuate and not info.live) else broker
+
     def _move(self, key: str, add: int | None, remove: int | None, reason: str) -> None:
-        assert self.budget.allows(add, remove) and key not in self.busy
-        self.budget.charge((add, remove))
+        assert self.budget.allows(add, self._counted(remove)) and key not in self.busy
+        self.budget.charge((add, self._counted(remove)))
         self.busy.add(key)
-        replicas = self.replicas[key]
+        replicas = list(self.replicas[key])
         if add is not None:
             self.load[add] += 1
             self.held[add] = self.held.get(add, 0) + 1  # a leaving replica is held until done
@@ -206,6 +223,7 @@ class _Planner:
             replicas.append(add)
         elif remove is not None:
             replicas.remove(remove)
+        self.replicas[key] = tuple(replicas)
         self.plan.moves.append(Move(key, add, remove, reason))
 
     # --- passes --------------------------------------------------------------------
@@ -221,6 +239,8 @@ class _Planner:
             if info is None:
                 why = "is not registered"
             for key in sorted(self.shards_of[b]):
+                if self.budget.spent or not self._room(b):
+                    return
                 if key in self.busy:
                     continue
                 target = self._target(key, b)
@@ -229,6 +249,8 @@ class _Planner:
 
     def replication(self) -> None:
         for key, info in self.info.items():
+            if self.budget.spent:
+                return
             replicas = self.replicas[key]
             if key in self.busy or not info.rf or len(replicas) == info.rf:
                 continue
@@ -242,13 +264,15 @@ class _Planner:
                 key=lambda b: (self._gone(b), self.load[b], b),
                 default=None,
             )
-            if leaving is not None and self.budget.allows(None, leaving):
+            if leaving is not None and self.budget.allows(None, self._counted(leaving)):
                 self._move(key, None, leaving, f"replication factor {info.rf}")
 
     def spread(self) -> None:
         if not self.limits.rack_aware:
             return
         for key, replicas in self.replicas.items():
+            if self.budget.spent:
+                return
             if key in self.busy:
                 continue
             seen: dict[str, int] = {}
@@ -274,7 +298,7 @@ class _Planner:
 
     def _shed_one(self, broker: int) -> bool:
         """Move one replica off ``broker`` to a less loaded one, keeping rack spread."""
-        if not self.budget.allows(None, broker):
+        if not self.budget.allows(None, self._counted(broker)):
             return False
         for key in sorted(self.shards_of[broker]):
             if key in self.busy:
@@ -308,10 +332,8 @@ class _Planner:
             donors = [d for d in donors if count[d] - count[least] > self.limits.leader_skew_max]
             if not donors:
                 break
-            step = next(
-                (k for d in donors if (k := self._lead_elsewhere(d, led, count, moved))), None
-            )
-            if step is None:
+            step = self._lead_elsewhere(donors[0], led, count, moved)
+            if step is None:  # the most preferred broker's co-replicas are as busy: pull
                 step = self._pull_lead(least, led, count, moved)
             if step is None:
                 break
@@ -365,7 +387,7 @@ class _Planner:
         count[new] += 1
         led[old].remove(key)
         led[new].append(key)
-        self.replicas[key] = list(order)
+        self.replicas[key] = order
         self.plan.leader_moves.append(LeaderMove(key, new, order, reason))
         return key
 
@@ -426,20 +448,17 @@ def input_of(state: MetadataState) -> PlanInput:
     rf = {s.name: s.replication_factor for s in state.streams.values()}
     shards: dict[str, ShardInfo | tuple[int, ...]] = {}
     for key, shard in state.shards.items():
-        in_flight = (shard.adding, shard.removing) if shard.reassigning else None
+        if not (shard.adding or shard.removing):  # the common case, kept lean
+            shards[key] = ShardInfo(shard.replicas, shard.leader, rf.get(shard.stream, 0),
+                                    shard.catching_up)  # fmt: skip
+            continue
         finishable = (
-            in_flight is not None
-            and not any(r in shard.catching_up for r in shard.adding)
+            not any(r in shard.catching_up for r in shard.adding)
             and shard.leader not in shard.removing
         )
-        shards[key] = ShardInfo(
-            shard.target if in_flight is None else shard.replicas,
-            shard.leader,
-            rf.get(shard.stream, 0),
-            shard.catching_up,
-            in_flight,
-            finishable,
-        )
+        shards[key] = ShardInfo(shard.replicas, shard.leader, rf.get(shard.stream, 0),
+                                shard.catching_up, (shard.adding, shard.removing),
+                                finishable)  # fmt: skip
     return PlanInput(brokers, shards)
 
 

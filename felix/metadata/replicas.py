@@ -191,8 +191,8 @@ def reassign_shard(state: MetadataState, cmd: cmds.ReassignShard) -> None:
             raise rejected(f"node {r} does not accept replicas (not up, draining or evacuating)")
         if len(state.node_shards(r)) >= limit:
             raise rejected(f"node {r} already holds shards_per_node_max={limit} replicas")
-    if not cmd.force:
-        _check_bounds(state, (*adding, *removing))
+    if not cmd.force:  # copies leaving a broker that is down cost it nothing
+        _check_bounds(state, (*adding, *(r for r in removing if state._is_up(r))))
     replicas = target + removing  # the target in its order (its first is preferred leader)
     state._put(
         dataclasses.replace(
