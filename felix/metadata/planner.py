@@ -24,8 +24,9 @@ shard's count of live replicas, not even while it runs.  Passes, in priority ord
    to every live preferred leader; both bounded by ``leader_moves_max``.
 
 Replica moves are bounded by ``moves_per_node_max`` (moves adding to a broker or removing
-from one that serves data, counting those in flight) and ``moves_cluster_max``; the handlers enforce the same bounds at
-apply, so no planner, old leader or operator can exceed them without ``force``.  Every
+from one that serves data, counting those in flight) and ``moves_cluster_max``; the
+handlers enforce the same bounds at apply, so no planner, old leader or operator can
+exceed them without ``force``.  Every
 step carries the reason an operator is shown.
 """
 
