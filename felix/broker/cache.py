@@ -259,6 +259,8 @@ class MetadataCache:
                 if found is None:
                     found = leading[epoch] = Ownership(ShardRole.LEADER, epoch)
                 owned[shard_id] = found
+            elif me in shard.catching_up:
+                owned[shard_id] = Ownership(ShardRole.CATCHING_UP, epoch)
             elif me in shard.replicas:
                 found = replica.get(epoch)
                 if found is None:
@@ -381,6 +383,8 @@ class MetadataCache:
         if shard is not None:
             if shard.leader == me:
                 new = Ownership(ShardRole.LEADER, shard.leader_epoch)
+            elif me in shard.catching_up:
+                new = Ownership(ShardRole.CATCHING_UP, shard.leader_epoch)
             elif me in shard.replicas:
                 new = Ownership(ShardRole.REPLICA, shard.leader_epoch)
         old = self.owned.get(shard_id)

@@ -231,8 +231,11 @@ class MetadataView:
 
     @property
     def drained(self) -> bool:
+        """The drain is complete: this node leads nothing, and every live broker has
+        applied the version where that became true (controlled shutdown,
+        docs/architecture.md §13)."""
         node = self.cache.node()
-        return node is not None and node.draining and node.drained_version is not None
+        return node is not None and node.draining and node.drain_acked
 
     @property
     def endpoint(self) -> str | None:
@@ -315,9 +318,18 @@ class MetadataView:
         return not self.register or (registered is not None and version >= registered)
 
     async def wait_drained(self) -> None:
-        """Return once the control plane says this node's drain is complete (it leads
-        nothing: ``drained_version`` is set)."""
+        """Return once the control plane says this node's drain is complete: it leads
+        nothing and every live broker has applied that change (see `drained`)."""
         await self.wait_until(lambda: self.drained)
+
+    async def report_replica_ready(self, stream: str, index: int) -> int:
+        """Tell the control plane our copy of shard ``stream/index`` has caught up (after a
+        ``CATCHING_UP`` ownership event); returns the version it applied at.  Only then
+        does a reassignment remove the replica it replaces.  Repeating it is harmless."""
+        if self.node_id is None:
+            raise ValueError("only a broker with a node_id has replicas")
+        args: Record = {"shard": f"{stream}/{index}", "node_id": self.node_id}
+        return await self.write("replica_ready", args, retry_unknown=True)
 
     # --- acting -------------------------------------------------------------------------
 

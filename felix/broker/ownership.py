@@ -1,7 +1,8 @@
 """This node's ownership of shards, the events that move it, and their buffer.
 
 PURE (no I/O, no clock, no randomness; ``tests/test_layering.py``).  *Ownership* of a
-shard by a node is its role there (`ShardRole.LEADER`, `ShardRole.REPLICA`, or not owned) plus,
+shard by a node is its role there (`ShardRole.LEADER`, `ShardRole.REPLICA`,
+`ShardRole.CATCHING_UP` for a new replica still copying, or not owned) plus,
 while leading, the leader epoch (docs/architecture.md §8).  `OwnershipEvent`s move one
 ownership map to the next (`ownership_diff` for two whole views); `OwnershipLedger`
 buffers events for a slow consumer, coalescing them per shard.
@@ -21,6 +22,7 @@ class ShardRole(enum.StrEnum):
 
     LEADER = "leader"
     REPLICA = "replica"
+    CATCHING_UP = "catching_up"  # a new replica copying the shard; it reports when ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,7 @@ class Ownership:
         leader whose epoch moved lost the shard in between and must re-establish it)."""
         if other is None or other.role is not self.role:
             return False
-        return self.role is ShardRole.REPLICA or other.leader_epoch == self.leader_epoch
+        return self.role is not ShardRole.LEADER or other.leader_epoch == self.leader_epoch
 
 
 @dataclass(frozen=True, slots=True)

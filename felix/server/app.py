@@ -151,6 +151,7 @@ async def run_node(
     services = MetadataServices(node, parts, auth=auth, tls=security.client_tls())
     metrics.watch_stats(lambda: parts.hub)
     metrics.client_stats(lambda: services.api)
+    metrics.rebalance_stats(lambda: services.rebalancer)
     ops_tls = security.ops_tls(config.tls.ops)
     if auth is not None and ops_tls is None:
         log.warning(

@@ -40,7 +40,7 @@ log = logging.getLogger("felix.auth")
 BOOTSTRAP_FILE_BYTES_MAX: Final = 4096
 
 # What a broker may do for its own node id (and nothing for another's).
-_BROKER_COMMANDS: Final = (cmds.RegisterNode, cmds.DrainNode, cmds.UndrainNode)
+_BROKER_COMMANDS: Final = (cmds.RegisterNode, cmds.DrainNode, cmds.UndrainNode, cmds.ReplicaReady)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from felix.server.forwarding import Forwarder
 from felix.server.metadata_sm import MetadataStateMachine, MetadataStore
 from felix.server.outcome import Outcome
 from felix.server.raft_node import RaftNode
+from felix.server.rebalancer import Rebalancer
 from felix.server.requests import NodeError
 from felix.server.sessions import SessionTracker
 from felix.server.watch_hub import HubLimits, WatchHub
@@ -60,6 +61,7 @@ class MetadataServices:
         self.store = parts.store
         self.hub = parts.hub
         self.sessions = SessionTracker(node, parts.store)
+        self.rebalancer = Rebalancer(node, parts.store, self.sessions)
         self.forwarder = Forwarder(
             node,
             {
@@ -85,4 +87,5 @@ class MetadataServices:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.forwarder.run)
             nursery.start_soon(self.sessions.run)
+            nursery.start_soon(self.rebalancer.run)
             task_status.started(await nursery.start(self.api.run, host, port))

@@ -89,6 +89,11 @@ class NodeMetrics:
         """Export the client API's security counters, read at scrape time."""
         self.registry.register(_ClientCollector(read))
 
+    def rebalance_stats(self, read: Callable[[], Any]) -> None:
+        """Export the replica manager's gauges and counters (the leader's; followers'
+        stay at their last values from when they led, or zero)."""
+        self.registry.register(_RebalanceCollector(read))
+
     def watch_stats(self, read: Callable[[], Any]) -> None:
         """Export the watch hub's counters, read at scrape time (no per-delta cost)."""
         self.registry.register(_WatchCollector(read))
@@ -143,4 +148,34 @@ class _WatchCollector(Collector):
             ("felix_watch_slow_disconnects", "Slow watchers cut off", stats.slow_disconnects),
             ("felix_watch_snapshots_sent", "Snapshots sent to watchers", stats.snapshots_sent),
         ):
+            yield CounterMetricFamily(name, help_text, value=value)
+
+
+class _RebalanceCollector(Collector):
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._read().stats
+        for name, help_text, value in (
+            ("felix_shards_under_replicated", "Shards with fewer caught-up live replicas "
+             "than their replication factor", stats.under_replicated),
+            ("felix_shards_offline", "Shards without a leader", stats.offline),
+            ("felix_reassignments_in_progress", "Shards being reassigned", stats.reassigning),
+            ("felix_replica_skew", "Most minus fewest replicas over live brokers",
+             stats.replica_skew),
+            ("felix_leader_skew", "Most minus fewest leaderships over live brokers",
+             stats.leader_skew),
+            ("felix_planner_pass_seconds", "The last planner pass", stats.pass_seconds),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, help_text, value=value)
+        for name, help_text, value in (
+            ("felix_planner_passes", "Planner passes run", stats.passes),
+            ("felix_moves_proposed", "Replica moves proposed", stats.moves_proposed),
+            ("felix_moves_completed", "Replica moves completed", stats.moves_completed),
+            ("felix_moves_cancelled", "Replica moves cancelled", stats.moves_cancelled),
+            ("felix_leader_moves_proposed", "Leader moves proposed", stats.leader_moves_proposed),
+            ("felix_planner_commands_refused", "Planned commands refused at apply",
+             stats.refused),
+        ):  # fmt: skip
             yield CounterMetricFamily(name, help_text, value=value)

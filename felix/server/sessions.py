@@ -55,6 +55,7 @@ class SessionTracker:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self.last_heard: dict[int, float] = {}  # broker id -> deadline-relevant time
+        self.applied: dict[int, int] = {}  # broker id -> applied_version it last reported
         self._leading_term: int | None = None
         self._in_flight: set[int] = set()
         self.expired = 0
@@ -75,6 +76,7 @@ class SessionTracker:
             detail = f"node {report.node_id} is not registered; register it first"
             return Outcome.failed(ErrorCode.REJECTED, detail)
         self.last_heard[report.node_id] = trio.current_time()
+        self.applied[report.node_id] = report.applied_version  # controlled shutdown
         if report.status is HealthStatus.DRAINING and not broker.draining:
             return await self._propose(report.node_id, encode_command(DrainNode(report.node_id)))
         wanted = "down" if report.status is HealthStatus.DOWN else "up"
