@@ -87,6 +87,7 @@ class Rebalancer:
         self.store = store
         self.sessions = sessions
         self.stats = RebalanceStats()
+        self.ticks = 0
         self._term: int | None = None
         self._down_since: dict[tuple[int, int], float] = {}  # (node, epoch) -> first seen
         self._signature: Hashable = None
@@ -106,6 +107,7 @@ class Rebalancer:
 
     async def tick(self) -> None:
         """One round of the leader's duties (a no-op on followers)."""
+        self.ticks += 1
         core = self.node.core
         if core.role is not Role.LEADER:
             self._term = None

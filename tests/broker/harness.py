@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from felix.metadata.state import MetadataState
+from felix.server.graph import MetadataServices
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.server.watch_hub import HubLimits, WatchHub
@@ -34,6 +35,7 @@ class ControlPlane:
         )  # fmt: skip
         self.ports: dict[int, int] = {}
         self.hubs: dict[int, WatchHub] = {}
+        self.services: dict[int, MetadataServices] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
 
     @property
@@ -46,6 +48,7 @@ class ControlPlane:
     async def serve(self, node_id: int) -> None:
         _, services = await self.cluster.start_metadata(node_id, self.limits)
         self.hubs[node_id] = services.hub
+        self.services[node_id] = services
 
         async def run(*, task_status: trio.TaskStatus[int]) -> None:
             with trio.CancelScope() as scope:  # the API lives and dies with its node
