@@ -492,3 +492,79 @@ def test_watch_exits_0_on_ctrl_c(threaded_cluster: str) -> None:
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+# --- replicas and rebalancing ------------------------------------------------------------
+
+
+async def test_rebalance_plan_run_status_and_shard_moves(cluster: Cluster) -> None:
+    """Four brokers on a 3-replica stream, then two more join: ``rebalance plan`` shows
+    the leader's planner steps with reasons (nothing applied), ``run`` proposes them,
+    ``status`` and ``shard list --reassigning`` show the moves in flight; a manual move
+    and its cancel; the filters; RF change; decommission refused then accepted."""
+    await ok(cluster, "config", "set", "auto_rebalance", "false")  # the test drives it
+    await live_nodes(cluster, 4)
+    await ok(cluster, "tenant", "set", "acme")
+    await ok(cluster, "stream", "create", "s", "--shards", "8", "--tenant", "acme",
+             "--replication-factor", "3")  # fmt: skip
+    for n in (5, 6):
+        await ok(cluster, "node", "register", str(n), "--address", f"10.0.0.{n}:9000")
+        await ok(cluster, "node", "health", str(n), "up")
+    before = await ok_json(cluster, "snapshot")
+    planned = await ok_json(cluster, "rebalance", "plan")
+    moves = [s for s in planned["steps"] if s["step"] == "move"]
+    assert moves and all(s["add"] in (5, 6) and s["reason"].startswith("balance") for s in moves)
+    assert (await ok_json(cluster, "snapshot"))["version"] == before["version"]  # a plan only
+    text = await ok(cluster, "rebalance", "plan")
+    assert "balance: broker" in text and "STEP" in text
+    ran = await ok(cluster, "rebalance", "run")
+    assert f"proposed {len(planned['steps'])} command(s)" in ran
+    status = await ok_json(cluster, "rebalance", "status")
+    assert {s["stream"] + "/" + str(s["index"]) for s in status["reassigning"]} == {
+        m["shard"] for m in moves
+    }
+    assert all(s["catching_up"] for s in status["reassigning"])
+    moving = await ok_json(cluster, "shard", "list", "--reassigning")
+    assert len(moving) == len(moves)
+    assert await ok_json(cluster, "shard", "list", "--offline") == []
+    for shard in status["reassigning"]:
+        await ok(cluster, "shard", "cancel-move", shard["stream"], str(shard["index"]))
+    assert await ok_json(cluster, "shard", "list", "--reassigning") == []
+
+    first = next(s for s in before["records"]["shard"].values())
+    target = [n for n in (5, 6) if n not in first["replicas"]] + list(first["replicas"][:1])
+    await ok(cluster, "shard", "move", "s", str(first["index"]), "--replicas",
+             ",".join(map(str, target)))  # fmt: skip
+    code, text = await run(cluster, "shard", "move", "s", str(first["index"]), "--replicas", "1")
+    assert code == 1 and "cancel that first" in text
+    code, text = await run(cluster, "shard", "move", "s", "0", "--replicas", "x,y")
+    assert code == 2 and "node ids" in text
+
+    await ok(cluster, "node", "health", "3", "down")
+    under = await ok_json(cluster, "shard", "list", "--under-replicated")
+    assert under and all(3 in s["replicas"] for s in under)
+    await ok(cluster, "node", "health", "3", "up")
+    code, text = await run(cluster, "stream", "update", "s", "--replication-factor", "9")
+    assert code == 1 and "needs that many live brokers" in text
+    await ok(cluster, "stream", "update", "s", "--replication-factor", "4")
+    code, text = await run(cluster, "node", "remove", "1")
+    assert code == 1 and "decommission it first" in text
+    await ok(cluster, "node", "decommission", "1")
+    assert (await ok_json(cluster, "node", "list"))[0]["evacuate"] == "decommission"
+
+
+async def test_drain_and_down_safety_checks_and_force(cluster: Cluster) -> None:
+    await live_nodes(cluster, 3)
+    await ok(cluster, "tenant", "set", "acme")
+    await ok(cluster, "stream", "create", "s", "--shards", "2", "--tenant", "acme",
+             "--replication-factor", "3")  # fmt: skip
+    await ok(cluster, "node", "drain", "1")
+    code, text = await run(cluster, "node", "drain", "2")
+    assert code == 1 and "min_live_replicas" in text and "s/0, s/1" in text
+    code, text = await run(cluster, "node", "health", "2", "down")
+    assert code == 1 and "marking down node 2" in text
+    await ok(cluster, "node", "drain", "2", "--force")
+    assert (await ok_json(cluster, "node", "list"))[1]["draining"] is True
+    # --wait: no broker reports here, so no live broker can confirm: the drain stays open.
+    code, text = await run(cluster, "node", "drain", "3", "--force", "--wait", "--timeout", "1")
+    assert code == 1 and "did not complete within 1 s" in text

@@ -12,10 +12,19 @@ from felix.ctl.config_keys import cmd_config_get, cmd_config_set, cmd_config_uns
 from felix.ctl.errors import Outcome
 from felix.ctl.reads import (
     cmd_node_list,
-    cmd_shard_list,
     cmd_snapshot,
     cmd_stream_list,
     cmd_tenant_list,
+)
+from felix.ctl.replicas import (
+    cmd_node_decommission,
+    cmd_node_remove,
+    cmd_rebalance_plan,
+    cmd_rebalance_run,
+    cmd_rebalance_status,
+    cmd_shard_cancel_move,
+    cmd_shard_list_filtered,
+    cmd_shard_move,
 )
 from felix.ctl.runner import run
 from felix.ctl.tokens import cmd_token_create, cmd_token_list, cmd_token_revoke
@@ -118,10 +127,12 @@ def register(subparsers: Any) -> None:
     create.add_argument("--shards", type=int, required=True)
     create.add_argument("--tenant", required=True)
     _stream_options(create)
+    _force(create, "place without rack spread when rack_aware_placement_strict is on")
     update = leaf(stream, "update", cmd_stream_update, write, "grow shards or change retention")
     update.add_argument("name")
     update.add_argument("--shards", type=int, help="new shard count (may only grow)")
     _stream_options(update)
+    _force(update, "a replication factor above the live brokers; no strict rack spread")
     delete = leaf(stream, "delete", cmd_stream_delete, write, "delete a stream and its shards")
     delete.add_argument("name")
     leaf(stream, "list", cmd_stream_list, read, "list streams")
@@ -138,20 +149,60 @@ def register(subparsers: Any) -> None:
     health.add_argument("id", type=int)
     health.add_argument("status", choices=("up", "down"))
     health.add_argument("--epoch", type=int, help="refuse if the node re-registered since")
-    for name, core, text in (
-        ("drain", cmd_node_drain, "move shard leadership off a broker; no new replicas"),
-        ("undrain", cmd_node_undrain, "end a drain"),
-    ):
-        leaf(node, name, core, write, text).add_argument("id", type=int)
+    _force(health, "mark down even if shards are left below min_live_replicas")
+    drain = leaf(node, "drain", cmd_node_drain, write,
+                 "move shard leadership off a broker; no new replicas")  # fmt: skip
+    drain.add_argument("id", type=int)
+    drain.add_argument(
+        "--wait", action="store_true",
+        help="return once the drain is complete: it leads nothing and every live broker "
+        "applied that (bounded by --timeout)",
+    )  # fmt: skip
+    _force(drain, "drain even if shards are left below min_live_replicas")
+    leaf(node, "undrain", cmd_node_undrain, write, "end a drain or a decommission").add_argument(
+        "id", type=int
+    )
+    decommission = leaf(node, "decommission", cmd_node_decommission, write,
+                        "move every replica off a broker (bounded), then remove it")  # fmt: skip
+    decommission.add_argument("id", type=int)
+    _force(decommission, "even if some shard has nowhere to go")
+    leaf(node, "remove", cmd_node_remove, write, "forget a broker that holds nothing").add_argument(
+        "id", type=int
+    )
 
     shard = sub.add_parser("shard", help="shards").add_subparsers(
         dest="ctl_shard", metavar="COMMAND", required=True
     )
-    shard_list = leaf(shard, "list", cmd_shard_list, read, "list shards, replicas and leaders")
+    shard_list = leaf(
+        shard, "list", cmd_shard_list_filtered, read, "list shards, replicas and leaders"
+    )
     shard_list.add_argument("--stream", help="only this stream's shards")
+    for flag, text in (
+        ("--under-replicated", "fewer caught-up replicas on up brokers than the factor"),
+        ("--offline", "no leader"),
+        ("--reassigning", "a move in progress"),
+    ):
+        shard_list.add_argument(flag, action="store_true", help=f"only shards with {text}")
+    for name, core, text in (
+        ("move", cmd_shard_move, "move a shard to new replicas (make-before-break)"),
+        ("cancel-move", cmd_shard_cancel_move, "return a moving shard to its old replicas"),
+    ):
+        parser = leaf(shard, name, core, write, text)
+        parser.add_argument("stream")
+        parser.add_argument("index", type=int)
+        if name == "move":
+            parser.add_argument("--replicas", required=True, help="node ids, e.g. 4,5,6")
+            _force(parser, "past the move bounds")
     move = leaf(shard, "move-leader", cmd_shard_move_leader, write, "make a replica the leader")
     move.add_argument("shard", help="'stream/index'")
     move.add_argument("node_id", type=int)
+
+    rebalance = sub.add_parser("rebalance", help="the replica planner").add_subparsers(
+        dest="ctl_rebalance", metavar="COMMAND", required=True
+    )
+    leaf(rebalance, "plan", cmd_rebalance_plan, read, "the steps the planner would take, and why")
+    leaf(rebalance, "run", cmd_rebalance_run, write, "take the planner's steps now")
+    leaf(rebalance, "status", cmd_rebalance_status, read, "moves in progress, per broker")
 
     config = sub.add_parser("config", help="cluster configuration keys").add_subparsers(
         dest="ctl_config", metavar="COMMAND", required=True
@@ -198,6 +249,12 @@ def register(subparsers: Any) -> None:
     leaf(tokens, "list", cmd_token_list, common, "list tokens (never their secrets)")
     revoke = leaf(tokens, "revoke", cmd_token_revoke, write, "revoke a token: its sessions close")
     revoke.add_argument("id", help="the token id (the 16 hex digits after fx1.)")
+
+
+def _force(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help=f"override the safety check: {what} (recorded)"
+    )
 
 
 def _stream_options(parser: argparse.ArgumentParser) -> None:

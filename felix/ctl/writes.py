@@ -8,13 +8,17 @@ from __future__ import annotations
 import argparse
 from typing import Any, Final
 
+import trio
+
 from felix.broker.connection import ClientConnection, ConnectionClosed
 from felix.ctl.errors import CtlError, core, server_error
+from felix.ctl.reads import fetch_snapshot
 from felix.ctl.render import written
 from felix.ctl.session import REQUEST_ID, Retry, Tries, on_some_endpoint
 from felix.proto.client_messages import Error, ErrorCode, WriteRequest, WriteResult
 from felix.proto.errors import ProtocolError
 
+DRAIN_POLL_S: Final = 0.2
 WRITE_RETRY_CODES: Final = frozenset(
     {ErrorCode.NOT_LEADER, ErrorCode.NOT_COMMITTED}
 )  # never applied
@@ -66,7 +70,8 @@ def _given(**values: Any) -> dict[str, Any]:
 
 @core
 async def cmd_stream_create(args: argparse.Namespace) -> str:
-    command_args = {"name": args.name, "shards": args.shards, "tenant": args.tenant}
+    command_args = {"name": args.name, "shards": args.shards, "tenant": args.tenant,
+                    "force": args.force}  # fmt: skip
     command_args |= _given(
         replication_factor=args.replication_factor, retention_ms=args.retention_ms
     )
@@ -86,7 +91,8 @@ async def cmd_stream_update(args: argparse.Namespace) -> str:
             "(give --shards, --replication-factor or --retention-ms)",
             exit_code=2,
         )
-    return await write_and_report(args, "update_stream", {"name": args.name, **changes})
+    command_args = {"name": args.name, "force": args.force, **changes}
+    return await write_and_report(args, "update_stream", command_args)
 
 
 @core
@@ -102,13 +108,33 @@ async def cmd_node_register(args: argparse.Namespace) -> str:
 
 @core
 async def cmd_node_health(args: argparse.Namespace) -> str:
-    command_args = {"node_id": args.id, "status": args.status} | _given(epoch=args.epoch)
+    """An operator's verdict: a "down" is safety-checked (``--force`` overrides)."""
+    command_args = {"node_id": args.id, "status": args.status, "operator": True,
+                    "force": args.force} | _given(epoch=args.epoch)  # fmt: skip
     return await write_and_report(args, "node_health", command_args)
 
 
 @core
 async def cmd_node_drain(args: argparse.Namespace) -> str:
-    return await write_and_report(args, "drain_node", {"node_id": args.id})
+    """``--wait``: return only once the drain is complete (it leads nothing and every
+    live broker has applied that; docs/architecture.md §13), within ``--timeout``."""
+    version = await write(args, "drain_node", {"node_id": args.id, "force": args.force})
+    if args.wait:
+        await _wait_drained(args)
+    return written(args, "drain_node", version)
+
+
+async def _wait_drained(args: argparse.Namespace) -> None:
+    with trio.move_on_after(args.timeout):
+        while True:
+            node = (await fetch_snapshot(args)).records.get(("node", str(args.id)), {})
+            if node.get("drain_acked"):
+                return
+            await trio.sleep(DRAIN_POLL_S)
+    raise CtlError(
+        f"node {args.id}: the drain did not complete within {args.timeout:g} s (a shard with "
+        "no other live replica, or a live broker that has not applied the change)"
+    )
 
 
 @core

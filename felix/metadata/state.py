@@ -388,6 +388,20 @@ class MetadataState:
         return encode_snapshot(self.version, self.digest, self.records(), _tokens_of(self.tokens))
 
     @classmethod
+    def of_records(cls, version: int, records: Iterable[Change]) -> MetadataState:
+        """A state holding exactly ``records`` at ``version`` (a client's digest-checked
+        view, e.g. for ``felix ctl rebalance plan``); no tokens (they are not records)."""
+        state = cls()
+        for change in records:
+            if change.value is None:
+                raise SnapshotError(f"record {change.kind} {change.key!r} is empty")
+            obj = from_record(change.kind, change.key, change.value)
+            state._raw_set(obj.kind, obj.key, None, obj)
+        state._touched = set()
+        state.version = version
+        return state
+
+    @classmethod
     def restore(cls, data: bytes) -> MetadataState:
         """The state a `snapshot` was taken of: same records, indexes, version and
         digest.  Raises `SnapshotError` if the bytes are bad or the digest disagrees."""
