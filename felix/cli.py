@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "felix.storage.cli",
     "felix.proto.cli",
     "felix.ctl",
+    "felix.ctl.brokers",
     "felix.security.cli",
 )
 

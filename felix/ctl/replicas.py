@@ -20,7 +20,7 @@ from felix.ctl.writes import write, write_and_report
 from felix.metadata import commands as cmds
 from felix.metadata.errors import SnapshotError
 from felix.metadata.model import KIND_NODE, KIND_SHARD
-from felix.metadata.planner import Plan, commands_for, input_of, limits_of, plan
+from felix.metadata.planner import Plan, cluster_health, commands_for, input_of, limits_of, plan
 from felix.metadata.state import MetadataState
 from felix.proto.client_messages import Change
 
@@ -84,22 +84,34 @@ async def cmd_rebalance_status(args: argparse.Namespace) -> str:
     state = _state(await fetch_snapshot(args))
     moving = [state.shards[k] for k in sorted(state.reassigning)]
     per_node = {n: state.moves_of(n) for n in sorted(state.nodes) if state.moves_of(n)}
+    under, offline, replica_skew, leader_skew = cluster_health(state)
+    health = {
+        "under_replicated": under,
+        "offline": offline,
+        "replica_skew": replica_skew,
+        "leader_skew": leader_skew,
+    }
     if args.output == "json":
         return to_json(
             {
                 "version": state.version,
+                **health,
                 "reassigning": [s.to_record() for s in moving],
                 "moves_per_node": per_node,
             }
         )
+    summary = (
+        f"version {state.version}: {under} shard(s) under-replicated, {offline} offline;"
+        f" replica skew {replica_skew}, leader skew {leader_skew}"
+    )
     if not moving:
-        return f"version {state.version}: no reassignment in progress"
+        return f"{summary}\nno reassignment in progress"
     shards = table(
         ["SHARD", "REPLICAS", "ADDING", "REMOVING", "CATCHING_UP", "LEADER"],
         [[s.key, s.replicas, s.adding, s.removing, s.catching_up, s.leader] for s in moving],
     )
     nodes = table(["NODE", "MOVES"], [[n, c] for n, c in per_node.items()])
-    return f"version {state.version}: {len(moving)} shard(s) moving\n{shards}\n\n{nodes}"
+    return f"{summary}\n{len(moving)} shard(s) moving\n{shards}\n\n{nodes}"
 
 
 def _node_ids(text: str) -> list[int]:

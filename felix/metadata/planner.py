@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from felix.metadata import commands as cmds
 from felix.metadata.config import config_bool, config_int
+from felix.metadata.model import NodeState
 
 if TYPE_CHECKING:
     from felix.metadata.state import MetadataState
@@ -480,3 +481,23 @@ def commands_for(state: MetadataState, steps: Plan) -> list[cmds.Command]:
             out.append(cmds.ReassignShard(step.shard, step.order, reason=step.reason))
         out.append(cmds.MoveShardLeader(step.shard, step.node))
     return out
+
+
+def cluster_health(state: MetadataState) -> tuple[int, int, int, int]:
+    """(under-replicated, offline, replica skew, leader skew) of ``state`` (O(shards)).
+    Under-replicated: fewer caught-up replicas on up brokers than the stream's factor."""
+    rf = {s.name: s.replication_factor for s in state.streams.values()}
+    up = {n.id for n in state.nodes.values() if n.state == NodeState.UP}
+    under = offline = 0
+    for shard in state.shards.values():
+        if shard.leader is None:
+            offline += 1
+        live = sum(1 for r in shard.replicas if r in up and r not in shard.catching_up)
+        if live < rf.get(shard.stream, 0):
+            under += 1
+    live_ids = [n.id for n in state.nodes.values() if n.accepts_replicas]
+    if not live_ids:
+        return under, offline, 0, 0
+    replicas = [len(state.node_shards(n)) for n in live_ids]
+    leaders = [state.leader_count(n) for n in live_ids]
+    return under, offline, max(replicas) - min(replicas), max(leaders) - min(leaders)

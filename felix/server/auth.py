@@ -40,7 +40,14 @@ log = logging.getLogger("felix.auth")
 BOOTSTRAP_FILE_BYTES_MAX: Final = 4096
 
 # What a broker may do for its own node id (and nothing for another's).
-_BROKER_COMMANDS: Final = (cmds.RegisterNode, cmds.DrainNode, cmds.UndrainNode, cmds.ReplicaReady)
+# What a broker may send for its own node (its own health is a fact it reports).
+_BROKER_COMMANDS: Final = (
+    cmds.RegisterNode,
+    cmds.DrainNode,
+    cmds.UndrainNode,
+    cmds.ReplicaReady,
+    cmds.NodeHealth,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,9 @@ def authorize_health(principal: Principal, node_id: int) -> str | None:
 def authorize_write(principal: Principal, command: cmds.Command) -> str | None:
     if principal.role == ROLE_ADMIN:
         return None
+    overrides = getattr(command, "force", False) or getattr(command, "operator", False)
+    if principal.role == ROLE_BROKER and overrides:  # an operator's decisions
+        return f"{principal.describe()} may not send {command.NAME} with force or operator"
     if principal.role == ROLE_BROKER and isinstance(command, _BROKER_COMMANDS):
         if command.node_id == principal.node_id:
             return None

@@ -71,6 +71,13 @@ def register(subparsers: Any) -> None:
     dev.add_argument("--base-port", type=int, default=7001, help="peer ports start here")
     dev.add_argument("--fresh", action="store_true", help="delete --data-dir first")
     dev.add_argument("--log-format", choices=("text", "json"), default="text")
+    dev.add_argument(
+        "--brokers",
+        type=int,
+        default=DEV_BROKERS_DEFAULT,
+        help=f"stand-in brokers 1..N (`felix brokers`, a child process; default"
+        f" {DEV_BROKERS_DEFAULT}, 0: none)",
+    )
     dev.set_defaults(handler=run_dev)
 
     status = subparsers.add_parser("status", help="members, roles, leader, term, indexes")
@@ -154,9 +161,12 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_until_signal(configs: list[NodeConfig], banner: bool = False) -> None:
+async def _serve_until_signal(
+    configs: list[NodeConfig], banner: bool = False, brokers_argv: list[str] | None = None
+) -> None:
     """Run the nodes until SIGTERM/SIGINT, then stop them gracefully (a second signal
-    exits at once)."""
+    exits at once).  ``brokers_argv`` runs as a child process beside them (`felix dev
+    --brokers`), stopped by its PID before the nodes stop."""
     from felix.server.app import NodeHandle, run_node
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -175,16 +185,38 @@ async def _serve_until_signal(configs: list[NodeConfig], banner: bool = False) -
                         log.warning("second signal: exiting now")
                         raise SystemExit(1)
                     log.info("received %s: shutting down", signal.Signals(signum).name)
+                    if brokers is not None:
+                        await _stop_child(brokers)
                     for handle in handles:
                         handle.request_stop(others_stopping=len(handles) > 1)
 
+            brokers: trio.Process | None = None
             outer.start_soon(watch_signals)
-            async with trio.open_nursery() as nodes:
-                for config in configs:
-                    handles.append(await nodes.start(run_node, config))
-                if banner:
-                    nodes.start_soon(_announce, handles)
-            outer.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nodes:
+                    for config in configs:
+                        handles.append(await nodes.start(run_node, config))
+                    if banner:
+                        nodes.start_soon(_announce, handles)
+                    if brokers_argv is not None:
+                        brokers = await trio.lowlevel.open_process(
+                            brokers_argv, start_new_session=True
+                        )
+                outer.cancel_scope.cancel()
+            finally:
+                if brokers is not None and brokers.returncode is None:
+                    brokers.kill()  # by its PID, whatever stopped the nodes
+
+
+async def _stop_child(process: trio.Process) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``CHILD_STOP_TIMEOUT_S``."""
+    if process.returncode is None:
+        process.terminate()
+        with trio.move_on_after(CHILD_STOP_TIMEOUT_S):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def _announce(handles: list[Any]) -> None:
@@ -225,6 +257,9 @@ async def _announce(handles: list[Any]) -> None:
 
 
 DEV_CLUSTER_ID = "felix-dev"
+DEV_BROKERS_DEFAULT = 4
+DEV_BROKERS_MAX = 100
+CHILD_STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +275,7 @@ class DevMaterial:
         return self.tls_dir / "ca.crt"
 
 
-def dev_material(data_dir: Path, nodes: int) -> DevMaterial:
+def dev_material(data_dir: Path, nodes: int, brokers: int = 0) -> DevMaterial:
     from felix.security.certs import init_ca, issue
 
     material = DevMaterial(data_dir / "tls", data_dir / DEV_TOKEN_FILE)
@@ -250,6 +285,9 @@ def dev_material(data_dir: Path, nodes: int) -> DevMaterial:
     for i in range(1, nodes + 1):
         if not (material.tls_dir / f"node-{i}.crt").exists():
             issue(material.tls_dir, "node", i, dns=["localhost"])
+    for i in range(1, brokers + 1):  # `felix brokers` authenticates them by certificate
+        if not (material.tls_dir / f"broker-{i}.crt").exists():
+            issue(material.tls_dir, "broker", i)
     if not material.token_file.exists():
         text = format_token(secrets.token_hex(8), secrets.token_bytes(32))
         descriptor = os.open(material.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -295,8 +333,11 @@ def run_dev(args: argparse.Namespace) -> int:
         shutil.rmtree(args.data_dir)
     from felix.security.certs import CertError
 
+    if not 0 <= args.brokers <= DEV_BROKERS_MAX:
+        print(f"felix dev: --brokers must be within 0..{DEV_BROKERS_MAX}", file=sys.stderr)
+        return 2
     try:
-        material = dev_material(args.data_dir, args.nodes)
+        material = dev_material(args.data_dir, args.nodes, args.brokers)
         configs = dev_configs(args.data_dir, args.nodes, args.base_port, material)
     except (ConfigError, CertError, OSError) as exc:
         print(f"felix: {exc}", file=sys.stderr)
@@ -308,8 +349,17 @@ def run_dev(args: argparse.Namespace) -> int:
         f" {args.data_dir}; elsewhere set FELIX_CA and FELIX_TOKEN)",
         flush=True,
     )
+    brokers_argv = None
+    if args.brokers:
+        clients = ",".join(f"{c.listen.client.host}:{c.listen.client.port}" for c in configs)
+        brokers_argv = [
+            sys.executable, "-m", "felix.cli", "brokers", f"1-{args.brokers}",
+            "--endpoints", clients, "--cert-dir", str(material.tls_dir),
+            "--ca", str(material.ca), "--token", f"@{material.token_file}",
+        ]  # fmt: skip
+        print(f"felix dev: brokers 1..{args.brokers} (felix brokers, racks r0..r2)", flush=True)
     try:
-        trio.run(_serve_until_signal, configs, True)
+        trio.run(_serve_until_signal, configs, True, brokers_argv)
     except OSError as exc:
         print(f"felix dev: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -31,7 +31,7 @@ import trio
 from felix.metadata import commands as cmds
 from felix.metadata.config import config_bool, config_int
 from felix.metadata.model import EVACUATE_DECOMMISSION, NodeState
-from felix.metadata.planner import Plan, commands_for, input_of, limits_of, plan
+from felix.metadata.planner import Plan, cluster_health, commands_for, input_of, limits_of, plan
 from felix.metadata.state import MetadataState
 from felix.raft.types import Role
 from felix.server.metadata_sm import MetadataStore
@@ -59,26 +59,6 @@ class RebalanceStats:
     reassigning: int = 0
     replica_skew: int = 0
     leader_skew: int = 0
-
-
-def cluster_health(state: MetadataState) -> tuple[int, int, int, int]:
-    """(under-replicated, offline, replica skew, leader skew) of ``state`` (O(shards)).
-    Under-replicated: fewer caught-up replicas on up brokers than the stream's factor."""
-    rf = {s.name: s.replication_factor for s in state.streams.values()}
-    up = {n.id for n in state.nodes.values() if n.state == NodeState.UP}
-    under = offline = 0
-    for shard in state.shards.values():
-        if shard.leader is None:
-            offline += 1
-        live = sum(1 for r in shard.replicas if r in up and r not in shard.catching_up)
-        if live < rf.get(shard.stream, 0):
-            under += 1
-    live_ids = [n.id for n in state.nodes.values() if n.accepts_replicas]
-    if not live_ids:
-        return under, offline, 0, 0
-    replicas = [len(state.node_shards(n)) for n in live_ids]
-    leaders = [state.leader_count(n) for n in live_ids]
-    return under, offline, max(replicas) - min(replicas), max(leaders) - min(leaders)
 
 
 class Rebalancer:
@@ -173,8 +153,9 @@ class Rebalancer:
                 await self._propose(cmds.RemoveNode(node.id))
 
     def _inputs(self, state: MetadataState) -> Hashable:
-        """What a plan depends on besides shard placement, which moves only by commands
-        this leader (or an operator) proposes: nodes, factors, config, moves in flight."""
+        """What a plan depends on besides shard placement: nodes, factors, config, moves
+        in flight.  Placement changes by this leader's steps (after which it plans again
+        anyway) or an operator's, which also change one of these."""
         moving = tuple(
             (k, state.shards[k].catching_up, state.shards[k].leader)
             for k in sorted(state.reassigning)
@@ -201,12 +182,15 @@ class Rebalancer:
             return
         steps, commands = self.plan_now(state)
         self._last_pass = now
-        self._signature = signature
+        accepted = 0
         for command in commands:
-            await self._propose(command)
+            accepted += await self._propose(command)
+        # Plan again next tick after any accepted step: the plan was cut by the budgets,
+        # and brokers may finish moves while we propose, so the inputs seen now could
+        # already include their effect.  Otherwise wait for the inputs to change.
+        self._signature = None if accepted else signature
         self.stats.moves_proposed += len(steps.moves)
         self.stats.leader_moves_proposed += len(steps.leader_moves)
-        self._signature = self._inputs(self.store.state)  # our own commands changed it
 
     def plan_now(self, state: MetadataState) -> tuple[Plan, list[cmds.Command]]:
         """One planner pass over ``state``, timed, with the cluster-health gauges."""

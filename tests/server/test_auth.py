@@ -153,13 +153,15 @@ OPERATIONS: dict[str, Any] = {
     "drain 7": write("drain_node", {"node_id": 7}),
     "undrain 7": write("undrain_node", {"node_id": 7}),
     "node_health 7": write("node_health", {"node_id": 7, "status": "up"}),
+    "operator down 7": write("node_health", {"node_id": 7, "status": "down", "operator": True}),
+    "force drain 7": write("drain_node", {"node_id": 7, "force": True}),
     "set_tenant": write("set_tenant", {"name": "other"}),
     "create_token": create_token(token(99), "admin", None, None),
 }
 # Which operations each credential may perform (everything else: unauthorized).
 ALLOWED = {
     "reader": {"snapshot"},
-    "broker 7": {"snapshot", "health 7", "register 7", "drain 7", "undrain 7"},
+    "broker 7": {"snapshot", "health 7", "register 7", "drain 7", "undrain 7", "node_health 7"},
     "broker 8": {"snapshot"},
     "admin": set(OPERATIONS),
     "bootstrap": set(OPERATIONS),
