@@ -1,7 +1,8 @@
 """Replica management end to end, tier B: a 3-node control plane in process (real Raft
 drivers, loopback sockets, the real clock) and brokers from `felix.broker`.
 
-- A broker dies for good: after ``replica_down_timeout_s`` its shards are re-replicated
+- A broker dies for good: after ``replica_down_timeout_s`` (and not before: once on the
+  real clock, once on MockClock) its shards are re-replicated
   make-before-break; each new replica's broker sees ``CATCHING_UP``, reports ready, and
   only then is the dead replica removed.  The control-plane leader is stopped in the
   middle of the moves; the new leader finishes them from the replicated state.  At no
@@ -16,7 +17,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
 import trio
+import trio.testing
 
 from felix.broker import MetadataView, ShardRole, open_metadata_client
 from felix.broker.connection import ClientConnection
@@ -72,9 +75,31 @@ def live_floor(view: MetadataView) -> int:
     return min(counts, default=RF)
 
 
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps once every task has waited 2 ms of real time: the
+    loopback sockets' I/O completes well within that, so only idle time is skipped."""
+    return trio.testing.MockClock(autojump_threshold=0.002)
+
+
 async def test_a_dead_broker_is_re_replicated_make_before_break_across_a_failover() -> None:
+    await dead_broker_is_re_replicated(down_timeout_s=1)
+
+
+async def test_the_same_on_mock_clock_nothing_moves_before_the_timeout(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """On virtual time, with a 30 s timeout: nothing moves until 30 s after the broker
+    went down, then the same make-before-break sequence runs.  (The default, 600 s,
+    works the same and costs 60,000 ticks of every node's real work: about five
+    minutes here.)"""
+    await dead_broker_is_re_replicated(down_timeout_s=30)
+
+
+async def dead_broker_is_re_replicated(down_timeout_s: int) -> None:
+    timeout_s = down_timeout_s
     async with control_plane(seed=11) as cp, AsyncExitStack() as stack:
-        await cp.write("set_config", {"name": "replica_down_timeout_s", "value": 1})
+        await cp.write("set_config", {"name": "replica_down_timeout_s", "value": timeout_s})
         stop_10 = trio.Event()
 
         async def run_10(*, task_status: trio.TaskStatus[MetadataView]) -> None:
@@ -113,9 +138,12 @@ async def test_a_dead_broker_is_re_replicated_make_before_break_across_a_failove
             assert held  # broker 10 holds replicas of some shards
             del views[10]
             stop_10.set()  # broker 10 stops for good (and reports itself down)
-            with trio.fail_after(30):  # moves start once the timeout passed on the leader
+            await wait_for(lambda: not watcher.cache.nodes[10].live)
+            down_at = trio.current_time()
+            with trio.fail_after(timeout_s + 30):  # moves start once the timeout passed
                 while not any(r.caught_up_seen for r in reporters.values()):
                     await trio.sleep(0.02)
+            assert trio.current_time() - down_at >= timeout_s  # not a moment before
             mid = await cp.state()
             assert mid.nodes[10].evacuate == "down_timeout" and mid.reassigning
             assert all(10 in mid.shards[k].replicas for k in mid.reassigning)  # not yet removed
