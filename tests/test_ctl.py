@@ -32,6 +32,7 @@ from felix.proto.client_messages import (
     GetSnapshot,
     WriteRequest,
 )
+from felix.server.graph import MetadataServices
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
 from felix.server.ws_server import WsConnection, serve_ws
@@ -42,6 +43,7 @@ from felix.testing.cluster import TrioCluster
 class Cluster:
     trio_cluster: TrioCluster
     ports: dict[int, int]
+    services: dict[int, MetadataServices]
 
     async def leader(self) -> int:
         return (await self.trio_cluster.wait_for_leader()).node_id
@@ -60,11 +62,12 @@ async def start_cluster(nursery: trio.Nursery, seed: int = 5) -> Cluster:
         nursery, [1, 2, 3], seed=seed, settings=settings, state_machine_factory=MetadataStateMachine
     )
     ports: dict[int, int] = {}
+    served: dict[int, MetadataServices] = {}
     for node_id in (1, 2, 3):
-        _, services = await cluster.start_metadata(node_id)
-        ports[node_id] = await nursery.start(services.run, "127.0.0.1", 0)
+        _, served[node_id] = await cluster.start_metadata(node_id)
+        ports[node_id] = await nursery.start(served[node_id].run, "127.0.0.1", 0)
     await cluster.wait_for_leader()
-    return Cluster(cluster, ports)
+    return Cluster(cluster, ports, served)
 
 
 @pytest.fixture
@@ -517,8 +520,13 @@ async def test_rebalance_plan_run_status_and_shard_moves(cluster: Cluster) -> No
     assert (await ok_json(cluster, "snapshot"))["version"] == before["version"]  # a plan only
     text = await ok(cluster, "rebalance", "plan")
     assert "balance: broker" in text and "STEP" in text
-    ran = await ok(cluster, "rebalance", "run")
-    assert f"proposed {len(planned['steps'])} command(s)" in ran
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.ports if n != leader)
+    passes = {n: s.rebalancer.stats.passes for n, s in cluster.services.items()}
+    ran = await ok(cluster, "rebalance", "run", endpoints=f"127.0.0.1:{cluster.ports[follower]}")
+    assert f"proposed {len(planned['steps'])} command(s)" in ran  # forwarded to the leader
+    after = {n: s.rebalancer.stats.passes for n, s in cluster.services.items()}
+    assert after[leader] == passes[leader] + 1 and after[follower] == passes[follower]
     status = await ok_json(cluster, "rebalance", "status")
     assert {s["stream"] + "/" + str(s["index"]) for s in status["reassigning"]} == {
         m["shard"] for m in moves

@@ -201,7 +201,7 @@ def register(subparsers: Any) -> None:
         dest="ctl_rebalance", metavar="COMMAND", required=True
     )
     leaf(rebalance, "plan", cmd_rebalance_plan, read, "the steps the planner would take, and why")
-    leaf(rebalance, "run", cmd_rebalance_run, write, "take the planner's steps now")
+    leaf(rebalance, "run", cmd_rebalance_run, write, "the leader runs its planner now")
     leaf(rebalance, "status", cmd_rebalance_status, read, "moves in progress, per broker")
 
     config = sub.add_parser("config", help="cluster configuration keys").add_subparsers(

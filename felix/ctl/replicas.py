@@ -13,16 +13,18 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from felix.ctl.errors import CtlError, core
+from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.ctl.errors import CtlError, core, server_error
 from felix.ctl.reads import Snapshot, fetch_snapshot
 from felix.ctl.render import records_table, table, to_json
-from felix.ctl.writes import write, write_and_report
-from felix.metadata import commands as cmds
+from felix.ctl.session import REQUEST_ID, Retry, Tries, on_some_endpoint
+from felix.ctl.writes import WRITE_RETRY_CODES, write_and_report
 from felix.metadata.errors import SnapshotError
 from felix.metadata.model import KIND_NODE, KIND_SHARD
-from felix.metadata.planner import Plan, cluster_health, commands_for, input_of, limits_of, plan
+from felix.metadata.planner import Plan, cluster_health, input_of, limits_of, plan
 from felix.metadata.state import MetadataState
-from felix.proto.client_messages import Change
+from felix.proto.client_messages import Change, Error, PlannerRan, RunPlanner
+from felix.proto.errors import ProtocolError
 
 
 def _state(snap: Snapshot) -> MetadataState:
@@ -68,15 +70,38 @@ async def cmd_rebalance_plan(args: argparse.Namespace) -> str:
 
 @core
 async def cmd_rebalance_run(args: argparse.Namespace) -> str:
-    state = _state(await fetch_snapshot(args))
-    steps = plan(input_of(state), limits_of(state))
-    rows = _steps(state, steps)
-    applied = 0
-    for command in commands_for(state, steps):
-        await write(args, command.NAME, cmds.command_args(command))
-        applied += 1
-    return _render(args, state.version, rows) + ("" if args.output == "json" else
-                                                 f"\nproposed {applied} command(s)")  # fmt: skip
+    """Ask the control-plane leader's rebalancer for a pass now (any node forwards it)."""
+    ran = await run_planner(args)
+    if args.output == "json":
+        return to_json({"version": ran.version, "summary": ran.summary})
+    return f"leader's planner at version {ran.version}: {ran.summary}"
+
+
+async def run_planner(args: argparse.Namespace) -> PlannerRan:
+    """`RunPlanner` on some endpoint.  Retried elsewhere only when nothing ran (no
+    leader yet); a connection lost mid-pass is reported, not repeated."""
+
+    async def attempt(conn: ClientConnection, name: str, tries: Tries) -> PlannerRan:
+        tries.in_doubt = name
+        try:
+            await conn.send(RunPlanner(REQUEST_ID))
+            while True:
+                reply = await conn.receive()
+                if isinstance(reply, PlannerRan) and reply.request_id == REQUEST_ID:
+                    return reply
+                if isinstance(reply, Error) and reply.request_id in (REQUEST_ID, None):
+                    break
+        except (ConnectionClosed, ProtocolError) as exc:
+            raise CtlError(
+                f"{name}: connection lost during the planner pass (its steps may have been"
+                f" proposed; see felix ctl rebalance status): {exc}"
+            ) from None
+        tries.in_doubt = None
+        if reply.code in WRITE_RETRY_CODES:
+            raise Retry(f"{reply.code.value}: {reply.detail}")
+        raise server_error(reply)
+
+    return await on_some_endpoint(args, attempt)
 
 
 @core

@@ -119,6 +119,16 @@ class ListTokens:
     request_id: int
 
 
+@CLIENT_TO_SERVER.message("RunPlanner")
+@dataclass(frozen=True, slots=True)
+class RunPlanner:
+    """Admin only (``felix ctl rebalance run``): the control-plane leader's rebalancer
+    runs a planner pass now and proposes its steps (docs/architecture.md §13); a
+    follower forwards it to the leader."""
+
+    request_id: int
+
+
 # --- server -> client ----------------------------------------------------------------
 
 
@@ -150,6 +160,17 @@ class WriteResult:
 
     request_id: int
     version: int
+
+
+@SERVER_TO_CLIENT.message("PlannerRan")
+@dataclass(frozen=True, slots=True)
+class PlannerRan:
+    """The leader ran a planner pass: ``summary`` says what it proposed; ``version`` is
+    the applied version after its steps."""
+
+    request_id: int
+    version: int
+    summary: Detail
 
 
 @SERVER_TO_CLIENT.message("Snapshot")

@@ -193,6 +193,7 @@ class ForwardKind(enum.IntEnum):
     WRITE = 0  # an encoded state-machine command to propose
     HEALTH = 1  # an encoded broker health report for the leader's session tracker
     READ = 2  # no data: the leader answers a ReadIndex point (thesis §6.4) as the index
+    REBALANCE = 3  # no data: the leader runs a planner pass; index: the version after it
 
 
 @PEER.message("Forward")

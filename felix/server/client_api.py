@@ -38,7 +38,9 @@ from felix.proto.client_messages import (
     ErrorCode,
     GetSnapshot,
     ListTokens,
+    PlannerRan,
     ReportHealth,
+    RunPlanner,
     TokenInfo,
     TokenList,
     WriteRequest,
@@ -305,6 +307,8 @@ class ClientApi:
             return authorize_health(principal, message.node_id)
         if isinstance(message, ListTokens):
             return authorize_admin(principal, "list tokens")
+        if isinstance(message, RunPlanner):
+            return authorize_admin(principal, "run the replica planner")
         return None
 
     def _refuse(self, conn: WsConnection, operation: str, why: str, request_id: int | None) -> None:
@@ -341,6 +345,13 @@ class ClientApi:
             return await self._snapshot(conn, message)
         if isinstance(message, ListTokens):
             return self._tokens(message.request_id)
+        if isinstance(message, RunPlanner):
+            if not self.forwarder.serves(ForwardKind.REBALANCE):
+                return Error(ErrorCode.BAD_REQUEST, "no replica planner here", message.request_id)
+            outcome = await self.forwarder.submit(ForwardKind.REBALANCE, b"")
+            return _error(outcome, message.request_id) or PlannerRan(
+                message.request_id, outcome.index, outcome.detail
+            )
         if isinstance(message, ReportHealth):
             if not self.forwarder.serves(ForwardKind.HEALTH):
                 return Error(ErrorCode.BAD_REQUEST, "health reports are not served here", None)

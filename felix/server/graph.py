@@ -68,6 +68,7 @@ class MetadataServices:
                 ForwardKind.WRITE: node.propose_outcome,
                 ForwardKind.HEALTH: self.sessions.handle_forwarded,
                 ForwardKind.READ: self._read_point,
+                ForwardKind.REBALANCE: self.rebalancer.run_now,
             },
         )
         self.api = ClientApi(node, self.forwarder, parts.store, parts.hub, auth=auth, tls=tls)

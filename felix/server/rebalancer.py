@@ -13,7 +13,8 @@ Only the control-plane leader acts; a follower's `Rebalancer` keeps nothing.  Ev
 - removes a decommissioned broker that holds nothing (``remove_node``);
 - runs the pure planner (`felix.metadata.planner`) when the inputs that matter changed
   (nodes, streams' replication factors, config, moves in flight), every
-  ``rebalance_interval_s``, or on request, and proposes its steps as ordinary commands.
+  ``rebalance_interval_s``, or on request (`run_now`: ``felix ctl rebalance run``,
+  forwarded to the leader), and proposes its steps as ordinary commands.
 
 A leader change loses nothing: the new leader plans again from the replicated state,
 and every command is validated at apply, so a stale plan is refused, not applied.
@@ -33,8 +34,10 @@ from felix.metadata.config import config_bool, config_int
 from felix.metadata.model import EVACUATE_DECOMMISSION, NodeState
 from felix.metadata.planner import Plan, cluster_health, commands_for, input_of, limits_of, plan
 from felix.metadata.state import MetadataState
+from felix.proto.codes import ErrorCode
 from felix.raft.types import Role
 from felix.server.metadata_sm import MetadataStore
+from felix.server.outcome import Outcome
 from felix.server.raft_node import RaftNode
 from felix.server.sessions import SessionTracker
 
@@ -72,21 +75,36 @@ class Rebalancer:
         self._down_since: dict[tuple[int, int], float] = {}  # (node, epoch) -> first seen
         self._signature: Hashable = None
         self._last_pass = -float("inf")
-        self._requested = trio.Event()
         self._targets: dict[str, frozenset[int]] = {}  # in-flight shard -> target set
-
-    def request(self) -> None:
-        """Plan at the next tick (``felix ctl rebalance run`` on the leader)."""
-        self._requested.set()
+        self._pass_lock = trio.Lock()  # one tick or requested pass at a time
 
     async def run(self) -> None:
         while True:
-            with trio.move_on_after(TICK_S):
-                await self._requested.wait()
+            await trio.sleep(TICK_S)
             await self.tick()
+
+    async def run_now(self, _: bytes) -> Outcome:
+        """The `ForwardKind.REBALANCE` handler (``felix ctl rebalance run``), on the
+        leader: one planner pass now, whatever ``auto_rebalance`` says, serialised with
+        the ticks; the outcome's index is the applied version after its steps."""
+        async with self._pass_lock:
+            if self.node.core.role is not Role.LEADER:
+                return Outcome.failed(ErrorCode.NOT_LEADER, "this node no longer leads")
+            steps, accepted, refused = await self._pass(self.store.state)
+        summary = (
+            f"proposed {accepted} command(s): {len(steps.moves)} move(s),"
+            f" {len(steps.leader_moves)} leader step(s), {len(steps.finishes)} finish(es)"
+        )
+        if refused:
+            summary += f"; {refused} refused at apply (the state moved on; see the leader's log)"
+        return Outcome(self.store.version, detail=summary)
 
     async def tick(self) -> None:
         """One round of the leader's duties (a no-op on followers)."""
+        async with self._pass_lock:
+            await self._tick()
+
+    async def _tick(self) -> None:
         self.ticks += 1
         core = self.node.core
         if core.role is not Role.LEADER:
@@ -171,26 +189,30 @@ class Rebalancer:
         values = state.config_values()
         interval_s = config_int(values, "rebalance_interval_s")
         now = trio.current_time()
-        requested = self._requested.is_set()
-        if requested:
-            self._requested = trio.Event()
-        elif not config_bool(values, "auto_rebalance"):
+        if not config_bool(values, "auto_rebalance"):
             return
         signature = self._inputs(state)
         due = now - self._last_pass >= interval_s
-        if not requested and not due and signature == self._signature:
+        if not due and signature == self._signature:
             return
-        steps, commands = self.plan_now(state)
         self._last_pass = now
+        _, accepted, _ = await self._pass(state)
+        if not accepted:
+            self._signature = signature
+
+    async def _pass(self, state: MetadataState) -> tuple[Plan, int, int]:
+        """Plan over ``state`` and propose the steps: (plan, accepted, refused).  After
+        any accepted step the next tick plans again: the plan was cut by the budgets,
+        and brokers may finish moves while we propose, so the inputs seen now could
+        already include their effect.  Otherwise ticks wait for the inputs to change."""
+        steps, commands = self.plan_now(state)
         accepted = 0
         for command in commands:
             accepted += await self._propose(command)
-        # Plan again next tick after any accepted step: the plan was cut by the budgets,
-        # and brokers may finish moves while we propose, so the inputs seen now could
-        # already include their effect.  Otherwise wait for the inputs to change.
-        self._signature = None if accepted else signature
+        self._signature = None
         self.stats.moves_proposed += len(steps.moves)
         self.stats.leader_moves_proposed += len(steps.leader_moves)
+        return steps, accepted, len(commands) - accepted
 
     def plan_now(self, state: MetadataState) -> tuple[Plan, list[cmds.Command]]:
         """One planner pass over ``state``, timed, with the cluster-health gauges."""

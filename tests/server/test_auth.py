@@ -23,7 +23,9 @@ from felix.proto.client_messages import (
     Error,
     ErrorCode,
     GetSnapshot,
+    PlannerRan,
     ReportHealth,
+    RunPlanner,
     SnapshotChunk,
     WriteRequest,
     WriteResult,
@@ -157,6 +159,7 @@ OPERATIONS: dict[str, Any] = {
     "force drain 7": write("drain_node", {"node_id": 7, "force": True}),
     "set_tenant": write("set_tenant", {"name": "other"}),
     "create_token": create_token(token(99), "admin", None, None),
+    "run planner": RunPlanner(9),
 }
 # Which operations each credential may perform (everything else: unauthorized).
 ALLOWED = {
@@ -169,7 +172,7 @@ ALLOWED = {
 
 
 def outcome(reply: Any) -> str:
-    if isinstance(reply, (WriteResult, SnapshotChunk)):
+    if isinstance(reply, (WriteResult, SnapshotChunk, PlannerRan)):
         return "allowed"
     if isinstance(reply, Error) and reply.code is ErrorCode.UNAUTHORIZED:
         return "unauthorized"
