@@ -25,6 +25,7 @@ from felix.server.metrics import NodeMetrics
 from felix.server.raft_node import NodeSettings, RaftNode
 from felix.server.security import NodeSecurity
 from felix.server.watch_hub import HubLimits
+from felix.server.ws_server import ServeLimits
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.tcp import PeerAddress, PeerTls, TcpTransport, TcpTransportConfig
@@ -93,7 +94,12 @@ def hub_limits_for(config: NodeConfig) -> HubLimits:
         history_bytes_max=watch.history_bytes_max,
         message_bytes_max=watch.message_bytes_max,
         progress_interval_s=watch.progress_interval_ms / 1000,
+        subscriber_lag_versions_max=watch.subscriber_lag_versions_max,
     )
+
+
+def serve_limits_for(config: NodeConfig) -> ServeLimits:
+    return ServeLimits(keepalive_interval_s=config.watch.keepalive_interval_ms / 1000)
 
 
 def tcp_transport_for(
@@ -148,7 +154,9 @@ async def run_node(
         outcome_of=metadata_outcome,
     )
     auth = security.authenticator(parts.store)
-    services = MetadataServices(node, parts, auth=auth, tls=security.client_tls())
+    services = MetadataServices(
+        node, parts, auth=auth, tls=security.client_tls(), serve_limits=serve_limits_for(config)
+    )
     metrics.watch_stats(lambda: parts.hub)
     metrics.client_stats(lambda: services.api)
     metrics.rebalance_stats(lambda: services.rebalancer)
