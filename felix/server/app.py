@@ -2,8 +2,10 @@
 
 `run_node` owns one nursery for everything the node runs.  Shutdown is graceful and
 bounded: on request, a leader first hands leadership to its most caught-up follower (so
-the cluster does not wait out an election timeout), then every task is cancelled
-(connections close), and the WAL is closed under a shielded, time-bounded scope.
+the cluster does not wait out an election timeout), then the requests in flight get
+their answers (writes that waited out the hand-off are forwarded to the new leader; new
+ones are answered ``not_leader`` naming it), then every task is cancelled (connections
+close), and the WAL is closed under a shielded, time-bounded scope.
 """
 
 from __future__ import annotations
@@ -185,8 +187,12 @@ async def run_node(
             task_status.started(handle)
             await handle.stop_requested.wait()
             if handle.hand_off:
-                with trio.move_on_after(grace_s * 0.6):
+                with trio.move_on_after(grace_s * 0.5):
                     await hand_off_leadership(node, "stopping; ")
+            # Requests that waited out the hand-off are being forwarded to the new
+            # leader: let them have their answers before the connections close.
+            with trio.move_on_after(grace_s * 0.1):
+                await services.forwarder.drain()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(grace_s * 0.4):

@@ -58,6 +58,9 @@ class Forwarder:
         self.handlers = dict(handlers)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self.stopping = False  # `drain` was called: new requests are turned away
+        self._in_flight = 0  # `submit` calls not yet answered
+        self._idle = trio.Event()
 
     def serves(self, kind: ForwardKind) -> bool:
         return kind in self.handlers
@@ -76,6 +79,27 @@ class Forwarder:
         (thesis §3.10) takes no proposals, so the request waits here for the new leader
         instead of being refused at once.  Past the deadline, a request nobody took is
         ``not_leader`` naming the leader known then -- never this node."""
+        if self.stopping:
+            return self._nobody_took_it(0.0, None, stopping=True)
+        self._in_flight += 1
+        try:
+            return await self._submit(kind, data, timeout_s)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Stop taking requests, then return once every request in flight has its
+        answer (a stopping node, after its hand-off: docs/architecture.md §9).  Each new
+        request is answered ``not_leader`` naming the leader (nothing was done), so its
+        client retries there instead of losing the answer when the connection closes."""
+        self.stopping = True
+        while self._in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+    async def _submit(self, kind: ForwardKind, data: bytes, timeout_s: float | None) -> Outcome:
         node = self.node
         timeout = node.settings.proposal_timeout_s if timeout_s is None else timeout_s
         deadline = trio.current_time() + timeout
@@ -96,10 +120,13 @@ class Forwarder:
                 await node.wait_changed()  # a leader appeared, moved, or finished handing over
         return self._nobody_took_it(timeout, refused)
 
-    def _nobody_took_it(self, timeout: float, refused: Outcome | None) -> Outcome:
-        """The deadline passed and every attempt was refused (or none could be made):
-        nothing was applied.  The detail names the leader if another node is known to
-        lead, else none: a node handing leadership over is not "the leader" to retry at."""
+    def _nobody_took_it(
+        self, timeout: float, refused: Outcome | None, *, stopping: bool = False
+    ) -> Outcome:
+        """The deadline passed and every attempt was refused (or none could be made), or
+        this node is stopping: nothing was applied.  The detail names the leader if
+        another node is known to lead, else none: a node handing leadership over is not
+        "the leader" to retry at."""
         node = self.node
         leader = node.core.leader_id
         if leader is not None and leader != node.node_id:
@@ -108,6 +135,8 @@ class Forwarder:
             hint = "this node is handing leadership over; no new leader yet"
         else:
             hint = "no leader known"
+        if stopping:
+            return Outcome.failed(ErrorCode.NOT_LEADER, f"node {node.node_id} is stopping; {hint}")
         if refused is not None and refused.error is ErrorCode.NOT_COMMITTED:
             detail = f"overwritten by a new leader, not applied within {timeout} s; {hint}"
             return Outcome.failed(ErrorCode.NOT_COMMITTED, detail)

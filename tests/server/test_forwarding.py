@@ -174,3 +174,33 @@ async def test_without_a_leader_the_deadline_answer_is_not_leader_naming_no_node
         assert outcome.error is ErrorCode.NOT_LEADER, outcome
         assert "no leader known" in outcome.detail
         assert_never_names_itself(outcome, leader.node_id)
+
+
+async def test_a_stopping_node_answers_what_it_holds_and_turns_new_requests_to_the_leader(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """SIGTERM on a leader, in tier B: it starts its hand-off with a write waiting, then
+    drains.  The waiting write is forwarded to the new leader and answered before the
+    drain returns; a request after that is ``not_leader`` naming the new leader."""
+    async with cluster_of_three(seed=41) as (cluster, forwarders):
+        leader = await cluster.wait_for_leader()
+        node, forwarder = node_of(leader), forwarders[leader.node_id]
+        target = next(n for n in forwarders if n != leader.node_id)
+        node._inputs_send.send_nowait(TransferLeader(target))  # white box, as above
+        while not node.handing_over:
+            await node.wait_changed()
+        outcomes: list[Outcome] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, forwarder, outcomes)
+            await trio.testing.wait_all_tasks_blocked()  # the write waits out the hand-off
+            assert not outcomes
+            await forwarder.drain()
+            assert len(outcomes) == 1  # answered before the drain returned
+        (outcome,) = outcomes
+        assert outcome.ok, outcome
+        assert node.core.leader_id == target
+        late = await forwarder.submit(ForwardKind.WRITE, encode_put("late", b"x"))
+        assert late.error is ErrorCode.NOT_LEADER, late
+        assert f"the leader is node {target}" in late.detail and "stopping" in late.detail
+        await converged_on(cluster, "k", b"v")
+        assert "late" not in leader.kv.items
