@@ -242,7 +242,7 @@ def load_config(
 
 
 # Variables with the prefix that are not config keys (used by tests and tools).
-_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR"})
+_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR", "FELIX_KEEPALIVE_SOAK_S"})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
