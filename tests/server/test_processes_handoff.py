@@ -116,11 +116,12 @@ def test_writes_during_a_sigterm_hand_off_are_forwarded_never_self_named(
         assert "handing leadership over" not in error.detail, error
     answered_after = sum(t >= sigterm_at for t in old.acked_at)
     refused_after = sum(t >= sigterm_at for t, _ in old.errors)
+    kinds = {w.node_id: sorted({f"{e.code}: {e.detail}" for _, e in w.errors}) for w in writers}
     print(
         f"\nSIGTERM hand-off: the old leader (node {leader}) acknowledged {answered_after} writes"
         f" and refused {refused_after} (not_leader naming the new leader) after the signal;"
         f" acknowledged in all: {sum(len(w.acked) for w in writers)};"
-        f" errors by node: { {w.node_id: len(w.errors) for w in writers} }"
+        f" errors by node: {kinds}"
     )
     acked = {key: "x" for writer in writers for key in writer.acked}
     last = max(v for writer in writers for v in writer.acked.values())
