@@ -131,8 +131,10 @@ class Forwarder:
         leader = node.core.leader_id
         if leader is not None and leader != node.node_id:
             hint = f"the leader is node {leader}"
-        elif leader == node.node_id:
+        elif leader == node.node_id and node.handing_over:
             hint = "this node is handing leadership over; no new leader yet"
+        elif leader == node.node_id:
+            hint = "no other leader known"
         else:
             hint = "no leader known"
         if stopping:
