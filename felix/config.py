@@ -74,12 +74,21 @@ class SnapshotPolicy:
     keep: int = 3
 
 
+KEEPALIVE_INTERVAL_MS_MIN = 100  # below this a busy event loop could miss the answer
+
+
 @dataclass(frozen=True, slots=True)
 class WatchConfig:
     history_versions_max: int = 100_000  # deltas retained for resuming brokers...
     history_bytes_max: int = 64 * 1024 * 1024  # ...bounded by count and by bytes
     message_bytes_max: int = 1024 * 1024  # one Deltas message; bigger deltas are split
     progress_interval_ms: int = 1000
+    # A live subscriber whose socket stays full holds its deltas, coalesced; past this
+    # many held versions it gets a Resync (its own bound, not the history's).
+    subscriber_lag_versions_max: int = 100_000
+    # Every client-port connection: a quiet one is pinged after half of this, and one
+    # that leaves a ping unanswered for this long is closed (code 1011, with a reason).
+    keepalive_interval_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +174,15 @@ class NodeConfig:
             (self.watch.history_versions_max >= 1, "watch.history_versions_max: must be >= 1"),
             (self.watch.message_bytes_max >= 4096, "watch.message_bytes_max: must be >= 4096"),
             (self.watch.progress_interval_ms >= 10, "watch.progress_interval_ms: must be >= 10"),
+            (
+                self.watch.subscriber_lag_versions_max >= 1,
+                "watch.subscriber_lag_versions_max: must be >= 1",
+            ),
+            (
+                KEEPALIVE_INTERVAL_MS_MIN <= self.watch.keepalive_interval_ms <= 3_600_000,
+                f"watch.keepalive_interval_ms: must be >= {KEEPALIVE_INTERVAL_MS_MIN}"
+                " and <= 3600000 (an hour)",
+            ),
             (self.log.format in ("text", "json"), "log.format: must be 'text' or 'json'"),
             (
                 self.log.level in ("debug", "info", "warning", "error"),
@@ -224,7 +242,7 @@ def load_config(
 
 
 # Variables with the prefix that are not config keys (used by tests and tools).
-_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR"})
+_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR", "FELIX_KEEPALIVE_SOAK_S"})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -81,6 +81,12 @@ def test_peers_and_endpoints_from_strings() -> None:
         ("[limits]\nproposal_timeout_ms = -5\n", "limits.proposal_timeout_ms: must be >= 1"),
         ("[limits]\nframe_bytes_max = 1000\n", "limits.frame_bytes_max: must be >= 65536"),
         ("[limits]\nframe_bytes_max = 4294967296\n", "and < 2**32"),
+        ("[watch]\nkeepalive_interval_ms = 50\n", "watch.keepalive_interval_ms: must be >= 100"),
+        ("[watch]\nkeepalive_interval_ms = 99999999\n", "and <= 3600000 (an hour)"),
+        (
+            "[watch]\nsubscriber_lag_versions_max = 0\n",
+            "watch.subscriber_lag_versions_max: must be >= 1",
+        ),
     ],
 )
 def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -95,6 +101,23 @@ def test_bad_env_names_the_variable() -> None:
         load_config(env={"FELIX_RAFT__TICK_MS": "fast"})
     with pytest.raises(ConfigError, match=r"unknown key 'raft.tik_ms' \(from FELIX_RAFT__TIK_MS\)"):
         load_config(env={"FELIX_RAFT__TIK_MS": "5"})
+
+
+def test_watch_bounds_of_their_own() -> None:
+    """The slow-subscriber bound and the keepalive interval are settings of their own: a
+    short history does not shorten the subscriber bound, and both reach the node."""
+    from felix.server.app import hub_limits_for, serve_limits_for
+
+    config = load_config(
+        env={"FELIX_WATCH__HISTORY_VERSIONS_MAX": "10"},
+        overrides={"watch.keepalive_interval_ms": "1500"},
+    )
+    assert config.watch.subscriber_lag_versions_max == 100_000
+    limits = hub_limits_for(config)
+    assert (limits.history_versions_max, limits.subscriber_lag_versions_max) == (10, 100_000)
+    assert serve_limits_for(config).keepalive_interval_s == 1.5
+    defaults = serve_limits_for(load_config(env={}))
+    assert defaults.keepalive_interval_s == 10.0
 
 
 def test_missing_file() -> None:

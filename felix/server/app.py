@@ -2,8 +2,10 @@
 
 `run_node` owns one nursery for everything the node runs.  Shutdown is graceful and
 bounded: on request, a leader first hands leadership to its most caught-up follower (so
-the cluster does not wait out an election timeout), then every task is cancelled
-(connections close), and the WAL is closed under a shielded, time-bounded scope.
+the cluster does not wait out an election timeout), then the requests in flight get
+their answers (writes that waited out the hand-off are forwarded to the new leader; new
+ones are answered ``not_leader`` naming it), then every task is cancelled (connections
+close), and the WAL is closed under a shielded, time-bounded scope.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from felix.server.metrics import NodeMetrics
 from felix.server.raft_node import NodeSettings, RaftNode
 from felix.server.security import NodeSecurity
 from felix.server.watch_hub import HubLimits
+from felix.server.ws_server import ServeLimits
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.tcp import PeerAddress, PeerTls, TcpTransport, TcpTransportConfig
@@ -93,7 +96,12 @@ def hub_limits_for(config: NodeConfig) -> HubLimits:
         history_bytes_max=watch.history_bytes_max,
         message_bytes_max=watch.message_bytes_max,
         progress_interval_s=watch.progress_interval_ms / 1000,
+        subscriber_lag_versions_max=watch.subscriber_lag_versions_max,
     )
+
+
+def serve_limits_for(config: NodeConfig) -> ServeLimits:
+    return ServeLimits(keepalive_interval_s=config.watch.keepalive_interval_ms / 1000)
 
 
 def tcp_transport_for(
@@ -148,7 +156,9 @@ async def run_node(
         outcome_of=metadata_outcome,
     )
     auth = security.authenticator(parts.store)
-    services = MetadataServices(node, parts, auth=auth, tls=security.client_tls())
+    services = MetadataServices(
+        node, parts, auth=auth, tls=security.client_tls(), serve_limits=serve_limits_for(config)
+    )
     metrics.watch_stats(lambda: parts.hub)
     metrics.client_stats(lambda: services.api)
     metrics.rebalance_stats(lambda: services.rebalancer)
@@ -177,8 +187,12 @@ async def run_node(
             task_status.started(handle)
             await handle.stop_requested.wait()
             if handle.hand_off:
-                with trio.move_on_after(grace_s * 0.6):
+                with trio.move_on_after(grace_s * 0.5):
                     await hand_off_leadership(node, "stopping; ")
+            # Requests that waited out the hand-off are being forwarded to the new
+            # leader: let them have their answers before the connections close.
+            with trio.move_on_after(grace_s * 0.1):
+                await services.forwarder.drain()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(grace_s * 0.4):

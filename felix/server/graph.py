@@ -27,7 +27,7 @@ from felix.server.rebalancer import Rebalancer
 from felix.server.requests import NodeError
 from felix.server.sessions import SessionTracker
 from felix.server.watch_hub import HubLimits, WatchHub
-from felix.server.ws_server import ServerTls
+from felix.server.ws_server import ServeLimits, ServerTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +53,11 @@ class MetadataServices:
         *,
         auth: Authenticator | None = None,
         tls: ServerTls | None = None,
+        serve_limits: ServeLimits | None = None,
     ) -> None:
         """``auth`` None serves everyone as admin (``--insecure``); ``tls`` None is
-        plaintext.  Both are built by the caller from the node's config."""
+        plaintext; ``serve_limits`` (connection bounds, keepalive) None: the defaults.
+        All are built by the caller from the node's config."""
         assert node.state_machine is parts.state_machine, "the node must drive these parts"
         self.node = node
         self.store = parts.store
@@ -71,7 +73,15 @@ class MetadataServices:
                 ForwardKind.REBALANCE: self.rebalancer.run_now,
             },
         )
-        self.api = ClientApi(node, self.forwarder, parts.store, parts.hub, auth=auth, tls=tls)
+        self.api = ClientApi(
+            node,
+            self.forwarder,
+            parts.store,
+            parts.hub,
+            auth=auth,
+            tls=tls,
+            serve_limits=serve_limits,
+        )
 
     async def _read_point(self, _: bytes) -> Outcome:
         """The `ForwardKind.READ` handler, on the leader: a linearizable read point."""

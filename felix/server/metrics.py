@@ -122,6 +122,8 @@ class _ClientCollector(Collector):
              serve.refused_busy),
             ("felix_client_tls_handshakes_failed", "Client TLS handshakes refused",
              serve.tls_handshakes_failed),
+            ("felix_client_keepalive_closes", "Connections closed: a ping left unanswered",
+             serve.keepalive_closes),
         ):  # fmt: skip
             yield CounterMetricFamily(name, help_text, value=value)
         yield GaugeMetricFamily(

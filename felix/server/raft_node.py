@@ -312,6 +312,13 @@ class RaftNode:
         )
 
     @property
+    def handing_over(self) -> bool:
+        """This node leads but is transferring leadership (thesis §3.10): it takes no
+        proposals until the transfer ends (or is abandoned after an election timeout)."""
+        core = self.core
+        return core.role is Role.LEADER and core.transfer_target is not None
+
+    @property
     def inputs_queue_depth(self) -> int:
         return self._inputs.statistics().current_buffer_used
 

@@ -43,9 +43,19 @@ class NodeError(Exception):
 class NotLeader(NodeError):
     code = ErrorCode.NOT_LEADER
 
-    def __init__(self, leader_hint: int | None, reason: str = "not the leader") -> None:
+    def __init__(
+        self, leader_hint: int | None, reason: str = "not the leader", *, node_id: int = 0
+    ) -> None:
+        """``node_id``: the refusing node.  A leader that refuses (it is handing
+        leadership over, thesis §3.10) names itself in its hint; the message then says
+        that, never "the leader is node <itself>"."""
         self.leader_hint = leader_hint
-        hint = f"; the leader is node {leader_hint}" if leader_hint else "; no leader known"
+        if leader_hint and leader_hint == node_id:
+            hint = "; this node is handing leadership over"
+        elif leader_hint:
+            hint = f"; the leader is node {leader_hint}"
+        else:
+            hint = "; no leader known"
         super().__init__(reason + hint)
 
 
@@ -151,7 +161,11 @@ class RequestTable:
             if waiter is not None:
                 reason = "proposal refused" if isinstance(refused, ProposalRefused) else "read"
                 self.metrics.proposals_failed.labels("refused").inc()
-                waiter.finish(error=NotLeader(refused.leader_hint, f"{reason}: {refused.reason}"))
+                waiter.finish(
+                    error=NotLeader(
+                        refused.leader_hint, f"{reason}: {refused.reason}", node_id=self.node_id
+                    )
+                )
         for state in ready.read_states:
             self._reads_ready.append((state.index, state.request_id))
 

@@ -28,7 +28,8 @@ While a subscriber catches up, live messages for it queue (bounded); then it tur
 
 *Slow subscribers*: a subscriber whose socket is full gets a bounded backlog drained by
 its flusher; past ``coalesce_after_frames`` queued messages its further deltas are held
-and coalesced into one message when the socket drains; past the byte bound it gets a
+and coalesced into one message when the socket drains; past
+``subscriber_lag_versions_max`` held versions, or the backlog's byte bound, it gets a
 ``Resync`` and is disconnected.  Nobody else ever waits for it.
 
 *WatchProgress*: every ``progress_interval_s`` without a publish, one pre-built
@@ -67,7 +68,7 @@ SnapshotSource = Callable[[], tuple[int, bytes, Sequence[Change]]]
 
 @dataclass(frozen=True, slots=True)
 class HubLimits:
-    history_versions_max: int = 100_000
+    history_versions_max: int = 100_000  # deltas retained for resuming subscribers
     history_bytes_max: int = 64 * 1024 * 1024
     message_bytes_max: int = 1024 * 1024  # one Deltas message; bigger deltas are split
     snapshot_chunk_records: int = 2000
@@ -78,6 +79,10 @@ class HubLimits:
     # Published batches not yet fanned out; past either bound, everyone resyncs.
     fanout_batches_max: int = 10_000
     fanout_bytes_max: int = 64 * 1024 * 1024  # their frames' bytes
+    # A live subscriber's deltas held (coalesced) while its socket is full; past this
+    # many versions it resyncs.  Its own bound: a short history does not cut slow
+    # subscribers off sooner (``watch.subscriber_lag_versions_max``).
+    subscriber_lag_versions_max: int = 100_000
 
 
 @dataclass(slots=True)
@@ -239,8 +244,13 @@ class WatchHub:
         sender = sub.connection.sender
         if sub.held or sender.backlog_frames >= self.limits.coalesce_after_frames:
             sub.held.extend(batch.deltas)  # coalesced into one message once it drains
-            if len(sub.held) > self.limits.history_versions_max:
-                self._resync(sub, "subscriber too slow")
+            if len(sub.held) > self.limits.subscriber_lag_versions_max:
+                self.stats.slow_disconnects += 1
+                self._resync(
+                    sub,
+                    f"subscriber too slow: more than {self.limits.subscriber_lag_versions_max}"
+                    " versions held for it",
+                )
             return
         for frame in batch.frames:
             if not sender.send(frame):

@@ -30,6 +30,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from felix.proto.ws_frames import OP_PING, close_frame, server_frame
@@ -214,6 +215,7 @@ class WsConnection:
         self._parts_bytes = 0
         self._pending: deque[bytes] = deque()
         self.closed = False
+        self.peer_closed = trio.Event()  # the client sent its close frame, or is gone
         self.last_heard = trio.current_time()
 
     def send_message(self, payload: bytes) -> bool:
@@ -222,13 +224,15 @@ class WsConnection:
     async def receive(self) -> bytes:
         """The next binary message from the client; handles pings and close."""
         while not self._pending:
-            if self.closed or self.sender.broken:
+            if self.peer_closed.is_set() or self.sender.broken:
                 raise ConnectionGone("connection closed")
             try:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.peer_closed.set()
                 raise ConnectionGone(str(exc)) from None
             if not data:
+                self.peer_closed.set()
                 raise ConnectionGone("client closed the connection")
             self.last_heard = trio.current_time()
             if self.tls is not None:
@@ -271,35 +275,80 @@ class WsConnection:
                 with contextlib.suppress(LocalProtocolError):
                     self.sender.send(self._ws.send(event.response()))
                 self.closed = True
+                self.peer_closed.set()
             elif isinstance(event, TextMessage):
                 raise RemoteProtocolError("text messages are not accepted", event_hint=None)
 
+    @property
+    def remote(self) -> str:
+        return describe_remote(self.stream)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (``code``, ``reason``), then wait (bounded) until it and
+        everything before it were written."""
         if not self.closed:
             self.closed = True
-            self.sender.send_final(close_frame(code, reason))
+            self.sender.send_final(self._close_frame(code, reason))
         with trio.move_on_after(1) as scope:
             scope.shield = True
             await self.sender.drain()
+
+    def _close_frame(self, code: int, reason: str) -> bytes:
+        """Through wsproto when it can (its state then knows we closed, and the client's
+        answering close is taken as the end of the handshake), else built here."""
+        try:
+            return self._ws.send(CloseConnection(code, reason))  # reason cut to 123 bytes
+        except LocalProtocolError:
+            return close_frame(code, reason)
 
 
 Handler = Callable[[WsConnection], Awaitable[None]]
 
 KEEPALIVE_INTERVAL_S = 10.0
+CLOSE_KEEPALIVE = CloseReason.INTERNAL_ERROR  # 1011, as the `websockets` library does
+CLOSE_LINGER_S = 1.0  # how long a closed connection waits for the client's close frame
 
 
-async def keepalive(connection: WsConnection, interval_s: float, done: trio.CancelScope) -> None:
-    """Ping a quiet client; one that stays silent for two intervals is gone (a dead
-    peer would otherwise hold its slot until TCP gives up, minutes later)."""
+async def keepalive(
+    connection: WsConnection,
+    interval_s: float,
+    done: trio.CancelScope,
+    stats: ServeStats | None = None,
+) -> None:
+    """Ping a quiet client; close one that leaves a ping unanswered for ``interval_s``
+    (a dead peer would otherwise hold its slot until TCP gives up, minutes later).
+
+    Checks every half interval.  A client heard from less than half an interval ago is
+    left alone; otherwise it gets a PING.  It is closed only when a PING is outstanding
+    -- sent, and not one byte heard since -- for a whole interval, so however the
+    checks drift against the client's traffic, a client that answers pings is never
+    closed (docs/architecture.md §12, "Keepalive").  A dead peer is closed at most two
+    intervals after the last byte heard, with a close frame (1011) giving the reason."""
+    check_s = interval_s / 2
+    ping_sent: float | None = None
     while True:
-        await trio.sleep(interval_s)
-        silent = trio.current_time() - connection.last_heard
-        if silent >= 2 * interval_s:
-            log.info("closing a client connection silent for %.0f s", silent)
+        await trio.sleep(check_s)
+        now, heard = trio.current_time(), connection.last_heard
+        if ping_sent is not None and heard >= ping_sent:
+            ping_sent = None  # answered (any frame counts)
+        if ping_sent is None:
+            if now - heard >= check_s:
+                ping_sent = now
+                connection.sender.send(server_frame(b"felix", OP_PING))
+            continue
+        if now - ping_sent >= interval_s:
+            reason = f"keepalive: no frame for {now - heard:.0f} s"
+            log.info("closing the client connection from %s: %s", connection.remote, reason)
+            if stats is not None:
+                stats.keepalive_closes += 1
+            await connection.close(CLOSE_KEEPALIVE, reason)
+            # The closing handshake: the client answers with its own close frame, which
+            # ends the reader (and the connection).  Closing the socket before that
+            # answer is read would reset it, and the client could lose our reason.
+            with trio.move_on_after(CLOSE_LINGER_S):
+                await connection.peer_closed.wait()
             done.cancel()
             return
-        if silent >= interval_s:
-            connection.sender.send(server_frame(b"felix", OP_PING))
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,14 +367,17 @@ class ServeStats:
     refused_busy: int = 0  # closed at once: too many connections, or handshakes at once
     connections: int = 0  # open now
     handshaking: int = 0  # in the TLS handshake or the upgrade now
+    keepalive_closes: int = 0  # closed for leaving a ping unanswered
 
 
 @dataclass(frozen=True, slots=True)
 class ServeLimits:
-    """Bounds before anyone is authenticated: what a flood of connections can hold."""
+    """Bounds before anyone is authenticated (what a flood of connections can hold), and
+    the keepalive of every connection (`keepalive`; ``watch.keepalive_interval_ms``)."""
 
     connections_max: int = 10_000
     handshakes_max: int = 256  # at once; each bounded by HANDSHAKE_TIMEOUT_S
+    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
 
 
 async def serve_ws(
@@ -354,7 +406,7 @@ async def serve_ws(
             return
         counts.connections += 1
         try:
-            await _connection(stream, handler, backlog_bytes_max, tls, counts)
+            await _connection(stream, handler, backlog_bytes_max, tls, counts, limits)
         finally:
             counts.connections -= 1
 
@@ -414,6 +466,7 @@ async def _connection(
     backlog_bytes_max: int,
     tls: ServerTls | None,
     stats: ServeStats,
+    limits: ServeLimits,
 ) -> None:
     async with stream:
         opened = await _open(stream, tls, stats)
@@ -426,7 +479,7 @@ async def _connection(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender.flush_forever)
                 nursery.start_soon(
-                    keepalive, connection, KEEPALIVE_INTERVAL_S, nursery.cancel_scope
+                    keepalive, connection, limits.keepalive_interval_s, nursery.cancel_scope, stats
                 )
                 connection._handle_events()  # frames that came with the upgrade
                 try:

@@ -208,7 +208,7 @@ async def test_big_delta_is_split_and_applied_atomically() -> None:
 
 
 async def test_slow_subscriber_is_cut_off_and_others_are_not_delayed() -> None:
-    limits = HubLimits(coalesce_after_frames=4, history_versions_max=50)
+    limits = HubLimits(coalesce_after_frames=4, subscriber_lag_versions_max=50)
     async with serving(limits) as (model, hub, port):
         slow = await connect(port, 0)
         fast = await connect(port, 0)
@@ -231,6 +231,39 @@ async def test_slow_subscriber_is_cut_off_and_others_are_not_delayed() -> None:
         model.write(5)
         await watch_until(fast, watcher, model.version)
         assert watcher.items == model.items
+
+
+async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
+    """A history of 5 versions does not cut a slow subscriber off sooner: it is held
+    (coalesced) up to ``subscriber_lag_versions_max`` versions, and resyncs only past it."""
+    lag_max = 200
+    limits = HubLimits(
+        coalesce_after_frames=4, history_versions_max=5, subscriber_lag_versions_max=lag_max
+    )
+    async with serving(limits) as (model, hub, port):
+        slow = await connect(port, 0)  # never reads until the end
+        await trio.testing.wait_all_tasks_blocked()
+        (sub,) = hub._subscribers  # white box: how many versions are held for it
+        for _ in range(2000):  # fill its socket and backlog until deltas are held
+            model.write(10, changes_each=20)
+            await hub.wait_fanned_out()
+            if sub.held:
+                break
+        assert sub.held and hub.stats.resyncs == 0
+        while len(sub.held) < lag_max:  # exactly at the bound, one version at a time
+            model.write(1, changes_each=20)
+            await hub.wait_fanned_out()
+        assert len(sub.held) == lag_max and len(sub.held) > 10 * limits.history_versions_max
+        assert hub.oldest_resumable() == model.version - limits.history_versions_max
+        assert hub.stats.resyncs == 0 and hub.watchers == 1  # still subscribed
+        model.write(1)  # one more than the bound
+        await hub.wait_fanned_out()
+        assert hub.stats.resyncs == 1 and hub.watchers == 0 and hub.stats.slow_disconnects == 1
+        watcher = Watcher()
+        watcher.version = 0
+        reasons = await read_until_closed(slow, watcher)
+        assert watcher.version is not None and watcher.version < model.version  # no gap
+        assert reasons == [f"subscriber too slow: more than {lag_max} versions held for it"]
 
 
 def test_pack_splits_only_at_version_boundaries() -> None:
