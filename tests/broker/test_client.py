@@ -149,10 +149,14 @@ async def test_resume_on_another_node_after_the_serving_node_stops() -> None:
 
 async def test_server_resync_and_resume_below_history_take_snapshots() -> None:
     async with control_plane(HubLimits(history_versions_max=3), seed=3) as cp:
-        async with brokers(cp, 10, 11, report_down_on_exit=False) as (view, _other):
+        # Leadership must stay where the failover put it: no preferred-leader passes.
+        await cp.write("set_config", {"name": "auto_rebalance", "value": False})
+        async with brokers(cp, 10, 11, report_down_on_exit=False) as (view, other):
             consumer = Owned(view)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consumer.run)
+                both = (view, other)  # both live before placing two replicas per shard
+                await wait_for(lambda: all(all_up(v, 10, 11) for v in both))
                 await cp.write("create_stream", {"name": "a", "shards": 4, "tenant": "acme",
                                                  "replication_factor": 2})  # fmt: skip
                 await caught_up(cp, view)

@@ -312,6 +312,8 @@ async def test_resume_below_the_retained_history_takes_one_snapshot(
     eps = endpoints(cluster)
     async with client(eps, None, cluster) as admin, client(eps, 11, cluster) as other:
         await admin.write("set_tenant", {"name": "acme"})
+        # Leadership must stay where the failover put it: no preferred-leader passes.
+        await admin.write("set_config", {"name": "auto_rebalance", "value": False})
         async with client(eps, 10, cluster, report_down_on_exit=False) as view:
             consumer = Owned(view)
             async with trio.open_nursery() as nursery:
