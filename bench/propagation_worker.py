@@ -61,8 +61,10 @@ class TimingCache(MetadataCache):
         self.applied_times.append(time.monotonic())
         return update
 
-    def apply_snapshot(self, version: int, digest: bytes, records: Any) -> CacheUpdate:
-        update = super().apply_snapshot(version, digest, records)
+    def apply_snapshot(
+        self, version: int, digest: bytes, records: Any, history: str = ""
+    ) -> CacheUpdate:
+        update = super().apply_snapshot(version, digest, records, history)
         self.applied_versions.append(version)
         self.applied_times.append(time.monotonic())
         return update

@@ -141,6 +141,7 @@ class MetadataCache:
         self.node_id = node_id
         self.verify_deltas = verify_deltas
         self.version: int | None = None  # None until the first snapshot
+        self.history = ""  # the lineage of the view (docs/architecture.md §14)
         self.digest = 0
         self.records: dict[RecordId, Record] = {}
         self._hashes: dict[RecordId, int] = {}
@@ -208,11 +209,16 @@ class MetadataCache:
     # --- applying -----------------------------------------------------------------------
 
     def apply_snapshot(
-        self, version: int, digest: bytes, records: Iterable[Change] | SnapshotStage
+        self,
+        version: int,
+        digest: bytes,
+        records: Iterable[Change] | SnapshotStage,
+        history: str = "",
     ) -> CacheUpdate:
         """Replace the view with ``records`` (or a `SnapshotStage` built from them as
-        they arrived); raises `DigestMismatch` (cache unchanged) if they do not hash to
-        ``digest``, or `CacheError` (cache unchanged) if a record is malformed."""
+        they arrived) of lineage ``history``; raises `DigestMismatch` (cache unchanged)
+        if they do not hash to ``digest``, or `CacheError` (cache unchanged) if a record
+        is malformed."""
         if isinstance(records, SnapshotStage):
             stage = records
         else:
@@ -220,9 +226,9 @@ class MetadataCache:
             stage.add(records)
         if digest_bytes(stage.total) != digest:
             raise DigestMismatch(version, digest, digest_bytes(stage.total))
-        return self._install(version, stage)
+        return self._install(version, stage, history)
 
-    def _install(self, version: int, stage: SnapshotStage) -> CacheUpdate:
+    def _install(self, version: int, stage: SnapshotStage, history: str) -> CacheUpdate:
         tables = stage.take()
         owned = self._owned_in(tables.shards)
         routes = _changed_routes(self.routing, tables.routing)
@@ -240,7 +246,7 @@ class MetadataCache:
         self._hashes = tables.hashes
         self._led_by = tables.led_by
         self.hashes_valid = True
-        self.digest, self.version = stage.total, version
+        self.digest, self.version, self.history = stage.total, version, history
         self._events.clear()
         return CacheUpdate(version, (), events, routes, replaced=True)
 

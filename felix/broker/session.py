@@ -257,7 +257,8 @@ class Session:
         self._snapshot_parts.reset()
         self._delta_parts.reset()
         from_version = None if self._want_snapshot else self.cache.version
-        await conn.send(ClientHello(self.node_id, from_version, ""))  # token: in the upgrade
+        hello = ClientHello(self.node_id, from_version, "", self.cache.history)  # token: upgrade
+        await conn.send(hello)
         self.conn = conn
         self.requests.attach(conn)
         self._connected()
@@ -339,10 +340,13 @@ class Session:
         if whole is None:
             return
         had_view = self.cache.version is not None
+        same_lineage = chunk.history == self.cache.history
         with gc_paused():
-            update = self.cache.apply_snapshot(*whole)
+            update = self.cache.apply_snapshot(*whole, chunk.history)
         self.counters.snapshots += 1
-        if had_view and not self._want_snapshot:
+        if had_view and not same_lineage:
+            self._resync("lineage")  # a restored cluster: its versions are another history
+        elif had_view and not self._want_snapshot:
             self._resync("history")  # resumed below the server's retained history
         self._want_snapshot = False
         if update.ownership:

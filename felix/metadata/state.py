@@ -99,6 +99,8 @@ class MetadataState:
         # Private to the control plane: not in records, deltas or the digest (tokens.py).
         self.tokens: dict[str, TokenRecord] = {}
         self.tokens_generation = 0  # +1 on every token change: nodes re-check sessions
+        # The state's lineage: "" from empty, a new id per restore (snapshot.py).
+        self.history = ""
         self._digest = 0
         self._node_shards: dict[int, set[str]] = {}
         self._leader_count: dict[int, int] = {}
@@ -130,8 +132,8 @@ class MetadataState:
             dict(self.config), dict(self.tenants), dict(self.nodes), dict(self.streams),
             dict(self.shards),
         )  # fmt: skip
-        tokens = _tokens_of(self.tokens)
-        return lambda: encode_snapshot(version, digest, _records_of(*tables), tokens)
+        tokens, history = _tokens_of(self.tokens), self.history
+        return lambda: encode_snapshot(version, digest, _records_of(*tables), tokens, history)
 
     def node_shards(self, node_id: int) -> list[str]:
         """Keys of the shards ``node_id`` replicates, sorted (deterministic order)."""
@@ -385,7 +387,9 @@ class MetadataState:
 
     def snapshot(self) -> bytes:
         """The whole state (version, digest, records) as bytes; see `snapshot.py`."""
-        return encode_snapshot(self.version, self.digest, self.records(), _tokens_of(self.tokens))
+        return encode_snapshot(
+            self.version, self.digest, self.records(), _tokens_of(self.tokens), self.history
+        )
 
     @classmethod
     def of_records(cls, version: int, records: Iterable[Change]) -> MetadataState:
@@ -405,8 +409,9 @@ class MetadataState:
     def restore(cls, data: bytes) -> MetadataState:
         """The state a `snapshot` was taken of: same records, indexes, version and
         digest.  Raises `SnapshotError` if the bytes are bad or the digest disagrees."""
-        version, digest, records, tokens = decode_snapshot(data)
+        version, digest, records, tokens, history = decode_snapshot(data)
         state = cls()
+        state.history = history
         for record in tokens:
             problem = check_record(record)
             if problem is not None or record.id in state.tokens:

@@ -27,6 +27,8 @@ BrokerId = Annotated[int, IntRange(0, 2**63 - 1)]
 Name = Annotated[str, MaxLen(256)]
 Digest = Annotated[bytes, MaxLen(64)]
 Detail = Annotated[str, MaxLen(4096)]
+History = Annotated[str, MaxLen(64)]
+BACKUP_CHUNK_BYTES_MAX: Final = 1 << 20
 Record = Annotated[dict[Name, ScalarValue], MaxItems(RECORD_FIELDS_MAX)]
 
 
@@ -81,6 +83,9 @@ class ClientHello:
     node_id: BrokerId | None
     from_version: int | None
     token: Annotated[str, MaxLen(4096)]
+    # The lineage of the view ``from_version`` is in ("" until a restore, see
+    # docs/architecture.md §14): another lineage's version is never resumed from.
+    history: History = ""
 
 
 @CLIENT_TO_SERVER.message("GetSnapshot")
@@ -115,6 +120,15 @@ class WriteRequest:
 class ListTokens:
     """Admin only: the cluster's API tokens as this node has applied them (never a
     secret or its hash)."""
+
+    request_id: int
+
+
+@CLIENT_TO_SERVER.message("GetBackup")
+@dataclass(frozen=True, slots=True)
+class GetBackup:
+    """Admin only (``felix snapshot save``): the whole state as the control plane
+    snapshots it (records, token hashes, lineage) at a linearizable version."""
 
     request_id: int
 
@@ -162,6 +176,20 @@ class WriteResult:
     version: int
 
 
+@SERVER_TO_CLIENT.message("BackupChunk")
+@dataclass(frozen=True, slots=True)
+class BackupChunk:
+    """Part ``seq`` of the metadata snapshot bytes at ``version`` of cluster
+    ``cluster_id``; ``last`` ends it."""
+
+    request_id: int
+    cluster_id: Name
+    version: int
+    seq: int
+    data: Annotated[bytes, MaxLen(BACKUP_CHUNK_BYTES_MAX)]
+    last: bool
+
+
 @SERVER_TO_CLIENT.message("PlannerRan")
 @dataclass(frozen=True, slots=True)
 class PlannerRan:
@@ -185,6 +213,7 @@ class SnapshotChunk:
     seq: int
     records: Annotated[tuple[Change, ...], MaxItems(CHANGES_PER_DELTA_MAX)]
     last: bool
+    history: History = ""  # the view's lineage, for the next ClientHello
 
 
 @SERVER_TO_CLIENT.message("Deltas")

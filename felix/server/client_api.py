@@ -31,11 +31,14 @@ from felix.gc_pause import decode_paused
 from felix.metadata.commands import command_from_request, encode_command
 from felix.metadata.errors import CommandError
 from felix.proto.client_messages import (
+    BACKUP_CHUNK_BYTES_MAX,
     CLIENT_TO_SERVER,
     SERVER_TO_CLIENT,
+    BackupChunk,
     ClientHello,
     Error,
     ErrorCode,
+    GetBackup,
     GetSnapshot,
     ListTokens,
     PlannerRan,
@@ -112,8 +115,10 @@ class ClientApi:
         auth: Authenticator | None = None,
         tls: ServerTls | None = None,
         serve_limits: ServeLimits | None = None,
+        cluster_id: str = "",
     ) -> None:
         self.node = node
+        self.cluster_id = cluster_id
         self.auth = auth  # None: every connection is admin (``--insecure`` only)
         self.tls = tls
         self.serve_limits = serve_limits or ServeLimits()
@@ -214,7 +219,7 @@ class ClientApi:
                     self._send(conn, Error(ErrorCode.BAD_REQUEST, "already watching", None))
                 else:
                     watching = True
-                    nursery.start_soon(self._watch, conn, message.from_version, nursery)
+                    nursery.start_soon(self._watch, conn, self._resume_point(message), nursery)
             else:
                 await limit.acquire()
                 nursery.start_soon(self._answer_one, conn, message, principal, limit)
@@ -288,6 +293,19 @@ class ClientApi:
             while point.error is None and self.node.applied_index < point.index:
                 await self.node.wait_changed()
 
+    def _resume_point(self, hello: ClientHello) -> int | None:
+        """``from_version``, unless the view it is in has another lineage than ours (a
+        restored cluster, docs/architecture.md §14): then a snapshot, never deltas
+        joined to another history."""
+        if self.store is not None and hello.history != self.store.history():
+            if hello.from_version is not None:
+                log.info(
+                    "watcher at version %d of lineage %r, ours is %r: sending a snapshot",
+                    hello.from_version, hello.history, self.store.history(),
+                )  # fmt: skip
+            return None
+        return hello.from_version
+
     def _refusal(self, principal: Principal, message: Any) -> str | None:
         """Why ``principal`` may not send ``message`` (None: it may; writes are checked
         once their command is parsed, in `_write`)."""
@@ -309,6 +327,8 @@ class ClientApi:
             return authorize_admin(principal, "list tokens")
         if isinstance(message, RunPlanner):
             return authorize_admin(principal, "run the replica planner")
+        if isinstance(message, GetBackup):
+            return authorize_admin(principal, "take a backup")
         return None
 
     def _refuse(self, conn: WsConnection, operation: str, why: str, request_id: int | None) -> None:
@@ -345,6 +365,8 @@ class ClientApi:
             return await self._snapshot(conn, message)
         if isinstance(message, ListTokens):
             return self._tokens(message.request_id)
+        if isinstance(message, GetBackup):
+            return await self._backup(conn, message.request_id)
         if isinstance(message, RunPlanner):
             if not self.forwarder.serves(ForwardKind.REBALANCE):
                 return Error(ErrorCode.BAD_REQUEST, "no replica planner here", message.request_id)
@@ -379,7 +401,33 @@ class ClientApi:
             except NodeError as exc:
                 return Error(exc.code, str(exc), request.request_id)
         version, digest, records = store.view()
-        await send_snapshot(conn, version, digest, records, request.request_id, self.limits)
+        await send_snapshot(
+            conn, version, digest, records, request.request_id, self.limits, store.history()
+        )
+        return None
+
+    async def _backup(self, conn: WsConnection, request_id: int) -> Any:
+        """The control plane's own snapshot bytes (records, token hashes, lineage) at a
+        linearizable version, in `BackupChunk`s (docs/architecture.md §14).  Encoded
+        off the event loop: at 100,000 shards that takes a good part of a second."""
+        store = self.store
+        if store is None:
+            return Error(ErrorCode.BAD_REQUEST, "this node serves no metadata", request_id)
+        try:
+            await self.node.read_index()
+        except NodeError as exc:
+            return Error(exc.code, str(exc), request_id)
+        version, encode = store.version, store.state.snapshot_encoder()
+        data = await trio.to_thread.run_sync(encode)
+        size = min(BACKUP_CHUNK_BYTES_MAX, self.limits.message_bytes_max)
+        chunks = max(1, -(-len(data) // size))
+        sender = conn.sender
+        for seq in range(chunks):
+            part = data[seq * size : (seq + 1) * size]
+            chunk = BackupChunk(request_id, self.cluster_id, version, seq, part, seq == chunks - 1)
+            if not sender.send(server_frame(SERVER_TO_CLIENT.encode(chunk))):
+                return None  # too slow a reader: the connection is being closed
+            await sender.drain()
         return None
 
     async def _write(self, conn: WsConnection, request: WriteRequest, principal: Principal) -> Any:

@@ -39,7 +39,9 @@ class MetadataParts:
     @classmethod
     def build(cls, limits: HubLimits | None = None) -> MetadataParts:
         store = MetadataStore()
-        hub = WatchHub(store.view, limits or HubLimits(), version=store.version)
+        hub = WatchHub(
+            store.view, limits or HubLimits(), version=store.version, history=store.history
+        )
         return cls(store, hub, MetadataStateMachine(store, hub))
 
 
@@ -54,10 +56,12 @@ class MetadataServices:
         auth: Authenticator | None = None,
         tls: ServerTls | None = None,
         serve_limits: ServeLimits | None = None,
+        cluster_id: str = "",
     ) -> None:
         """``auth`` None serves everyone as admin (``--insecure``); ``tls`` None is
-        plaintext; ``serve_limits`` (connection bounds, keepalive) None: the defaults.
-        All are built by the caller from the node's config."""
+        plaintext; ``serve_limits`` (connection bounds, keepalive) None: the defaults;
+        ``cluster_id`` names the cluster in backups.  All are built by the caller from
+        the node's config."""
         assert node.state_machine is parts.state_machine, "the node must drive these parts"
         self.node = node
         self.store = parts.store
@@ -81,6 +85,7 @@ class MetadataServices:
             auth=auth,
             tls=tls,
             serve_limits=serve_limits,
+            cluster_id=cluster_id,
         )
 
     async def _read_point(self, _: bytes) -> Outcome:

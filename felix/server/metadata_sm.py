@@ -34,6 +34,10 @@ class MetadataStore:
     def version(self) -> int:
         return self.state.version
 
+    def history(self) -> str:
+        """The lineage of the applied state (docs/architecture.md §14)."""
+        return self.state.history
+
     def tokens(self) -> Mapping[str, TokenRecord]:
         """The API tokens as of the applied state (private: never in `view`)."""
         return self.state.tokens

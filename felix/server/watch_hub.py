@@ -124,12 +124,19 @@ class Subscriber:
 
 class WatchHub:
     def __init__(
-        self, snapshot_source: SnapshotSource, limits: HubLimits = HubLimits(), *, version: int = 0
+        self,
+        snapshot_source: SnapshotSource,
+        limits: HubLimits = HubLimits(),
+        *,
+        version: int = 0,
+        history: Callable[[], str] = lambda: "",
     ) -> None:
-        """``version``: where the state the hub will publish from stands now."""
+        """``version``: where the state the hub will publish from stands now;
+        ``history``: the lineage its snapshots are of (docs/architecture.md §14)."""
         self.limits = limits
         self.stats = HubStats()
         self._snapshot_source = snapshot_source
+        self.history = history
         self._history: deque[tuple[Delta, int]] = deque()  # (delta, encoded size)
         self._history_bytes = 0
         self.version = version  # last published version
@@ -375,7 +382,9 @@ class WatchHub:
         """Chunks of the current view; ``sub.pending`` holds what is published meanwhile."""
         version, digest, records = self._snapshot_source()
         sub.version = version  # what is published from now on waits in sub.pending
-        await send_snapshot(sub.connection, version, digest, records, request_id, self.limits)
+        await send_snapshot(
+            sub.connection, version, digest, records, request_id, self.limits, self.history()
+        )
         self.stats.snapshots_sent += 1
 
     async def _go_live(self, sub: Subscriber) -> None:
@@ -397,6 +406,7 @@ async def send_snapshot(
     records: Sequence[Change],
     request_id: int | None,
     limits: HubLimits,
+    history: str = "",
 ) -> None:
     """``GetSnapshot`` / watch start: the view in chunks, the last one marked.  Each
     chunk is built and encoded with the GC paused (`gc_paused`): its thousands of
@@ -408,7 +418,8 @@ async def send_snapshot(
     for seq in range(chunks):
         with gc_paused():
             part = tuple(records[seq * size : (seq + 1) * size])
-            chunk = SnapshotChunk(request_id, version, digest, seq, part, seq == chunks - 1)
+            last = seq == chunks - 1
+            chunk = SnapshotChunk(request_id, version, digest, seq, part, last, history)
             frame = server_frame(SERVER_TO_CLIENT.encode(chunk))
             del part, chunk
         if not sender.send(frame):

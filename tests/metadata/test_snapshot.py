@@ -45,7 +45,7 @@ def test_empty_state_round_trips() -> None:
 def snapshot_parts() -> tuple[int, bytes, tuple[Change, ...]]:
     h = with_stream(cluster({1: "a", 2: "b", 3: "c"}), "s", 2)
     h.ok(CreateStream("t", 1, "acme"))
-    version, digest, records, tokens = decode_snapshot(h.state.snapshot())
+    version, digest, records, tokens, _ = decode_snapshot(h.state.snapshot())
     assert tokens == ()
     return version, digest, records
 

@@ -105,7 +105,7 @@ def test_tokens_survive_a_snapshot_and_older_snapshots_still_restore() -> None:
     restored = MetadataState.restore(h.state.snapshot())
     assert restored.tokens == h.state.tokens
     assert restored.snapshot() == h.state.snapshot()
-    version, digest, records, tokens = decode_snapshot(h.state.snapshot())
+    version, digest, records, tokens, _ = decode_snapshot(h.state.snapshot())
     assert [t.id for t in tokens] == ["00000000000000aa", "00000000000000bb"]
     old_format = dumps([1, version, digest, [to_plain(r) for r in records]])
     assert MetadataState.restore(old_format).tokens == {}
@@ -114,7 +114,7 @@ def test_tokens_survive_a_snapshot_and_older_snapshots_still_restore() -> None:
 def test_a_snapshot_with_a_bad_token_record_is_refused() -> None:
     h = Harness()
     h.ok(create())
-    version, digest, records, tokens = decode_snapshot(h.state.snapshot())
+    version, digest, records, tokens, _ = decode_snapshot(h.state.snapshot())
     bad = dataclasses.replace(tokens[0], role="root")
     data = dumps([2, version, digest, [to_plain(r) for r in records], [to_plain(bad)]])
     with pytest.raises(Exception, match="role must be one of"):

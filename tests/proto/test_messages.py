@@ -317,7 +317,7 @@ def test_generated_decoders_build_the_same_objects_as_the_constructor() -> None:
     """Decoders set the slots of frozen dataclasses directly: equal, hashable, frozen;
     a class whose __init__ does more is built by calling it."""
     plain = {"type": "Snapshot", "request_id": None, "version": 3, "digest": b"d", "seq": 0,
-             "records": [["node", "1", {"a": [1, "x"]}]], "last": True}  # fmt: skip
+             "records": [["node", "1", {"a": [1, "x"]}]], "last": True, "history": ""}  # fmt: skip
     change = _decode_plain(plain, SERVER_TO_CLIENT).records[0]
     assert change == Change("node", "1", {"a": (1, "x")}) and type(change) is Change
     assert hash(Change("node", "1", None)) == hash(_decode_plain(
