@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "felix.proto.cli",
     "felix.ctl",
     "felix.ctl.brokers",
+    "felix.ctl.backup",
     "felix.security.cli",
 )
 

@@ -52,7 +52,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "felix.logs": _units(),
     "felix.security": _units(),  # stdlib, cryptography (certs only) and trio (handshake)
     "felix.gc_pause": _units(),
-    "felix.ctl": _units("proto", "metadata", "broker", "config", "security"),
+    "felix.ctl": _units("proto", "raft", "metadata", "storage", "broker", "config", "security"),
     "felix.cli": _units("felix"),  # felix.__version__; commands by name (COMMAND_MODULES)
     "felix": _units(),
     "felix.testing": ANYTHING,

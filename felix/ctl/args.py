@@ -48,16 +48,9 @@ DEV_CLIENT_ENDPOINTS: Final = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 TIMEOUT_S_DEFAULT: Final = 10.0
 
 
-def register(subparsers: Any) -> None:
-    ctl = subparsers.add_parser(
-        "ctl",
-        help="read and change cluster metadata (streams, nodes, config, tenants)",
-        description="Admin commands over the client API (WebSocket). Writes go to whichever "
-        "endpoint accepts them (the leader); every write takes --expected-version "
-        "(compare-and-set on the metadata version) and prints the version it committed at.",
-    )
-    sub = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
-
+def common_options() -> argparse.ArgumentParser:
+    """The options of every command that talks to the client API: endpoints,
+    credentials, output, timeout."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--endpoints",
@@ -81,6 +74,20 @@ def register(subparsers: Any) -> None:
         default=TIMEOUT_S_DEFAULT,
         help=f"give up after this many seconds (default {TIMEOUT_S_DEFAULT:g})",
     )
+    return common
+
+
+def register(subparsers: Any) -> None:
+    ctl = subparsers.add_parser(
+        "ctl",
+        help="read and change cluster metadata (streams, nodes, config, tenants)",
+        description="Admin commands over the client API (WebSocket). Writes go to whichever "
+        "endpoint accepts them (the leader); every write takes --expected-version "
+        "(compare-and-set on the metadata version) and prints the version it committed at.",
+    )
+    sub = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+
+    common = common_options()
     read = argparse.ArgumentParser(add_help=False, parents=[common])
     read.add_argument(
         "--consistency",

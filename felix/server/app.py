@@ -28,6 +28,7 @@ from felix.server.raft_node import NodeSettings, RaftNode
 from felix.server.security import NodeSecurity
 from felix.server.watch_hub import HubLimits
 from felix.server.ws_server import ServeLimits
+from felix.storage.cluster_marker import claim_data_dir
 from felix.storage.segmented_wal import SegmentedWal
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.tcp import PeerAddress, PeerTls, TcpTransport, TcpTransportConfig
@@ -140,6 +141,7 @@ async def run_node(
         )
     voters = ConfState(tuple(sorted({config.node_id, *config.peers})), ())
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    claim_data_dir(str(config.data_dir), config.cluster_id)  # refuses another cluster's log
     wal, boot = await SegmentedWal.open(
         str(config.data_dir), voters, snapshots_keep=config.snapshot.keep
     )
@@ -157,7 +159,12 @@ async def run_node(
     )
     auth = security.authenticator(parts.store)
     services = MetadataServices(
-        node, parts, auth=auth, tls=security.client_tls(), serve_limits=serve_limits_for(config)
+        node,
+        parts,
+        auth=auth,
+        tls=security.client_tls(),
+        serve_limits=serve_limits_for(config),
+        cluster_id=config.cluster_id,
     )
     metrics.watch_stats(lambda: parts.hub)
     metrics.client_stats(lambda: services.api)

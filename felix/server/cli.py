@@ -156,6 +156,20 @@ def run_serve(args: argparse.Namespace) -> int:
     except SecurityConfigError as exc:
         print(f"felix: refusing to start: {exc}", file=sys.stderr)
         return 2
+    from felix.storage.cluster_marker import ClusterMismatch, read_cluster_marker
+
+    try:  # the node claims the directory at start; refuse another cluster's before that
+        found = read_cluster_marker(str(config.data_dir))
+    except ClusterMismatch as exc:
+        found = str(exc)
+    if found is not None and found != config.cluster_id:
+        print(
+            f"felix: refusing to start: {config.data_dir} belongs to cluster {found!r}, the"
+            f" config says {config.cluster_id!r}; fix cluster_id, or start with an empty"
+            " data_dir to join as a new member",
+            file=sys.stderr,
+        )
+        return 2
     setup_logging(config.log.level, config.log.format)
     trio.run(_serve_until_signal, [config])
     return 0

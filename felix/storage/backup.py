@@ -28,7 +28,15 @@ from typing import Annotated, Final
 
 from felix.metadata.errors import SnapshotError
 from felix.metadata.state import MetadataState
-from felix.proto.cbor import MaxLen, dumps, from_plain, safe_loads, schema_depth, to_plain
+from felix.proto.cbor import (
+    MaxLen,
+    dumps,
+    from_plain,
+    safe_loads,
+    schema_depth,
+    to_plain,
+    wire_type,
+)
 from felix.proto.errors import ProtocolError
 from felix.storage.files import Files, OsFiles, append_all
 
@@ -46,6 +54,7 @@ class BackupError(Exception):
     """A file that is not a usable backup; the message names the file and the problem."""
 
 
+@wire_type
 @dataclass(frozen=True, slots=True)
 class BackupMeta:
     cluster_id: Annotated[str, MaxLen(256)]

@@ -1,4 +1,4 @@
-"""``felix wal dump DIR`` and ``felix snapshot inspect FILE``: read-only inspection.
+"""``felix wal dump DIR``: read-only inspection of a write-ahead log.
 
 Like etcd-dump-logs: one line per record (per entry for batches) with index, term, kind
 and size, or ``-o json``.  Nothing is repaired here: a torn tail or corruption is shown
@@ -14,20 +14,18 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from felix.proto.cbor import to_plain
 from felix.storage.errors import StorageError
 from felix.storage.files import OsFiles
 from felix.storage.recovery import iter_records
 from felix.storage.segment_format import BatchRecord, RecordType, StateRecord
 from felix.storage.segmented_wal import WAL_DIR
-from felix.storage.snapshots import load_snapshot_file
 
 Row = dict[str, Any]
 _COLUMNS = ("segment", "offset", "record", "index", "term", "kind", "size", "detail")
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``wal`` and ``snapshot`` commands to the ``felix`` parser."""
+    """Add the ``wal`` command to the ``felix`` parser (``snapshot``: `felix.ctl.backup`)."""
     wal = subparsers.add_parser("wal", help="inspect a write-ahead log")
     wal.set_defaults(handler=_usage(wal))
     wal_commands = wal.add_subparsers(dest="wal_command", metavar="SUBCOMMAND")
@@ -35,14 +33,6 @@ def register(subparsers: Any) -> None:
     dump.add_argument("directory", help="a node's data directory, or its wal/ directory")
     _add_output(dump)
     dump.set_defaults(handler=wal_dump)
-
-    snapshot = subparsers.add_parser("snapshot", help="inspect snapshot files")
-    snapshot.set_defaults(handler=_usage(snapshot))
-    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND")
-    inspect = snapshot_commands.add_parser("inspect", help="check a snapshot file, show its meta")
-    inspect.add_argument("file")
-    _add_output(inspect)
-    inspect.set_defaults(handler=snapshot_inspect)
 
 
 def _add_output(parser: argparse.ArgumentParser) -> None:
@@ -135,24 +125,3 @@ def _table_line(row: Row) -> str:
 
 def _format(cells: list[str]) -> str:
     return " ".join(cell.ljust(width) for cell, width in zip(cells, _WIDTHS, strict=True)).rstrip()
-
-
-def snapshot_inspect(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.file):
-        return _fail("snapshot inspect", f"no such file: {args.file}")
-    try:
-        meta, _data = load_snapshot_file(OsFiles(), args.file)
-    except (StorageError, OSError) as exc:
-        return _fail("snapshot inspect", str(exc))
-    if args.output == "json":
-        print(json.dumps({"file": args.file, **to_plain(meta), "checksum": "ok"}, indent=1))
-        return 0
-    voters = ",".join(map(str, meta.conf.voters)) or "-"
-    learners = ",".join(map(str, meta.conf.learners)) or "-"
-    print(f"file:     {args.file}")
-    print(f"index:    {meta.index}")
-    print(f"term:     {meta.term}")
-    print(f"conf:     voters={voters} learners={learners}")
-    print(f"size:     {meta.size} bytes")
-    print(f"crc32:    {meta.crc32:08x} (verified)")
-    return 0
