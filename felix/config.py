@@ -92,6 +92,16 @@ class WatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupConfig:
+    """Scheduled backups (docs/architecture.md §14): the leader writes a backup file
+    every ``interval_s`` into ``dir`` and keeps the newest ``keep``; 0: never."""
+
+    interval_s: int = 0
+    dir: str = ""
+    keep: int = 7
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     """PEM files (``felix certs`` makes them; production can bring its own).  The node's
     certificate names it (``felix://<cluster_id>/node/<node_id>``) and serves both its
@@ -133,6 +143,7 @@ class NodeConfig:
     insecure: bool = False  # plaintext, no authentication: only when asked for by name
     watch: WatchConfig = field(default_factory=WatchConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
     def security_problem(self) -> str | None:
         """Why ``felix serve`` must refuse to start (None: TLS and auth are configured,
@@ -184,6 +195,15 @@ class NodeConfig:
                 " and <= 3600000 (an hour)",
             ),
             (self.log.format in ("text", "json"), "log.format: must be 'text' or 'json'"),
+            (
+                0 <= self.backup.interval_s <= 30 * 86_400,
+                "backup.interval_s: must be >= 0 (0: no scheduled backups) and <= 30 days",
+            ),
+            (
+                self.backup.interval_s == 0 or bool(self.backup.dir),
+                "backup.dir: must be set when backup.interval_s is",
+            ),
+            (1 <= self.backup.keep <= 10_000, "backup.keep: must be >= 1 and <= 10000"),
             (
                 self.log.level in ("debug", "info", "warning", "error"),
                 "log.level: must be debug, info, warning or error",

@@ -21,6 +21,7 @@ from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfState
 from felix.raft.types import RaftConfig
 from felix.server.admin import build_ops_server, hand_off_leadership
+from felix.server.backups import BackupScheduler
 from felix.server.graph import MetadataParts, MetadataServices
 from felix.server.metadata_sm import metadata_outcome
 from felix.server.metrics import NodeMetrics
@@ -169,6 +170,8 @@ async def run_node(
     metrics.watch_stats(lambda: parts.hub)
     metrics.client_stats(lambda: services.api)
     metrics.rebalance_stats(lambda: services.rebalancer)
+    backups = BackupScheduler(node, parts.store, config.backup, config.cluster_id)
+    metrics.backup_stats(lambda: backups.stats)
     ops_tls = security.ops_tls(config.tls.ops)
     if auth is not None and ops_tls is None:
         log.warning(
@@ -182,6 +185,7 @@ async def run_node(
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
             await nursery.start(services.run, config.listen.client.host, config.listen.client.port)
+            nursery.start_soon(backups.run)
             handle = NodeHandle(config, node, ops_port, security, ops_tls=ops_tls is not None)
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",

@@ -8,6 +8,7 @@ everything in the first one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -94,6 +95,10 @@ class NodeMetrics:
         stay at their last values from when they led, or zero)."""
         self.registry.register(_RebalanceCollector(read))
 
+    def backup_stats(self, read: Callable[[], Any]) -> None:
+        """Export scheduled backups: written, failed, seconds since the last good one."""
+        self.registry.register(_BackupCollector(read))
+
     def watch_stats(self, read: Callable[[], Any]) -> None:
         """Export the watch hub's counters, read at scrape time (no per-delta cost)."""
         self.registry.register(_WatchCollector(read))
@@ -151,6 +156,23 @@ class _WatchCollector(Collector):
             ("felix_watch_snapshots_sent", "Snapshots sent to watchers", stats.snapshots_sent),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
+
+
+class _BackupCollector(Collector):
+    """``felix_backup_age_seconds`` is -1 until this node wrote a backup (followers,
+    or scheduled backups off): alert on it only on the leader."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._read()
+        age = -1.0 if stats.last_ok_at is None else time.monotonic() - stats.last_ok_at
+        yield GaugeMetricFamily(
+            "felix_backup_age_seconds", "Seconds since this node's last good backup", value=age
+        )
+        yield CounterMetricFamily("felix_backups_written", "Backups written", value=stats.written)
+        yield CounterMetricFamily("felix_backups_failed", "Backups that failed", value=stats.failed)
 
 
 class _RebalanceCollector(Collector):
