@@ -15,7 +15,9 @@ The file is written to ``<name>.tmp``, fsynced, renamed into place and the direc
 fsynced: a crash leaves either the old set of snapshots or the new one, plus perhaps a
 stale ``.tmp`` that `SnapshotStore.open` deletes (it was never acknowledged).  A final
 file that is cut short or fails its checksum cannot come from a crash, so it is refused
-with `CorruptSnapshotError`, never used and never deleted silently.  The trailer repeats
+with `CorruptSnapshotError`, never used and never deleted silently: boot falls back to
+an older kept snapshot plus the log (`felix.storage.recovery.join_snapshot`; the WAL
+keeps the log after the oldest kept snapshot, `oldest_index`).  The trailer repeats
 ``meta.crc32`` so a receiver can check a transfer it reassembled from chunks.
 """
 
