@@ -13,6 +13,12 @@ RESTORE_OR_REJOIN = (
     "(`felix wal dump` shows the records before the damage)"
 )
 
+SNAPSHOTS_RESTORE_OR_REJOIN = (
+    "do not edit or delete files by hand: restore this node's data directory from a backup, "
+    "or wipe it and re-add the node as a new member "
+    "(`felix snapshot inspect FILE` shows what a snapshot file holds, `felix wal dump` the log)"
+)
+
 
 class StorageError(Exception):
     """Base class: the node's durable state cannot be used as it is."""
@@ -65,7 +71,7 @@ class NoUsableSnapshotError(CorruptSnapshotError):
         snap_dir: str,
         damaged: tuple[CorruptSnapshotError, ...],
         problems: tuple[str, ...],
-        what_to_do: str = RESTORE_OR_REJOIN,
+        what_to_do: str = SNAPSHOTS_RESTORE_OR_REJOIN,
     ) -> None:
         self.damaged = damaged
         self.problems = problems
@@ -79,7 +85,7 @@ class NoUsableSnapshotError(CorruptSnapshotError):
         StorageError.__init__(
             self,
             f"{snap_dir}: {self.problem}: {'; '.join(parts)}; the damaged files are left in "
-            f"place; {what_to_do} (`felix snapshot inspect FILE` shows what a snapshot holds)",
+            f"place; {what_to_do}",
         )
 
 

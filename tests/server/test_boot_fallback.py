@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from felix.storage.snapshots import HEADER_BYTES
 from felix.testing.cluster import TICK_S
 from felix.transport.base import Deliver, PeerTransport
 from felix.transport.memory import MemoryNetwork, MemoryTransport
+from tests.storage.test_snapshot_fallback import truncate, write_node
 
 CONF = ConfState((1,), ())
 SETTINGS = NodeSettings(tick_s=TICK_S, snapshot_entries=20, snapshot_in_thread=False)
@@ -139,3 +142,26 @@ async def test_a_node_boots_past_a_damaged_newest_snapshot_to_the_same_state(
     assert damaged.node.applied_index == undamaged.node.applied_index == live[0] + 1
     assert damaged.state.digest == undamaged.state.digest == live[1]
     assert damaged.state.version == undamaged.state.version
+
+
+def test_felix_serve_refuses_naming_every_damaged_file(tmp_path: Path) -> None:
+    """Every snapshot damaged, the log compacted past them: `felix serve` exits 2 with one
+    message naming each file, its problem and what to do (no traceback)."""
+    written = write_node(tmp_path / "node")
+    snapshots = written.snapshots()
+    for path in snapshots[:-1]:
+        truncate(path)
+    flip_data_bit(snapshots[-1])
+    felix = Path(sys.executable).parent / "felix"
+    argv = [str(felix), "serve", "--insecure", "--node-id", "1"]
+    result = subprocess.run(
+        [*argv, "--data-dir", str(written.directory)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if "refusing to start" in line]
+    assert len(refusal) == 1 and "Traceback" not in result.stderr
+    for path in snapshots:
+        assert str(path) in refusal[0]
+    assert "cut short" in refusal[0] and "checksum mismatch" in refusal[0]
+    assert "restore this node's data directory from a backup" in refusal[0]
+    assert all(path.exists() for path in snapshots)
