@@ -238,7 +238,7 @@ def join_snapshot(
 
     Every kept snapshot is checked, newest first.  Boot uses the newest one that is
     intact and that the log continues: the log holds every entry after the oldest kept
-    snapshot (`felix.storage.segmented_wal`, "Compaction"), so when the newest file is
+    snapshot (docs/architecture.md §4, "Snapshot fallback"), so when the newest file is
     damaged the one before it plus the log gives the same state.  When every snapshot is
     damaged the log alone serves if it still starts at index 1.  Otherwise the node
     refuses to start with `NoUsableSnapshotError`, naming each file and its problem.

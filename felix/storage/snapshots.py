@@ -16,8 +16,8 @@ fsynced: a crash leaves either the old set of snapshots or the new one, plus per
 stale ``.tmp`` that `SnapshotStore.open` deletes (it was never acknowledged).  A final
 file that is cut short or fails its checksum cannot come from a crash, so it is refused
 with `CorruptSnapshotError`, never used and never deleted silently: boot falls back to
-an older kept snapshot plus the log (`felix.storage.recovery.join_snapshot`; the WAL
-keeps the log after the oldest kept snapshot, `oldest_index`).  The trailer repeats
+an older kept snapshot plus the log, which the WAL keeps from the oldest kept snapshot
+on (`oldest_index`; docs/architecture.md §4, "Snapshot fallback").  The trailer repeats
 ``meta.crc32`` so a receiver can check a transfer it reassembled from chunks.
 """
 
