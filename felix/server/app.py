@@ -147,6 +147,9 @@ async def run_node(
         str(config.data_dir), voters, snapshots_keep=config.snapshot.keep
     )
     metrics = NodeMetrics(config.node_id)
+    report = wal.core.boot_report  # damaged snapshot files were logged by the WAL
+    metrics.snapshot_files_damaged.set(len(report.damaged))
+    metrics.snapshot_boot_fallback.set(1 if report.fell_back else 0)
     parts = MetadataParts.build(hub_limits_for(config))
     node = RaftNode(
         raft_config_for(config),

@@ -171,8 +171,24 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 2
     setup_logging(config.log.level, config.log.format)
-    trio.run(_serve_until_signal, [config])
-    return 0
+    from felix.storage.errors import StorageError
+
+    refused: list[BaseException] = []
+    try:
+        trio.run(_serve_until_signal, [config])
+    except* StorageError as group:  # the data directory cannot be used as it is
+        refused = _leaves(group)
+    for problem in refused:
+        print(f"felix: refusing to start: {problem}", file=sys.stderr)
+    return 2 if refused else 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 async def _serve_until_signal(

@@ -79,6 +79,16 @@ class NodeMetrics:
             buckets=FAST_BUCKETS_S,
             registry=r,
         )
+        self.snapshot_files_damaged = Gauge(
+            "felix_snapshot_files_damaged",
+            "Kept snapshot files that failed their checks at boot (left in place, not used)",
+            registry=r,
+        )
+        self.snapshot_boot_fallback = Gauge(
+            "felix_snapshot_boot_fallback",
+            "1 if this node booted from an older snapshot (or the log alone) than its newest",
+            registry=r,
+        )
         self.inputs_queue_depth = Gauge(
             "felix_raft_inputs_queue_depth", "Inputs waiting for the Raft loop", registry=r
         )

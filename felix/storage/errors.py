@@ -13,6 +13,12 @@ RESTORE_OR_REJOIN = (
     "(`felix wal dump` shows the records before the damage)"
 )
 
+SNAPSHOTS_RESTORE_OR_REJOIN = (
+    "do not edit or delete files by hand: restore this node's data directory from a backup, "
+    "or wipe it and re-add the node as a new member "
+    "(`felix snapshot inspect FILE` shows what a snapshot file holds, `felix wal dump` the log)"
+)
+
 
 class StorageError(Exception):
     """Base class: the node's durable state cannot be used as it is."""
@@ -48,6 +54,43 @@ class CorruptSnapshotError(StorageError):
         self.what_to_do = what_to_do
         where = f"{path} at byte offset {offset}" if offset is not None else path
         super().__init__(f"{where}: {problem}; {what_to_do}")
+
+
+class NoUsableSnapshotError(CorruptSnapshotError):
+    """No kept snapshot can be joined with the log, and the log alone does not reach back
+    to index 1 (docs/architecture.md §4, "Snapshot fallback").
+
+    ``damaged`` are the snapshot files that failed their checks (left in place);
+    ``problems`` says why each other candidate -- an intact snapshot that is older than the
+    log, a snapshot the log records but that is missing -- cannot serve.  ``path`` and
+    ``offset`` are those of the newest damaged file (the one boot would have used).
+    """
+
+    def __init__(
+        self,
+        snap_dir: str,
+        damaged: tuple[CorruptSnapshotError, ...],
+        problems: tuple[str, ...],
+        what_to_do: str = SNAPSHOTS_RESTORE_OR_REJOIN,
+    ) -> None:
+        self.damaged = damaged
+        self.problems = problems
+        self.snap_dir = snap_dir
+        self.path = damaged[0].path if damaged else snap_dir
+        self.offset = damaged[0].offset if damaged else None
+        self.what_to_do = what_to_do
+        parts = [f"{_where(d.path, d.offset)}: {d.problem}" for d in damaged]
+        parts += list(problems)
+        self.problem = "no snapshot and log chain to boot from"
+        StorageError.__init__(
+            self,
+            f"{snap_dir}: {self.problem}: {'; '.join(parts)}; the damaged files are left in "
+            f"place; {what_to_do}",
+        )
+
+
+def _where(path: str, offset: int | None) -> str:
+    return f"{path} at byte offset {offset}" if offset is not None else path
 
 
 class WalFailedError(StorageError):

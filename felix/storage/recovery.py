@@ -1,5 +1,5 @@
 """Reading the write-ahead log back: segment listing, replay, repair, and the join with
-the newest snapshot (the recovery half of `felix.storage.segmented_wal`).
+the newest usable snapshot (the recovery half of `felix.storage.segmented_wal`).
 
 *Recovery* (`felix.storage.segmented_wal.SyncWal.open`).  Segments are read in sequence
 order; a gap in the sequence numbers is refused.  Each record's checksum is verified.  A
@@ -7,8 +7,10 @@ defect that a crash can leave (record cut short, zero-filled tail, bad checksum 
 very last record) is truncated, but only at the tail of the last segment: those bytes
 were never acknowledged.  Any other defect -- a bad checksum before the tail, a damaged
 older segment, a malformed payload -- raises `CorruptLogError` naming the file, the
-offset and what to do.  The replayed log is then joined with the newest snapshot into a
-`BootState`.
+offset and what to do.  The replayed log is then joined with the newest intact snapshot
+that it continues into a `BootState` (`join_snapshot`: a damaged newer snapshot is
+reported in the `BootReport` and left in place; docs/architecture.md §4, "Snapshot
+fallback").
 
 `iter_records` reads the same records for inspection (``felix wal dump``) and repairs
 nothing.
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 from felix.proto.raft_messages import ConfState, Entry, SnapshotMeta
 from felix.raft.types import BootState, HardState
-from felix.storage.errors import CorruptLogError
+from felix.storage.errors import CorruptLogError, CorruptSnapshotError, NoUsableSnapshotError
 from felix.storage.files import Files
 from felix.storage.segment_format import (
     BATCH_TYPES,
@@ -40,7 +42,7 @@ from felix.storage.segment_format import (
     decode_state,
     parse_segment_name,
 )
-from felix.storage.snapshots import SnapshotStore
+from felix.storage.snapshots import SnapshotStore, snapshot_name
 
 
 @dataclass(slots=True)
@@ -208,34 +210,118 @@ class Reset:
     snapshot: tuple[int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class BootReport:
+    """Which snapshot boot used and which kept snapshot files it found damaged
+    (docs/architecture.md §4, "Snapshot fallback").
+
+    ``snapshot`` is the file booted from (None: the log alone, or a fresh node);
+    ``newest`` the newest snapshot file on disk; ``damaged`` every kept snapshot file that
+    failed its checks, newest first (each left in place, never used).
+    """
+
+    snapshot: str | None = None
+    newest: str | None = None
+    damaged: tuple[CorruptSnapshotError, ...] = ()
+    replayed: int = 0  # log entries after the boot snapshot
+
+    @property
+    def fell_back(self) -> bool:
+        """True when boot did not use the newest snapshot file."""
+        return self.snapshot != self.newest
+
+
 def join_snapshot(
     log: ReplayedLog, store: SnapshotStore, conf: ConfState, wal_dir: str
-) -> tuple[BootState, Reset | None]:
-    """Combine the replayed log with the newest snapshot on disk into a `BootState`.
+) -> tuple[BootState, Reset | None, BootReport]:
+    """Combine the replayed log with the newest usable snapshot into a `BootState`.
 
-    The snapshot store may be ahead of the log (a snapshot saved just before a crash):
-    the log's entries after it are kept only if the log holds the snapshot's last entry
-    with the same term (Raft §7); otherwise they belong to a history the snapshot
-    replaced, and the returned `Reset` tells the caller to restart the log after it.
+    Every kept snapshot is checked, newest first.  Boot uses the newest one that is
+    intact and that the log continues: the log holds every entry after the oldest kept
+    snapshot (docs/architecture.md §4, "Snapshot fallback"), so when the newest file is
+    damaged the one before it plus the log gives the same state.  When every snapshot is
+    damaged the log alone serves if it still starts at index 1.  Otherwise the node
+    refuses to start with `NoUsableSnapshotError`, naming each file and its problem.
+
+    The snapshot used may be ahead of the log (one saved just before a crash): the log's
+    entries after it are kept only if the log holds the snapshot's last entry with the
+    same term (Raft §7); otherwise they belong to a history the snapshot replaced, and
+    the returned `Reset` tells the caller to restart the log after it.
     """
-    snap = store.latest()
-    if snap is None:
-        if log.base_index or log.first > 1:
-            raise CorruptLogError(
-                wal_dir,
-                None,
-                f"log entries before {log.first} are missing (snapshot {log.base_index} or "
-                f"a segment), and {store.directory} holds no snapshot covering them",
-            )
-        return BootState(log.hard_state, conf, None, tuple(log.entries)), None
-    meta = snap[0]
-    if meta.index < log.base_index or meta.index < log.first - 1:
-        raise CorruptLogError(
-            wal_dir,
-            None,
-            f"the newest snapshot ({meta.index}) is older than the log's first entry "
-            f"({log.first}) or base ({log.base_index}): a snapshot or segment is missing",
+    names = store.names()
+    newest = names[-1] if names else None
+    damaged: list[CorruptSnapshotError] = []
+    chosen: tuple[str, tuple[SnapshotMeta, bytes]] | None = None
+    too_old: tuple[SnapshotMeta, str] | None = None  # the newest intact one, not joinable
+    for name in reversed(names):
+        try:
+            snap = store.load(name)
+        except CorruptSnapshotError as exc:
+            damaged.append(exc)
+            continue
+        if chosen is None and too_old is None:
+            if _older_than_log(log, snap[0]):
+                too_old = (snap[0], store.path_of(name))
+            else:
+                chosen = (name, snap)
+    if chosen is not None:
+        name, snap = chosen
+        boot, reset = _boot_from(log, snap)
+        return boot, reset, BootReport(name, newest, tuple(damaged), len(boot.entries))
+    log_is_whole = not log.base_index and log.first == 1
+    if log_is_whole:  # no snapshot, or every one damaged: the log alone is a chain
+        boot = BootState(log.hard_state, conf, None, tuple(log.entries))
+        return boot, None, BootReport(None, newest, tuple(damaged), len(boot.entries))
+    if not damaged:
+        detail = (
+            f"the newest snapshot ({too_old[0].index}) is older than the log's first entry "
+            f"({log.first}) or base ({log.base_index}): a snapshot or segment is missing"
+            if too_old is not None
+            else f"log entries before {log.first} are missing (snapshot {log.base_index} or "
+            f"a segment), and {store.directory} holds no snapshot covering them"
         )
+        raise CorruptLogError(wal_dir, None, detail)
+    raise NoUsableSnapshotError(
+        store.directory, tuple(damaged), _chain_problems(log, store, too_old, wal_dir)
+    )
+
+
+def _older_than_log(log: ReplayedLog, meta: SnapshotMeta) -> bool:
+    """The log does not continue ``meta``: it restarts after a later snapshot (received
+    from a leader), or its entries just after ``meta`` were compacted away."""
+    return meta.index < log.base_index or meta.index < log.first - 1
+
+
+def _chain_problems(
+    log: ReplayedLog,
+    store: SnapshotStore,
+    too_old: tuple[SnapshotMeta, str] | None,
+    wal_dir: str,
+) -> tuple[str, ...]:
+    """Why no intact snapshot (nor the log alone) can replace the damaged ones."""
+    problems = []
+    if log.base_index:
+        base = snapshot_name(log.base_index, log.base_term)
+        restart = (
+            f"the log ({wal_dir}) restarts after snapshot {log.base_index} (term "
+            f"{log.base_term}, received from the leader)"
+        )
+        if base not in store.names():
+            restart += f" and {store.path_of(base)} is missing"
+        problems.append(restart)
+    if too_old is not None:
+        meta, path = too_old
+        problems.append(f"{path} is intact but the log does not continue it (index {meta.index})")
+    held = f"entries {log.first}..{log.last_index}" if log.entries else "no entries"
+    compacted = "" if log.base_index else f", those before {log.first} were compacted"
+    problems.append(f"the log ({wal_dir}) holds {held}{compacted}")
+    return tuple(problems)
+
+
+def _boot_from(
+    log: ReplayedLog, snap: tuple[SnapshotMeta, bytes]
+) -> tuple[BootState, Reset | None]:
+    meta = snap[0]
     hs = _hard_state_after(log.hard_state, meta)
     offset = meta.index - log.first
     if meta.index > log.last_index:

@@ -16,12 +16,19 @@ a new one is started with a STATE record (hard state, snapshot base, last index)
 every segment can be read without the ones before it.
 
 *Compaction.*  Segment k is deleted (oldest first) once the next segment starts at or
-below the compaction index, which is capped at the newest snapshot on disk: every entry
-still live in segment k is then covered by a durable snapshot.
+below the compaction index, which is capped at the *oldest* kept snapshot on disk (by
+file name, so a damaged file still holds the log back): every entry still live in
+segment k is then covered by every kept snapshot, and each kept snapshot can be joined
+with the log that remains.  That is what lets boot fall back to an older snapshot when
+the newest is damaged, at the cost of keeping up to ``snapshots_keep`` snapshot
+intervals of log (plus at most one segment) on disk (docs/architecture.md §4,
+"Snapshot fallback").
 
 *Recovery* (`SyncWal.open`) is `felix.storage.recovery`: segments are replayed in
 order, a torn tail of the last segment is truncated, any other defect raises
-`CorruptLogError`, and the log is joined with the newest snapshot into a `BootState`.
+`CorruptLogError`, and the log is joined with the newest intact snapshot it continues
+into a `BootState`; damaged snapshot files are logged, left in place and listed in
+`SyncWal.boot_report`.
 
 The sync `SyncWal` does only file operations (testable without trio); `SegmentedWal` is
 the thin async facade that runs them in a worker thread so the event loop never blocks
@@ -31,6 +38,7 @@ on the disk.
 from __future__ import annotations
 
 import functools
+import logging
 import posixpath
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
@@ -43,6 +51,7 @@ from felix.raft.types import BootState, HardState
 from felix.storage.errors import CorruptLogError, WalFailedError
 from felix.storage.files import Files, OsFiles, append_all
 from felix.storage.recovery import (
+    BootReport,
     ReplayedLog,
     Segment,
     join_snapshot,
@@ -62,6 +71,8 @@ from felix.storage.snapshots import SNAPSHOTS_KEEP_DEFAULT, SnapshotStore
 
 if TYPE_CHECKING:
     import outcome  # trio's result type (start_thread_soon delivers one)
+
+logger = logging.getLogger("felix.storage")
 
 WAL_DIR: Final = "wal"
 SNAP_DIR: Final = "snap"
@@ -100,6 +111,7 @@ class SyncWal:
         self._last_index = 0
         self._dirty = False
         self._failed: BaseException | None = None
+        self.boot_report = BootReport()  # what `open` booted from (and passed over)
 
     # -- boot ----------------------------------------------------------------------------
 
@@ -117,7 +129,8 @@ class SyncWal:
         log = self._replay(segments) if segments else None
         if log is None:
             return self._init_fresh(conf)
-        boot, reset = join_snapshot(log, self.snapshots, conf, self.wal_dir)
+        boot, reset, self.boot_report = join_snapshot(log, self.snapshots, conf, self.wal_dir)
+        _log_boot_report(self.boot_report, boot)
         self._hard_state, self._base = log.hard_state, (log.base_index, log.base_term)
         self._last_index = log.last_index
         self._active_bytes = self.files.size(self._segments[-1].path)
@@ -249,16 +262,16 @@ class SyncWal:
     def compact(self, index: int) -> int:
         """Delete segments holding only entries up to ``index``; returns how many.
 
-        ``index`` is capped at the newest snapshot on disk, so nothing is deleted that
-        only the log holds.
+        ``index`` is capped at the oldest kept snapshot on disk, so nothing is deleted that
+        only the log holds, and every kept snapshot can still be joined with the log.
         """
         return self._guarded(self._compact, index)
 
     def _compact(self, index: int) -> int:
-        latest = self.snapshots.latest_meta()
-        if latest is None:
+        oldest = self.snapshots.oldest_index()
+        if oldest is None:
             return 0
-        index = min(index, latest.index)
+        index = min(index, oldest)
         count = 0
         while (
             count + 1 < len(self._segments) and self._segments[count + 1].first_index - 1 <= index
@@ -306,6 +319,27 @@ class SyncWal:
         except BaseException as exc:
             self._failed = exc
             raise
+
+
+def _log_boot_report(report: BootReport, boot: BootState) -> None:
+    """Damaged snapshot files, loudly: each with its offset and problem."""
+    for damaged in report.damaged:
+        logger.error(
+            "snapshot file damaged, not used and left in place: %s at byte offset %s: %s",
+            damaged.path,
+            damaged.offset,
+            damaged.problem,
+        )
+    if report.fell_back:
+        used = f"snapshot {report.snapshot} plus" if report.snapshot else "the log alone:"
+        logger.error(
+            "booting from %s %d log entries instead of the newest snapshot %s "
+            "(the same state: the log holds every entry after the oldest kept snapshot); "
+            "check this disk: a snapshot file never changes after it is written",
+            used,
+            len(boot.entries),
+            report.newest,
+        )
 
 
 # ---------------------------------------------------------------------------------------

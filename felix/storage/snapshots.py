@@ -15,7 +15,9 @@ The file is written to ``<name>.tmp``, fsynced, renamed into place and the direc
 fsynced: a crash leaves either the old set of snapshots or the new one, plus perhaps a
 stale ``.tmp`` that `SnapshotStore.open` deletes (it was never acknowledged).  A final
 file that is cut short or fails its checksum cannot come from a crash, so it is refused
-with `CorruptSnapshotError`, never used and never deleted silently.  The trailer repeats
+with `CorruptSnapshotError`, never used and never deleted silently: boot falls back to
+an older kept snapshot plus the log, which the WAL keeps from the oldest kept snapshot
+on (`oldest_index`; docs/architecture.md §4, "Snapshot fallback").  The trailer repeats
 ``meta.crc32`` so a receiver can check a transfer it reassembled from chunks.
 """
 
@@ -145,6 +147,14 @@ class SnapshotStore:
         ]
         return [name for _, name in sorted(found)]
 
+    def oldest_index(self) -> int | None:
+        """The index of the oldest kept snapshot, read from its file name alone (so a
+        damaged file still counts): the WAL keeps the log after it (docs/architecture.md
+        §4, "Snapshot fallback")."""
+        names = self.names()
+        parsed = parse_snapshot_name(names[0]) if names else None
+        return parsed[0] if parsed is not None else None
+
     def latest_meta(self) -> SnapshotMeta | None:
         names = self.names()
         return self.read_meta(names[-1])[0] if names else None
@@ -196,8 +206,11 @@ class SnapshotStore:
         if old:
             self.files.fsync_dir(self.directory)
 
-    def _path(self, name: str) -> str:
+    def path_of(self, name: str) -> str:
+        """The path of snapshot file ``name`` in this store."""
         return posixpath.join(self.directory, name)
+
+    _path = path_of
 
 
 class SnapshotReceiver:

@@ -248,7 +248,7 @@ def test_a_missing_segment_refuses_to_start(which: str) -> None:
     assert "backup" in str(info.value)
 
 
-def test_a_snapshot_cut_short_refuses_to_start() -> None:
+def test_the_only_snapshot_cut_short_with_the_log_compacted_refuses_to_start() -> None:
     wal, _ = _written_wal()
     wal.snapshots.save(*snap(30, 1))
     wal.compact(30)
@@ -261,14 +261,29 @@ def test_a_snapshot_cut_short_refuses_to_start() -> None:
     assert info.value.path == path
 
 
-def test_a_snapshot_with_a_flipped_bit_refuses_to_start() -> None:
+def test_the_only_snapshot_with_a_flipped_bit_with_the_log_compacted_refuses_to_start() -> None:
     wal, _ = _written_wal()
     wal.snapshots.save(*snap(30, 1))
+    assert wal.compact(30) > 0
     path = f"{wal.snapshots.directory}/{wal.snapshots.names()[-1]}"
     wal.disk.flip_bit(path, wal.disk.size(path) - 8)
     wal.crash("lose")
     with pytest.raises(CorruptSnapshotError, match="checksum"):
         wal.open(CONF)
+
+
+def test_the_only_snapshot_damaged_with_the_log_whole_boots_from_the_log() -> None:
+    wal, _ = _written_wal()
+    wal.snapshots.save(*snap(30, 1))
+    path = f"{wal.snapshots.directory}/{wal.snapshots.names()[-1]}"
+    wal.disk.flip_bit(path, wal.disk.size(path) - 8)
+    wal.crash("lose")
+    boot = wal.open(CONF)
+    assert boot.snapshot is None and boot.entries == tuple(
+        e for start in range(1, 60, 6) for e in entries(start, start + 5, 1)
+    )
+    assert [d.path for d in wal.boot_report.damaged] == [path]
+    assert wal.disk.exists(path)  # reported, never deleted
 
 
 def test_snapshots_without_a_wal_refuse_to_start() -> None:
