@@ -103,12 +103,14 @@ class Recovery:
         return [
             f"felix recover: node {self.node_id} ({self.data_dir}) {head} a one-node cluster",
             f"  kept:       the whole log, up to index {self.index} (term {self.entry_term});"
-            f" known committed here: up to {self.commit}"
-            + (
-                f"; entries {self.commit + 1}..{self.index} ({tail}) are committed now"
-                " (they may include writes never acknowledged to a client)"
+            f" known committed here: up to {self.commit}",
+            *(
+                [
+                    f"  committed:  entries {self.commit + 1}..{self.index} ({tail}) are"
+                    " committed now (they may include writes never acknowledged to a client)"
+                ]
                 if tail > 0
-                else ""
+                else []
             ),
             f"  snapshot:   {self.snapshot_file} (state at version {self.index}; the"
             f" previous one was at {self.snapshot_index or 'none'})",
