@@ -26,6 +26,10 @@ appended here and are committed by the new one-node cluster), and writes that th
 nodes committed but never replicated here are lost: no tool can bring back what no
 surviving disk holds.
 
+The recovered state gets a new lineage (`recovered_lineage`: the snapshot's ``history``),
+so every broker takes one snapshot at its next connection rather than resuming: one that
+had seen versions past L from the lost nodes would otherwise hold a mix of two histories.
+
 Why the new term in the snapshot's identity: the recovered history may differ from what
 the lost majority committed at the same indexes, and (L, T) names it apart from any old
 log, so a node with old data can never match it by log matching (Raft paper §5.3); its
@@ -42,6 +46,7 @@ membership on disk.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import posixpath
 import zlib
@@ -205,9 +210,17 @@ def _read_boot(data_dir: Path, bootstrap: ConfState, keep: int) -> BootState:
         raise RecoveryRefused(f"cannot read {data_dir}: {exc}") from None
 
 
-def _state_at_end(boot: BootState) -> tuple[int, bytes]:
+def recovered_lineage(history: str, node_id: int, index: int, term: int) -> str:
+    """The lineage (`felix.metadata.snapshot`, ``history``) of a recovered state: new, as the
+    history after ``index`` may differ from what brokers saw from the lost majority, so
+    every broker takes one snapshot instead of resuming (never a mix of both)."""
+    seed = f"recover\0{history}\0{node_id}\0{index}\0{term}".encode()
+    return hashlib.sha256(seed).hexdigest()[:32]
+
+
+def _state_at_end(boot: BootState, node_id: int, term: int) -> tuple[int, bytes]:
     """(version, snapshot bytes) after applying every entry of ``boot``, committed or
-    not, on top of its snapshot."""
+    not, on top of its snapshot, in a new lineage."""
     sm = MetadataStateMachine()
     try:
         if boot.snapshot is not None:
@@ -217,6 +230,8 @@ def _state_at_end(boot: BootState) -> tuple[int, bytes]:
             sm.apply(entry)
     except SnapshotError as exc:
         raise RecoveryRefused(f"the newest snapshot does not load: {exc}") from None
+    state = sm.state
+    state.history = recovered_lineage(state.history, node_id, state.version, term)
     return sm.version, sm.snapshot_encoder()()
 
 
@@ -288,7 +303,7 @@ def _plan(
             " nothing to do"
         )
         return dataclasses.replace(recovery, new_term=hs.term, done=False, note=note), None
-    version, data = _state_at_end(boot)
+    version, data = _state_at_end(boot, node_id, new_term)
     assert version == last_index, f"state at {version}, log at {last_index}"
     return recovery, None if dry_run else data
 

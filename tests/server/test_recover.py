@@ -129,6 +129,7 @@ def test_keeps_every_entry_committed_or_not_and_makes_the_node_alone(
     assert boot.hard_state == HardState(4, None, 11)
     state = MetadataState.restore(data)
     assert state.version == 11
+    assert len(state.history) == 32 and state.history != ""  # a new lineage: brokers resync
     assert {name: t.display_name for name, t in state.tenants.items()} == {
         f"t{i}": f"v-t{i}" for i in range(10)
     }
