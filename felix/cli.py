@@ -16,6 +16,7 @@ import felix
 
 COMMAND_MODULES: tuple[str, ...] = (
     "felix.server.cli",
+    "felix.server.recover_cli",
     "felix.storage.cli",
     "felix.proto.cli",
     "felix.ctl",

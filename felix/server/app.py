@@ -13,15 +13,24 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import trio
 
 from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfState
-from felix.raft.types import RaftConfig
+from felix.raft.types import BootState, RaftConfig
 from felix.server.admin import build_ops_server, hand_off_leadership
 from felix.server.backups import BackupScheduler
+from felix.server.datadir import (
+    DataDirLock,
+    RecoveryRecord,
+    boot_membership,
+    fenced_peers,
+    read_recovery_record,
+    without,
+)
 from felix.server.graph import MetadataParts, MetadataServices
 from felix.server.metadata_sm import metadata_outcome
 from felix.server.metrics import NodeMetrics
@@ -107,10 +116,14 @@ def serve_limits_for(config: NodeConfig) -> ServeLimits:
 
 
 def tcp_transport_for(
-    config: NodeConfig, tls: PeerTls | None = None
+    config: NodeConfig, tls: PeerTls | None = None, fenced: AbstractSet[int] = frozenset()
 ) -> Callable[[Deliver], PeerTransport]:
+    """``fenced`` peers of the config are left out: not dialed, connections refused
+    (a recovered node's old members, `felix.server.datadir`) until they are added back."""
+
     def transport(deliver: Deliver) -> PeerTransport:
-        peers = {n: PeerAddress(e.host, e.port) for n, e in config.peers.items()}
+        configured = without(config.peers, fenced)
+        peers = {n: PeerAddress(e.host, e.port) for n, e in configured.items()}
         tcp_config = TcpTransportConfig(
             node_id=config.node_id,
             cluster_id=config.cluster_id,
@@ -142,10 +155,27 @@ async def run_node(
         )
     voters = ConfState(tuple(sorted({config.node_id, *config.peers})), ())
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock.acquire(config.data_dir)  # one process per data dir
+    try:
+        lock.write_pid()
+        await _run_locked(config, security, voters, grace_s, task_status)
+    finally:
+        lock.release()
+
+
+async def _run_locked(
+    config: NodeConfig,
+    security: NodeSecurity,
+    voters: ConfState,
+    grace_s: float,
+    task_status: trio.TaskStatus[NodeHandle],
+) -> None:
     claim_data_dir(str(config.data_dir), config.cluster_id)  # refuses another cluster's log
+    record = read_recovery_record(config.data_dir)
     wal, boot = await SegmentedWal.open(
         str(config.data_dir), voters, snapshots_keep=config.snapshot.keep
     )
+    fenced = _fenced_at_boot(config, record, boot)
     metrics = NodeMetrics(config.node_id)
     report = wal.core.boot_report  # damaged snapshot files were logged by the WAL
     metrics.snapshot_files_damaged.set(len(report.damaged))
@@ -155,7 +185,7 @@ async def run_node(
         raft_config_for(config),
         boot,
         wal,
-        tcp_transport_for(config, security.peer_tls()),
+        tcp_transport_for(config, security.peer_tls(), fenced),
         parts.state_machine,
         settings=node_settings_for(config),
         metrics=metrics,
@@ -212,3 +242,22 @@ async def run_node(
         with trio.CancelScope(shield=True), trio.move_on_after(grace_s * 0.4):
             await wal.aclose()
         log.info("node %d stopped", config.node_id)
+
+
+def _fenced_at_boot(config: NodeConfig, record: RecoveryRecord | None, boot: BootState) -> set[int]:
+    """After ``felix recover``, the membership on disk wins over the static peers: the
+    old members stay out until added back (`felix.server.datadir`)."""
+    members = boot_membership(boot)
+    fenced = fenced_peers(record, members, config.peers)
+    if record is not None:
+        log.warning(
+            "node %d: recovered by felix recover --force-new-cluster (index %d, term %d);"
+            " voters %s, learners %s; fenced until added back (felix member add): %s",
+            config.node_id,
+            record.index,
+            record.term,
+            ",".join(map(str, members.voters)),
+            ",".join(map(str, members.learners)) or "-",
+            ",".join(map(str, sorted(fenced))) or "none",
+        )
+    return fenced

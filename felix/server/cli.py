@@ -156,6 +156,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except SecurityConfigError as exc:
         print(f"felix: refusing to start: {exc}", file=sys.stderr)
         return 2
+    from felix.server.datadir import lock_holder
+
+    held = lock_holder(config.data_dir) if config.data_dir.is_dir() else None
+    if held is not None:  # the node takes the lock itself; this says it in one line
+        print(f"felix: refusing to start: {held}", file=sys.stderr)
+        return 2
     from felix.storage.cluster_marker import ClusterMismatch, read_cluster_marker
 
     try:  # the node claims the directory at start; refuse another cluster's before that
