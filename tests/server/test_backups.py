@@ -70,6 +70,7 @@ async def test_the_leader_writes_one_every_interval_and_keeps_the_newest(
     s = scheduler(files, keep=3, interval_s=60)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
+        await trio.sleep(30)  # changes land half an interval away from each backup
         for n in range(1, 6):
             advance(s, n)
             await trio.sleep(60)  # virtual time: one interval per round

@@ -47,6 +47,7 @@ def make_data_dir(
     snapshot_at: int | None = None,
     conf: ConfState = THREE,
     tail: tuple[Entry, ...] = (),
+    segment_bytes_max: int | None = None,
 ) -> list[Entry]:
     """A node's data dir as `felix serve` leaves it: a NOOP, then ``tenants`` set_tenant
     entries (then ``tail``), hard state commit ``commit`` (the rest is an uncommitted
@@ -55,9 +56,15 @@ def make_data_dir(
     entries = [Entry(1, term, EntryKind.NOOP, b"")]
     entries += [tenant_entry(i + 2, term, f"t{i}") for i in range(tenants)]
     entries += tail
-    wal = SyncWal(str(path))
+    wal = (
+        SyncWal(str(path))
+        if segment_bytes_max is None
+        else SyncWal(str(path), segment_bytes_max=segment_bytes_max)
+    )
     wal.open(conf)
-    wal.save(HardState(term, 1, commit), entries)
+    for entry in entries:  # one record each, so small segments rotate between them
+        wal.save(HardState(term, 1, min(commit, entry.index)), [entry])
+    wal.save(HardState(term, 1, commit))
     if snapshot_at is not None:
         sm = MetadataStateMachine()
         for entry in entries[:snapshot_at]:
@@ -236,14 +243,36 @@ def test_refuses_a_corrupt_wal_naming_the_file(
     assert (segments[0].name if damage == "flipped byte" else "segment sequence jumps") in err
 
 
-def test_refuses_a_corrupt_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    make_data_dir(tmp_path, tenants=6, commit=7, snapshot_at=5)
-    snap = next((tmp_path / "snap").glob("*.snap"))
+def _damage_the_snapshot(path: Path) -> Path:
+    snap = next((path / "snap").glob("*.snap"))
     blob = bytearray(snap.read_bytes())
     blob[-6] ^= 0x01
     snap.write_bytes(bytes(blob))
+    return snap
+
+
+def test_refuses_a_corrupt_snapshot_the_log_cannot_replace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_data_dir(tmp_path, tenants=6, commit=7, snapshot_at=5, segment_bytes_max=120)
+    snap = _damage_the_snapshot(tmp_path)
     err = refused(capsys, tmp_path)
     assert snap.name in err and "checksum" in err
+
+
+def test_a_corrupt_snapshot_with_the_whole_log_recovers_from_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As boot does (snapshot fallback, docs/architecture.md §4): the log from entry 1
+    replaces a damaged snapshot, which is left in place."""
+    make_data_dir(tmp_path, tenants=6, commit=7, snapshot_at=5)
+    snap = _damage_the_snapshot(tmp_path)
+    damaged = snap.read_bytes()
+    code, out, err = recover(
+        capsys, "--force-new-cluster", "--node-id", "1", "--data-dir", str(tmp_path)
+    )
+    assert code == 0, err
+    assert "up to index 7" in out and snap.read_bytes() == damaged
 
 
 def test_refuses_a_node_id_that_is_not_a_voter(
