@@ -65,7 +65,7 @@ def register(subparsers: Any) -> None:
     )
     serve.set_defaults(handler=run_serve)
 
-    dev = subparsers.add_parser("dev", help="run a local 3-node cluster on loopback")
+    dev = subparsers.add_parser("dev", help="run a local 3-node cluster and brokers on loopback")
     dev.add_argument("--data-dir", type=Path, default=Path("./felix-data"))
     dev.add_argument("--nodes", type=int, default=3, choices=(1, 3, 5))
     dev.add_argument("--base-port", type=int, default=7001, help="peer ports start here")
