@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from felix.testing.processes import ProcessCluster, ServeProcess
+from tests.server.test_processes import write_many
 
 
 @pytest.fixture
@@ -46,15 +47,6 @@ def recover_args(node: ServeProcess) -> list[str]:
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-
-
-def write_many(cluster: ProcessCluster, prefix: str, count: int) -> tuple[dict[str, str], int]:
-    acked, last = {}, 0
-    for i in range(count):
-        key, value = f"{prefix}{i}", f"v{i}"
-        last = cluster.put(key, value)
-        acked[key] = value
-    return acked, last
 
 
 def test_quorum_loss_recover_the_survivor_and_two_wiped_nodes_join_back(
