@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import socket
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -52,8 +54,18 @@ class RaftTimings:
     election_ticks: int = 8  # 400-800 ms, randomized: failover well under 1 s
     pre_vote: bool = True
     check_quorum: bool = True
+    # Autopilot (docs/architecture.md, "Membership"): never more voters than this; nodes
+    # beyond it stay learners.  Odd, so that every voter adds fault tolerance.
+    voters_max: int = 5
+    promote_lag_entries_max: int = 64  # a learner this close to the leader's log is caught up
+
+    @property
+    def election_timeout_s(self) -> float:
+        """The shortest election timeout: a peer silent this long may be down."""
+        return self.election_ticks * self.tick_ms / 1000
 
 
+VOTERS_MAX_LIMIT = 9  # more voters only slow commits; fan-out scales with learners
 FRAME_BYTES_MIN = 64 * 1024  # a peer frame must hold at least one ordinary entry
 
 
@@ -123,6 +135,27 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """How a node finds its cluster and its own identity (docs/architecture.md,
+    "Membership"), so one config file serves every pod of a StatefulSet."""
+
+    # The members that form the cluster, like etcd's initial-cluster.  A node listed here
+    # boots as a voter of exactly this set; any other node boots as a non-member that asks
+    # to join and learns its role from the log.  Empty: {node_id} and its peers (legacy).
+    initial_members: tuple[int, ...] = ()
+    # Take node_id from the pod's ordinal: POD_NAME (else the hostname) "felix-2" -> 3.
+    pod_identity: bool = False
+    # The peer address of initial member {id} (= {ordinal} + 1), e.g.
+    # "felix-{ordinal}.felix-peers.{namespace}.svc.cluster.local:7001" ({namespace}:
+    # POD_NAMESPACE); also this node's own advertised address.
+    peer_template: str = ""
+    advertise_peer: str = ""  # this node's peer address as others dial it (overrides)
+    autopilot: bool = True  # ask to join when not a member; leaders promote caught-up learners
+    join_interval_ms: int = 1000  # a non-member's JoinRequest period
+    promote_stable_ms: int = 5000  # a learner stays caught up this long before promotion
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # or "json"
@@ -134,6 +167,7 @@ class NodeConfig:
     cluster_id: str = "felix"
     data_dir: Path = Path("./felix-data/node-1")
     peers: Mapping[int, Endpoint] = field(default_factory=dict)  # the other voters
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     raft: RaftTimings = field(default_factory=RaftTimings)
     limits: Limits = field(default_factory=Limits)
@@ -195,6 +229,25 @@ class NodeConfig:
                 " and <= 3600000 (an hour)",
             ),
             (self.log.format in ("text", "json"), "log.format: must be 'text' or 'json'"),
+            (
+                1 <= self.raft.voters_max <= VOTERS_MAX_LIMIT and self.raft.voters_max % 2 == 1,
+                f"raft.voters_max: must be odd, >= 1 and <= {VOTERS_MAX_LIMIT}",
+            ),
+            (self.raft.promote_lag_entries_max >= 0, "raft.promote_lag_entries_max: must be >= 0"),
+            (
+                all(m >= 1 for m in self.cluster.initial_members),
+                "cluster.initial_members: node ids must be >= 1",
+            ),
+            (
+                len(set(self.cluster.initial_members)) == len(self.cluster.initial_members),
+                "cluster.initial_members: lists a node twice",
+            ),
+            (
+                len(self.cluster.initial_members) <= VOTERS_MAX_LIMIT,
+                f"cluster.initial_members: at most {VOTERS_MAX_LIMIT} members",
+            ),
+            (self.cluster.join_interval_ms >= 10, "cluster.join_interval_ms: must be >= 10"),
+            (self.cluster.promote_stable_ms >= 0, "cluster.promote_stable_ms: must be >= 0"),
             (
                 0 <= self.backup.interval_s <= 30 * 86_400,
                 "backup.interval_s: must be >= 0 (0: no scheduled backups) and <= 30 days",
@@ -258,7 +311,90 @@ def load_config(
         if key not in valid:
             raise ConfigError(f"unknown key {key!r} (from {raw.source}){_suggest(key)}")
     config: NodeConfig = _build(NodeConfig, layers, "")
-    return config.validate()
+    if config.cluster.pod_identity:
+        if "node_id" in layers:
+            raise ConfigError(
+                f"node_id (from {layers['node_id'].source}) and cluster.pod_identity are both"
+                " set; the pod's ordinal gives the node id, so set only one"
+            )
+        config = dataclasses.replace(config, node_id=pod_node_id(env))
+    return resolve_cluster(config, env).validate()
+
+
+POD_NAME_ENV, POD_NAMESPACE_ENV = "POD_NAME", "POD_NAMESPACE"
+
+
+def pod_node_id(env: Mapping[str, str]) -> int:
+    """Node id from a StatefulSet pod's name: ``felix-0`` is node 1 (POD_NAME, set from
+    the downward API, else the hostname, which a StatefulSet sets to the pod name)."""
+    name = env.get(POD_NAME_ENV) or socket.gethostname()
+    source = POD_NAME_ENV if env.get(POD_NAME_ENV) else "the hostname"
+    match = re.fullmatch(r"[A-Za-z0-9.-]*?-(\d{1,6})", name.split(".")[0])
+    if match is None:
+        raise ConfigError(
+            f"cluster.pod_identity: cannot take an ordinal from {name!r} ({source}); expected"
+            " a StatefulSet pod name like 'felix-0'"
+        )
+    return int(match.group(1)) + 1
+
+
+def resolve_cluster(config: NodeConfig, env: Mapping[str, str]) -> NodeConfig:
+    """Fill peers and the advertised address from ``cluster.peer_template``, and the
+    ``{node_id}`` placeholder of the TLS file names; check the bootstrap is coherent."""
+    cluster = config.cluster
+    namespace = env.get(POD_NAMESPACE_ENV, "default")
+    peers = dict(config.peers)
+    advertise = cluster.advertise_peer
+    if cluster.peer_template:
+        members = set(cluster.initial_members) | {config.node_id}
+        for member in sorted(members):
+            address = _peer_from_template(cluster.peer_template, member, namespace)
+            if member == config.node_id:
+                advertise = advertise or str(address)
+            else:
+                peers.setdefault(member, address)
+    if advertise:
+        try:
+            parse_endpoint(advertise)
+        except ValueError as exc:
+            raise ConfigError(f"invalid cluster.advertise_peer = {advertise!r}: {exc}") from None
+    elif config.listen.peer.host not in ("0.0.0.0", "::", ""):
+        advertise = str(config.listen.peer)
+    if cluster.initial_members:
+        if config.node_id in cluster.initial_members:
+            missing = [m for m in cluster.initial_members if m != config.node_id and m not in peers]
+            if missing:
+                raise ConfigError(
+                    f"cluster.initial_members: no peer address for node(s) "
+                    f"{', '.join(map(str, missing))}; set peers or cluster.peer_template"
+                )
+        elif not peers:
+            raise ConfigError(
+                f"node {config.node_id} is not one of cluster.initial_members and knows no"
+                " member to ask to join; set peers or cluster.peer_template"
+            )
+    tls = dataclasses.replace(
+        config.tls,
+        cert=config.tls.cert.replace("{node_id}", str(config.node_id)),
+        key=config.tls.key.replace("{node_id}", str(config.node_id)),
+    )
+    return dataclasses.replace(
+        config,
+        peers=peers,
+        tls=tls,
+        cluster=dataclasses.replace(cluster, advertise_peer=advertise),
+    )
+
+
+def _peer_from_template(template: str, node: int, namespace: str) -> Endpoint:
+    try:
+        text = template.format(ordinal=node - 1, id=node, namespace=namespace)
+        return parse_endpoint(text)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"invalid cluster.peer_template = {template!r}: {exc!r}; it may use {{ordinal}},"
+            " {id} and {namespace} and must give 'host:port'"
+        ) from None
 
 
 # Variables with the prefix that are not config keys (used by tests and tools).
@@ -342,6 +478,8 @@ def _convert(hint: Any, raw: _Raw, key: str) -> Any:
             return parse_endpoint(value)
         if typing.get_origin(hint) in (Mapping, dict):
             return parse_peers(value)
+        if typing.get_origin(hint) is tuple:
+            return parse_node_ids(value)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid {where}: {exc}") from None
     raise ConfigError(f"invalid {where}: unsupported setting type")  # pragma: no cover
@@ -369,6 +507,20 @@ def parse_endpoint(value: Any) -> Endpoint:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range")
     return Endpoint(host.strip("[]") or "127.0.0.1", port)
+
+
+def parse_node_ids(value: Any) -> tuple[int, ...]:
+    """``[1, 2, 3]`` (TOML) or ``"1,2,3"`` (env, flags)."""
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list):
+        raise ValueError("expected a list of node ids")
+    ids: list[int] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"{item!r} is not a node id")
+        ids.append(int(item))
+    return tuple(ids)
 
 
 def parse_peers(value: Any) -> dict[int, Endpoint]:

@@ -49,13 +49,37 @@ class Entry:
     data: bytes
 
 
+PeerAddressText = Annotated[str, MaxLen(300)]
+"""``host:port`` of a member's peer port (empty: not known)."""
+
+
+@wire_array
+@dataclass(frozen=True, slots=True)
+class MemberAddress:
+    """Where a member's peer port is: part of the replicated configuration, so a member
+    added at run time stays reachable after compaction and restarts (docs/architecture.md,
+    "Membership")."""
+
+    node: NodeId
+    address: PeerAddressText
+
+
 @wire_type
 @dataclass(frozen=True, slots=True)
 class ConfState:
-    """Membership: voters count toward quorums, learners only replicate (thesis §4.2.1)."""
+    """Membership: voters count toward quorums, learners only replicate (thesis §4.2.1).
+
+    ``addresses`` holds the peer address of members that have one (sorted by node)."""
 
     voters: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX)]
     learners: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX)]
+    addresses: Annotated[tuple[MemberAddress, ...], MaxItems(MEMBERS_MAX)] = ()
+
+    def members(self) -> frozenset[int]:
+        return frozenset(self.voters) | frozenset(self.learners)
+
+    def address_of(self, node: int) -> str:
+        return next((m.address for m in self.addresses if m.node == node), "")
 
 
 class ConfChangeKind(enum.IntEnum):
@@ -70,11 +94,16 @@ class ConfChange:
     """The payload of a CONFIG entry: one single-server change (thesis §4.1).
 
     ``address`` (``host:port``, or empty) travels with an ADD_LEARNER so every member
-    learns where to reach the new node, as etcd's member-add carries peer URLs."""
+    learns where to reach the new node, as etcd's member-add carries peer URLs.
+    ``result`` is the whole configuration after the change, set by the leader: a server
+    applying the entry takes it as is, so a node that joined with no configuration of its
+    own learns the voters from the first CONFIG entry it receives (docs/architecture.md,
+    "Membership"); an entry without it is applied as a delta."""
 
     kind: ConfChangeKind
     node: NodeId
-    address: Annotated[str, MaxLen(300)] = ""
+    address: PeerAddressText = ""
+    result: ConfState | None = None
 
 
 @wire_type
@@ -218,6 +247,19 @@ class ForwardResult:
     detail: Annotated[str, MaxLen(4096)]
 
 
+@PEER.message("JoinRequest")
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A node that is not a member asks to be added as a learner (docs/architecture.md,
+    "Membership"): sent to every initial member until it sees itself in a configuration;
+    only the leader acts on it.  ``log_last_index`` lets the leader refuse a node that
+    holds an old log (a removed member restarted) instead of silently readmitting it."""
+
+    node_id: NodeId
+    address: PeerAddressText
+    log_last_index: int
+
+
 RaftMessage = (
     RequestVote
     | VoteResponse
@@ -228,4 +270,4 @@ RaftMessage = (
     | TimeoutNow
 )
 ForwardMessage = Forward | ForwardResult
-PeerMessage = PeerHello | RaftMessage | ForwardMessage
+PeerMessage = PeerHello | RaftMessage | ForwardMessage | JoinRequest

@@ -37,7 +37,7 @@ from felix.proto.raft_messages import (
     SnapshotResponse,
     TimeoutNow,
 )
-from felix.raft.membership import check_change, encode_change
+from felix.raft.membership import check_change, encode_change, with_result
 from felix.raft.progress import Progress, ProgressState
 from felix.raft.quorum import committed_index, has_quorum
 from felix.raft.ready import ProposalAccepted, ProposalRefused, ReadRefused, ReadState
@@ -382,7 +382,7 @@ def propose_conf_change(core: RaftCore, request_id: int, change: ConfChange) -> 
     if reason is not None:
         core.refused.append(ProposalRefused(request_id, core.node_id, reason))
         return
-    e = core.append_as_leader(EntryKind.CONFIG, encode_change(change))
+    e = core.append_as_leader(EntryKind.CONFIG, encode_change(with_result(core.conf, change)))
     core.proposed.append(ProposalAccepted(request_id, e.index, e.term))
 
 

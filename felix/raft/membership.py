@@ -14,15 +14,21 @@ change (the bug fix in the thesis errata / raft-dev 2015) — is enforced in lea
 A configuration takes effect as soon as its entry is in a server's log, committed or not
 (thesis §4.1).  So every server keeps the configurations of the CONFIG entries still in
 its log, and falls back to the previous one if such an entry is truncated away.
+
+Every CONFIG entry the leader appends carries the whole resulting configuration
+(``ConfChange.result``, as hashicorp/raft's configuration entries do), member addresses
+included.  A server applies it as is, so what a node believes does not depend on the
+configuration it booted with: a node that joins with none (docs/architecture.md,
+"Membership") knows the voters from the first CONFIG entry it holds.
 """
 
 from __future__ import annotations
 
 from felix.proto import cbor
 from felix.proto.errors import ProtocolError
-from felix.proto.raft_messages import ConfChange, ConfChangeKind, ConfState
+from felix.proto.raft_messages import ConfChange, ConfChangeKind, ConfState, MemberAddress
 
-CONF_CHANGE_DEPTH_MAX = 4
+CONF_CHANGE_DEPTH_MAX = 6  # change > result > addresses > address > fields
 
 
 def encode_change(change: ConfChange) -> bytes:
@@ -62,7 +68,28 @@ def apply_change(conf: ConfState, change: ConfChange) -> ConfState:
         learners = (*learners, node)
     elif change.kind is ConfChangeKind.PROMOTE:
         voters = (*voters, node)
-    return ConfState(voters=voters, learners=learners)
+    addresses = {m.node: m.address for m in conf.addresses}
+    if change.kind is ConfChangeKind.REMOVE:
+        addresses.pop(node, None)
+    elif change.kind is ConfChangeKind.ADD_LEARNER and change.address:
+        addresses[node] = change.address
+    return ConfState(voters, learners, _address_list(addresses))
+
+
+def with_result(conf: ConfState, change: ConfChange) -> ConfChange:
+    """Leader only: ``change`` carrying the configuration it leads to from ``conf``."""
+    return ConfChange(change.kind, change.node, change.address, apply_change(conf, change))
+
+
+def with_addresses(conf: ConfState, addresses: dict[int, str]) -> ConfState:
+    """``conf`` with the given addresses of its members (others dropped; empty skipped)."""
+    members = conf.members()
+    kept = {n: a for n, a in addresses.items() if n in members and a}
+    return ConfState(conf.voters, conf.learners, _address_list(kept))
+
+
+def _address_list(addresses: dict[int, str]) -> tuple[MemberAddress, ...]:
+    return tuple(MemberAddress(n, a) for n, a in sorted(addresses.items()) if a)
 
 
 class ConfHistory:
@@ -88,7 +115,7 @@ class ConfHistory:
             change = decode_change(data)
         except ProtocolError:
             return self.latest  # an undecodable change changes nothing, on every node alike
-        conf = apply_change(self.latest, change)
+        conf = change.result if change.result is not None else apply_change(self.latest, change)
         self._changes.append((index, conf))
         return conf
 

@@ -15,6 +15,7 @@ from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfChangeKind
 from felix.raft.types import Role
 from felix.server.auth import Authenticator
+from felix.server.autopilot import removal_refusal
 from felix.server.health import OpsServer, Query, Response
 from felix.server.raft_node import RaftNode
 from felix.server.requests import NodeError, NotLeader
@@ -112,9 +113,13 @@ def _health_checks(node: RaftNode, wal: SegmentedWal) -> tuple[dict[str, Check],
         leader = node.core.leader_id
         return leader is not None, f"leader is node {leader}" if leader else "no leader known"
 
-    def not_learner() -> tuple[bool, str]:
-        learner = node.node_id in node.core.conf.learners
-        return not learner, "learner" if learner else "voter"
+    def voter() -> tuple[bool, str]:
+        conf = node.core.conf
+        if node.node_id in conf.voters:
+            return True, "voter"
+        if node.node_id in conf.learners:
+            return False, "learner: not a voter until promoted"
+        return False, "not a member: asking to join (docs/architecture.md, Membership)"
 
     def applied_lag() -> tuple[bool, str]:
         lag = node.core.commit_index - node.applied_index
@@ -126,7 +131,7 @@ def _health_checks(node: RaftNode, wal: SegmentedWal) -> tuple[dict[str, Check],
     livez: dict[str, Check] = {"loop": loop_alive, "storage": storage_writable}
     readyz: dict[str, Check] = {
         "leader": known_leader,
-        "voter": not_learner,
+        "voter": voter,
         "applied_lag": applied_lag,
     }
     return livez, readyz
@@ -156,6 +161,11 @@ def _admin_routes(config: NodeConfig, node: RaftNode) -> tuple[dict[str, Route],
             try:
                 member = _int_param(query, "id")
                 address = query.get("address", [""])[0]
+                if kind is ConfChangeKind.REMOVE and node.core.role is Role.LEADER:
+                    heard = node.heard_recently(config.raft.election_timeout_s)
+                    refusal = removal_refusal(node.core.conf, member, node.node_id, heard)
+                    if refusal is not None:
+                        return _json(409, {"error": refusal, "refused": "quorum"})
                 index = await node.change_membership(kind, member, address=address)
             except (NodeError, ValueError) as exc:
                 return _error(exc)

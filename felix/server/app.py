@@ -20,8 +20,10 @@ import trio
 
 from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfState
+from felix.raft.membership import with_addresses
 from felix.raft.types import BootState, RaftConfig
 from felix.server.admin import build_ops_server, hand_off_leadership
+from felix.server.autopilot import Autopilot, AutopilotSettings
 from felix.server.backups import BackupScheduler
 from felix.server.datadir import (
     DataDirLock,
@@ -86,7 +88,22 @@ def raft_config_for(config: NodeConfig) -> RaftConfig:
         pre_vote=config.raft.pre_vote,
         check_quorum=config.raft.check_quorum,
         entries_per_msg_max=config.limits.entries_per_msg_max,
+        promote_lag_entries_max=config.raft.promote_lag_entries_max,
     )
+
+
+def boot_conf(config: NodeConfig) -> ConfState:
+    """The configuration a node boots with when its data dir holds none
+    (docs/architecture.md, "Membership"): the initial members as voters if this node is
+    one of them; nothing if it is not — it asks to join and learns its role from the
+    first CONFIG entry or snapshot it receives.  Without ``cluster.initial_members``,
+    {node_id} and its peers (the legacy static setup)."""
+    initial = config.cluster.initial_members or tuple(sorted({config.node_id, *config.peers}))
+    if config.node_id not in initial:
+        return ConfState((), ())
+    addresses = {m: str(config.peers[m]) for m in initial if m in config.peers}
+    addresses[config.node_id] = config.cluster.advertise_peer
+    return with_addresses(ConfState(tuple(sorted(initial)), ()), addresses)
 
 
 def node_settings_for(config: NodeConfig) -> NodeSettings:
@@ -97,6 +114,18 @@ def node_settings_for(config: NodeConfig) -> NodeSettings:
         proposal_timeout_s=config.limits.proposal_timeout_ms / 1000,
         snapshot_entries=config.snapshot.entries,
         snapshot_bytes=config.snapshot.bytes,
+    )
+
+
+def autopilot_settings_for(config: NodeConfig) -> AutopilotSettings:
+    cluster = config.cluster
+    return AutopilotSettings(
+        enabled=cluster.autopilot,
+        join_interval_s=cluster.join_interval_ms / 1000,
+        promote_stable_s=cluster.promote_stable_ms / 1000,
+        promote_lag_entries_max=config.raft.promote_lag_entries_max,
+        voters_max=config.raft.voters_max,
+        advertise_peer=cluster.advertise_peer,
     )
 
 
@@ -153,7 +182,7 @@ async def run_node(
             " authentication; anyone who reaches its ports owns the cluster",
             config.node_id,
         )
-    voters = ConfState(tuple(sorted({config.node_id, *config.peers})), ())
+    voters = boot_conf(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock.acquire(config.data_dir)  # one process per data dir
     try:
@@ -213,12 +242,14 @@ async def _run_locked(
             config.node_id,
         )
     ops = build_ops_server(config, node, wal, auth=auth, tls=ops_tls)
+    autopilot = Autopilot(node, autopilot_settings_for(config))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             ops_port = await nursery.start(ops.run, config.listen.ops.host, config.listen.ops.port)
             await nursery.start(services.run, config.listen.client.host, config.listen.client.port)
             nursery.start_soon(backups.run)
+            nursery.start_soon(autopilot.run)
             handle = NodeHandle(config, node, ops_port, security, ops_tls=ops_tls is not None)
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",

@@ -41,8 +41,6 @@ from typing import Any, Protocol
 
 import trio
 
-from felix.proto.cbor import from_plain, safe_loads
-from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import (
     AppendEntries,
     AppendResponse,
@@ -50,10 +48,10 @@ from felix.proto.raft_messages import (
     ConfChangeKind,
     ConfState,
     Entry,
-    EntryKind,
     Forward,
     ForwardMessage,
     ForwardResult,
+    JoinRequest,
     SnapshotMeta,
 )
 from felix.raft.core import RaftCore
@@ -90,6 +88,7 @@ log = logging.getLogger("felix.raft_node")
 INPUTS_BATCH_MAX = 512
 RTT_TRACKED_MAX = 4096
 FORWARDED_QUEUE_MAX = 1024  # Forward / ForwardResult messages not yet taken by the forwarder
+JOIN_REQUESTS_QUEUE_MAX = 64  # JoinRequests not yet taken by the autopilot; more are dropped
 
 
 # --- seams -----------------------------------------------------------------------------
@@ -205,6 +204,13 @@ class RaftNode:
         self._forwarded_send, self.forwarded = trio.open_memory_channel[tuple[int, ForwardMessage]](
             FORWARDED_QUEUE_MAX
         )
+        # Non-members asking to join, for `felix.server.autopilot.Autopilot` (only a
+        # leader acts on them; a full queue drops: the joiner asks again).
+        self._joins_send, self.join_requests = trio.open_memory_channel[JoinRequest](
+            JOIN_REQUESTS_QUEUE_MAX
+        )
+        self.heard_from_s: dict[int, float] = {}  # peer -> trio time of its last message
+        self._synced_conf = self.core.conf  # what the transport's peer list reflects
         self.requests = RequestTable(
             self.node_id,
             self.metrics,
@@ -232,8 +238,13 @@ class RaftNode:
     async def deliver(self, sender: int, message: PeerPayload) -> None:
         """The transport's receive path: Raft messages into the loop, forwarded requests
         and their answers to `forwarded` (read by a `felix.server.forwarding.Forwarder`)."""
+        self.heard_from_s[sender] = trio.current_time()
         if isinstance(message, (Forward, ForwardResult)):
             await self._forwarded_send.send((sender, message))
+            return
+        if isinstance(message, JoinRequest):
+            with contextlib.suppress(trio.WouldBlock):
+                self._joins_send.send_nowait(message)
             return
         if isinstance(message, AppendResponse) and message.seq:
             sent = self._rtt_sent.pop((sender, message.seq), None)
@@ -310,6 +321,15 @@ class RaftNode:
             snapshot_index=self._snapshot_index,
             match_index=core.match_indexes() if core.role is Role.LEADER else {},
         )
+
+    def known_peers(self) -> frozenset[int]:
+        """Nodes the transport talks to: the members, and a joining node's seeds."""
+        return self.transport.peer_ids()
+
+    def heard_recently(self, within_s: float) -> frozenset[int]:
+        """Peers a message arrived from in the last ``within_s`` seconds."""
+        now = trio.current_time()
+        return frozenset(p for p, t in self.heard_from_s.items() if now - t <= within_s)
 
     @property
     def handing_over(self) -> bool:
@@ -408,35 +428,42 @@ class RaftNode:
         self._rtt_sent.setdefault((peer, seq), now)
 
     def apply(self, entry: Entry) -> None:
-        if entry.kind is EntryKind.CONFIG:
-            self._learn_address(entry)
         result = self.state_machine.apply(entry)
         self.applied_index = entry.index
         self._bytes_since_snapshot += len(entry.data)
         self.metrics.proposals_applied.inc()
         self.requests.entry_applied(entry, result)
 
-    def _learn_address(self, entry: Entry) -> None:
-        """A member added with an address becomes reachable from every node."""
-        try:
-            change = from_plain(ConfChange, safe_loads(entry.data, max_depth=4))
-        except ProtocolError as exc:  # the core validated it; never crash on apply
-            log.warning("node %d: undecodable CONFIG entry %d: %s", self.node_id, entry.index, exc)
+    def _sync_peers(self) -> None:
+        """Keep the transport's peers equal to the members' addresses in the latest
+        configuration (docs/architecture.md, "Membership"): a member added at run time is
+        dialed from every node, also after compaction and restarts; a removed one is
+        dropped.  Peers this node was configured with but that are not members (the seeds
+        a joining node asks) stay until a configuration removes them."""
+        conf, before = self.core.conf, self._synced_conf
+        if conf is before:
             return
-        if change.kind is ConfChangeKind.ADD_LEARNER and change.address:
+        self._synced_conf = conf
+        for member in conf.addresses:
+            if member.node == self.node_id or member.address == before.address_of(member.node):
+                continue
             try:
-                self.transport.add_peer(change.node, change.address)
+                self.transport.add_peer(member.node, member.address)
             except (KeyError, ValueError) as exc:
                 log.warning(
-                    "node %d: cannot reach new member %d at %r: %s",
+                    "node %d: cannot reach member %d at %r: %s",
                     self.node_id,
-                    change.node,
-                    change.address,
+                    member.node,
+                    member.address,
                     exc,
                 )
+        for gone in before.members() - conf.members():
+            if gone != self.node_id:
+                self.transport.remove_peer(gone)
 
     def _publish(self) -> None:
         core, metrics = self.core, self.metrics
+        self._sync_peers()
         metrics.term.set(core.term)
         if core.role is not self._published_role:  # label lookups only on a change
             self._published_role = core.role

@@ -8,9 +8,9 @@ from typing import Protocol
 
 import trio
 
-from felix.proto.raft_messages import ForwardMessage, RaftMessage
+from felix.proto.raft_messages import ForwardMessage, JoinRequest, RaftMessage
 
-PeerPayload = RaftMessage | ForwardMessage
+PeerPayload = RaftMessage | ForwardMessage | JoinRequest
 QueueItem = PeerPayload | bytes  # bytes: an already-framed message (TCP direct sends)
 Deliver = Callable[[int, PeerPayload], Awaitable[None]]
 """Hands one received message and its sender to the node.  Awaiting it is backpressure:
@@ -26,6 +26,7 @@ class TransportStats:
     received: int = 0
     dropped_queue_full: int = 0
     dropped_unknown_peer: int = 0
+    dropped_not_member: int = 0  # inbound messages from a node that is not a peer
     protocol_errors: int = 0
     handshakes_refused: int = 0
     connects: int = 0
@@ -62,6 +63,12 @@ class PeerQueues:
         self.senders[peer] = send
         self.receivers[peer] = receive
 
+    def remove(self, peer: int) -> None:
+        send = self.senders.pop(peer, None)
+        self.receivers.pop(peer, None)
+        if send is not None:
+            send.close()
+
     def offer(self, to: int, message: QueueItem) -> None:
         queue = self.senders.get(to)
         if queue is None:
@@ -93,7 +100,17 @@ class PeerTransport(Protocol):
         ...
 
     def add_peer(self, peer: int, address: str) -> None:
-        """Start talking to a node that joined (``address`` is ``host:port``)."""
+        """Start talking to a node that joined (``address`` is ``host:port``), or dial a
+        known one at a new address from the next connection on."""
+        ...
+
+    def peer_ids(self) -> frozenset[int]:
+        """The nodes this transport talks to (configured, or added since)."""
+        ...
+
+    def remove_peer(self, peer: int) -> None:
+        """Stop talking to a node that left the configuration: no more dialing, its
+        queue dropped, and nothing but a `JoinRequest` accepted from it."""
         ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -142,6 +142,13 @@ class MemoryTransport:
         if peer != self.node_id and peer not in self._queues.senders:
             raise KeyError(f"node {peer} is not on this memory network's id list")
 
+    def peer_ids(self) -> frozenset[int]:
+        return frozenset(self._queues.senders)
+
+    def remove_peer(self, peer: int) -> None:
+        """The memory network keeps every id reachable (the simulation's faults decide who
+        hears whom); a removed member's messages reach the core, which ignores them."""
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         endpoint = self._receive
         try:

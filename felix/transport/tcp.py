@@ -19,9 +19,11 @@ writer and one reader, and neither side ever waits on the other's replies.
   Whatever the socket does not take goes to the queue (as bytes, ahead of anything
   else), and the pump sends it: order per peer is kept.
 * **Listener**: for each inbound connection, read `PeerHello` within a timeout, refuse a
-  wrong cluster id, protocol version or unknown node id with one clear log line, then
-  decode frames and hand them to the node.  Any `ProtocolError` closes that connection
-  only; the node keeps serving everyone else.
+  wrong cluster id or protocol version with one clear log line (with TLS, a certificate
+  that names another node or cluster too), then decode frames and hand them to the node.
+  A node of the cluster that is not a peer here (one about to join, or one removed) may
+  only send a `JoinRequest`; its other messages are dropped and counted.  Any
+  `ProtocolError` closes that connection only; the node keeps serving everyone else.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from felix.proto.frames import CLOSED, FRAME_BYTES_MAX_DEFAULT, FrameDecoder, en
 from felix.proto.raft_messages import (
     PEER,
     PROTOCOL_VERSION,
+    JoinRequest,
     PeerHello,
     PeerMessage,
 )
@@ -129,6 +132,7 @@ class TcpTransport:
         self._nursery: trio.Nursery | None = None
         self._queues = PeerQueues(config.peers, config.send_queue_max, self.stats)
         self._links: dict[int, _Link] = {}
+        self._dialers: dict[int, trio.CancelScope] = {}
         self._hello = encode_frame(
             PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
         )
@@ -174,9 +178,21 @@ class TcpTransport:
             self._addresses[peer] = parsed
             return
         self._addresses[peer] = parsed
-        self._queues.add(peer)
+        if peer not in self._queues.senders:
+            self._queues.add(peer)
         if self._nursery is not None:
             self._nursery.start_soon(self._dial_loop, peer)
+
+    def peer_ids(self) -> frozenset[int]:
+        return frozenset(self._addresses)
+
+    def remove_peer(self, peer: int) -> None:
+        """See `PeerTransport.remove_peer`."""
+        self._addresses.pop(peer, None)
+        dialer = self._dialers.pop(peer, None)
+        if dialer is not None:
+            dialer.cancel()
+        self._queues.remove(peer)
 
     def _known_peer(self, node_id: int) -> bool:
         return node_id in self._addresses
@@ -203,6 +219,17 @@ class TcpTransport:
     # --- outbound ------------------------------------------------------------------
 
     async def _dial_loop(self, peer: int) -> None:
+        if peer in self._dialers or peer not in self._addresses:
+            return  # already dialed, or removed before this task started
+        with trio.CancelScope() as scope:
+            self._dialers[peer] = scope
+            try:
+                await self._dial_forever(peer)
+            finally:
+                if self._dialers.get(peer) is scope:
+                    del self._dialers[peer]
+
+    async def _dial_forever(self, peer: int) -> None:
         backoff = self.config.backoff_s_min
         failures = 0
         while True:
@@ -337,6 +364,7 @@ class TcpTransport:
         sender = self._check_hello(hello, remote)
         if certified is not None and certified != sender:
             raise HandshakeRefused(f"Hello says node {sender}, its certificate names {certified}")
+        warned = False
         while True:
             message = await _read_message(source, decoder)
             if message is None:
@@ -344,6 +372,20 @@ class TcpTransport:
             if isinstance(message, PeerHello):
                 raise ProtocolError("second Hello on one connection")
             self.stats.received += 1
+            if not isinstance(message, JoinRequest) and not self._known_peer(sender):
+                # A node of this cluster that is not a member (yet, or any more): it may
+                # only ask to join; its Raft messages must not disturb the members.
+                self.stats.dropped_not_member += 1
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "peer connection from %s: node %d is not a member here; dropping"
+                        " its %s (only a JoinRequest is accepted from a non-member)",
+                        remote,
+                        sender,
+                        type(message).__name__,
+                    )
+                continue
             await self._deliver(sender, message)
 
     async def _secure_inbound(self, stream: trio.SocketStream) -> tuple[TlsSession, int]:
@@ -375,8 +417,6 @@ class TcpTransport:
                 f"node {hello.node_id} speaks protocol version {hello.protocol_version},"
                 f" this node speaks {PROTOCOL_VERSION}"
             )
-        if not self._known_peer(hello.node_id):
-            raise HandshakeRefused(f"node id {hello.node_id} is not a configured peer")
         return hello.node_id
 
 

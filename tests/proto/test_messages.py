@@ -192,9 +192,9 @@ def test_regex_tag_refused() -> None:
 
 
 def test_nesting_deeper_than_the_schema_needs_is_refused() -> None:
-    # Peer messages need depth 4 at most (InstallSnapshot.meta.conf.voters).
-    assert PEER.max_depth == 4
-    deep = _append(entries=[[1, 2, 0, [[[[b""]]]]]])
+    # Peer messages need depth 5 at most (InstallSnapshot.meta.conf.addresses[i]).
+    assert PEER.max_depth == 5
+    deep = _append(entries=[[1, 2, 0, [[[[[b""]]]]]]])
     with pytest.raises(DecodeError, match="invalid CBOR"):
         _decode_plain(deep)
     bomb = b"\x81" * 100_000 + b"\x00"

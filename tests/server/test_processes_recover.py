@@ -88,12 +88,12 @@ def test_quorum_loss_recover_the_survivor_and_two_wiped_nodes_join_back(
     acked |= more | more2
     assert cluster.local_items(survivor, list(acked)) == acked
 
-    # An old member coming back with its OLD data is fenced: refused, never a member.
+    # An old member coming back with its OLD data is fenced: not heard, never a member.
     old = cluster.nodes[lost[0]]
     old.start()
     wait_for(
         "the survivor refuses the old member",
-        lambda: f"node id {lost[0]} is not a configured peer" in s.log_path.read_text(),
+        lambda: f"node {lost[0]} is not a member here" in s.log_path.read_text(),
     )
     old.stop()
     status = cluster.status(survivor)

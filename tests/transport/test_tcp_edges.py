@@ -10,7 +10,8 @@ import trio
 import trio.testing
 
 from felix.proto.frames import encode_frame
-from felix.proto.raft_messages import PEER, PeerHello, RaftMessage, TimeoutNow
+from felix.proto.raft_messages import PEER, JoinRequest, PeerHello, RaftMessage, TimeoutNow
+from felix.transport.base import UnknownPeer
 from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
 
 
@@ -64,7 +65,6 @@ async def test_good_peer_is_served() -> None:
     [
         (hello(cluster_id="staging"), "belongs to cluster 'staging', this is 'prod'"),
         (hello(version=9), "speaks protocol version 9, this node speaks 1"),
-        (hello(node_id=7), "node id 7 is not a configured peer"),
         (encode_frame(PEER.encode(TimeoutNow(1, 2))), "expected Hello first, got TimeoutNow"),
     ],
 )
@@ -85,6 +85,37 @@ async def test_handshake_refused_with_a_clear_log_line(
         await good.send_all(hello() + encode_frame(PEER.encode(TimeoutNow(5, 2))))
         with trio.fail_after(10):
             assert await inbox.receive() == (2, TimeoutNow(5, 2))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_non_member_may_only_ask_to_join() -> None:
+    """Node 7 (not a peer: about to join) is heard only for its JoinRequest; node 2,
+    once removed from the configuration, is treated the same way."""
+    async with trio.open_nursery() as nursery:
+        transport, inbox = await serving(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", transport.listen_port)
+        join = JoinRequest(7, "127.0.0.1:7007", 0)
+        await stream.send_all(
+            hello(node_id=7)
+            + encode_frame(PEER.encode(TimeoutNow(4, 7)))
+            + encode_frame(PEER.encode(join))
+        )
+        with trio.fail_after(10):
+            assert await inbox.receive() == (7, join)
+        assert transport.stats.dropped_not_member == 1
+        transport.remove_peer(2)
+        removed = await trio.open_tcp_stream("127.0.0.1", transport.listen_port)
+        rejoin = JoinRequest(2, "127.0.0.1:7002", 40)
+        await removed.send_all(
+            hello(node_id=2)
+            + encode_frame(PEER.encode(TimeoutNow(5, 2)))
+            + encode_frame(PEER.encode(rejoin))
+        )
+        with trio.fail_after(10):
+            assert await inbox.receive() == (2, rejoin)
+        assert transport.stats.dropped_not_member == 2
+        with pytest.raises(UnknownPeer):
+            transport.send_nowait(2, TimeoutNow(5, 1))
         nursery.cancel_scope.cancel()
 
 
