@@ -123,3 +123,84 @@ def test_watch_bounds_of_their_own() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(Path("/nonexistent/felix.toml"), env={})
+
+
+POD_TOML = """
+cluster_id = "prod"
+[cluster]
+pod_identity = true
+initial_members = [1, 2, 3]
+peer_template = "felix-{ordinal}.felix-peers.{namespace}.svc.cluster.local:7001"
+[tls]
+ca = "/etc/felix/tls/ca.crt"
+cert = "/etc/felix/tls/node-{node_id}.crt"
+key = "/etc/felix/tls/node-{node_id}.key"
+"""
+
+
+def test_one_file_serves_every_pod_of_the_statefulset(tmp_path: Path) -> None:
+    path = write(tmp_path, POD_TOML)
+    env = {"POD_NAME": "felix-2", "POD_NAMESPACE": "streaming"}
+    config = load_config(path, env=env)
+    assert config.node_id == 3
+    host = "felix-{}.felix-peers.streaming.svc.cluster.local"
+    assert config.peers == {1: Endpoint(host.format(0), 7001), 2: Endpoint(host.format(1), 7001)}
+    assert config.cluster.advertise_peer == f"{host.format(2)}:7001"
+    assert config.cluster.initial_members == (1, 2, 3)
+    assert config.tls.cert == "/etc/felix/tls/node-3.crt"
+    assert config.tls.key == "/etc/felix/tls/node-3.key"
+    # A fourth pod is not an initial member: it knows them all, to ask to join.
+    fourth = load_config(path, env={"POD_NAME": "felix-3", "POD_NAMESPACE": "streaming"})
+    assert fourth.node_id == 4 and sorted(fourth.peers) == [1, 2, 3]
+    assert fourth.cluster.advertise_peer == f"{host.format(3)}:7001"
+
+
+def test_initial_members_from_env_and_flags(tmp_path: Path) -> None:
+    env = {"FELIX_CLUSTER__INITIAL_MEMBERS": "1, 2,3", "FELIX_PEERS": "2=a:1,3=b:1"}
+    assert load_config(env=env).cluster.initial_members == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POD_NAME": "felix"}, "cannot take an ordinal from 'felix' (POD_NAME)"),
+        ({"POD_NAME": "felix-x"}, "expected a StatefulSet pod name like 'felix-0'"),
+        (
+            {"POD_NAME": "felix-0", "FELIX_NODE_ID": "1"},
+            "node_id (from FELIX_NODE_ID) and cluster.pod_identity are both set",
+        ),
+        (
+            {"POD_NAME": "felix-0", "FELIX_CLUSTER__PEER_TEMPLATE": "felix-{oops}:7001"},
+            "invalid cluster.peer_template",
+        ),
+        (
+            {"POD_NAME": "felix-0", "FELIX_CLUSTER__PEER_TEMPLATE": "felix-{ordinal}"},
+            "must give 'host:port'",
+        ),
+        (
+            {"POD_NAME": "felix-0", "FELIX_CLUSTER__INITIAL_MEMBERS": "1,1,2"},
+            "cluster.initial_members: lists a node twice",
+        ),
+        ({"POD_NAME": "felix-0", "FELIX_RAFT__VOTERS_MAX": "4"}, "raft.voters_max: must be odd"),
+        (
+            {"POD_NAME": "felix-0", "FELIX_CLUSTER__INITIAL_MEMBERS": "1,two"},
+            "invalid cluster.initial_members = '1,two'",
+        ),
+    ],
+)
+def test_pod_identity_errors_name_the_key_and_the_value(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    path = write(tmp_path, POD_TOML)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert message in str(info.value)
+
+
+def test_bootstrap_must_know_where_the_members_are() -> None:
+    env = {"FELIX_CLUSTER__INITIAL_MEMBERS": "1,2,3", "FELIX_PEERS": "2=a:1"}
+    with pytest.raises(ConfigError, match=r"no peer address for node\(s\) 3"):
+        load_config(env=env)
+    env = {"FELIX_NODE_ID": "4", "FELIX_CLUSTER__INITIAL_MEMBERS": "1,2,3"}
+    with pytest.raises(ConfigError, match="knows no member to ask to join"):
+        load_config(env=env)

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
+import trio
+
 from felix.config import NodeConfig
 from felix.proto.raft_messages import ConfChangeKind
 from felix.raft.types import Role
@@ -142,7 +144,11 @@ def _admin_routes(config: NodeConfig, node: RaftNode) -> tuple[dict[str, Route],
         payload = asdict(node.status())
         payload["match_index"] = {str(k): v for k, v in payload["match_index"].items()}
         payload["cluster_id"] = config.cluster_id
-        payload["peer_address"] = str(config.listen.peer)
+        payload["peer_address"] = config.cluster.advertise_peer or str(config.listen.peer)
+        now = trio.current_time()
+        payload["heard_ms_ago"] = {
+            str(peer): round((now - at) * 1000) for peer, at in sorted(node.heard_from_s.items())
+        }
         return _json(200, payload)
 
     async def transfer(query: Query) -> Response:

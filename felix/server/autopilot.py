@@ -178,9 +178,11 @@ class Autopilot:
                 continue
             self.joins_sent += 1
         if self.joins_sent and self.joins_sent % 60 == 1:
+            removed = f" (removed at or before index {request.log_last_index})"
             log.info(
-                "node %d is not a member: asked %s to add it as a learner (address %s)",
+                "node %d is not a member%s: asked %s to add it as a learner (address %s)",
                 node.node_id,
+                removed if request.log_last_index else "",
                 ",".join(map(str, sorted(node.known_peers()))) or "nobody",
                 self.settings.advertise_peer or "unknown",
             )
@@ -201,9 +203,10 @@ class Autopilot:
             ):
                 self._refusals_logged.add(joiner)
                 why = (
-                    f"it holds a log up to index {request.log_last_index} (a removed member"
-                    " restarted with its old data?); start it with an empty data dir, or"
-                    f" admit it explicitly: felix member add {joiner} --address ADDR"
+                    f"it holds a log up to index {request.log_last_index}: a removed member"
+                    " (after `felix member remove`, stop its pod) or one restarted with old"
+                    " data; to readmit it, start it with an empty data dir, or admit it"
+                    f" explicitly: felix member add {joiner} --address ADDR"
                     if request.log_last_index > 0
                     else "it advertises no peer address (set cluster.advertise_peer)"
                 )

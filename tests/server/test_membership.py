@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import trio
 
+from felix.config import load_config
 from felix.proto.raft_messages import ConfChangeKind, ConfState, JoinRequest, MemberAddress
 from felix.raft.membership import decode_change
+from felix.server.app import boot_conf
 from felix.server.autopilot import Autopilot, AutopilotSettings, promotion, removal_refusal
 from felix.server.raft_node import RaftNode
 from felix.testing.cluster import TICK_S, TrioCluster
@@ -174,3 +176,20 @@ def test_removal_that_would_break_quorum_is_refused() -> None:
     assert removal_refusal(five, 5, 1, {2, 3}) is None  # {1,2,3,4}: 3 of 4 reachable
     assert removal_refusal(five, 5, 1, {2}) is not None  # 2 of 4 is not a majority
     assert removal_refusal(ConfState((1,), ()), 1, 1, set()) == "node 1 is the last voter"
+
+
+def test_boot_configuration_from_the_cluster_settings() -> None:
+    env = {
+        "FELIX_CLUSTER__INITIAL_MEMBERS": "1,2,3",
+        "FELIX_CLUSTER__PEER_TEMPLATE": "felix-{ordinal}.p:7001",
+        "FELIX_CLUSTER__POD_IDENTITY": "true",
+    }
+    first = load_config(env={**env, "POD_NAME": "felix-0"})
+    assert boot_conf(first) == ConfState(
+        (1, 2, 3),
+        (),
+        tuple(MemberAddress(n, f"felix-{n - 1}.p:7001") for n in (1, 2, 3)),
+    )
+    assert boot_conf(load_config(env={**env, "POD_NAME": "felix-3"})) == ConfState((), ())
+    legacy = load_config(env={"FELIX_NODE_ID": "2", "FELIX_PEERS": "1=a:1,3=b:1"})
+    assert boot_conf(legacy).voters == (1, 2, 3)
