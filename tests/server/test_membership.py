@@ -12,7 +12,7 @@ from felix.proto.raft_messages import ConfChangeKind, ConfState, JoinRequest, Me
 from felix.raft.membership import decode_change
 from felix.server.app import boot_conf
 from felix.server.autopilot import Autopilot, AutopilotSettings, promotion, removal_refusal
-from felix.server.raft_node import RaftNode
+from felix.server.raft_node import NodeSettings, RaftNode
 from felix.testing.cluster import TICK_S, TrioCluster
 from tests.server.test_raft_node import write
 
@@ -193,3 +193,25 @@ def test_boot_configuration_from_the_cluster_settings() -> None:
     assert boot_conf(load_config(env={**env, "POD_NAME": "felix-3"})) == ConfState((), ())
     legacy = load_config(env={"FELIX_NODE_ID": "2", "FELIX_PEERS": "1=a:1,3=b:1"})
     assert boot_conf(legacy).voters == (1, 2, 3)
+
+
+async def test_a_non_member_learns_its_role_from_a_snapshot(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    settings = NodeSettings(tick_s=TICK_S, snapshot_entries=20, snapshot_in_thread=False)
+    async with trio.open_nursery() as nursery:
+        cluster = TrioCluster(nursery, [1, 2, 3], seed=15, settings=settings)
+        await cluster.start_all()
+        leader = await cluster.wait_for_leader()
+        assert leader.node is not None
+        await leader.node.change_membership(ConfChangeKind.ADD_LEARNER, 4, address="n4:7001")
+        for i in range(80):
+            await write(cluster, f"k{i % 10}", b"%d" % i)
+        await _wait(lambda: _node(cluster, leader.node_id).status().first_index > 30, "compacted")
+        await cluster.start(4, conf=ConfState((), ()))
+        index = await write(cluster, "last", b"x")
+        joiner = _node(cluster, 4)
+        await _wait(lambda: joiner.applied_index >= index, "node 4 caught up")
+        assert joiner.status().snapshot_index > 0  # by InstallSnapshot, not the log
+        assert joiner.core.conf == ConfState((1, 2, 3), (4,), (MemberAddress(4, "n4:7001"),))
+        nursery.cancel_scope.cancel()
