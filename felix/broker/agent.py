@@ -139,8 +139,15 @@ def run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(settings: BrokerSettings, ops_at: tuple[str, int]) -> None:
-    """Run the broker and its ops endpoint until a signal (or its removal)."""
+async def serve(
+    settings: BrokerSettings,
+    ops_at: tuple[str, int],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the broker and its ops endpoint (its port is reported to ``task_status``)
+    until SIGTERM/SIGINT.  A broker the control plane removed stays up but unready: a
+    restarted process would register again and undo the operator's decision."""
     registry = CollectorRegistry(auto_describe=True)
     broker = ExampleBroker(settings, log.info)
     broker.metrics = AgentMetrics(registry, broker.readiness)
@@ -179,7 +186,11 @@ async def serve(settings: BrokerSettings, ops_at: tuple[str, int]) -> None:
                     nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT_S
 
             nursery.start_soon(on_signals)
+            task_status.started(port)
             await broker.run(stop)
+            if broker.removed and not stop.is_set():
+                log.info("broker %d: removed: staying up, unready, until stopped", settings.node_id)
+                await stop.wait()
             looping = False
             nursery.cancel_scope.cancel()
     log.info("broker %d: stopped", settings.node_id)

@@ -5,8 +5,8 @@ It registers, heartbeats, follows its ownership events and reports them (one lin
 and, standing in for copying a shard's data, reports each catching-up replica ready
 ``copy_s`` after it starts.  It holds no data.  When the control plane removes it
 (``node decommission``, ``node remove``) it stops: registering again would undo the
-operator's decision.  A change of control-plane node (failover) is reported with the
-version it resumed from.
+operator's decision (the agent then stays up, unready, until it is stopped).  A change
+of control-plane node (failover) is reported with the version it resumed at.
 
 `ExampleBroker.readiness` is what the agent's ``/readyz`` serves: ready only inside the
 client's body (the first snapshot's digest checked, every delta since digest-checked as
@@ -62,10 +62,10 @@ class ExampleBroker:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for ``/readyz``."""
-        if self.stopping:
-            return False, "shutting down"
         if self.removed:
             return False, "removed from the cluster"
+        if self.stopping:
+            return False, "shutting down"
         view = self.view
         if view is None:
             return False, "waiting for a digest-checked snapshot that holds our registration"
