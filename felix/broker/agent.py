@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from felix.broker.agent_identity import IdentityError, credentials, node_id_from_pod
 from felix.broker.agent_ops import AgentMetrics, AgentOps
-from felix.broker.client import parse_endpoint
-from felix.broker.example_broker import BrokerSettings, ExampleBroker
+from felix.broker.client import WriteError, parse_endpoint
+from felix.broker.example_broker import BrokerSettings, ExampleBroker, unwrap
 from felix.broker.session import CredentialsRefused
 
 log = logging.getLogger("felix.broker.agent")
@@ -130,11 +130,18 @@ def run_agent(args: argparse.Namespace) -> int:
         return 2
     try:
         trio.run(serve, settings, ops)
-    except CredentialsRefused as exc:
-        log.error("broker %d: credentials refused: %s", settings.node_id, exc)
-        return 1
-    except OSError as exc:  # the ops port is taken, say
-        log.error("broker %d: cannot start: %s", settings.node_id, exc)
+    except BaseException as exc:  # sorted by what is inside Trio's exception groups
+        cause = unwrap(exc)
+        if isinstance(cause, SystemExit):  # a second signal
+            return cause.code if isinstance(cause.code, int) else 1
+        if isinstance(cause, CredentialsRefused):
+            log.error("broker %d: credentials refused: %s", settings.node_id, cause)
+        elif isinstance(cause, WriteError):
+            log.error("broker %d: registration refused: %s", settings.node_id, cause)
+        elif isinstance(cause, OSError):  # the ops port is taken, say
+            log.error("broker %d: cannot start: %s", settings.node_id, cause)
+        else:
+            raise
         return 1
     return 0
 

@@ -189,3 +189,11 @@ def describe(event: OwnershipEvent) -> str:
     what = "start owning" if event.previous is None else f"{event.previous} ->"
     epoch = f" epoch {event.leader_epoch}" if event.role is ShardRole.LEADER else ""
     return f"{what} {name} as {event.role}{epoch} at version {event.version}"
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: Trio's nurseries wrap what a
+    broker raises (refused credentials, say) on its way out."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import trio
 
-from felix.broker import CredentialsRefused, broker_ssl_context
-from felix.broker.example_broker import BrokerSettings, ExampleBroker
+from felix.broker import CredentialsRefused, WriteError, broker_ssl_context
+from felix.broker.example_broker import BrokerSettings, ExampleBroker, unwrap
 from felix.config import ConfigError, client_credentials
 from felix.ctl.args import DEV_CLIENT_ENDPOINTS
 from felix.security.contexts import TlsConfigError
@@ -93,8 +93,11 @@ def run_brokers(args: argparse.Namespace) -> int:
     tokens = {n: "" if args.cert_dir and _cert(args.cert_dir, n) else creds.token for n in ids}
     try:
         trio.run(_run, endpoints, ids, args, contexts, tokens)
-    except CredentialsRefused as exc:
-        print(f"felix brokers: refused: {exc}", file=sys.stderr)
+    except BaseException as exc:  # sorted by what is inside Trio's exception groups
+        cause = unwrap(exc)
+        if not isinstance(cause, CredentialsRefused | WriteError):
+            raise
+        print(f"felix brokers: refused: {cause}", file=sys.stderr)
         return 1
     return 0
 

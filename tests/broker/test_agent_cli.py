@@ -4,6 +4,7 @@
   a name without an ordinal is a clear error, exit 2, from the real command.
 * Bad flags (no id, both ids, a certificate without its key or a CA, a token and a
   certificate, an unreadable token file, a bad address) exit 2 naming the flag.
+* An ops port that is taken: exit 1, saying so.
 * The ops endpoint on a real socket: ``/livez``, ``/readyz`` (503 with the reason while
   the broker has no view), ``/metrics``; 404, 405 and 400 for anything else.
 """
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -92,6 +94,17 @@ def test_bad_flags_exit_2_naming_the_problem(args: list[str], message: str) -> N
     done = agent("--endpoints", "127.0.0.1:1", *args)
     assert done.returncode == 2, done
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_taken_ops_port_exits_1_saying_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = agent("--endpoints", "127.0.0.1:1", "--node-id", "1",
+                     "--listen-ops", f"127.0.0.1:{port}")  # fmt: skip
+    assert done.returncode == 1
+    assert "broker 1: cannot start:" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_module_runs_as_python_m() -> None:

@@ -9,6 +9,7 @@ the cluster is up.  Then: both ready, registered with their address and rack; a 
 is created and every ownership event is logged and counted in ``/metrics``; the node
 broker 5 is connected to is stopped and it moves to another node, resuming from its
 version (one snapshot, no resync); SIGTERM makes each report itself down and exit 0.
+A third agent with an unknown token exits 1 at once, saying its credentials were refused.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 import trio
 
+from felix.metadata.tokens import format_token
 from felix.security.certs import issue
 from felix.testing.processes import ProcessCluster, http_bytes
 from tests.server.test_secure_by_default import FELIX, felix
@@ -167,7 +169,14 @@ def test_agents_register_follow_fail_over_and_report_down(cluster: ProcessCluste
             "--token", f"@{root / 'broker-{node_id}.token'}",
             "--address", "10.9.0.7:9092", "--rack", "r2", "--copy-s", "0",
         ], {})  # fmt: skip
-        with agents(seven):
+        (root / "bogus.token").write_text(format_token("0" * 16, b"x" * 32) + "\n")
+        bogus = Agent(root, "broker-8", [
+            "--endpoints", eps, "--node-id", "8", "--ca", ca, "--token", f"@{root / 'bogus.token'}",
+        ], {})  # fmt: skip
+        with agents(seven, bogus):
+            assert bogus.proc.wait(30) == 1  # refused credentials: no retry loop
+            assert "broker 8: credentials refused" in bogus.text()
+            assert "Traceback" not in bogus.text()
             seven.wait_ops()
             ctl = Ctl(cluster)
             for agent in (five, seven):
