@@ -43,7 +43,7 @@ class BrokerSettings:
 
 class ExampleBroker:
     """One broker's lifecycle; `run` returns when ``stop`` is set (after reporting itself
-    down, bounded by the library) or when the control plane removed it."""
+    down, bounded by ``REPORT_DOWN_TIMEOUT_S``) or when the control plane removed it."""
 
     def __init__(
         self, settings: BrokerSettings, say: Say, metrics: BrokerMetrics | None = None
@@ -54,7 +54,6 @@ class ExampleBroker:
         self.view: MetadataView | None = None  # set once the view is complete
         self.stopping = False
         self.removed = False
-        self.replicas_reported = 0
 
     @property
     def node_id(self) -> int:
@@ -175,7 +174,6 @@ class ExampleBroker:
         await trio.sleep(self.settings.copy_s)  # standing in for copying the shard's data
         stream, index = event.shard
         version = await view.report_replica_ready(stream, index)
-        self.replicas_reported += 1
         self.say(
             f"broker {self.node_id}: {stream}/{index} caught up (reported at version {version})"
         )
