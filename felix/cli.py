@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "felix.proto.cli",
     "felix.ctl",
     "felix.ctl.brokers",
+    "felix.broker.agent",
     "felix.ctl.backup",
     "felix.security.cli",
 )

@@ -1,7 +1,11 @@
 """Replica management against a `felix dev` cluster with real brokers, all real processes
 (docs/architecture.md §13): `felix dev --brokers N` runs the control plane and N
-`felix brokers` (real `felix.broker` clients that report catching-up replicas ready);
-`felix ctl` drives it.
+example brokers (`felix brokers`: real `felix.broker` clients that log their ownership
+and report catching-up replicas ready); `felix ctl` drives it.
+
+- The quick start, `felix dev --brokers 3`: three brokers up on three racks; a stream's
+  replicas placed on all three, each broker logging what it owns; a drained broker's
+  leaderships fail over to the others, both sides logging the change.
 
 - Decommission: every replica leaves the broker make-before-break, the broker is then
   removed, and it stops itself.
@@ -80,6 +84,32 @@ def dev_cluster(tmp_path: Path, brokers: int) -> Iterator[Dev]:
         finally:
             proc.send_signal(signal.SIGTERM)  # stops its brokers by PID, then the nodes
             assert proc.wait(60) == 0, log.read_text()[-3000:]
+
+
+def test_dev_with_three_brokers_shows_placement_ownership_and_failover(tmp_path: Path) -> None:
+    """The quick start: `felix dev --brokers 3`, a stream, a broker drained."""
+    with dev_cluster(tmp_path, brokers=3) as dev:
+        racks = {n: v["rack"] for n, v in dev.nodes().items()}
+        assert sorted(racks) == [1, 2, 3] and len(set(racks.values())) == 3
+        dev.ctl("tenant", "set", "acme")
+        dev.ctl("stream", "create", "orders", "--shards", "6", "--replication-factor", "3",
+                "--tenant", "acme")  # fmt: skip
+        shards = dev.ctl("shard", "list")
+        assert len(shards) == 6 and all(sorted(s["replicas"]) == [1, 2, 3] for s in shards)
+        for n in (1, 2, 3):  # every broker logs its placement, one line per shard
+            for i in range(6):
+                dev.until(f"broker {n} owns orders/{i}", lambda n=n, i=i: (  # type: ignore[misc]
+                    f"broker {n}: start owning orders/{i} as" in dev.log.read_text()))  # fmt: skip
+        led = [s["index"] for s in shards if s["leader"] == 1]
+        assert led  # preferred leaders spread over the three brokers
+        dev.ctl("node", "drain", "1", "--wait")
+        after = {s["index"]: s for s in dev.ctl("shard", "list")}
+        assert all(after[i]["leader"] in (2, 3) for i in led)
+        text = dev.log.read_text()
+        for i in led:  # leadership failed over: broker 1 is told, and so is the new leader
+            assert f"broker 1: leader -> orders/{i} as replica" in text
+            new = after[i]["leader"]
+            assert f"broker {new}: replica -> orders/{i} as leader" in text, (i, text[-3000:])
 
 
 def test_decommission_moves_every_replica_off_then_removes_the_broker(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
-"""``felix brokers``: stand-in dataplane brokers for a dev cluster (docs/architecture.md
-§8, §13).
+"""``felix brokers``: many example dataplane brokers in one process, for a dev cluster
+(docs/architecture.md §8, §13).
 
-Each one is a real `felix.broker` client: it registers (address ``127.0.0.1:<port>``,
-rack ``r<id mod --racks>``), heartbeats, follows its ownership events and prints them,
-and, standing in for copying a shard's data, reports each catching-up replica ready
+Each one is an `ExampleBroker` (`felix.broker.example_broker`, what ``felix
+broker-agent`` runs one per process): it registers (address ``127.0.0.1:<port>``, rack
+``r<id mod --racks>``), heartbeats, follows its ownership events and prints them, and,
+standing in for copying a shard's data, reports each catching-up replica ready
 ``--copy-s`` after it starts.  They hold no data.  With a client certificate
 ``broker-<id>.crt`` in ``--cert-dir`` (``felix dev --brokers`` issues them) a broker
 authenticates as itself; otherwise with the token the ctl would use.  SIGTERM or SIGINT
@@ -16,20 +17,14 @@ import argparse
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import trio
 
-from felix.broker import (
-    CredentialsRefused,
-    MetadataView,
-    OwnershipEvent,
-    ShardRole,
-    broker_ssl_context,
-    open_metadata_client,
-)
+from felix.broker import CredentialsRefused, WriteError, broker_ssl_context
+from felix.broker.example_broker import BrokerSettings, ExampleBroker, unwrap
 from felix.config import ConfigError, client_credentials
 from felix.ctl.args import DEV_CLIENT_ENDPOINTS
 from felix.security.contexts import TlsConfigError
@@ -37,7 +32,6 @@ from felix.security.contexts import TlsConfigError
 IDS_MAX: Final = 1000  # brokers one process runs
 ADDRESS_PORT_BASE: Final = 19_000  # broker N advertises 127.0.0.1:19000+N (nothing listens)
 STOP_TIMEOUT_S: Final = 3.0
-Say = Callable[[str], None]
 
 
 def parse_ids(text: str) -> list[int]:
@@ -99,8 +93,11 @@ def run_brokers(args: argparse.Namespace) -> int:
     tokens = {n: "" if args.cert_dir and _cert(args.cert_dir, n) else creds.token for n in ids}
     try:
         trio.run(_run, endpoints, ids, args, contexts, tokens)
-    except CredentialsRefused as exc:
-        print(f"felix brokers: refused: {exc}", file=sys.stderr)
+    except BaseException as exc:  # sorted by what is inside Trio's exception groups
+        cause = unwrap(exc)
+        if not isinstance(cause, CredentialsRefused | WriteError):
+            raise
+        print(f"felix brokers: refused: {cause}", file=sys.stderr)
         return 1
     return 0
 
@@ -146,63 +143,17 @@ async def _broker(
     token: str,
     stop: trio.Event,
 ) -> None:
-    """One broker: registered and heartbeating until ``stop``; a catching-up replica is
-    reported ready ``copy_s`` later."""
-
     def say(text: str) -> None:
         if not args.quiet:
             print(text, flush=True)
 
-    async with open_metadata_client(
-        endpoints,
+    settings = BrokerSettings(
+        endpoints=tuple(endpoints),
         node_id=node_id,
         address=f"127.0.0.1:{ADDRESS_PORT_BASE + node_id}",
         rack=f"r{node_id % args.racks}",
         token=token,
         ssl_context=context,
-        ready_timeout_s=None,
-    ) as view:
-        say(f"broker {node_id}: up at version {view.version}")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_follow, view, node_id, args.copy_s, say)
-            nursery.start_soon(_until_removed, view, node_id, nursery.cancel_scope, say)
-            await stop.wait()
-            nursery.cancel_scope.cancel()
-
-
-async def _until_removed(
-    view: MetadataView, node_id: int, scope: trio.CancelScope, say: Say
-) -> None:
-    """A broker the control plane removed (``node decommission``, ``node remove``) stops:
-    registering again would undo the operator's decision."""
-    await view.wait_until(lambda: view.node is not None)
-    await view.wait_until(lambda: view.node is None)
-    say(f"broker {node_id}: removed from the cluster at version {view.version}: stopping")
-    scope.cancel()
-
-
-async def _follow(view: MetadataView, node_id: int, copy_s: float, say: Say) -> None:
-    async with trio.open_nursery() as nursery:
-        async for event in view.ownership_events():
-            say(f"broker {node_id}: {_describe(event)}")
-            if event.role is ShardRole.CATCHING_UP:
-                nursery.start_soon(_copy, view, node_id, event, copy_s, say)
-
-
-async def _copy(
-    view: MetadataView, node_id: int, event: OwnershipEvent, copy_s: float, say: Say
-) -> None:
-    await trio.sleep(copy_s)  # standing in for copying the shard's data
-    stream, index = event.shard
-    version = await view.report_replica_ready(stream, index)
-    say(f"broker {node_id}: {stream}/{index} caught up (reported at version {version})")
-
-
-def _describe(event: OwnershipEvent) -> str:
-    stream, index = event.shard
-    name = f"{stream}/{index}"
-    if event.role is None:
-        return f"stop owning {name} (was {event.previous}) at version {event.version}"
-    what = "start owning" if event.previous is None else f"{event.previous} ->"
-    epoch = f" epoch {event.leader_epoch}" if event.role is ShardRole.LEADER else ""
-    return f"{what} {name} as {event.role}{epoch} at version {event.version}"
+        copy_s=args.copy_s,
+    )
+    await ExampleBroker(settings, say).run(stop)

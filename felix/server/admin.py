@@ -68,10 +68,19 @@ def build_ops_server(
     *,
     auth: Authenticator | None = None,
     tls: Callable[[], ssl.SSLContext] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> OpsServer:
     """``auth`` None (``--insecure``) asks nobody for credentials; ``/readyz?verbose``
-    says so, and says when the ops port itself is plaintext (``tls.ops = false``)."""
+    says so, and says when the ops port itself is plaintext (``tls.ops = false``).
+    ``stopping`` turns true when a graceful stop begins: from then on ``/readyz`` fails
+    (check ``shutdown``), so a load balancer stops sending brokers here before the
+    leadership hand-off and before the client port closes."""
     livez, readyz = _health_checks(node, wal)
+
+    def shutdown() -> tuple[bool, str]:
+        return (False, "shutting down") if stopping() else (True, "serving")
+
+    readyz["shutdown"] = shutdown
     secured = auth is not None
 
     def security() -> tuple[bool, str]:

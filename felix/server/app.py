@@ -1,8 +1,9 @@
 """One node, wired: config -> WAL -> Raft driver + TCP transport + ops/admin HTTP server.
 
 `run_node` owns one nursery for everything the node runs.  Shutdown is graceful and
-bounded: on request, a leader first hands leadership to its most caught-up follower (so
-the cluster does not wait out an election timeout), then the requests in flight get
+bounded: on request, ``/readyz`` fails at once (a Service stops routing brokers here),
+then a leader hands leadership to its most caught-up follower (so the cluster does not
+wait out an election timeout), then the requests in flight get
 their answers (writes that waited out the hand-off are forwarded to the new leader; new
 ones are answered ``not_leader`` naming it), then every task is cancelled (connections
 close), and the WAL is closed under a shielded, time-bounded scope.
@@ -241,7 +242,10 @@ async def _run_locked(
             " its admin routes travel in the clear",
             config.node_id,
         )
-    ops = build_ops_server(config, node, wal, auth=auth, tls=ops_tls)
+    stop_requested = trio.Event()  # set by request_stop: /readyz fails from then on
+    ops = build_ops_server(
+        config, node, wal, auth=auth, tls=ops_tls, stopping=stop_requested.is_set
+    )
     autopilot = Autopilot(node, autopilot_settings_for(config))
     try:
         async with trio.open_nursery() as nursery:
@@ -250,7 +254,9 @@ async def _run_locked(
             await nursery.start(services.run, config.listen.client.host, config.listen.client.port)
             nursery.start_soon(backups.run)
             nursery.start_soon(autopilot.run)
-            handle = NodeHandle(config, node, ops_port, security, ops_tls=ops_tls is not None)
+            handle = NodeHandle(
+                config, node, ops_port, security, stop_requested, ops_tls=ops_tls is not None
+            )
             log.info(
                 "node %d serving: peers on %s, ops on %s:%d, data in %s",
                 config.node_id,
@@ -261,6 +267,11 @@ async def _run_locked(
             )
             task_status.started(handle)
             await handle.stop_requested.wait()
+            log.info(
+                "node %d: stopping: /readyz fails from now on (%s)",
+                config.node_id,
+                "leadership hand-off, then the ports close" if handle.hand_off else "ports close",
+            )
             if handle.hand_off:
                 with trio.move_on_after(grace_s * 0.5):
                     await hand_off_leadership(node, "stopping; ")

@@ -75,8 +75,8 @@ def register(subparsers: Any) -> None:
         "--brokers",
         type=int,
         default=DEV_BROKERS_DEFAULT,
-        help=f"stand-in brokers 1..N (`felix brokers`, a child process; default"
-        f" {DEV_BROKERS_DEFAULT}, 0: none)",
+        help=f"example brokers 1..N (`felix brokers`: one child process, the broker of"
+        f" `felix broker-agent` N times; default {DEV_BROKERS_DEFAULT}, 0: none)",
     )
     dev.set_defaults(handler=run_dev)
 
@@ -393,7 +393,11 @@ def run_dev(args: argparse.Namespace) -> int:
             "--endpoints", clients, "--cert-dir", str(material.tls_dir),
             "--ca", str(material.ca), "--token", f"@{material.token_file}",
         ]  # fmt: skip
-        print(f"felix dev: brokers 1..{args.brokers} (felix brokers, racks r0..r2)", flush=True)
+        print(
+            f"felix dev: example brokers 1..{args.brokers} (felix brokers, racks r0..r2):"
+            " they print their placement and ownership below",
+            flush=True,
+        )
     try:
         trio.run(_serve_until_signal, configs, True, brokers_argv)
     except OSError as exc:
