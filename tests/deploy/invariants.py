@@ -91,6 +91,17 @@ def pod_security(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def pinned_images(docs: list[Doc]) -> list[str]:
+    """Every image names a tag, and not ``latest``."""
+    problems = []
+    for w in workloads(docs):
+        for c in pod_spec(w)["containers"]:
+            tag = c["image"].rpartition("/")[2].partition(":")[2]
+            if not tag or tag == "latest":
+                problems.append(f"{name_of(w)} {c['name']}: image {c['image']!r} is not pinned")
+    return problems
+
+
 def writable_mounts(docs: list[Doc]) -> list[str]:
     """With a read-only root, every mount is read-only except the data volume and
     emptyDir scratch: config, certificates and tokens cannot be changed from inside."""

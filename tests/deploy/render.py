@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,15 @@ def kubectl() -> str:
 
 def render(directory: Path) -> list[Doc]:
     """Every document `kubectl kustomize directory` prints, parsed."""
-    done = subprocess.run(
-        [kubectl(), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=RENDER_TIMEOUT_S,
-        check=False,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(directory)},
-    )
+    with tempfile.TemporaryDirectory() as home:  # nothing may land in the tree or ~
+        done = subprocess.run(
+            [kubectl(), "kustomize", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=RENDER_TIMEOUT_S,
+            check=False,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": home},
+        )
     if done.returncode != 0:
         raise RenderError(f"kubectl kustomize {directory}: {done.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
