@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from tests.deploy.crd_fields import CRD_FIELDS
 from tests.deploy.render import Doc, find
 
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of")
@@ -21,6 +22,33 @@ ZONE = "topology.kubernetes.io/zone"
 def is_crd_kind(doc: Doc) -> bool:
     """Custom resources: kubernetes-validate has no schema for them."""
     return doc["apiVersion"].split("/")[0] in CRD_GROUPS
+
+
+def crd_fields(docs: list[Doc]) -> list[str]:
+    problems = []
+    for doc in (d for d in docs if is_crd_kind(d)):
+        for (kind, path), allowed in CRD_FIELDS.items():
+            if doc["kind"] != kind:
+                continue
+            for where, value in _at(doc, path.split(".")):
+                unknown = set(value) - allowed
+                if unknown:
+                    problems.append(f"{name_of(doc)} {where}: unknown {sorted(unknown)}")
+    return problems
+
+
+def _at(node: Any, steps: list[str], where: str = "") -> Iterator[tuple[str, Doc]]:
+    """The mappings at a dotted path; ``name[]`` walks every item of a list."""
+    if not steps:
+        if isinstance(node, dict):
+            yield where, node
+        return
+    step, rest = steps[0], steps[1:]
+    if step.endswith("[]"):
+        for i, item in enumerate(node.get(step[:-2], []) if isinstance(node, dict) else []):
+            yield from _at(item, rest, f"{where}.{step[:-2]}[{i}]")
+    elif isinstance(node, dict) and step in node:
+        yield from _at(node[step], rest, f"{where}.{step}".lstrip("."))
 
 
 def workloads(docs: list[Doc]) -> Iterator[Doc]:

@@ -152,8 +152,19 @@ def test_a_misspelled_field_fails_strict_validation(
 def test_the_components_add_their_custom_resources(rendered: dict[str, list[Doc]]) -> None:
     kinds = {d["kind"] for d in rendered["base+components"] if inv.is_crd_kind(d)}
     assert kinds == CRD_KINDS
+    assert inv.crd_fields(rendered["base+components"]) == []
     for tree in OVERLAYS:  # optional: no overlay needs cert-manager or the operator
         assert not any(inv.is_crd_kind(d) for d in rendered[tree])
+
+
+def test_a_misspelled_custom_resource_field_is_refused(rendered: dict[str, list[Doc]]) -> None:
+    docs = copy.deepcopy(rendered["base+components"])
+    monitor = find(docs, "ServiceMonitor", "felix")
+    endpoint = monitor["spec"]["endpoints"][0]
+    endpoint["scrapeTimout"] = endpoint.pop("scrapeTimeout")
+    assert inv.crd_fields(docs) == [
+        "ServiceMonitor/felix spec.endpoints[0]: unknown ['scrapeTimout']"
+    ]
 
 
 # --- quorum -----------------------------------------------------------------------------
