@@ -265,6 +265,7 @@ def test_config_files_are_where_felix_toml_says(
     assert volumes["config"]["configMap"]["name"] == "felix-config"
     assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["data"]
     assert str(config.data_dir).startswith(mounts["data"] + "/")
+    assert config.security_problem() is None and not config.insecure  # TLS and auth on
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
 
     tls_files = projected_files(volumes["tls"], mounts["tls"])
