@@ -105,6 +105,7 @@ def node_config(docs: list[Doc], workdir: Path, ordinal: int = 0) -> Any:
     statefulset = find(docs, "StatefulSet", "felix")
     container = statefulset["spec"]["template"]["spec"]["containers"][0]
     env = {"POD_NAME": f"felix-{ordinal}", "POD_NAMESPACE": "default", **container_env(container)}
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "felix.toml"
     path.write_text(find(docs, "ConfigMap", "felix-config")["data"]["felix.toml"])
     try:

@@ -251,7 +251,7 @@ def test_a_short_grace_period_is_refused(rendered: dict[str, list[Doc]]) -> None
 
 @pytest.mark.parametrize("tree", TREES)
 def test_config_files_are_where_felix_toml_says(
-    rendered: dict[str, list[Doc]], configs: dict[str, Any], tree: str
+    rendered: dict[str, list[Doc]], configs: dict[str, Any], tree: str, tmp_path: Path
 ) -> None:
     """The config path, data dir, TLS files of every pod and the bootstrap token are
     all provided by the pod's volumes at the paths felix.toml names."""
@@ -270,9 +270,14 @@ def test_config_files_are_where_felix_toml_says(
 
     tls_files = projected_files(volumes["tls"], mounts["tls"])
     assert config.tls.ca in tls_files
-    for node_id in range(1, sts["spec"]["replicas"] + 1):
-        assert config.tls.cert.format(node_id=node_id) in tls_files
-        assert config.tls.key.format(node_id=node_id) in tls_files
+    for ordinal in range(sts["spec"]["replicas"]):
+        pod = node_config(docs, tmp_path / f"felix-{ordinal}", ordinal)
+        node_id = ordinal + 1
+        if hasattr(pod, "cluster"):  # LOAD_CONFIG: pod identity needs the [cluster] section
+            assert pod.node_id == node_id
+        # {node_id} is substituted by load_config once [cluster] lands; a no-op then.
+        assert pod.tls.cert.replace("{node_id}", str(node_id)) in tls_files
+        assert pod.tls.key.replace("{node_id}", str(node_id)) in tls_files
 
     token = volumes["bootstrap-token"]["secret"]
     paths = {f"{mounts['bootstrap-token']}/{i['path']}" for i in token["items"]}
@@ -308,7 +313,8 @@ def test_the_image_entrypoint_accepts_the_container_args(rendered: dict[str, lis
 
 
 def _healthy_node() -> Any:
-    core = SimpleNamespace(leader_id=1, conf=SimpleNamespace(learners=[]), commit_index=7)
+    conf = SimpleNamespace(voters=(1, 2, 3), learners=())
+    core = SimpleNamespace(leader_id=1, conf=conf, commit_index=7)
     return SimpleNamespace(
         node_id=1, core=core, applied_index=7, metrics=SimpleNamespace(exposition=lambda: b"")
     )
