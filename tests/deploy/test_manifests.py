@@ -20,6 +20,7 @@ import pytest
 import trio
 from kubernetes_validate import utils as kv_utils
 
+from felix.cli import COMMAND_MODULES, build_parser
 from felix.server import admin, app
 from felix.server.admin import build_ops_server
 from felix.server.auth import Authenticator
@@ -301,8 +302,6 @@ def projected_files(volume: Doc, mount_path: str) -> set[str]:
 
 def test_the_image_entrypoint_accepts_the_container_args(rendered: dict[str, list[Doc]]) -> None:
     """The image runs `felix serve`; the manifest's args are real `felix serve` flags."""
-    from felix.cli import build_parser
-
     parser = build_parser()
     for tree in TREES:
         args = parser.parse_args(["serve", *felix_container(rendered[tree])["args"]])
@@ -440,6 +439,8 @@ def test_brokers_reach_the_client_service(
     args = container["args"]
     assert container["command"] == ["felix", "broker-agent"]
     assert {a for a in args if a.startswith("--")} <= BROKER_FLAGS
+    if "felix.broker.agent" in COMMAND_MODULES:  # the agent's own parser, once it lands
+        build_parser().parse_args(["broker-agent", *args])
     assert ("--pod-identity" in args) == (broker["kind"] == "StatefulSet")
     client = find(docs, "Service", "felix")["spec"]["ports"][0]["port"]
     assert inv.flag_value(args, "--endpoints") == f"felix:{client}"
