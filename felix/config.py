@@ -398,7 +398,17 @@ def _peer_from_template(template: str, node: int, namespace: str) -> Endpoint:
 
 
 # Variables with the prefix that are not config keys (used by tests and tools).
-_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR", "FELIX_KEEPALIVE_SOAK_S"})
+_IGNORED_ENV = frozenset(
+    {
+        "FELIX_SIM_SEED",
+        "FELIX_LOG_COLOR",
+        "FELIX_KEEPALIVE_SOAK_S",
+        "FELIX_CA",  # client credentials (felix ctl / status), not node settings
+        "FELIX_TOKEN",
+        "FELIX_RACK",  # the broker agent's rack
+        "FELIX_PROTOCOL_NEXT",  # test-only: the synthetic next protocol version
+    }
+)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -65,3 +65,21 @@ def test_proto_decode_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[st
     path.write_bytes(b"\x00\x00\x00\x09abc")
     assert main(["proto", "decode", str(path)]) == 1
     assert "stream ended inside a frame" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["member", "--endpoints", "a:1,b:2", "--token", "t", "remove", "5"],
+        ["member", "remove", "5", "--endpoints", "a:1,b:2", "--token", "t"],
+    ],
+)
+def test_member_takes_endpoints_before_or_after_the_subcommand(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.endpoints, args.token, args.id) == ("a:1,b:2", "t", 5)
+
+
+def test_member_subcommand_without_endpoints_keeps_the_default() -> None:
+    args = build_parser().parse_args(["member", "promote", "4"])
+    assert args.endpoints == build_parser().parse_args(["status"]).endpoints
+    assert args.token is None

@@ -103,20 +103,28 @@ def register(subparsers: Any) -> None:
         help="(the only mode: nodes join as learners, then get promoted)",
     )
     add.set_defaults(handler=lambda a: run_member(a, "add"))
+    _endpoints_arg(add, repeated=True)
     promote = member_sub.add_parser("promote", help="make a caught-up learner a voter")
     promote.add_argument("id", type=int)
     promote.set_defaults(handler=lambda a: run_member(a, "promote"))
+    _endpoints_arg(promote, repeated=True)
     remove = member_sub.add_parser("remove", help="remove a member (the leader too)")
     remove.add_argument("id", type=int)
     remove.set_defaults(handler=lambda a: run_member(a, "remove"))
+    _endpoints_arg(remove, repeated=True)
 
 
-def _endpoints_arg(parser: argparse.ArgumentParser) -> None:
+def _endpoints_arg(parser: argparse.ArgumentParser, *, repeated: bool = False) -> None:
+    """``repeated``: the same flags on a subcommand (``felix member remove 5 --endpoints
+    X`` as well as ``felix member --endpoints X remove 5``); absent there, they keep
+    what the parent parsed."""
+    default = argparse.SUPPRESS if repeated else DEV_ENDPOINTS
     parser.add_argument(
-        "--endpoints", default=DEV_ENDPOINTS, help=f"ops host:port list (default {DEV_ENDPOINTS})"
+        "--endpoints", default=default, help=f"ops host:port list (default {DEV_ENDPOINTS})"
     )
     parser.add_argument(
         "--token",
+        default=argparse.SUPPRESS if repeated else None,
         help="bearer token, or @FILE (default: FELIX_TOKEN, else felix dev's admin token)",
     )
 

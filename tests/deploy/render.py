@@ -92,15 +92,10 @@ def container_env(container: Doc) -> dict[str, str]:
     }
 
 
-# Keys of the issue-14 interface contract that felix/config.py does not know yet.
-_PENDING_SECTIONS = ("cluster",)
-_PENDING_KEYS = (("raft", "voters_max"),)
-
-
 def node_config(docs: list[Doc], workdir: Path, ordinal: int = 0) -> Any:
     """The NodeConfig that `felix serve` builds for pod ``felix-<ordinal>`` from the
     ConfigMap's felix.toml and the container's FELIX_* env."""
-    from felix.config import ConfigError, load_config
+    from felix.config import load_config
 
     statefulset = find(docs, "StatefulSet", "felix")
     container = statefulset["spec"]["template"]["spec"]["containers"][0]
@@ -108,42 +103,4 @@ def node_config(docs: list[Doc], workdir: Path, ordinal: int = 0) -> Any:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "felix.toml"
     path.write_text(find(docs, "ConfigMap", "felix-config")["data"]["felix.toml"])
-    try:
-        return load_config(path, env=env)
-    except ConfigError as exc:
-        if not any(key in str(exc) for key in ("'cluster.", "'raft.voters_max'")):
-            raise
-        # >>> LOAD_CONFIG: until the lead's [cluster] section (and raft.voters_max) land
-        # in felix/config.py, load the file without them.  Once they do, the call above
-        # succeeds: delete this fallback and _PENDING_*, and let load_config's error fail
-        # the test.
-        table = tomllib.loads(path.read_text())
-        for section in _PENDING_SECTIONS:
-            table.pop(section, None)
-        for section, key in _PENDING_KEYS:
-            table.get(section, {}).pop(key, None)
-        stripped = workdir / "felix-without-pending-keys.toml"
-        stripped.write_text(_dump_toml(table))
-        return load_config(stripped, env=env)
-
-
-def _dump_toml(table: dict[str, Any]) -> str:
-    """Just enough TOML writing for felix.toml: scalars at the top, then flat tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for name, section in table.items():
-        if isinstance(section, dict):
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in section.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
+    return load_config(path, env=env)
