@@ -26,6 +26,7 @@ class TransportStats:
     received: int = 0
     dropped_queue_full: int = 0
     dropped_unknown_peer: int = 0
+    dropped_by_version: int = 0  # a message type the link's protocol version lacks (TCP)
     protocol_errors: int = 0
     handshakes_refused: int = 0
     connects: int = 0
