@@ -11,8 +11,9 @@ ever waits on the other's replies.
   this node speaks, read the listener's `HelloAck` (the version this connection uses;
   see *Versions*), then pump the peer's bounded send queue into the socket, coalescing
   whatever is queued into one ``send_all`` (pipelined AppendEntries: nothing waits for a
-  reply).  On any failure it reconnects with jittered exponential back-off.  A message taken from the queue when a connection
-  breaks is lost, which Raft tolerates: it retransmits.
+  reply).  On any failure it reconnects with jittered exponential back-off.  A message
+  taken from the queue when a connection breaks is lost, which Raft tolerates: it
+  retransmits.
 * **Direct send**: while the pump is idle (connected, its queue empty, nothing half
   sent), `send_nowait` writes the frame to the socket itself, non-blocking.  An
   AppendEntries then leaves before the leader's fsync starts and an ack as soon as the

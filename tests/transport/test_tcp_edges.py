@@ -63,7 +63,7 @@ async def test_good_peer_is_served() -> None:
     ("first_frame", "log_text"),
     [
         (hello(cluster_id="staging"), "belongs to cluster 'staging', this is 'prod'"),
-        (hello(version=9), "no common protocol version: node 2 speaks [9, 9], node 1 speaks [1, 1]"),
+        (hello(version=9), "node 2 speaks [9, 9], node 1 speaks [1, 1]"),
         (hello(node_id=7), "node id 7 is not a configured peer"),
         (encode_frame(PEER.encode(TimeoutNow(1, 2))), "expected Hello first, got TimeoutNow"),
     ],
