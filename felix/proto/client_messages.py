@@ -45,6 +45,7 @@ Name = Annotated[str, MaxLen(256)]
 Digest = Annotated[bytes, MaxLen(64)]
 Detail = Annotated[str, MaxLen(4096)]
 History = Annotated[str, MaxLen(64)]
+Version = Annotated[int, IntRange(1, 65535)]  # a protocol version (`felix.proto.versions`)
 BACKUP_CHUNK_BYTES_MAX: Final = 1 << 20
 Record = Annotated[dict[Name, ScalarValue], MaxItems(RECORD_FIELDS_MAX)]
 
@@ -104,8 +105,8 @@ class ClientHello:
     # docs/architecture.md §14): another lineage's version is never resumed from.
     history: History = ""
     # The protocol versions the client speaks; absent (None): the baseline, no HelloAck.
-    version_min: Annotated[int | None, IntRange(1, 65535), OmitDefault()] = None
-    version_max: Annotated[int | None, IntRange(1, 65535), OmitDefault()] = None
+    version_min: Annotated[Version | None, OmitDefault()] = None
+    version_max: Annotated[Version | None, OmitDefault()] = None
 
 
 @CLIENT_TO_SERVER.message("GetSnapshot")
@@ -264,7 +265,7 @@ class HelloAck:
     """The answer to a `ClientHello` with a version range, before anything else the
     watch sends: every later message on this connection, both ways, is ``version``."""
 
-    protocol_version: Annotated[int, IntRange(1, 65535)]
+    protocol_version: Version
 
 
 @SERVER_TO_CLIENT.message("WatchProgress")

@@ -38,8 +38,8 @@ later than the first message to send, or from an older process than the one now
 listening, while the answer on the same connection is always about exactly the process
 that will read the frames.  It costs one round trip per connection, not per message.
 A message type newer than the link's version is never sent: it is dropped (Raft
-retransmits, or the sender times out) with a log line, counted in
-``stats.dropped_by_version``.  The range defaults from the environment
+retransmits, or the sender times out) with a log line (once per peer and type), counted
+in ``stats.dropped_by_version``.  The range defaults from the environment
 (`felix.proto.versions.supported_versions`) and is injectable for tests.
 """
 
@@ -159,6 +159,7 @@ class TcpTransport:
         self._nursery: trio.Nursery | None = None
         self._queues = PeerQueues(config.peers, config.send_queue_max, self.stats)
         self._links: dict[int, _Link] = {}
+        self._drops_logged: set[tuple[int, str]] = set()  # (peer, type) said once each
         versions = config.versions
         self._hello = encode_frame(
             PEER.encode(PeerHello(config.cluster_id, config.node_id, versions.min, versions.max))
@@ -378,7 +379,9 @@ class TcpTransport:
             payload = PEER.encode(item, version)
         except MessageTooNew as exc:
             self.stats.dropped_by_version += 1
-            log.warning("not sending to peer %d: %s; dropped", peer, exc)
+            if (peer, exc.type_name) not in self._drops_logged:  # a retransmit: not again
+                self._drops_logged.add((peer, exc.type_name))
+                log.warning("not sending to peer %d: %s; dropped (logged once)", peer, exc)
             return None
         return encode_frame(payload, self.config.frame_bytes_max)
 

@@ -204,6 +204,10 @@ def test_an_old_client_hello_without_a_range_decodes() -> None:
     new = ClientHello(3, None, "", "", 1, 2)
     assert wire(CLIENT_TO_SERVER.encode(new)) == old | {"version_min": 1, "version_max": 2}
     assert CLIENT_TO_SERVER.decode(CLIENT_TO_SERVER.encode(new)) == new
+    with pytest.raises(
+        SchemaError, match=r"Hello\.version_min: integer 0 out of range \[1, 65535\]"
+    ):
+        CLIENT_TO_SERVER.decode(cbor2.dumps(old | {"version_min": 0, "version_max": 1}))
 
 
 # --- negotiation ------------------------------------------------------------------------

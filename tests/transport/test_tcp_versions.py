@@ -158,10 +158,8 @@ async def test_a_message_type_the_link_lacks_is_dropped_with_a_log_line(
         with trio.fail_after(10):
             assert await two.inbox.receive() == (1, append(1, 2, probe=0))
         assert one.transport.stats.dropped_by_version == 2
-        assert (
-            "not sending to peer 2: TimeoutNow needs protocol version 2,"
-            " this connection speaks 1; dropped" in caplog.text
-        )
+        dropped = "not sending to peer 2: TimeoutNow needs protocol version 2, this connection"
+        assert caplog.text.count(dropped) == 1  # said once, counted twice
         assert two.transport.stats.protocol_errors == 0
         nursery.cancel_scope.cancel()
 
