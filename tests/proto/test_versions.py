@@ -3,16 +3,21 @@ negotiated version, and the negotiation of a version from two ranges."""
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import cbor2
 import pytest
 
 from felix.proto.cbor import IntRange, OmitDefault, Registry, Since, wire_array, wire_type
+from felix.proto.cli import run_decode
 from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT, ClientHello
 from felix.proto.client_messages import WatchProgress as RealWatchProgress
 from felix.proto.errors import MessageTooNew, NotInVersion, SchemaError, UnknownMessageType
+from felix.proto.frames import encode_frame
 from felix.proto.raft_messages import PEER, AppendEntries, Entry, EntryKind
 from felix.proto.versions import (
     VersionRange,
@@ -246,3 +251,16 @@ def test_next_version_only_with_the_environment_switch() -> None:
     assert supported_versions({}) == VersionRange(1, 1)
     assert supported_versions({"FELIX_PROTOCOL_NEXT": "0"}) == VersionRange(1, 1)
     assert supported_versions({"FELIX_PROTOCOL_NEXT": "1"}) == VersionRange(1, 2)
+
+
+def test_proto_decode_reads_a_capture_at_its_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = tmp_path / "frames"
+    message = AppendEntries(2, 1, 0, 0, (), 0, 3, next_probe=9)
+    capture.write_bytes(encode_frame(PEER.encode(message, 2)))
+    args = argparse.Namespace(file=str(capture), channel="peer", output="json")
+    assert run_decode(argparse.Namespace(**vars(args), protocol_version=2)) == 0
+    assert json.loads(capsys.readouterr().out)["next_probe"] == 9
+    assert run_decode(argparse.Namespace(**vars(args), protocol_version=1)) == 1
+    assert "next_probe added after protocol version 1" in capsys.readouterr().err
