@@ -123,9 +123,9 @@ class ClientConnection:
         """Send one message at the connection's protocol version.  After a `ClientHello`
         with a version range, send nothing more until its `HelloAck` is received: that
         switches the version (docs/architecture.md, "Protocol versions")."""
-        if type(message) is ClientHello and message.version_max is not None:
-            low = message.version_min or BASELINE
-            self._offered = VersionRange(low, message.version_max)
+        if type(message) is ClientHello and (message.version_min or message.version_max):
+            low = message.version_min or BASELINE  # read as the server reads it
+            self._offered = VersionRange(low, message.version_max or low)
         payload = CLIENT_TO_SERVER.encode(message, self.protocol_version)
         await self.send_raw(client_frame(payload, os.urandom(4)))
 
