@@ -53,7 +53,7 @@ def seed_corpus() -> list[bytes]:
     """Valid frames of many types, plus known-hostile CBOR."""
     conf = ConfState((1, 2, 3), (4,))
     peer = [
-        PeerHello("felix", 1, 1),
+        PeerHello("felix", 1, 1, 1),
         RequestVote(5, 2, 10, 4, True, False),
         AppendEntries(
             5, 1, 9, 4, tuple(Entry(10 + i, 5, EntryKind.NORMAL, b"x") for i in range(5)), 9, 3

@@ -20,8 +20,9 @@ from typing import Any
 import trio
 
 from felix.gc_pause import GC_PAUSE_BYTES, gc_paused
-from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT
+from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT, ClientHello, HelloAck
 from felix.proto.errors import ProtocolError
+from felix.proto.versions import BASELINE, VersionRange
 from felix.proto.ws_frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -78,6 +79,10 @@ class ClientConnection:
         self._closed = False
         self._unparsed = True  # bytes that came with the handshake response may hold frames
         self._closing: ConnectionClosed | None = None  # a close frame behind unread messages
+        # Every message both ways is this protocol version: the baseline until the
+        # server's `HelloAck` answers a `ClientHello` that offered ``_offered``.
+        self.protocol_version = BASELINE
+        self._offered: VersionRange | None = None
 
     @classmethod
     async def open(
@@ -115,7 +120,14 @@ class ClientConnection:
         return self._tls.peer_certificate() if self._tls is not None else {}
 
     async def send(self, message: Any) -> None:
-        await self.send_raw(client_frame(CLIENT_TO_SERVER.encode(message), os.urandom(4)))
+        """Send one message at the connection's protocol version.  After a `ClientHello`
+        with a version range, send nothing more until its `HelloAck` is received: that
+        switches the version (docs/architecture.md, "Protocol versions")."""
+        if type(message) is ClientHello and (message.version_min or message.version_max):
+            low = message.version_min or BASELINE  # read as the server reads it
+            self._offered = VersionRange(low, message.version_max or low)
+        payload = CLIENT_TO_SERVER.encode(message, self.protocol_version)
+        await self.send_raw(client_frame(payload, os.urandom(4)))
 
     async def send_raw(self, data: bytes) -> None:
         """Send already-framed bytes (client frames, e.g. several coalesced)."""
@@ -180,14 +192,26 @@ class ClientConnection:
             raise ConnectionClosed(reason="the server closed the TLS session")
         return plain
 
+    def _acknowledged(self, ack: HelloAck) -> None:
+        """The server chose a version: every later message is decoded at it."""
+        if self._offered is None or ack.protocol_version not in self._offered:
+            raise ProtocolError(
+                f"the server chose protocol version {ack.protocol_version},"
+                f" this client offered {self._offered or 'none'}"
+            )
+        self.protocol_version = ack.protocol_version
+
     async def _parse(self) -> None:
         for opcode, payload in self._parser.messages():
             if opcode == OP_BINARY:
                 if len(payload) < GC_PAUSE_BYTES:
-                    self._ready.append(SERVER_TO_CLIENT.decode(payload))
+                    message = SERVER_TO_CLIENT.decode(payload, self.protocol_version)
                 else:  # a big chunk or delta: a bulk build of long-lived objects
                     with gc_paused():
-                        self._ready.append(SERVER_TO_CLIENT.decode(payload))
+                        message = SERVER_TO_CLIENT.decode(payload, self.protocol_version)
+                if type(message) is HelloAck:
+                    self._acknowledged(message)  # before the messages behind it decode
+                self._ready.append(message)
             elif opcode == OP_PING:
                 await self.send_raw(client_frame(payload, os.urandom(4), OP_PONG))
             elif opcode == OP_CLOSE:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable, Sequence
@@ -43,12 +44,14 @@ from felix.proto.client_messages import (
     Deltas,
     Error,
     ErrorCode,
+    HelloAck,
     Resync,
     SnapshotChunk,
     WatchProgress,
     WriteResult,
 )
 from felix.proto.errors import ProtocolError
+from felix.proto.versions import VersionRange, supported_versions
 
 log = logging.getLogger("felix.broker")
 
@@ -68,6 +71,8 @@ class ClientSettings:
     verify_deltas: bool = True
     token: str = ""  # sent as Authorization: Bearer in every connection's upgrade
     ssl_context: ssl.SSLContext | None = None  # wss://: the cluster CA, maybe a client cert
+    # The protocol versions offered in every Hello (default: this build's, from the env).
+    versions: VersionRange = field(default_factory=lambda: supported_versions(os.environ))
 
 
 @dataclass
@@ -257,12 +262,21 @@ class Session:
         self._snapshot_parts.reset()
         self._delta_parts.reset()
         from_version = None if self._want_snapshot else self.cache.version
-        hello = ClientHello(self.node_id, from_version, "", self.cache.history)  # token: upgrade
+        versions = self.settings.versions
+        hello = ClientHello(
+            self.node_id, from_version, "", self.cache.history, versions.min, versions.max
+        )  # the token, if any, went in the upgrade request
         await conn.send(hello)
+        # Nothing else is sent before the answer: its HelloAck sets the version of every
+        # later message (a server that sends none keeps the baseline).
+        first = await conn.receive_batch()
         self.conn = conn
         self.requests.attach(conn)
         self._connected()
         receive_batch, on_batch = conn.receive_batch, self.on_batch
+        rest = [m for m in first if type(m) is not HelloAck]
+        if rest:
+            on_batch(rest)
         while True:
             on_batch(await receive_batch())
 

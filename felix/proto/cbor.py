@@ -25,6 +25,17 @@ Supported field annotations: ``int`` (unsigned 63-bit unless annotated with `Int
 ``bool``, ``str`` and ``bytes`` (bounded by `MaxLen`), ``IntEnum``/``StrEnum`` types,
 ``X | None``, ``tuple[X, ...]`` (bounded by `MaxItems`), ``dict[str, X]`` and nested
 registered dataclasses (as maps, or as arrays when registered with ``as_array=True``).
+
+Versions (docs/architecture.md, "Protocol versions"): ``Registry.encode`` and
+``Registry.decode`` take the version the connection negotiated (default: the baseline,
+1).  A field annotated ``Since(v)`` exists only from version ``v`` on: encoding at an
+older version leaves it out, decoding at an older version refuses it (and builds the
+object with its default, which such a field must have); at ``v`` or later it is an
+ordinary required field.  A message type registered with ``since=v`` is refused by an
+older decoder and raises `MessageTooNew` in an older encoder.  Each (class, version)
+pair gets its own generated decoder and encoder, compiled on first use, so the strict
+checks stay one straight-line function per message.  ``to_plain``/``from_plain`` (local
+files, log entries) use every field.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
-from felix.proto.errors import SchemaError, UnknownMessageType
+from felix.proto.errors import MessageTooNew, NotInVersion, SchemaError, UnknownMessageType
 from felix.proto.fields import (
     I64_MIN,
     ITEMS_MAX_DEFAULT,
@@ -48,7 +59,9 @@ from felix.proto.fields import (
     IntRange,
     MaxItems,
     MaxLen,
+    OmitDefault,
     ScalarValue,
+    Since,
     _bool_decode,
     _dict_codec,
     _enum_codec,
@@ -61,6 +74,7 @@ from felix.proto.fields import (
     _type_name,
 )
 from felix.proto.safe_cbor import dumps, safe_loads
+from felix.proto.versions import BASELINE
 
 __all__ = [
     "I64_MIN",
@@ -71,8 +85,10 @@ __all__ = [
     "IntRange",
     "MaxItems",
     "MaxLen",
+    "OmitDefault",
     "Registry",
     "ScalarValue",
+    "Since",
     "dataclass_slot_setters",
     "dumps",
     "field_names",
@@ -97,13 +113,40 @@ class _Schema:
     depth: int
     decode: Callable[[object], Any]
     encode: Callable[[Any], Any]
+    since: tuple[int, ...]  # per field: the version that added it
+    top: int  # the newest version any field needs (nested ones too): at or above, this
 
 
-_SCHEMAS: dict[type, _Schema] = {}
+_SCHEMAS: dict[type, _Schema] = {}  # every field: the schema as declared
+_VARIANTS: dict[tuple[type, int], _Schema] = {}  # (class, version) below its ``top``
 T = TypeVar("T")
 
 
-def _codec_for(hint: Any, owner: str) -> FieldCodec:
+def _at(cls: type, version: int | None) -> _Schema:
+    """``cls``'s schema as protocol ``version`` has it (None: every field)."""
+    full = _SCHEMAS[cls]
+    if version is None or version >= full.top:
+        return full
+    schema = _VARIANTS.get((cls, version))
+    if schema is None:
+        schema = _VARIANTS[(cls, version)] = _compile(cls, full.as_array, version)
+    return schema
+
+
+def _markers(hint: Any) -> tuple[int, bool]:
+    """The ``Since`` version (1 if none) and ``OmitDefault`` of a field's annotation."""
+    meta: tuple[Any, ...] = typing.get_args(hint)[1:] if _annotated(hint) else ()
+    since = next((m.version for m in meta if isinstance(m, Since)), BASELINE)
+    return since, any(isinstance(m, OmitDefault) for m in meta)
+
+
+def _annotated(hint: Any) -> bool:
+    return typing.get_origin(hint) is typing.Annotated
+
+
+def _codec_for(
+    hint: Any, owner: str, version: int | None = None, tops: list[int] | None = None
+) -> FieldCodec:
     meta: tuple[Any, ...] = ()
     if typing.get_origin(hint) is typing.Annotated:
         hint, *rest = typing.get_args(hint)
@@ -112,6 +155,9 @@ def _codec_for(hint: Any, owner: str) -> FieldCodec:
 
     def find(kind: type) -> Any:
         return next((m for m in meta if isinstance(m, kind)), None)
+
+    def inner(hint: Any) -> FieldCodec:
+        return _codec_for(hint, owner, version, tops)
 
     if hint is ScalarValue:
         return FieldCodec(_scalar_value_decode, None, 1, "value")
@@ -130,22 +176,24 @@ def _codec_for(hint: Any, owner: str) -> FieldCodec:
         non_null = [a for a in args if a is not type(None)]
         if len(non_null) != 1 or len(args) != 2:
             raise TypeError(f"{owner}: only 'X | None' unions are supported")
-        return _optional_codec(_codec_for(non_null[0], owner))
+        return _optional_codec(inner(non_null[0]))
     if origin is tuple:
         if len(args) != 2 or args[1] is not Ellipsis:
             raise TypeError(f"{owner}: only 'tuple[X, ...]' is supported")
         limit = find(MaxItems)
-        return _tuple_codec(_codec_for(args[0], owner), limit.n if limit else ITEMS_MAX_DEFAULT)
+        return _tuple_codec(inner(args[0]), limit.n if limit else ITEMS_MAX_DEFAULT)
     if origin is dict:
         limit = find(MaxItems)
         items_max = limit.n if limit else ITEMS_MAX_DEFAULT
-        key, val = _codec_for(args[0], owner), _codec_for(args[1], owner)
+        key, val = inner(args[0]), inner(args[1])
         key_limit = _text_limit(args[0])
         if args[1] is ScalarValue and key_limit is not None:
             return _record_codec(key, key_limit, val, items_max)
         return _dict_codec(key, val, items_max)
     if isinstance(hint, type) and hint in _SCHEMAS:
-        nested = _SCHEMAS[hint]
+        nested = _at(hint, version)
+        if tops is not None:
+            tops.append(_SCHEMAS[hint].top)
         return FieldCodec(nested.decode, nested.encode, nested.depth, hint.__name__)
     raise TypeError(f"{owner}: unsupported field type {hint!r}")
 
@@ -162,7 +210,8 @@ def _text_limit(hint: Any) -> int | None:
     return limit.n if limit else STR_CHARS_MAX_DEFAULT
 
 
-def _compile(cls: type, as_array: bool) -> _Schema:
+def _compile(cls: type, as_array: bool, version: int | None = None) -> _Schema:
+    """The schema of ``cls`` at protocol ``version`` (None: every field)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a dataclass")
     params = getattr(cls, "__dataclass_params__", None)
@@ -173,11 +222,65 @@ def _compile(cls: type, as_array: bool) -> _Schema:
     names = tuple(f.name for f in fields)
     if "type" in names:
         raise TypeError(f"{cls.__name__}: 'type' is reserved for the message type")
-    codecs = tuple(_codec_for(hints[f.name], f"{cls.__name__}.{f.name}") for f in fields)
+    markers = [_markers(hints[f.name]) for f in fields]
+    since = tuple(m[0] for m in markers)
+    _check_markers(cls, fields, markers, as_array)
+    tops: list[int] = []
+    codecs = tuple(
+        _codec_for(hints[f.name], f"{cls.__name__}.{f.name}", version, tops) for f in fields
+    )
+    top = max((*since, *tops), default=BASELINE)
+    active = tuple(version is None or s <= version for s in since)
+    shape = _Shape(cls, names, codecs, as_array, active, tuple(m[1] for m in markers), version)
     depth = 1 + max((c.depth for c in codecs), default=0)
-    decode = _generate_decoder(cls, names, codecs, as_array)
-    encode = _generate_encoder(cls, names, codecs, as_array)
-    return _Schema(cls, names, codecs, as_array, depth, decode, encode)
+    decode = _generate_decoder(shape)
+    encode = _generate_encoder(shape)
+    return _Schema(cls, names, codecs, as_array, depth, decode, encode, since, top)
+
+
+def _check_markers(
+    cls: type,
+    fields: tuple[dataclasses.Field[Any], ...],
+    markers: list[tuple[int, bool]],
+    as_array: bool,
+) -> None:
+    for f, (since, omit) in zip(fields, markers, strict=True):
+        where = f"{cls.__name__}.{f.name}"
+        if since < BASELINE:
+            raise TypeError(f"{where}: Since({since}) is before version {BASELINE}")
+        if since > BASELINE and _default_of(f) is dataclasses.MISSING:
+            raise TypeError(f"{where}: a field added in version {since} needs a default")
+        if omit and (as_array or f.default is dataclasses.MISSING):
+            raise TypeError(f"{where}: OmitDefault needs a map message and a plain default")
+    if as_array and [m[0] for m in markers] != sorted(m[0] for m in markers):
+        raise TypeError(f"{cls.__name__}: array fields must be in the order of their versions")
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the generated functions of one class at one version are made from."""
+
+    cls: type
+    names: tuple[str, ...]
+    codecs: tuple[FieldCodec, ...]
+    as_array: bool
+    active: tuple[bool, ...]  # per field: part of this version
+    omit: tuple[bool, ...]  # per field: `OmitDefault`
+    version: int | None
+
+    def default(self, i: int) -> Any:
+        f = dataclasses.fields(self.cls)[i]
+        return f.default
+
+    def factory(self, i: int) -> Any:
+        f = dataclasses.fields(self.cls)[i]
+        return None if f.default is not dataclasses.MISSING else f.default_factory
 
 
 # The per-class decoder and encoder are generated as straight-line code (the way
@@ -217,48 +320,67 @@ def dataclass_slot_setters(
     return setters
 
 
-def _generate_decoder(
-    cls: type, names: tuple[str, ...], codecs: tuple[FieldCodec, ...], as_array: bool
-) -> Callable[[object], Any]:
+def _generate_decoder(shape: _Shape) -> Callable[[object], Any]:
+    cls, names, codecs = shape.cls, shape.names, shape.codecs
     env: dict[str, Any] = {
         "cls": cls,
         "new": object.__new__,
         "SchemaError": SchemaError,
         "explain": None,
     }
-    args, checks = [], []
+    args: dict[int, str] = {}
+    checks = []
     for i, codec in enumerate(codecs):
+        if not shape.active[i]:
+            continue
         if codec.check is not None:
             checks.append(codec.check.format(v=f"v{i}"))
-            args.append(f"v{i}")
+            args[i] = f"v{i}"
         else:
             env[f"d{i}"] = codec.decode
-            args.append(f"d{i}(v{i})")
-    targets = "".join(f"v{i}, " for i in range(len(names)))
-    if as_array:
-        check = f"type(value) is not list or len(value) != {len(names)}"
-        source_of_items = "value"
+            args[i] = f"d{i}(v{i})"
+    required = [i for i in args if not shape.omit[i]]
+    optional = [i for i in args if shape.omit[i]]
+    lines = ["def decode(value):"]
+    if shape.as_array:
+        lines.append(f"    if type(value) is not list or len(value) != {len(args)}:")
     else:
-        check = f"type(value) is not dict or len(value) != {len(names)}"
-        source_of_items = ", ".join(f"value[{name!r}]" for name in names) + ","
-    lines = [
-        "def decode(value):",
-        f"    if {check}:",
-        "        explain(value)",
-        "    try:",
-        f"        ({targets}) = {source_of_items}",
-    ]
+        count = "len(value)" + "".join(f" - ({names[i]!r} in value)" for i in optional)
+        lines.append(f"    if type(value) is not dict or {count} != {len(required)}:")
+    lines += ["        explain(value)", "    try:"]
+    if required:
+        targets = "".join(f"v{i}, " for i in required)
+        if shape.as_array:
+            lines.append(f"        ({targets}) = value")
+        else:
+            items = "".join(f"value[{names[i]!r}], " for i in required)
+            lines.append(f"        ({targets}) = {items}")
+    for i in optional:
+        to_wire = codecs[i].encode
+        env[f"p{i}"] = shape.default(i) if to_wire is None else to_wire(shape.default(i))
+        lines.append(f"        v{i} = value.get({names[i]!r}, p{i})")
     if checks:
         lines += [
             f"        if not ({' and '.join(checks)}):",
             "            raise SchemaError('')",
         ]
+    values: list[str] = []
+    for i in range(len(names)):  # fields this version lacks: their defaults
+        if i in args:
+            values.append(args[i])
+        elif shape.factory(i) is not None:
+            env[f"f{i}"] = shape.factory(i)
+            values.append(f"f{i}()")
+        else:
+            env[f"k{i}"] = shape.default(i)
+            values.append(f"k{i}")
     setters = dataclass_slot_setters(cls, names)
     if setters is None:
-        lines.append(f"        return cls({', '.join(args)})")
+        keywords = ", ".join(f"{names[i]}={a}" for i, a in args.items())
+        lines.append(f"        return cls({keywords})")
     else:
         lines.append("        obj = new(cls)")
-        for i, (setter, arg) in enumerate(zip(setters, args, strict=True)):
+        for i, (setter, arg) in enumerate(zip(setters, values, strict=True)):
             env[f"s{i}"] = setter
             lines.append(f"        s{i}(obj, {arg})")
         lines.append("        return obj")
@@ -272,64 +394,90 @@ def _generate_decoder(
     exec(compile(source, f"<decoder {cls.__name__}>", "exec"), env, namespace)
 
     def explain(value: object) -> None:
-        _explain(cls, names, codecs, as_array, value)
+        _explain(shape, value)
 
     env["explain"] = explain
     decoder: Callable[[object], Any] = namespace["decode"]
     return decoder
 
 
-def _explain(
-    cls: type,
-    names: tuple[str, ...],
-    codecs: tuple[FieldCodec, ...],
-    as_array: bool,
-    value: object,
-) -> None:
+def _explain(shape: _Shape, value: object) -> None:
     """Slow path: raise the SchemaError that says exactly what is wrong with ``value``."""
-    if as_array:
+    cls = shape.cls
+    fields = [
+        (name, codec, omit)
+        for name, codec, active, omit in zip(
+            shape.names, shape.codecs, shape.active, shape.omit, strict=True
+        )
+        if active
+    ]
+    names = [f[0] for f in fields]
+    at = "" if shape.version is None else f" at protocol version {shape.version}"
+    if shape.as_array:
         if type(value) is not list:
             raise SchemaError(f"expected array ({cls.__name__}), got {_type_name(value)}")
         if len(value) != len(names):
             raise SchemaError(
-                f"{cls.__name__} needs {len(names)} items ({', '.join(names)}), got {len(value)}"
+                f"{cls.__name__} needs {len(names)} items ({', '.join(names)}){at},"
+                f" got {len(value)}"
             )
         items = list(value)
     else:
         if type(value) is not dict:
             raise SchemaError(f"expected map ({cls.__name__}), got {_type_name(value)}")
-        missing = [n for n in names if n not in value]
+        missing = [n for n, _, omit in fields if n not in value and not omit]
         if missing:
             raise SchemaError(f"missing field(s): {', '.join(missing)}")
+        newer = sorted(str(k) for k in value if k in shape.names and k not in names)
+        if newer:
+            raise SchemaError(
+                f"field(s) {', '.join(newer)} added after protocol version"
+                f" {shape.version}, which this connection speaks"
+            )
         extra = sorted(str(k) for k in value if k not in names)
         if extra:
             raise SchemaError(f"unexpected field(s): {', '.join(extra)}")
-        items = [value[name] for name in names]
-    for name, codec, item in zip(names, codecs, items, strict=True):
+        fields = [f for f in fields if f[0] in value]
+        items = [value[name] for name, _, _ in fields]
+    for (name, codec, _), item in zip(fields, items, strict=True):
         try:
             codec.decode(item)
         except SchemaError as exc:
             raise exc.under(name) from None
 
 
-def _generate_encoder(
-    cls: type, names: tuple[str, ...], codecs: tuple[FieldCodec, ...], as_array: bool
-) -> Callable[[Any], Any]:
+def _generate_encoder(shape: _Shape) -> Callable[[Any], Any]:
     env: dict[str, Any] = {}
-    parts = []
-    for i, (name, codec) in enumerate(zip(names, codecs, strict=True)):
+    parts: dict[str, str] = {}
+    optional: list[tuple[int, str, str]] = []
+    for i, (name, codec) in enumerate(zip(shape.names, shape.codecs, strict=True)):
+        if not shape.active[i]:
+            continue
         if codec.encode is None:
-            parts.append(f"obj.{name}")
+            part = f"obj.{name}"
         else:
             env[f"e{i}"] = codec.encode
-            parts.append(f"e{i}(obj.{name})")
-    if as_array:
-        body = "[" + ", ".join(parts) + "]"
+            part = f"e{i}(obj.{name})"
+        if shape.omit[i]:
+            env[f"k{i}"] = shape.default(i)
+            optional.append((i, name, part))
+        else:
+            parts[name] = part
+    if shape.as_array:
+        body = "[" + ", ".join(parts.values()) + "]"
     else:
-        body = "{" + ", ".join(f"{n!r}: {p}" for n, p in zip(names, parts, strict=True)) + "}"
+        body = "{" + ", ".join(f"{n!r}: {p}" for n, p in parts.items()) + "}"
+    lines = ["def encode(obj):"]
+    if optional:
+        lines.append(f"    out = {body}")
+        for i, name, part in optional:
+            lines += [f"    if obj.{name} != k{i}:", f"        out[{name!r}] = {part}"]
+        lines.append("    return out")
+    else:
+        lines.append(f"    return {body}")
     namespace: dict[str, Any] = {}
-    source = f"def encode(obj):\n    return {body}\n"
-    exec(compile(source, f"<encoder {cls.__name__}>", "exec"), env, namespace)
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<encoder {shape.cls.__name__}>", "exec"), env, namespace)
     encoder: Callable[[Any], Any] = namespace["encode"]
     return encoder
 
@@ -373,25 +521,38 @@ def field_names(cls: type) -> tuple[str, ...]:
     return _SCHEMAS[cls].names
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Table:
+    """One registry's decoders and encoders at one protocol version."""
+
+    decoders: dict[str, Callable[[object], Any]]
+    encoders: dict[type, tuple[str, Callable[[Any], Any]]]
+
+
 class Registry:
     """The message types one side of one channel accepts, keyed by their ``type`` name."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._by_name: dict[str, _Schema] = {}
         self._by_class: dict[type, str] = {}
+        self._since: dict[str, int] = {}
+        self._tables: dict[int, _Table] = {}
         self.max_depth = 1
 
-    def message(self, type_name: str) -> Callable[[type[T]], type[T]]:
-        """Class decorator: register ``cls`` as a message sent as ``{"type": type_name, ...}``."""
+    def message(self, type_name: str, *, since: int = BASELINE) -> Callable[[type[T]], type[T]]:
+        """Class decorator: register ``cls`` as a message sent as ``{"type": type_name, ...}``
+        from protocol version ``since`` on."""
 
         def register(cls: type[T]) -> type[T]:
-            if type_name in self._by_name:
+            if type(type_name) is str and type_name in self._since:
                 raise TypeError(f"{self.name}: message type {type_name!r} registered twice")
+            if since < BASELINE:
+                raise TypeError(f"{self.name}: {type_name} since {since}, before {BASELINE}")
             schema = _SCHEMAS.get(cls) or _compile(cls, as_array=False)
             _SCHEMAS[cls] = schema
-            self._by_name[type_name] = schema
+            self._since[type_name] = since
             self._by_class[cls] = type_name
+            self._tables.clear()
             self.max_depth = max(self.max_depth, schema.depth)
             return cls
 
@@ -404,28 +565,65 @@ class Registry:
     def type_name(self, cls: type) -> str:
         return self._by_class[cls]
 
-    def encode(self, msg: object) -> bytes:
-        type_name = self._by_class.get(type(msg))
-        if type_name is None:
-            raise TypeError(f"{type(msg).__name__} is not a {self.name} message")
-        plain = _encode_fields(self._by_name[type_name], msg)
+    def since(self, cls: type) -> int:
+        """The protocol version that added message class ``cls``."""
+        return self._since[self._by_class[cls]]
+
+    def _table(self, version: int) -> _Table:
+        table = self._tables.get(version)
+        if table is None:
+            if type(version) is not int or version < BASELINE:
+                raise ValueError(f"protocol version {version!r} does not exist")
+            decoders: dict[str, Callable[[object], Any]] = {}
+            encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+            for cls, name in self._by_class.items():
+                if self._since[name] <= version:
+                    schema = _at(cls, version)
+                    decoders[name] = schema.decode
+                    encoders[cls] = (name, schema.encode)
+            table = self._tables[version] = _Table(decoders, encoders)
+        return table
+
+    def encode(self, msg: object, version: int = BASELINE) -> bytes:
+        """``msg`` as protocol ``version`` has it; `MessageTooNew` if it has no such type."""
+        try:
+            entry = self._tables[version].encoders.get(type(msg))
+        except KeyError:
+            entry = self._table(version).encoders.get(type(msg))
+        if entry is None:
+            type_name = self._by_class.get(type(msg))
+            if type_name is None:
+                raise TypeError(f"{type(msg).__name__} is not a {self.name} message")
+            raise MessageTooNew(type_name, self._since[type_name], version)
+        type_name, encode = entry
+        plain = encode(msg)
         plain["type"] = type_name
         return cbor2.dumps(plain)
 
-    def decode(self, payload: bytes | bytearray | memoryview) -> Any:
-        """Decode one message; raises only `ProtocolError` subclasses.  Pure: a Trio
-        shell decoding a big payload pauses the GC around it (`felix.gc_pause`)."""
+    def decode(self, payload: bytes | bytearray | memoryview, version: int = BASELINE) -> Any:
+        """Decode one message as protocol ``version`` has it; raises only `ProtocolError`
+        subclasses.  Pure: a Trio shell decoding a big payload pauses the GC around it
+        (`felix.gc_pause`)."""
+        try:
+            decoders = self._tables[version].decoders
+        except KeyError:
+            decoders = self._table(version).decoders
         item = safe_loads(payload, max_depth=self.max_depth)
         if type(item) is not dict:
             raise SchemaError(f"a {self.name} message must be a map, got {_type_name(item)}")
         type_name = item.pop("type", None)
         if type_name is None:
             raise SchemaError("missing field: type")
-        schema = self._by_name.get(type_name) if type(type_name) is str else None
-        if schema is None:
+        decode = decoders.get(type_name) if type(type_name) is str else None
+        if decode is None:
+            if type(type_name) is str and type_name in self._since:
+                raise NotInVersion(
+                    f"{self.name} message type {type_name!r} needs protocol version"
+                    f" {self._since[type_name]}, this connection speaks {version}"
+                )
             shown = type_name if type(type_name) is str else _type_name(type_name)
             raise UnknownMessageType(f"unknown {self.name} message type {shown!r}"[:300])
         try:
-            return _decode_fields(schema, item)
+            return decode(item)
         except SchemaError as exc:
             raise exc.under(type_name) from None

@@ -16,6 +16,7 @@ from felix.proto.client_messages import CLIENT_TO_SERVER, SERVER_TO_CLIENT
 from felix.proto.errors import ProtocolError
 from felix.proto.frames import FrameDecoder
 from felix.proto.raft_messages import PEER
+from felix.proto.versions import BASELINE
 
 CHANNELS: dict[str, Registry] = {
     "peer": PEER,
@@ -31,6 +32,13 @@ def register(subparsers: Any) -> None:
     decode.add_argument("file", help="path to the frames file ('-' for stdin)")
     decode.add_argument(
         "--channel", choices=sorted(CHANNELS), default="peer", help="which message set"
+    )
+    decode.add_argument(
+        "--protocol-version",
+        type=int,
+        default=BASELINE,
+        metavar="N",
+        help="the version the connection negotiated (its HelloAck; default: %(default)s)",
     )
     decode.add_argument("-o", "--output", choices=("text", "json"), default="text")
     decode.set_defaults(handler=run_decode)
@@ -48,6 +56,10 @@ def _jsonable(value: Any) -> Any:
 
 def run_decode(args: argparse.Namespace) -> int:
     registry = CHANNELS[args.channel]
+    version = getattr(args, "protocol_version", BASELINE)
+    if version < BASELINE:
+        print(f"felix: protocol version {version} does not exist", file=sys.stderr)
+        return 2
     try:
         if args.file == "-":
             data = sys.stdin.buffer.read()
@@ -66,7 +78,7 @@ def run_decode(args: argparse.Namespace) -> int:
             payload = decoder.next_frame()
             if not isinstance(payload, bytes):  # CLOSED: every frame was read
                 break
-            msg = registry.decode(payload)
+            msg = registry.decode(payload, version)
             plain = {"type": registry.type_name(type(msg)), **to_plain(msg)}
             if args.output == "json":
                 print(json.dumps({"frame": index, **_jsonable(plain)}))

@@ -8,6 +8,13 @@ The metadata itself travels as `Change` records: ``kind`` (node, stream, shard, 
 tenant, ...), ``key`` within that kind, and a flat ``value`` map (``None`` = deleted).
 A `Delta` is everything one committed Raft entry changed; versions are Raft indexes, so
 they are identical on every control-plane node and a broker can resume on any of them.
+
+Versions (docs/architecture.md, "Protocol versions"): a connection speaks the baseline
+(1) until a `ClientHello` carrying a version range; the server answers it with
+`HelloAck` naming the version both sides use for every later message (or an `Error`
+naming both ranges, then closes).  A client that sends a range waits for that answer
+before sending anything else.  A Hello without a range (an older client) gets no
+`HelloAck`: the connection stays at the baseline.
 """
 
 from __future__ import annotations
@@ -16,8 +23,18 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated, Final
 
-from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, ScalarValue, wire_array
+from felix.proto.cbor import (
+    IntRange,
+    MaxItems,
+    MaxLen,
+    OmitDefault,
+    Registry,
+    ScalarValue,
+    Since,
+    wire_array,
+)
 from felix.proto.codes import ErrorCode as ErrorCode  # re-exported: part of this protocol
+from felix.proto.versions import PROTOCOL_VERSION_NEXT
 
 CHANGES_PER_DELTA_MAX: Final = 1_000_000
 DELTAS_PER_MESSAGE_MAX: Final = 100_000
@@ -28,6 +45,7 @@ Name = Annotated[str, MaxLen(256)]
 Digest = Annotated[bytes, MaxLen(64)]
 Detail = Annotated[str, MaxLen(4096)]
 History = Annotated[str, MaxLen(64)]
+Version = Annotated[int, IntRange(1, 65535)]  # a protocol version (`felix.proto.versions`)
 BACKUP_CHUNK_BYTES_MAX: Final = 1 << 20
 Record = Annotated[dict[Name, ScalarValue], MaxItems(RECORD_FIELDS_MAX)]
 
@@ -86,6 +104,9 @@ class ClientHello:
     # The lineage of the view ``from_version`` is in ("" until a restore, see
     # docs/architecture.md §14): another lineage's version is never resumed from.
     history: History = ""
+    # The protocol versions the client speaks; absent (None): the baseline, no HelloAck.
+    version_min: Annotated[Version | None, OmitDefault()] = None
+    version_max: Annotated[Version | None, OmitDefault()] = None
 
 
 @CLIENT_TO_SERVER.message("GetSnapshot")
@@ -238,12 +259,25 @@ class DeltaPart:
     changes: Annotated[tuple[Change, ...], MaxItems(CHANGES_PER_DELTA_MAX)]
 
 
+@SERVER_TO_CLIENT.message("HelloAck")
+@dataclass(frozen=True, slots=True)
+class HelloAck:
+    """The answer to a `ClientHello` with a version range, before anything else the
+    watch sends: every later message on this connection, both ways, is ``version``."""
+
+    protocol_version: Version
+
+
 @SERVER_TO_CLIENT.message("WatchProgress")
 @dataclass(frozen=True, slots=True)
 class WatchProgress:
-    """In order with deltas: everything up to ``version`` has been sent."""
+    """In order with deltas: everything up to ``version`` has been sent.
+
+    ``next_probe`` is the synthetic field of test-only version 2 (`felix.proto.versions`):
+    the server sets it to ``version``; nothing reads it."""
 
     version: int
+    next_probe: Annotated[int, Since(PROTOCOL_VERSION_NEXT)] = 0
 
 
 @SERVER_TO_CLIENT.message("Resync")
@@ -264,5 +298,13 @@ class Error:
 
 ClientMessage = ClientHello | GetSnapshot | ReportHealth | WriteRequest | ListTokens
 ServerMessage = (
-    WriteResult | SnapshotChunk | Deltas | DeltaPart | WatchProgress | Resync | Error | TokenList
+    WriteResult
+    | SnapshotChunk
+    | Deltas
+    | DeltaPart
+    | WatchProgress
+    | Resync
+    | Error
+    | TokenList
+    | HelloAck
 )

@@ -48,3 +48,19 @@ class SchemaError(ProtocolError):
         else:
             path = f"{segment}.{self.path}"
         return SchemaError(self.problem, path)
+
+
+class NotInVersion(UnknownMessageType):
+    """The message type exists, but not in the protocol version this connection
+    negotiated (docs/architecture.md, "Protocol versions")."""
+
+
+class MessageTooNew(ValueError):
+    """Encoding a message type added after the connection's negotiated version: the
+    peer could not read it, so it is never sent (the sender logs and drops it)."""
+
+    def __init__(self, type_name: str, since: int, version: int) -> None:
+        self.type_name, self.since, self.version = type_name, since, version
+        super().__init__(
+            f"{type_name} needs protocol version {since}, this connection speaks {version}"
+        )

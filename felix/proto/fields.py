@@ -43,6 +43,21 @@ class MaxItems:
     n: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Since:
+    """The protocol version that added a field (``Annotated[int, Since(2)] = 0``): on a
+    connection that negotiated an older version it is neither sent nor accepted, and
+    decodes as its default (docs/architecture.md, "Protocol versions")."""
+
+    version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OmitDefault:
+    """A field sent only when it differs from its default and accepted absent (decoded
+    as the default): for a handshake field an older sender does not know."""
+
+
 Decode = Callable[[object], Any]
 Encode = Callable[[Any], object]
 

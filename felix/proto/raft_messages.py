@@ -11,6 +11,13 @@ wire: the transport knows it from the connection's `PeerHello` and hands the cor
 * ``RequestVote.leader_transfer``: set on the election a `TimeoutNow` starts (thesis
   §3.10), so voters skip the "I heard from a leader recently" check that otherwise
   protects a healthy leader from disruption (thesis §4.2.3).
+
+Versions (`felix.proto.versions`, docs/architecture.md "Protocol versions"): the dialer's
+`PeerHello` carries the range it speaks, the listener answers `HelloAck` with the
+version both use from then on (or `HelloRefused`), and every later frame is encoded
+and decoded at that version.  A plain new message or field of the baseline needs
+nothing more than its declaration; one added later is ``message(..., since=v)`` or
+``Annotated[T, Since(v)] = default``.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated, Final
 
-from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, wire_array, wire_type
+from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, Since, wire_array, wire_type
 from felix.proto.codes import ErrorCode
+from felix.proto.versions import PROTOCOL_VERSION_NEXT
 
-PROTOCOL_VERSION: Final = 1
 NODE_ID_MAX: Final = 2**63 - 1
 ENTRIES_PER_MESSAGE_MAX: Final = 65_536
 MEMBERS_MAX: Final = 64
@@ -125,14 +132,38 @@ class SnapshotMeta:
 PEER = Registry("peer")
 
 
+Version = Annotated[int, IntRange(1, 65535)]
+
+
 @PEER.message("Hello")
 @dataclass(frozen=True, slots=True)
 class PeerHello:
-    """First frame on every peer connection; a mismatch closes the connection."""
+    """First frame on every peer connection, from the dialer: who it is and the protocol
+    versions it speaks.  The handshake messages are decoded before a version is agreed,
+    so they never change (a new need gets a new message of a later version)."""
 
     cluster_id: ClusterId
     node_id: NodeId
-    protocol_version: Annotated[int, IntRange(0, 65535)]
+    version_min: Version
+    version_max: Version
+
+
+@PEER.message("HelloAck")
+@dataclass(frozen=True, slots=True)
+class HelloAck:
+    """The listener's only frame on a connection: the version every later frame on it
+    is encoded in (the highest both ranges hold)."""
+
+    protocol_version: Version
+
+
+@PEER.message("HelloRefused")
+@dataclass(frozen=True, slots=True)
+class HelloRefused:
+    """The listener refuses the connection (wrong cluster, unknown node, no common
+    version) and says why before closing it, so the dialer can log the reason too."""
+
+    reason: Annotated[str, MaxLen(1000)]
 
 
 @PEER.message("RequestVote")
@@ -159,7 +190,10 @@ class VoteResponse:
 @PEER.message("AppendEntries")
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
-    """§5.3; an empty ``entries`` is a heartbeat."""
+    """§5.3; an empty ``entries`` is a heartbeat.
+
+    ``next_probe`` is the synthetic field of test-only version 2 (`felix.proto.versions`):
+    it exists so a v2 link carries a field a v1 link must leave out; nothing reads it."""
 
     term: int
     leader: NodeId
@@ -168,6 +202,7 @@ class AppendEntries:
     entries: Annotated[tuple[Entry, ...], MaxItems(ENTRIES_PER_MESSAGE_MAX)]
     leader_commit: int
     seq: int
+    next_probe: Annotated[int, Since(PROTOCOL_VERSION_NEXT)] = 0
 
 
 @PEER.message("AppendResponse")
@@ -270,4 +305,5 @@ RaftMessage = (
     | TimeoutNow
 )
 ForwardMessage = Forward | ForwardResult
-PeerMessage = PeerHello | RaftMessage | ForwardMessage | JoinRequest
+HandshakeMessage = PeerHello | HelloAck | HelloRefused
+PeerMessage = HandshakeMessage | RaftMessage | ForwardMessage | JoinRequest

@@ -22,6 +22,7 @@ or expired token's streams close within a second (docs/architecture.md §12).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from felix.proto.client_messages import (
     ErrorCode,
     GetBackup,
     GetSnapshot,
+    HelloAck,
     ListTokens,
     PlannerRan,
     ReportHealth,
@@ -51,6 +53,13 @@ from felix.proto.client_messages import (
 )
 from felix.proto.errors import ProtocolError
 from felix.proto.raft_messages import ForwardKind
+from felix.proto.versions import (
+    BASELINE,
+    VersionRange,
+    VersionRefused,
+    negotiate,
+    supported_versions,
+)
 from felix.proto.ws_frames import close_frame, server_frame
 from felix.server.auth import (
     INSECURE,
@@ -94,6 +103,7 @@ UNAUTHENTICATED_MAX = 256  # connections waiting for credentials at once; more: 
 class _Session:
     principal: Principal
     scope: trio.CancelScope
+    protocol_version: int = BASELINE  # until a Hello with a range negotiates another
 
 
 @dataclass(slots=True)
@@ -116,8 +126,11 @@ class ClientApi:
         tls: ServerTls | None = None,
         serve_limits: ServeLimits | None = None,
         cluster_id: str = "",
+        versions: VersionRange | None = None,
     ) -> None:
         self.node = node
+        # The protocol versions offered to clients (default: this build's, from the env).
+        self.versions = versions or supported_versions(os.environ)
         self.cluster_id = cluster_id
         self.auth = auth  # None: every connection is admin (``--insecure`` only)
         self.tls = tls
@@ -181,10 +194,14 @@ class ClientApi:
         finally:
             self.connections -= 1
 
-    async def _receive(self, conn: WsConnection) -> Any:
-        """The next client message; None (after answering and closing) if malformed."""
+    async def _receive(self, conn: WsConnection, version: int = BASELINE) -> Any:
+        """The next client message (at protocol ``version``); None (after answering and
+        closing) if malformed."""
         try:
-            return decode_paused(CLIENT_TO_SERVER.decode, await conn.receive())
+            payload = await conn.receive()
+            if version == BASELINE:
+                return decode_paused(CLIENT_TO_SERVER.decode, payload)
+            return decode_paused(lambda data: CLIENT_TO_SERVER.decode(data, version), payload)
         except ProtocolError as exc:
             self._send(conn, Error(ErrorCode.BAD_REQUEST, str(exc), None))
             await conn.close(1002, "protocol error")
@@ -195,20 +212,21 @@ class ClientApi:
         if opened is None:
             return
         principal, message = opened
-        self._sessions[conn] = _Session(principal, nursery.cancel_scope)
+        session = self._sessions[conn] = _Session(principal, nursery.cancel_scope)
         try:
-            await self._serve_session(conn, nursery, principal, message)
+            await self._serve_session(conn, nursery, session, message)
         finally:
             self._sessions.pop(conn, None)
 
     async def _serve_session(
-        self, conn: WsConnection, nursery: trio.Nursery, principal: Principal, message: Any
+        self, conn: WsConnection, nursery: trio.Nursery, session: _Session, message: Any
     ) -> None:
         limit = trio.Semaphore(self.requests_in_flight_max)
+        principal = session.principal
         watching = False
         while True:
             if message is None:
-                message = await self._receive(conn)
+                message = await self._receive(conn, session.protocol_version)
                 if message is None:
                     return
             refusal = self._refusal(principal, message)
@@ -217,9 +235,12 @@ class ClientApi:
             elif isinstance(message, ClientHello):
                 if watching or self.hub is None:
                     self._send(conn, Error(ErrorCode.BAD_REQUEST, "already watching", None))
+                elif not await self._negotiate(conn, session, message):
+                    return
                 else:
                     watching = True
-                    nursery.start_soon(self._watch, conn, self._resume_point(message), nursery)
+                    resume = self._resume_point(message)
+                    nursery.start_soon(self._watch, conn, resume, session.protocol_version, nursery)
             else:
                 await limit.acquire()
                 nursery.start_soon(self._answer_one, conn, message, principal, limit)
@@ -293,6 +314,27 @@ class ClientApi:
             while point.error is None and self.node.applied_index < point.index:
                 await self.node.wait_changed()
 
+    async def _negotiate(self, conn: WsConnection, session: _Session, hello: ClientHello) -> bool:
+        """The protocol version of the session from the Hello's range, announced in a
+        `HelloAck` ahead of anything the watch sends; a Hello without a range (an older
+        client) keeps the baseline and gets no `HelloAck`.  False (after an `Error`
+        naming both ranges, and closing) if the ranges have no version in common."""
+        if hello.version_min is None and hello.version_max is None:
+            return True
+        try:
+            low = hello.version_min or BASELINE
+            theirs = VersionRange(low, hello.version_max or low)
+            version = negotiate(self.versions, theirs, them="the client")
+        except ValueError as exc:  # VersionRefused, or an empty range
+            why = str(exc) if isinstance(exc, VersionRefused) else f"the client sent {exc}"
+            log.info("refused a watch: %s", why)
+            self._send(conn, Error(ErrorCode.BAD_REQUEST, why, None))
+            await conn.close(1002, "no common protocol version")
+            return False
+        session.protocol_version = version
+        self._send(conn, HelloAck(version))
+        return True
+
     def _resume_point(self, hello: ClientHello) -> int | None:
         """``from_version``, unless the view it is in has another lineage than ours (a
         restored cluster, docs/architecture.md §14): then a snapshot, never deltas
@@ -338,10 +380,10 @@ class ClientApi:
         self._send(conn, Error(ErrorCode.UNAUTHORIZED, why, request_id))
 
     async def _watch(
-        self, conn: WsConnection, from_version: int | None, nursery: trio.Nursery
+        self, conn: WsConnection, from_version: int | None, version: int, nursery: trio.Nursery
     ) -> None:
         assert self.hub is not None
-        reason = await self.hub.watch(conn, from_version)
+        reason = await self.hub.watch(conn, from_version, version)
         await conn.close(4001, reason[:100])
         nursery.cancel_scope.cancel()
 
@@ -443,7 +485,9 @@ class ClientApi:
         return _error(outcome, request.request_id) or WriteResult(request.request_id, outcome.index)
 
     def _send(self, conn: WsConnection, message: Any) -> None:
-        conn.sender.send_soon(server_frame(SERVER_TO_CLIENT.encode(message)))
+        session = self._sessions.get(conn)
+        version = BASELINE if session is None else session.protocol_version
+        conn.sender.send_soon(server_frame(SERVER_TO_CLIENT.encode(message, version)))
 
 
 async def _discard_until_closed(conn: WsConnection) -> None:

@@ -57,6 +57,7 @@ from felix.proto.client_messages import (
     SnapshotChunk,
     WatchProgress,
 )
+from felix.proto.versions import BASELINE
 from felix.proto.ws_frames import server_frame
 from felix.server.ws_server import WsConnection
 
@@ -120,6 +121,7 @@ class Subscriber:
     held: list[Delta] = field(default_factory=list)  # coalescing while the socket is full
     done: trio.Event = field(default_factory=trio.Event)
     reason: str = ""
+    protocol_version: int = BASELINE  # the connection's (`felix.proto.versions`)
 
 
 class WatchHub:
@@ -320,9 +322,18 @@ class WatchHub:
                 self._published_since_progress = False
 
     def _broadcast_progress(self) -> None:
-        frame = server_frame(SERVER_TO_CLIENT.encode(WatchProgress(self.version)))
+        # One frame per protocol version in use; ``next_probe`` is version 2's synthetic
+        # field (only a connection that negotiated 2 carries it).
+        progress = WatchProgress(self.version, next_probe=self.version)
+        frames: dict[int, bytes] = {}
         for sub in list(self._subscribers):
-            if sub.live and not sub.held and not sub.connection.sender.send(frame):
+            if not sub.live or sub.held:
+                continue
+            frame = frames.get(sub.protocol_version)
+            if frame is None:
+                payload = SERVER_TO_CLIENT.encode(progress, sub.protocol_version)
+                frame = frames[sub.protocol_version] = server_frame(payload)
+            if not sub.connection.sender.send(frame):
                 self._slow(sub)
 
     def _flush_held(self) -> None:
@@ -337,10 +348,13 @@ class WatchHub:
 
     # --- subscribe ----------------------------------------------------------------------
 
-    async def watch(self, connection: WsConnection, from_version: int | None) -> str:
+    async def watch(
+        self, connection: WsConnection, from_version: int | None, protocol_version: int = BASELINE
+    ) -> str:
         """Serve ``WatchUpdates(from_version)`` until the subscriber is dropped; returns
-        why (the caller closes the connection)."""
-        sub = Subscriber(connection, from_version or 0)
+        why (the caller closes the connection).  ``protocol_version``: the connection's;
+        only `WatchProgress` differs between the versions so far."""
+        sub = Subscriber(connection, from_version or 0, protocol_version=protocol_version)
         if from_version is not None and from_version > self.version:
             with trio.move_on_after(self.limits.wait_ahead_s):
                 while from_version > self.version:

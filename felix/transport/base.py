@@ -27,6 +27,7 @@ class TransportStats:
     dropped_queue_full: int = 0
     dropped_unknown_peer: int = 0
     dropped_not_member: int = 0  # inbound messages from a node that is not a peer
+    dropped_by_version: int = 0  # a message type the link's protocol version lacks (TCP)
     protocol_errors: int = 0
     handshakes_refused: int = 0
     connects: int = 0

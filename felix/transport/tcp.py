@@ -3,14 +3,17 @@
 Theory of operation
 -------------------
 Node A sends to node B only over a connection A dialed; B's messages to A travel over the
-connection B dialed (like etcd's per-direction peer streams).  So each connection has one
-writer and one reader, and neither side ever waits on the other's replies.
+connection B dialed (like etcd's per-direction peer streams).  So past its handshake
+(one `HelloAck` back) each connection has one writer and one reader, and neither side
+ever waits on the other's replies.
 
-* **Dialer** (one task per peer): connect, send `PeerHello`, then pump the peer's bounded
-  send queue into the socket, coalescing whatever is queued into one ``send_all``
-  (pipelined AppendEntries: nothing waits for a reply).  On any failure it reconnects
-  with jittered exponential back-off.  A message taken from the queue when a connection
-  breaks is lost, which Raft tolerates: it retransmits.
+* **Dialer** (one task per peer): connect, send `PeerHello` with the protocol versions
+  this node speaks, read the listener's `HelloAck` (the version this connection uses;
+  see *Versions*), then pump the peer's bounded send queue into the socket, coalescing
+  whatever is queued into one ``send_all`` (pipelined AppendEntries: nothing waits for a
+  reply).  On any failure it reconnects with jittered exponential back-off.  A message
+  taken from the queue when a connection breaks is lost, which Raft tolerates: it
+  retransmits.
 * **Direct send**: while the pump is idle (connected, its queue empty, nothing half
   sent), `send_nowait` writes the frame to the socket itself, non-blocking.  An
   AppendEntries then leaves before the leader's fsync starts and an ack as soon as the
@@ -19,36 +22,62 @@ writer and one reader, and neither side ever waits on the other's replies.
   Whatever the socket does not take goes to the queue (as bytes, ahead of anything
   else), and the pump sends it: order per peer is kept.
 * **Listener**: for each inbound connection, read `PeerHello` within a timeout, refuse a
-  wrong cluster id or protocol version with one clear log line (with TLS, a certificate
-  that names another node or cluster too), then decode frames and hand them to the node.
-  A node of the cluster that is not a peer here (one about to join, or one removed) may
-  only send a `JoinRequest`; its other messages are dropped and counted.  Any
-  `ProtocolError` closes that connection only; the node keeps serving everyone else.
+  wrong cluster id or a version range with nothing in common with one clear log line
+  (and a `HelloRefused` saying so, which the dialer logs too; with TLS, a certificate
+  that names another node or cluster too), else answer `HelloAck`, then decode frames
+  and hand them to the node.  A node of the cluster that is not a peer here (one about
+  to join, or one removed) may only send a `JoinRequest`; its other messages are dropped
+  and counted.  Any `ProtocolError` closes that connection only; the node keeps serving
+  everyone else.
+
+Versions (docs/architecture.md, "Protocol versions")
+----------------------------------------------------
+Each connection speaks one protocol version, chosen by the listener from both ranges
+(the highest version both speak) and sent back in the one frame a listener ever writes,
+`HelloAck`.  The dialer waits for it before sending anything, then encodes every frame at
+that version; the listener decodes at it.  This was preferred over learning a peer's
+range from its own inbound Hello (the connections are one-way): that Hello may come
+later than the first message to send, or from an older process than the one now
+listening, while the answer on the same connection is always about exactly the process
+that will read the frames.  It costs one round trip per connection, not per message.
+A message type newer than the link's version is never sent: it is dropped (Raft
+retransmits, or the sender times out) with a log line (once per peer and type), counted
+in ``stats.dropped_by_version``.  The range defaults from the environment
+(`felix.proto.versions.supported_versions`) and is injectable for tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
 from felix.gc_pause import decode_paused
-from felix.proto.errors import ProtocolError
+from felix.proto.errors import MessageTooNew, ProtocolError
 from felix.proto.frames import CLOSED, FRAME_BYTES_MAX_DEFAULT, FrameDecoder, encode_frame
 from felix.proto.raft_messages import (
     PEER,
-    PROTOCOL_VERSION,
+    HelloAck,
+    HelloRefused,
     JoinRequest,
     PeerHello,
     PeerMessage,
+)
+from felix.proto.versions import (
+    BASELINE,
+    VersionRange,
+    VersionRefused,
+    negotiate,
+    supported_versions,
 )
 from felix.security.tls import TlsClosed, TlsSession
 from felix.transport.base import Deliver, PeerPayload, PeerQueues, QueueItem, TransportStats
@@ -84,6 +113,7 @@ class TcpTransportConfig:
     connect_timeout_s: float = 2.0
     handshake_timeout_s: float = 5.0  # TLS handshake and Hello together
     tls: PeerTls | None = None  # None: plaintext (only with an explicit --insecure)
+    versions: VersionRange = field(default_factory=lambda: supported_versions(os.environ))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +139,12 @@ class HandshakeRefused(ProtocolError):
 class _Link:
     """The socket of one live outbound connection, for direct sends while ``idle``."""
 
-    __slots__ = ("idle", "sock", "tls")
+    __slots__ = ("idle", "sock", "tls", "version")
 
-    def __init__(self, sock: socket.socket, tls: TlsSession | None) -> None:
+    def __init__(self, sock: socket.socket, tls: TlsSession | None, version: int) -> None:
         self.sock = sock  # a dup of the stream's socket: same connection, own fd
         self.tls = tls  # the connection's TLS state: frames are encrypted before a send
+        self.version = version  # the protocol version the listener chose (`HelloAck`)
         self.idle = False  # the pump waits on an empty queue, nothing half sent
 
 
@@ -133,9 +164,16 @@ class TcpTransport:
         self._queues = PeerQueues(config.peers, config.send_queue_max, self.stats)
         self._links: dict[int, _Link] = {}
         self._dialers: dict[int, trio.CancelScope] = {}
+        self._drops_logged: set[tuple[int, str]] = set()  # (peer, type) said once each
+        versions = config.versions
         self._hello = encode_frame(
-            PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
+            PEER.encode(PeerHello(config.cluster_id, config.node_id, versions.min, versions.max))
         )
+
+    def peer_version(self, peer: int) -> int | None:
+        """The protocol version of the live connection to ``peer`` (None: none now)."""
+        link = self._links.get(peer)
+        return None if link is None else link.version
 
     def send_nowait(self, to: int, message: PeerPayload) -> None:
         """See `PeerTransport.send_nowait`: queued, or written to an idle link at once."""
@@ -143,7 +181,9 @@ class TcpTransport:
         if link is None or not link.idle:
             self._queues.offer(to, message)
             return
-        frame = self._frame(message)
+        frame = self._frame(message, link.version, to)
+        if frame is None:
+            return
         if link.tls is not None:
             frame = link.tls.encrypt(frame)  # what is left unsent is ciphertext: queued as is
         try:
@@ -244,16 +284,21 @@ class TcpTransport:
             else:
                 try:
                     tls = await self._secure_outbound(peer, stream)
+                    version = await self._hello_outbound(peer, stream, tls)
                 except HandshakeRefused as exc:
                     self.stats.handshakes_refused += 1
-                    log.warning("refused the TLS link to peer %d at %s: %s", peer, address, exc)
+                    log.warning("refused the link to peer %d at %s: %s", peer, address, exc)
+                    with contextlib.suppress(trio.BrokenResourceError, OSError):
+                        await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.info("connection to peer %d lost in its handshake: %s", peer, exc)
                     with contextlib.suppress(trio.BrokenResourceError, OSError):
                         await stream.aclose()
                 else:
                     failures = 0
                     backoff = self.config.backoff_s_min
                     self.stats.connects += 1
-                    await self._pump(peer, stream, tls)
+                    await self._pump(peer, stream, tls, version)
             # Full jitter keeps restarted nodes from reconnecting in lockstep.
             await trio.sleep(backoff * (0.5 + self._rng.random() / 2))
             backoff = min(backoff * 2, self.config.backoff_s_max)
@@ -280,15 +325,42 @@ class TcpTransport:
             raise HandshakeRefused(f"its certificate names node {named}")
         return session
 
-    async def _pump(self, peer: int, stream: trio.SocketStream, tls: TlsSession | None) -> None:
+    async def _hello_outbound(
+        self, peer: int, stream: trio.SocketStream, tls: TlsSession | None
+    ) -> int:
+        """Send `PeerHello`, and return the version of the listener's `HelloAck`; raises
+        `HandshakeRefused` on a `HelloRefused`, no answer in time, or a bad answer."""
+        source: _Source = stream if tls is None else _Decrypting(stream, tls)
+        try:
+            with trio.fail_after(self.config.handshake_timeout_s):
+                await stream.send_all(self._hello if tls is None else tls.encrypt(self._hello))
+                reply = await _read_message(source, FrameDecoder(self.config.frame_bytes_max))
+        except trio.TooSlowError:
+            raise HandshakeRefused("no answer to its Hello in time") from None
+        except ProtocolError as exc:
+            raise HandshakeRefused(f"bad answer to its Hello: {exc}") from None
+        if isinstance(reply, HelloRefused):
+            raise HandshakeRefused(f"it refused the connection: {reply.reason}")
+        if not isinstance(reply, HelloAck):
+            what = "end of stream" if reply is None else type(reply).__name__
+            raise HandshakeRefused(f"expected HelloAck, got {what}")
+        if reply.protocol_version not in self.config.versions:
+            raise HandshakeRefused(
+                f"it chose protocol version {reply.protocol_version},"
+                f" this node speaks {self.config.versions}"
+            )
+        return reply.protocol_version
+
+    async def _pump(
+        self, peer: int, stream: trio.SocketStream, tls: TlsSession | None, version: int
+    ) -> None:
         receiver = self._queues.receivers[peer]
         link: _Link | None = None
         seal = tls.encrypt if tls is not None else _plain
         try:
             async with stream:
-                await stream.send_all(seal(self._hello))
                 link = self._links[peer] = _Link(
-                    socket.socket(fileno=os.dup(stream.socket.fileno())), tls
+                    socket.socket(fileno=os.dup(stream.socket.fileno())), tls, version
                 )
                 while True:
                     try:
@@ -300,15 +372,19 @@ class TcpTransport:
                     # The unsent rest of a direct send (ciphertext already, with TLS)
                     # goes first, as it is; the messages after it are framed and sealed.
                     rest = first if isinstance(first, bytes) else b""
-                    batch = [] if rest else [self._frame(first)]
+                    head = None if rest else self._frame(first, version, peer)
+                    batch = [] if head is None else [head]
                     size = len(rest) + sum(map(len, batch))
                     while size < SEND_BATCH_BYTES_MAX:
                         try:
-                            frame = self._frame(receiver.receive_nowait())
+                            frame = self._frame(receiver.receive_nowait(), version, peer)
                         except trio.WouldBlock:
                             break
-                        batch.append(frame)
-                        size += len(frame)
+                        if frame is not None:
+                            batch.append(frame)
+                            size += len(frame)
+                    if not rest and not batch:
+                        continue  # everything taken was too new for this link: dropped
                     await stream.send_all(rest + seal(b"".join(batch)) if batch else rest)
                     self.stats.sent += len(batch) + bool(rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -320,12 +396,22 @@ class TcpTransport:
                     del self._links[peer]
                 link.sock.close()
 
-    def _frame(self, item: QueueItem) -> bytes:
+    def _frame(self, item: QueueItem, version: int, peer: int) -> bytes | None:
+        """``item`` framed at the link's ``version``; None (dropped, logged) if that
+        version has no such message type."""
         if isinstance(item, bytes):
             # Only ever at a queue's head (the rest of a direct send goes to an empty
             # queue), where the pump sends it before framing anything.
             raise AssertionError("wire bytes behind a queued message")
-        return encode_frame(PEER.encode(item), self.config.frame_bytes_max)
+        try:
+            payload = PEER.encode(item, version)
+        except MessageTooNew as exc:
+            self.stats.dropped_by_version += 1
+            if (peer, exc.type_name) not in self._drops_logged:  # a retransmit: not again
+                self._drops_logged.add((peer, exc.type_name))
+                log.warning("not sending to peer %d: %s; dropped (logged once)", peer, exc)
+            return None
+        return encode_frame(payload, self.config.frame_bytes_max)
 
     # --- inbound -------------------------------------------------------------------
 
@@ -356,21 +442,33 @@ class TcpTransport:
     ) -> None:
         source: _Source = stream
         certified: int | None = None
+        session: TlsSession | None = None
         with trio.fail_after(self.config.handshake_timeout_s):
             if self.config.tls is not None:
                 session, certified = await self._secure_inbound(stream)
                 source = _Decrypting(stream, session)
             hello = await _read_message(source, decoder)
-        sender = self._check_hello(hello, remote)
-        if certified is not None and certified != sender:
-            raise HandshakeRefused(f"Hello says node {sender}, its certificate names {certified}")
+            try:
+                sender, version = self._check_hello(hello, remote)
+                if certified is not None and certified != sender:
+                    raise HandshakeRefused(
+                        f"Hello says node {sender}, its certificate names {certified}"
+                    )
+            except HandshakeRefused as exc:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await _send_handshake(stream, session, HelloRefused(str(exc)[:1000]))
+                raise
+            await _send_handshake(stream, session, HelloAck(version))
+        decode = functools.partial(PEER.decode, version=version)
         warned = False
         while True:
-            message = await _read_message(source, decoder)
+            message = await _read_message(source, decoder, decode)
             if message is None:
                 return
             if isinstance(message, PeerHello):
                 raise ProtocolError("second Hello on one connection")
+            if isinstance(message, (HelloAck, HelloRefused)):
+                raise ProtocolError(f"{type(message).__name__} from the dialer")
             self.stats.received += 1
             if not isinstance(message, JoinRequest) and not self._known_peer(sender):
                 # A node of this cluster that is not a member (yet, or any more): it may
@@ -403,7 +501,8 @@ class TcpTransport:
         except ValueError as exc:
             raise HandshakeRefused(f"TLS identity refused: {exc}") from None
 
-    def _check_hello(self, hello: object, remote: str) -> int:
+    def _check_hello(self, hello: object, remote: str) -> tuple[int, int]:
+        """The sender and the protocol version of an acceptable Hello."""
         if not isinstance(hello, PeerHello):
             what = "end of stream" if hello is None else type(hello).__name__
             raise HandshakeRefused(f"expected Hello first, got {what}")
@@ -412,12 +511,15 @@ class TcpTransport:
                 f"node {hello.node_id} belongs to cluster {hello.cluster_id!r},"
                 f" this is {self.config.cluster_id!r}"
             )
-        if hello.protocol_version != PROTOCOL_VERSION:
-            raise HandshakeRefused(
-                f"node {hello.node_id} speaks protocol version {hello.protocol_version},"
-                f" this node speaks {PROTOCOL_VERSION}"
-            )
-        return hello.node_id
+        them = f"node {hello.node_id}"
+        try:
+            theirs = VersionRange(hello.version_min, hello.version_max)
+            version = negotiate(self.config.versions, theirs, us=f"node {self.node_id}", them=them)
+        except VersionRefused as exc:
+            raise HandshakeRefused(str(exc)) from None
+        except ValueError as exc:
+            raise HandshakeRefused(f"{them} sent {exc}") from None
+        return hello.node_id, version
 
 
 class _Source(Protocol):
@@ -454,12 +556,25 @@ def _plain(data: bytes) -> bytes:
     return data
 
 
-async def _read_message(source: _Source, decoder: FrameDecoder) -> PeerMessage | None:
-    """The next decoded message, or None on a clean end of stream."""
+async def _send_handshake(
+    stream: trio.SocketStream, session: TlsSession | None, message: HelloAck | HelloRefused
+) -> None:
+    """The listener's one frame on a connection (handshake messages are baseline)."""
+    frame = encode_frame(PEER.encode(message, BASELINE))
+    await stream.send_all(frame if session is None else session.encrypt(frame))
+
+
+async def _read_message(
+    source: _Source,
+    decoder: FrameDecoder,
+    decode: Callable[[bytes | bytearray | memoryview], Any] = PEER.decode,
+) -> PeerMessage | None:
+    """The next message (``decode``: at the connection's version; the baseline for the
+    handshake), or None on a clean end of stream."""
     while True:
         frame = decoder.next_frame()
         if isinstance(frame, bytes):
-            message: PeerMessage = decode_paused(PEER.decode, frame)
+            message: PeerMessage = decode_paused(decode, frame)
             return message
         if frame is CLOSED:
             return None

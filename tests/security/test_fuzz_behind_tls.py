@@ -108,7 +108,7 @@ def _decode_all(plain: bytes) -> int:
                 registry.decode(frame)
 
 
-VALID = [encode_frame(PEER.encode(m)) for m in (PeerHello(CLUSTER, 2, 1), TimeoutNow(3, 2))]
+VALID = [encode_frame(PEER.encode(m)) for m in (PeerHello(CLUSTER, 2, 1, 1), TimeoutNow(3, 2))]
 
 
 def _mutated(raw: bytes, flips: list[tuple[int, int]]) -> bytes:

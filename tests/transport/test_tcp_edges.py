@@ -37,7 +37,7 @@ async def serving(
 
 
 def hello(cluster_id: str = "prod", node_id: int = 2, version: int = 1) -> bytes:
-    return encode_frame(PEER.encode(PeerHello(cluster_id, node_id, version)))
+    return encode_frame(PEER.encode(PeerHello(cluster_id, node_id, version, version)))
 
 
 async def closed_by_server(stream: trio.SocketStream) -> bool:
@@ -64,7 +64,7 @@ async def test_good_peer_is_served() -> None:
     ("first_frame", "log_text"),
     [
         (hello(cluster_id="staging"), "belongs to cluster 'staging', this is 'prod'"),
-        (hello(version=9), "speaks protocol version 9, this node speaks 1"),
+        (hello(version=9), "node 2 speaks [9, 9], node 1 speaks [1, 1]"),
         (encode_frame(PEER.encode(TimeoutNow(1, 2))), "expected Hello first, got TimeoutNow"),
     ],
 )

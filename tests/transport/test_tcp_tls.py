@@ -128,7 +128,7 @@ async def _tls_dial(port: int, context: ssl.SSLContext, hello_node: int = 2) -> 
     tls = trio.SSLStream(stream, context, server_side=False)
     try:
         await tls.do_handshake()
-        await tls.send_all(encode_frame(PEER.encode(PeerHello(CLUSTER, hello_node, 1))))
+        await tls.send_all(encode_frame(PEER.encode(PeerHello(CLUSTER, hello_node, 1, 1))))
         await tls.receive_some(100)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
@@ -159,7 +159,7 @@ async def test_plaintext_on_the_tls_port_is_refused(
 ) -> None:
     async def plaintext(port: int) -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(encode_frame(PEER.encode(PeerHello(CLUSTER, 2, 1))))
+        await stream.send_all(encode_frame(PEER.encode(PeerHello(CLUSTER, 2, 1, 1))))
         await trio.aclose_forcefully(stream)
 
     text = await refused(pki, caplog, plaintext)
