@@ -68,6 +68,15 @@ INVARIANTS: tuple[str, ...] = (
     "recovery",
     "liveness",
     "linearizability",
+    # membership changes (felix/testing/conf_checks.py)
+    "membership",
+    "learner_stays_learner",
+    "learner_campaigns",
+    "removed_never_leads",
+    "election_quorum",
+    "commit_quorum",
+    "single_change",
+    "voters_nonempty",
 )
 DIRECT_CHECKS: frozenset[str] = frozenset(
     {"vote_once", "leader_commit_rule", "persist_before_send"}
