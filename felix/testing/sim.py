@@ -30,6 +30,12 @@ invents anything fails the seed.
 Some seeds open with a scripted schedule (`felix.testing.sim_scripts.Script`: Raft's figure
 8, followers crashing right after an acknowledgement) before the random faults start.
 
+With ``membership`` a run also grows and shrinks the cluster: spare nodes outside the
+initial configuration boot (as non-members, or the legacy way) and an operator adds,
+promotes and removes members one at a time through the leader
+(`felix.testing.sim_membership`); `felix.testing.conf_checks` checks every node's
+configuration against what its log gives.
+
 Clients (`felix.testing.sim_clients`) write unique values and read keys of a replicated
 register through the node they believe leads; the history feeds the linearizability
 checker.  After the fault phase everything heals and the cluster must elect a leader and
@@ -49,6 +55,7 @@ ones below it only, and they meet otherwise only in the event heap:
 * `felix.testing.sim_clients`: the clients and their history;
 * `felix.testing.sim_phases`: the script (`felix.testing.sim_scripts`), the random
   faults, healing and liveness;
+* `felix.testing.sim_membership`: spare nodes and the membership operator;
 * this module: the event loop, the final checks, `run_seed` and the command line.
 
 Usage
@@ -67,6 +74,12 @@ Run with a sabotaged core to see the checkers fire (``--disable`` turns checkers
     python -m felix.testing.sim --seeds 50 --sabotage ack_before_persist
     python -m felix.testing.sim --seeds 5 --script figure8 --sabotage commit_old_term \\
         --disable leader_commit_rule
+
+Soak membership changes (``legacy`` boots joiners as the pre-issue-14 node did, and
+must fail)::
+
+    python -m felix.testing.sim --seeds 2000 --membership non-member --join-via-snapshot
+    python -m felix.testing.sim --seeds 20 --membership legacy
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ OPS_PER_SEED_MEDIAN_MIN = 500
 COVERAGE_PATH = Path(tempfile.gettempdir()) / "felix_sim_coverage.json"
 
 MEMBERSHIP_SEEDS_ENV = "FELIX_SIM_MEMBERSHIP_SEEDS"
-MEMBERSHIP_SEEDS = int(os.environ.get(MEMBERSHIP_SEEDS_ENV) or 200)
+MEMBERSHIP_SEEDS = int(os.environ.get(MEMBERSHIP_SEEDS_ENV) or 400)
 MEMBERSHIP_CHUNK_SEEDS = 50
 MEMBERSHIP_PHASE_MS = 3000.0
 MEMBER_KINDS = ("member_add_learner", "member_promote", "member_remove", "member_retired")
