@@ -176,6 +176,8 @@ class Operator:
         self.next_request_id += 1
         if self.world.propose_conf_change(leader, self.next_request_id, change):
             self.fired[f"member_{change.kind.name.lower()}_proposed"] += 1
+            if self.target.attempts > 1:
+                self.fired["member_retried"] += 1  # refused or lost before
         else:
             self.fired["member_refused"] += 1
 

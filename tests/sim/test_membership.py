@@ -46,8 +46,26 @@ def test_legacy_join_is_caught_as_a_learner_that_believes_it_votes() -> None:
     print(f"\nlegacy join, {LEGACY_SEEDS} seeds: {dict(caught)}")
     assert set(caught) <= BUG_CHECKS, [r.report() for r in results if not r.ok]
     assert caught["learner_stays_learner"] >= LEGACY_SEEDS // 4, caught
-    example = next(r for r in results if r.violation and r.violation.invariant in BUG_CHECKS)
-    assert "learner" in str(example.violation) or "CONFIG" in str(example.violation)
+    details = [r.violation.detail for r in results if r.violation is not None]
+    assert any("a learner by the log" in detail for detail in details), details
+
+
+def test_a_learner_that_campaigns_is_caught() -> None:
+    """Sabotage ``learner_campaigns`` (felix/testing/sabotage.py): a learner's first
+    (pre-)vote request fails the run."""
+    for seed in range(20):
+        result = run_seed(
+            seed,
+            membership="non-member",
+            join_via_snapshot=True,
+            sabotage=["learner_campaigns"],
+            fault_phase_ms=PHASE_MS,
+        )
+        if not result.ok:
+            assert result.violation is not None
+            assert result.violation.invariant == "learner_campaigns", result.report()
+            return
+    pytest.fail("a campaigning learner went unseen in 20 seeds")
 
 
 def test_non_member_join_via_snapshot_sweep_is_clean() -> None:
