@@ -36,6 +36,10 @@ breaks one of the Raft paper's guarantees (§5.2 figure 3):
 The last three "direct" checks pinpoint a bug at its cause; the others see its effect.
 Any check can be disabled by name, which the self-tests use to show the effect checks
 catch sabotaged cores on their own.
+
+Runs that change the membership add the checks of `felix.testing.conf_checks`
+(``membership``, ``learner_stays_learner``, ``election_quorum`` ...), which report
+through `ClusterChecker.fail` under the names listed in `INVARIANTS`.
 """
 
 from __future__ import annotations
@@ -68,6 +72,15 @@ INVARIANTS: tuple[str, ...] = (
     "recovery",
     "liveness",
     "linearizability",
+    # membership changes (felix/testing/conf_checks.py)
+    "membership",
+    "learner_stays_learner",
+    "learner_campaigns",
+    "removed_never_leads",
+    "election_quorum",
+    "commit_quorum",
+    "single_change",
+    "voters_nonempty",
 )
 DIRECT_CHECKS: frozenset[str] = frozenset(
     {"vote_once", "leader_commit_rule", "persist_before_send"}

@@ -13,6 +13,8 @@ their cores through `core_for`.
 * ``commit_old_term``: a leader commits an entry of an earlier term by counting
   replicas (§5.4.2, figure 8).
 * ``double_vote``: a node grants a second vote in one term (§5.2).
+* ``learner_campaigns``: a learner starts elections (thesis §4.2.1: learners never do);
+  it needs membership changes (`felix.testing.sim_membership`) to have learners at all.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "AckBeforePersistCore",
     "CommitOldTermCore",
     "DoubleVoteCore",
+    "LearnerCampaignsCore",
     "core_for",
 ]
 
@@ -58,10 +61,17 @@ class DoubleVoteCore(RaftCore):
         return m.term == self.term or super().may_grant_vote(m)
 
 
+class LearnerCampaignsCore(RaftCore):
+    def is_promotable(self) -> bool:
+        # SABOTAGE: a learner takes itself for a candidate.
+        return self.node_id in self.conf.learners or super().is_promotable()
+
+
 _CLASSES: dict[str, type[RaftCore]] = {
     "ack_before_persist": AckBeforePersistCore,
     "commit_old_term": CommitOldTermCore,
     "double_vote": DoubleVoteCore,
+    "learner_campaigns": LearnerCampaignsCore,
 }
 CORE_SABOTAGE: frozenset[str] = frozenset(_CLASSES)
 _combined: dict[frozenset[str], type[RaftCore]] = {frozenset(): RaftCore}

@@ -30,6 +30,12 @@ invents anything fails the seed.
 Some seeds open with a scripted schedule (`felix.testing.sim_scripts.Script`: Raft's figure
 8, followers crashing right after an acknowledgement) before the random faults start.
 
+With ``membership`` a run also grows and shrinks the cluster: spare nodes outside the
+initial configuration boot (as non-members, or the legacy way) and an operator adds,
+promotes and removes members one at a time through the leader
+(`felix.testing.sim_membership`); `felix.testing.conf_checks` checks every node's
+configuration against what its log gives.
+
 Clients (`felix.testing.sim_clients`) write unique values and read keys of a replicated
 register through the node they believe leads; the history feeds the linearizability
 checker.  After the fault phase everything heals and the cluster must elect a leader and
@@ -49,6 +55,7 @@ ones below it only, and they meet otherwise only in the event heap:
 * `felix.testing.sim_clients`: the clients and their history;
 * `felix.testing.sim_phases`: the script (`felix.testing.sim_scripts`), the random
   faults, healing and liveness;
+* `felix.testing.sim_membership`: spare nodes and the membership operator;
 * this module: the event loop, the final checks, `run_seed` and the command line.
 
 Usage
@@ -67,6 +74,12 @@ Run with a sabotaged core to see the checkers fire (``--disable`` turns checkers
     python -m felix.testing.sim --seeds 50 --sabotage ack_before_persist
     python -m felix.testing.sim --seeds 5 --script figure8 --sabotage commit_old_term \\
         --disable leader_commit_rule
+
+Soak membership changes (``legacy`` boots joiners as the pre-issue-14 node did, and
+must fail)::
+
+    python -m felix.testing.sim --seeds 2000 --membership non-member --join-via-snapshot
+    python -m felix.testing.sim --seeds 20 --membership legacy
 """
 
 from __future__ import annotations
@@ -81,6 +94,7 @@ from typing import Any
 
 from felix.proto.raft_messages import ConfState
 from felix.testing.checkers import ClusterChecker, InvariantViolation
+from felix.testing.conf_checks import MembershipChecker
 from felix.testing.faults import SCRIPTS, FaultPlan, generate_plan, script_plan
 from felix.testing.sim_clients import Clients
 from felix.testing.sim_events import (
@@ -97,12 +111,21 @@ from felix.testing.sim_events import (
     _FsyncDone,
     _Heal,
     _LivenessDeadline,
+    _MemberTick,
     _PartitionEnd,
     _PartitionStart,
     _PowerLoss,
     _Restart,
+    _Retire,
     _ScriptWake,
     _Tick,
+)
+from felix.testing.sim_membership import (
+    JoinMode,
+    MembershipPlan,
+    Operator,
+    boot_confs,
+    with_membership,
 )
 from felix.testing.sim_network import Network
 from felix.testing.sim_phases import FaultInjector, Liveness, ScriptRunner
@@ -113,7 +136,12 @@ __all__ = ["SimResult", "Simulation", "main", "replay_line", "run_seed"]
 EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
 
 
-def replay_line(seed: int) -> str:
+def replay_line(seed: int, membership: MembershipPlan | None = None) -> str:
+    if membership is not None:
+        via = " --join-via-snapshot" if membership.join_via_snapshot else ""
+        return (
+            f"python -m felix.testing.sim --seed {seed} --membership {membership.mode.value}{via}"
+        )
     return f"FELIX_SIM_SEED={seed} pytest tests/sim"
 
 
@@ -130,6 +158,8 @@ class SimResult:
     trace_hash: str
     leaders_elected: int
     script_steps: tuple[str, ...] = ()  # per script step: "ok" or "timeout"
+    membership: MembershipPlan | None = None
+    member_changes: tuple[str, ...] = ()  # what the operator's changes came to
 
     @property
     def ok(self) -> bool:
@@ -137,10 +167,13 @@ class SimResult:
 
     def report(self) -> str:
         """What a failing run prints: the plan, the violation, the replay command."""
+        extra = ""
+        if self.membership is not None:
+            extra = f" {self.membership.describe()}\nMEMBERSHIP CHANGES {list(self.member_changes)}"
         return (
-            f"FAULT PLAN {self.plan.describe()}\n"
+            f"FAULT PLAN {self.plan.describe()}{extra}\n"
             f"VIOLATION {self.violation}\n"
-            f"replay: {replay_line(self.seed)}"
+            f"replay: {replay_line(self.seed, self.membership)}"
         )
 
 
@@ -156,32 +189,44 @@ class Simulation:
         trace: list[str] | None = None,
         hash_trace: bool = False,
         voters: int | None = None,
+        membership: MembershipPlan | None = None,
     ) -> None:
         """``voters``: only the plan's first ``voters`` nodes vote, the others boot as
         learners (thesis §4.2.1); ``voters=1`` is how a cluster grown from one node
-        starts.  None: every node votes."""
+        starts.  None: every node votes.  ``membership``: the plan's last nodes are
+        spares that an `Operator` adds, promotes and removes
+        (`felix.testing.sim_membership`)."""
         self.plan = plan
         self.sched = Scheduler(plan.seed, trace=trace, hash_trace=hash_trace)
         self.checker = ClusterChecker(disabled)
         self.fired: Counter[str] = Counter()
-        conf = _conf(plan.nodes, voters)
+        self.membership = membership
+        nodes = membership.initial if membership is not None else plan.nodes
+        conf = _conf(nodes, voters)
         sched, checker, fired = self.sched, self.checker, self.fired
-        self.network = network = Network(plan.network, conf.voters, sched, fired)
+        everyone = tuple(range(1, plan.nodes + 1)) if membership is not None else conf.voters
+        self.network = network = Network(plan.network, everyone, sched, fired)
         self.world = world = World(plan, conf, sched, network, checker, fired, sabotage=sabotage)
+        self.operator: Operator | None = None
+        if membership is not None:
+            world.members = MembershipChecker(checker, conf)
+            world.boot_confs = boot_confs(membership, plan.nodes)
+            world.unstarted = set(world.boot_confs)
+            self.operator = Operator(membership, sched, world, self.fired)
         self.clients = clients = Clients(plan, conf.voters, sched, checker)
         self.script = (
             ScriptRunner(plan.script, plan, sched, world, network, clients, fired)
             if plan.script is not None
             else None
         )
-        self.liveness = Liveness(plan, sched, world, network, clients, checker)
+        self.liveness = Liveness(plan, sched, world, network, clients, checker, self.operator)
         self.faults = FaultInjector(plan, sched, world, network, clients, self.liveness, fired)
         self.handlers = self._handlers()
 
     def _handlers(self) -> dict[type, Callable[[Any], None]]:
         """Which part handles each event."""
         world, clients, faults, liveness = self.world, self.clients, self.faults, self.liveness
-        return {
+        handlers: dict[type, Callable[[Any], None]] = {
             _Tick: world.on_tick,
             _Deliver: world.on_deliver,
             _FsyncDone: world.on_fsync,
@@ -201,6 +246,10 @@ class Simulation:
             _LivenessDeadline: liveness.on_deadline,
             _ScriptWake: lambda _event: None,  # the loop re-evaluates the script
         }
+        if self.operator is not None:
+            handlers[_MemberTick] = self.operator.on_tick
+            handlers[_Retire] = self.operator.on_retire
+        return handlers
 
     def run(self) -> SimResult:
         violation: InvariantViolation | None = None
@@ -225,14 +274,19 @@ class Simulation:
             trace_hash=self.sched.trace_hash(),
             leaders_elected=len(self.world.leader_terms),
             script_steps=tuple(self.script.steps) if self.script else (),
+            membership=self.membership,
+            member_changes=tuple(self.operator.done) if self.operator else (),
         )
 
     def _start(self) -> None:
         """Boot every node; open with the script, or go straight to the random faults."""
         for node in self.world.nodes.values():
-            self.world.boot(node)
+            if node.node_id not in self.world.unstarted:
+                self.world.boot(node)
         if self.script is None or self.script.start():
             self.faults.schedule()
+        if self.operator is not None:
+            self.operator.start()
 
     def _loop(self) -> None:
         sched, script, liveness = self.sched, self.script, self.liveness
@@ -279,17 +333,26 @@ def run_seed(
     fault_phase_ms: float = 3000.0,
     script: str | None = None,
     voters: int | None = None,
+    membership: JoinMode | str | None = None,
+    join_via_snapshot: bool = False,
 ) -> SimResult:
     """Run one seed: its plan, the simulation, the checkers.  ``script`` makes the seed
     open with that scripted schedule (`felix.testing.faults.SCRIPTS`) whatever it drew.
     ``voters`` makes only that many of the plan's nodes voters, the rest learners (the
-    scripts, written for all-voter clusters, are dropped then)."""
+    scripts, written for all-voter clusters, are dropped then).  ``membership`` (a
+    `JoinMode` or its value) adds spare nodes and the membership operator; with
+    ``join_via_snapshot`` a node is added only once the leader's log is compacted."""
     if script is not None:
         plan = script_plan(seed, script, fault_phase_ms)
     else:
         plan = generate_plan(seed, fault_phase_ms)
     if voters is not None:
         plan = replace(plan, script=None)
+    member_plan = None
+    if membership is not None:
+        plan, member_plan = with_membership(
+            plan, JoinMode(membership), join_via_snapshot=join_via_snapshot
+        )
     sim = Simulation(
         plan,
         sabotage=frozenset(sabotage),
@@ -297,6 +360,7 @@ def run_seed(
         trace=trace,
         hash_trace=hash_trace,
         voters=voters,
+        membership=member_plan,
     )
     return sim.run()
 
@@ -316,6 +380,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--script", choices=SCRIPTS, help="open every seed with this script")
     parser.add_argument("--phase-ms", type=float, default=3000.0, help="fault phase length")
     parser.add_argument("--stop-on-failure", action="store_true")
+    parser.add_argument(
+        "--membership",
+        choices=[m.value for m in JoinMode],
+        help="add spare nodes and membership changes; how a joining node boots",
+    )
+    parser.add_argument(
+        "--join-via-snapshot", action="store_true", help="add nodes only after compaction"
+    )
     return parser.parse_args(argv)
 
 
@@ -334,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trace=trace,
             fault_phase_ms=args.phase_ms,
             script=args.script,
+            membership=args.membership,
+            join_via_snapshot=args.join_via_snapshot,
         )
         for line in trace or ():
             print(line)
@@ -356,7 +430,7 @@ def _print_summary(
         print(f"  {kind:<18} fired in {count} seeds")
     for result in failures:
         print(f"  FAILED seed {result.seed}: {result.violation}".splitlines()[0])
-        print(f"    {replay_line(result.seed)}")
+        print(f"    {replay_line(result.seed, result.membership)}")
 
 
 if __name__ == "__main__":

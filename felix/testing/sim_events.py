@@ -174,3 +174,13 @@ class _LivenessDeadline:
 @dataclass(slots=True)
 class _ScriptWake:
     step: int  # re-evaluate the script (a retry or a timeout is due)
+
+
+@dataclass(slots=True)
+class _MemberTick:
+    pass  # the membership operator looks at the cluster (felix.testing.sim_membership)
+
+
+@dataclass(slots=True)
+class _Retire:
+    node: int  # a removed node's process goes away for good

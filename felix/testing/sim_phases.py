@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from felix.raft.types import Campaign, Propose, Role, TransferLeader
 from felix.testing.checkers import ClusterChecker
@@ -53,6 +54,9 @@ from felix.testing.sim_scripts import (
     Write,
 )
 from felix.testing.sim_world import PROBE_REQUEST_BASE, World, _Node
+
+if TYPE_CHECKING:
+    from felix.testing.sim_membership import Operator
 
 __all__ = ["FaultInjector", "Liveness", "ScriptRunner"]
 
@@ -221,9 +225,11 @@ class Liveness:
         network: Network,
         clients: Clients,
         checker: ClusterChecker,
+        operator: Operator | None = None,
     ) -> None:
         self.plan, self.sched, self.world = plan, sched, world
         self.network, self.clients, self.checker = network, clients, checker
+        self.operator = operator  # makes no more membership changes once healing
         self.healing = False
         self.live = False
         self.probe_terms: set[int] = set()
@@ -233,6 +239,8 @@ class Liveness:
         """End of the fault phase: heal the network, clocks and crashed nodes."""
         self.healing = True
         self.clients.paused = True
+        if self.operator is not None:
+            self.operator.stop()
         self.network.heal()
         self.world.heal()
         self.sched.at(self.plan.liveness_ms, _LivenessDeadline())
@@ -251,7 +259,7 @@ class Liveness:
                 self.probe_count += 1
                 request_id = PROBE_REQUEST_BASE + self.probe_count
                 self.world.step(leader, Propose(request_id, f"probe|{term}".encode()))
-        applied_everywhere = min(n.applied for n in self.world.nodes.values())
+        applied_everywhere = min(n.applied for n in self.world.serving_nodes())
         for index, term in probes.accepted:
             record = self.checker.applied.get(index)
             if record and record.term == term and applied_everywhere >= index:
@@ -345,7 +353,10 @@ class FaultInjector:
             leader = self.world.current_leader()
             if leader is None:
                 return
-            targets = [n for n in self.world.conf.voters if n != leader.node_id]
+            voters = self.world.conf.voters
+            if self.world.members is not None and leader.core is not None:
+                voters = leader.core.conf.voters  # membership changes: its configuration
+            targets = [n for n in voters if n != leader.node_id]
             if not targets:
                 return  # a single voter has no one to hand leadership to
             target = rng.choice(targets)

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from felix.proto.raft_messages import ConfState, EntryKind, SnapshotMeta
+from felix.proto.raft_messages import ConfChange, ConfState, EntryKind, RequestVote, SnapshotMeta
 from felix.raft.core import RaftCore
 from felix.raft.driver import ReadyDriver
 from felix.raft.ready import (
@@ -39,6 +39,7 @@ from felix.raft.types import (
     Entry,
     Input,
     Propose,
+    ProposeConfChange,
     RaftConfig,
     ReadIndex,
     Receive,
@@ -58,6 +59,7 @@ from felix.testing.clients import (
     encode_command,
     encode_state,
 )
+from felix.testing.conf_checks import MembershipChecker
 from felix.testing.faults import FaultPlan
 from felix.testing.linearizability import OpKind
 from felix.testing.sabotage import core_for
@@ -200,6 +202,13 @@ class World:
         self.applied_values: set[str] = set()
         self.next_request_id = 1
         self.probes = ProbeLog()
+        # Membership changes (felix.testing.sim_membership) set these; without them every
+        # node boots with ``conf`` and none ever leaves.
+        self.members: MembershipChecker | None = None
+        self.boot_confs: dict[int, ConfState] = {}
+        self.unstarted: set[int] = set()  # nodes not in the initial configuration, not up yet
+        self.retired: set[int] = set()  # removed nodes whose process is gone for good
+        self.joined_from: dict[int, str] = {}  # joiner -> "log" or "snapshot"
 
     def _new_node(self, node_id: int) -> _Node:
         files = SimFiles()
@@ -231,7 +240,12 @@ class World:
         node.kv, node.applied, node.digest = {}, 0, 0
         node.leader_term, node.last_commit, node.in_flight = None, 0, None
         node.snapshot_index = 0
-        boot = recover(self.checker, node.node_id, node.wal, node.model, self.conf)
+        conf = self.boot_confs.get(node.node_id, self.conf)
+        boot = recover(self.checker, node.node_id, node.wal, node.model, conf)
+        self.unstarted.discard(node.node_id)
+        if self.members is not None:
+            meta = boot.snapshot[0] if boot.snapshot is not None else None
+            self.members.on_boot(node.node_id, boot.conf, meta, boot.entries)
         node.core = self.core_class(config, core_rng, boot)
         driver = _LaxSyncDriver if "lax_sync" in self.sabotage else ReadyDriver
         hands = _DriverHands(self, node)
@@ -246,10 +260,13 @@ class World:
         """Every node loses power once more and recovers: what each WAL holds durably must
         be exactly what the checkers took for durable all along."""
         for node in self.nodes.values():
+            if node.incarnation == 0:
+                continue  # never started (a spare no membership change used)
             node.wal.crash("lose")
             node.model.crash()
             node.wal.close()
-            recover(self.checker, node.node_id, node.wal, node.model, self.conf)
+            conf = self.boot_confs.get(node.node_id, self.conf)
+            recover(self.checker, node.node_id, node.wal, node.model, conf)
 
     # ------------------------------------------------------------------ stepping
 
@@ -287,13 +304,21 @@ class World:
             self.checker.observe_leader(node.node_id, term)
             self.checker.observe_matches(node.node_id, term, core.match_indexes())
             self.leader_terms.add(term)
+            members = self.members
             if node.leader_term != term:
                 node.leader_term = term
                 log = core.entries(core.first_index, core.last_index + 1)
                 self.checker.observe_new_leader(node.node_id, term, core.first_index - 1, log)
+                if members is not None:
+                    members.on_new_leader(node.node_id, term, core.last_index, commit)
             elif commit > node.last_commit:
                 commit_term = _term_at(core, commit)
                 self.checker.observe_leader_commit(node.node_id, term, commit, commit_term)
+                if members is not None:
+                    holders = {p for p, m in core.match_indexes().items() if m >= commit}
+                    if node.model.last_index >= commit:
+                        holders.add(node.node_id)
+                    members.on_leader_commit(node.node_id, term, commit, core.last_index, holders)
                 if self.power_loss_armed:
                     self.power_loss_armed = False
                     self.sched.at(0.0, _PowerLoss())
@@ -317,6 +342,12 @@ class World:
         if ready.entries:
             prev_term = _term_at_or_none(node.core, ready.entries[0].index - 1)
             self.checker.observe_entries(node.node_id, ready.entries, prev_term)
+        if self.members is not None and node.core is not None:
+            core = node.core
+            meta = ready.snapshot[0] if ready.snapshot is not None else None
+            self.members.on_batch(node.node_id, meta, ready.entries)
+            commit = core.commit_index if core.role is Role.LEADER else None
+            self.members.check_conf(node.node_id, core.conf, core.term, commit)
         if not ready.must_sync and ready.hard_state is not None:
             self.fired["commit_unsynced"] += 1  # the production rule: no write for these
         if not node.driver.begin(ready):
@@ -386,6 +417,12 @@ class World:
             if command is not None:
                 node.kv[command[0]] = command[1]
                 self.applied_values.add(command[1])
+        elif entry.kind is EntryKind.CONFIG and self.members is not None:
+            conf = self.members.on_applied(node.node_id, entry)
+            joiner = node.node_id in self.boot_confs and node.node_id not in self.joined_from
+            if conf is not None and joiner and node.node_id in conf.learners:
+                self.joined_from[node.node_id] = "log"
+                self.fired["join_from_log"] += 1
         self.checker.observe_apply(node.node_id, before, entry, node.digest)
         for request_id, term in node.proposals.pop(entry.index, ()):
             outcome = ReplyOutcome.OK if term == entry.term else ReplyOutcome.FAILED
@@ -397,6 +434,9 @@ class World:
             self.checker.fail("state_machine_safety", f"snapshot {meta} holds state {applied}")
         node.applied, node.digest, node.kv = applied, digest, kv
         self.checker.observe_restore(node.node_id, meta.index, meta.term, digest)
+        if node.node_id in self.boot_confs and node.node_id not in self.joined_from:
+            self.joined_from[node.node_id] = "snapshot"
+            self.fired["join_from_snapshot"] += 1
         for index in [i for i in node.proposals if i <= applied]:
             del node.proposals[index]  # unresolvable now: those clients time out
         self._answer_reads(node)
@@ -414,6 +454,8 @@ class World:
             return  # the core holds a newer snapshot (a leader's, not yet handed over)
         data = encode_state(index, node.digest, node.kv)
         meta = snapshot_meta(index, _term_at(core, index), core.confs.at(index), data)
+        if self.members is not None:
+            self.members.on_snapshot_taken(node.node_id, meta)
         node.wal.snapshots.save(meta, data)
         node.model.save_snapshot(meta, data)
         core.step(SnapshotTaken(index, data))
@@ -485,6 +527,8 @@ class World:
     def _send_all(self, node: _Node, outbound: Sequence[Outbound]) -> None:
         for item in outbound:
             check_send_promise(self.checker, node.node_id, node.model, item)
+            if self.members is not None and isinstance(item.message, RequestVote):
+                self.members.on_vote_request(node.node_id, item.message.term)
             self.network.transmit(node.node_id, item.to, item.message)
 
     def on_deliver(self, event: _Deliver) -> None:
@@ -549,7 +593,7 @@ class World:
 
     def on_restart(self, event: _Restart) -> None:
         node = self.nodes[event.node]
-        if node.core is None:
+        if node.core is None and node.node_id not in self.retired:
             self.boot(node)
 
     def heal(self) -> None:
@@ -558,8 +602,44 @@ class World:
         self.power_loss_armed = False
         for node in self.nodes.values():
             node.crash_armed_ms = None
-            if node.core is None:
+            if node.core is None and node.node_id not in self.retired | self.unstarted:
                 self.boot(node)
+
+    # ------------------------------------------------------------------ membership
+
+    def propose_conf_change(self, node: _Node, request_id: int, change: ConfChange) -> bool:
+        """Hand ``change`` to ``node``'s core (thesis §4.1); True if it appended it.  The
+        checker learns the entry before any batch carries it."""
+        core = node.core
+        assert core is not None
+        last = core.last_index
+        core.step(ProposeConfChange(request_id, change))
+        accepted = core.last_index > last
+        if accepted and self.members is not None:
+            (entry,) = core.entries(core.last_index, core.last_index + 1)
+            assert entry.kind is EntryKind.CONFIG, entry
+            self.members.on_proposed(node.node_id, entry, change, core.conf)
+        self._after_input(node)
+        return accepted
+
+    def retire(self, node_id: int) -> None:
+        """A removed node's process stops for good (the pod goes, thesis §4.2.3)."""
+        node = self.nodes[node_id]
+        self.retired.add(node_id)
+        if node.core is not None:
+            self.crash(node, None)
+
+    def serving_nodes(self) -> list[_Node]:
+        """The nodes liveness waits for: all, or with membership changes the running
+        members of the current leader's configuration."""
+        if self.members is None:
+            return list(self.nodes.values())
+        leader = self.current_leader()
+        wanted = set(self.nodes) - self.retired - self.unstarted
+        if leader is not None and leader.core is not None:
+            conf = leader.core.conf
+            wanted &= set(conf.voters) | set(conf.learners)
+        return [self.nodes[n] for n in sorted(wanted)]
 
 
 def _term_at_or_none(core: RaftCore | None, index: int) -> int | None:

@@ -1,0 +1,107 @@
+"""Tier-A membership changes: add, promote and remove under crashes and partitions.
+
+Spare nodes outside the initial configuration join through a scheduler-driven operator
+(felix/testing/sim_membership.py), one single-server change at a time (thesis §4.1),
+while the seed's random faults run; felix/testing/conf_checks.py checks every node's
+configuration against the model of what its log gives.
+
+How a joining node boots decides the issue-14 bug:
+
+* ``legacy`` (self + peers as voters, as `felix serve` did): the node ignores its own
+  ADD_LEARNER and believes it is a voter.  The checkers must see it -- else a sweep of
+  that mode proves nothing.
+* ``non-member`` (an empty configuration): it must learn its role from the log or a
+  snapshot.  Joining from a snapshot works with today's core; joining from the log does
+  not yet (CONFIG entries carry one change, applied to whatever the node booted with),
+  so that sweep is a strict xfail until the lead's fix lands.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from felix.testing.sim import SimResult, run_seed
+
+PHASE_MS = 3000.0
+LEGACY_SEEDS = 20
+SNAPSHOT_JOIN_SEEDS = 60
+LOG_JOIN_SEEDS = 40
+BUG_CHECKS = {"learner_stays_learner", "learner_campaigns", "membership"}
+
+
+def _run(count: int, mode: str, *, via_snapshot: bool) -> list[SimResult]:
+    return [
+        run_seed(seed, membership=mode, join_via_snapshot=via_snapshot, fault_phase_ms=PHASE_MS)
+        for seed in range(count)
+    ]
+
+
+def test_legacy_join_is_caught_as_a_learner_that_believes_it_votes() -> None:
+    """A node booted the legacy way takes itself for a voter: every violation is one of
+    the membership checks, and the issue's own check fires for a log catch-up."""
+    results = _run(LEGACY_SEEDS, "legacy", via_snapshot=False)
+    caught = Counter(r.violation.invariant for r in results if r.violation is not None)
+    print(f"\nlegacy join, {LEGACY_SEEDS} seeds: {dict(caught)}")
+    assert set(caught) <= BUG_CHECKS, [r.report() for r in results if not r.ok]
+    assert caught["learner_stays_learner"] >= LEGACY_SEEDS // 4, caught
+    details = [r.violation.detail for r in results if r.violation is not None]
+    assert any("a learner by the log" in detail for detail in details), details
+
+
+def test_a_learner_that_campaigns_is_caught() -> None:
+    """Sabotage ``learner_campaigns`` (felix/testing/sabotage.py): a learner's first
+    (pre-)vote request fails the run."""
+    for seed in range(20):
+        result = run_seed(
+            seed,
+            membership="non-member",
+            join_via_snapshot=True,
+            sabotage=["learner_campaigns"],
+            fault_phase_ms=PHASE_MS,
+        )
+        if not result.ok:
+            assert result.violation is not None
+            assert result.violation.invariant == "learner_campaigns", result.report()
+            return
+    pytest.fail("a campaigning learner went unseen in 20 seeds")
+
+
+def test_non_member_join_via_snapshot_sweep_is_clean() -> None:
+    """Spares boot as non-members and join once the leader's log is compacted (they
+    catch up from a snapshot, whose ConfState is whole): zero violations, and every
+    kind of change happened."""
+    results = _run(SNAPSHOT_JOIN_SEEDS, "non-member", via_snapshot=True)
+    failures = [r.report() for r in results if not r.ok]
+    assert not failures, "\n\n".join(failures)
+    fired: Counter[str] = Counter()
+    for r in results:
+        fired.update(kind for kind, count in r.fired.items() if count)
+    for kind in ("member_add_learner", "member_promote", "member_remove", "member_retired"):
+        assert fired[kind] >= SNAPSHOT_JOIN_SEEDS // 3, (kind, fired[kind])
+    assert fired["join_from_snapshot"] >= SNAPSHOT_JOIN_SEEDS // 3
+    assert fired["crash"] >= SNAPSHOT_JOIN_SEEDS // 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "felix/raft/membership.py apply_change: a CONFIG entry carries one ConfChange, "
+        "applied to the configuration the node booted with; a non-member (empty "
+        "ConfState) that catches up from the log ends with voters=() learners=(self). "
+        "The lead's change (CONFIG entries carry the whole configuration) fixes it."
+    ),
+)
+def test_non_member_join_from_the_log_sweep_is_clean() -> None:
+    results = _run(LOG_JOIN_SEEDS, "non-member", via_snapshot=False)
+    failures = [r.report() for r in results if not r.ok]
+    assert not failures, f"{len(failures)} of {LOG_JOIN_SEEDS} seeds:\n\n" + "\n\n".join(failures)
+    assert sum(r.fired.get("join_from_log", 0) for r in results) >= LOG_JOIN_SEEDS // 4
+
+
+def test_a_membership_seed_replays_bit_for_bit() -> None:
+    first = run_seed(3, membership="non-member", join_via_snapshot=True, hash_trace=True)
+    second = run_seed(3, membership="non-member", join_via_snapshot=True, hash_trace=True)
+    assert first.trace_hash and first.trace_hash == second.trace_hash
+    assert first.member_changes == second.member_changes and first.member_changes
