@@ -39,15 +39,6 @@ MEMBERSHIP_SEEDS = int(os.environ.get(MEMBERSHIP_SEEDS_ENV) or 400)
 MEMBERSHIP_CHUNK_SEEDS = 50
 MEMBERSHIP_PHASE_MS = 3000.0
 MEMBER_KINDS = ("member_add_learner", "member_promote", "member_remove", "member_retired")
-LOG_JOIN_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a non-member catching up from the log applies each CONFIG change to its empty "
-        "boot ConfState (felix/raft/membership.py apply_change); fixed when CONFIG "
-        "entries carry the whole configuration"
-    ),
-)
-
 _results: dict[int, SimResult] = {}
 _member_results: dict[int, SimResult] = {}
 
@@ -94,9 +85,7 @@ def test_sweep_exercised_every_fault_kind_and_real_workloads() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "join", ["snapshot", pytest.param("log", marks=LOG_JOIN_XFAIL)], ids=["via_snapshot", "via_log"]
-)
+@pytest.mark.parametrize("join", ["snapshot", "log"], ids=["via_snapshot", "via_log"])
 @pytest.mark.parametrize("first_seed", range(0, MEMBERSHIP_SEEDS, MEMBERSHIP_CHUNK_SEEDS))
 def test_membership_sweep_chunk(first_seed: int, join: str) -> None:
     """Non-member spares join (from a snapshot, or from the log), get promoted and
