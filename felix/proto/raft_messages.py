@@ -305,5 +305,19 @@ RaftMessage = (
     | TimeoutNow
 )
 ForwardMessage = Forward | ForwardResult
+
+
+@PEER.message("JoinReply")
+@dataclass(frozen=True, slots=True)
+class JoinReply:
+    """Any node's answer to a `JoinRequest` from a peer it knows: how far its log goes.
+    An initial member booting with an empty data dir asks first, so that it bootstraps
+    the cluster only if none exists yet (docs/architecture.md, "Membership")."""
+
+    term: int
+    last_index: int
+
+
 HandshakeMessage = PeerHello | HelloAck | HelloRefused
-PeerMessage = HandshakeMessage | RaftMessage | ForwardMessage | JoinRequest
+JoinMessage = JoinRequest | JoinReply
+PeerMessage = HandshakeMessage | RaftMessage | ForwardMessage | JoinMessage

@@ -11,6 +11,7 @@ close), and the WAL is closed under a shielded, time-bounded scope.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from felix.raft.types import BootState, RaftConfig
 from felix.server.admin import build_ops_server, hand_off_leadership
 from felix.server.autopilot import Autopilot, AutopilotSettings
 from felix.server.backups import BackupScheduler
+from felix.server.bootstrap import must_probe, probe_cluster
 from felix.server.datadir import (
     DataDirLock,
     RecoveryRecord,
@@ -127,6 +129,7 @@ def autopilot_settings_for(config: NodeConfig) -> AutopilotSettings:
         promote_lag_entries_max=config.raft.promote_lag_entries_max,
         voters_max=config.raft.voters_max,
         advertise_peer=cluster.advertise_peer,
+        heard_within_s=config.raft.election_timeout_s,
     )
 
 
@@ -205,6 +208,16 @@ async def _run_locked(
     wal, boot = await SegmentedWal.open(
         str(config.data_dir), voters, snapshots_keep=config.snapshot.keep
     )
+    try:
+        fresh = boot.hard_state.term == 0 and boot.snapshot is None and not boot.entries
+        if must_probe(config, fresh):
+            probed = await probe_cluster(config, security.peer_tls())
+            if probed.cluster_exists:
+                boot = dataclasses.replace(boot, conf=ConfState((), ()))
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(grace_s * 0.4):
+            await wal.aclose()
+        raise
     fenced = _fenced_at_boot(config, record, boot)
     metrics = NodeMetrics(config.node_id)
     report = wal.core.boot_report  # damaged snapshot files were logged by the WAL

@@ -51,6 +51,7 @@ class AutopilotSettings:
     promote_lag_entries_max: int = 64
     voters_max: int = 5
     advertise_peer: str = ""  # this node's peer address, sent in its JoinRequest
+    heard_within_s: float = 0.4  # a voter heard from this recently counts as reachable
 
 
 def promotion(
@@ -195,7 +196,12 @@ class Autopilot:
         node = self.node
         core = node.core
         joiner = request.node_id
-        if core.role is not Role.LEADER or joiner in core.conf.members():
+        if core.role is not Role.LEADER:
+            return
+        if joiner in core.conf.voters and request.log_last_index == 0:
+            await self._remove_amnesiac(joiner)
+            return
+        if joiner in core.conf.members():
             return
         if request.log_last_index > 0 or not request.address:
             if joiner not in self._refusals_logged and len(self._refusals_logged) < (
@@ -219,6 +225,29 @@ class Autopilot:
             request.address,
         )
         await self._change(ConfChangeKind.ADD_LEARNER, joiner, request.address)
+
+    async def _remove_amnesiac(self, voter: int) -> None:
+        """A voter asking to join with an empty log lost its disk (felix/server/
+        bootstrap.py): it must not vote again before it has caught up, so it is removed,
+        then added back as a learner by its next request."""
+        node = self.node
+        heard = node.heard_recently(self.settings.heard_within_s)
+        refusal = removal_refusal(node.core.conf, voter, node.node_id, heard)
+        if refusal is not None:
+            log.warning(
+                "node %d: voter %d lost its data but cannot be removed: %s",
+                node.node_id,
+                voter,
+                refusal,
+            )
+            return
+        log.warning(
+            "node %d: voter %d asks to join with an empty log (its disk was lost):"
+            " removing it, then adding it back as a learner",
+            node.node_id,
+            voter,
+        )
+        await self._change(ConfChangeKind.REMOVE, voter)
 
     async def _change(self, kind: ConfChangeKind, member: int, address: str = "") -> bool:
         try:

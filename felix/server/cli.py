@@ -229,6 +229,9 @@ async def _serve_until_signal(
                         log.warning("second signal: exiting now")
                         raise SystemExit(1)
                     log.info("received %s: shutting down", signal.Signals(signum).name)
+                    if len(handles) < len(configs):  # still starting (a bootstrap probe)
+                        outer.cancel_scope.cancel()
+                        return
                     if brokers is not None:
                         await _stop_child(brokers)
                     for handle in handles:

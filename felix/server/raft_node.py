@@ -51,6 +51,7 @@ from felix.proto.raft_messages import (
     Forward,
     ForwardMessage,
     ForwardResult,
+    JoinReply,
     JoinRequest,
     SnapshotMeta,
 )
@@ -243,9 +244,13 @@ class RaftNode:
             await self._forwarded_send.send((sender, message))
             return
         if isinstance(message, JoinRequest):
+            with contextlib.suppress(trio.WouldBlock, UnknownPeer):
+                self.transport.send_nowait(sender, JoinReply(self.core.term, self.core.last_index))
             with contextlib.suppress(trio.WouldBlock):
                 self._joins_send.send_nowait(message)
             return
+        if isinstance(message, JoinReply):
+            return  # only a booting node's probe asks for them (felix/server/bootstrap.py)
         if isinstance(message, AppendResponse) and message.seq:
             sent = self._rtt_sent.pop((sender, message.seq), None)
             if sent is not None:

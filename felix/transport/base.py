@@ -8,9 +8,9 @@ from typing import Protocol
 
 import trio
 
-from felix.proto.raft_messages import ForwardMessage, JoinRequest, RaftMessage
+from felix.proto.raft_messages import ForwardMessage, JoinMessage, RaftMessage
 
-PeerPayload = RaftMessage | ForwardMessage | JoinRequest
+PeerPayload = RaftMessage | ForwardMessage | JoinMessage
 QueueItem = PeerPayload | bytes  # bytes: an already-framed message (TCP direct sends)
 Deliver = Callable[[int, PeerPayload], Awaitable[None]]
 """Hands one received message and its sender to the node.  Awaiting it is backpressure:

@@ -13,6 +13,7 @@ never notice: one snapshot each (at start), no resync, versions only forward.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -240,3 +241,28 @@ async def _scale(
             assert stats.resyncs == 0, stats
             assert watcher.forward
         nursery.cancel_scope.cancel()
+
+
+def test_a_wiped_initial_member_rejoins_instead_of_voting_with_an_empty_log(
+    pods: ProcessCluster,
+) -> None:
+    """Pod felix-2 comes back with a new, empty PVC: it must not boot as a voter of the
+    initial members with nothing in its log (an amnesiac voter).  It asks its peers
+    first, finds the cluster, joins as a non-member; the leader removes the old voter 3,
+    adds it back as a learner and promotes it once caught up."""
+    cluster = pods
+    cluster.wait_for_leader()
+    acked = {f"k{i}": f"v{i}" for i in range(20)}
+    for key, value in acked.items():
+        last = cluster.put(key, value)
+    node = cluster.nodes[3]
+    node.stop()
+    shutil.rmtree(node.data_dir)
+    node.start()
+    wait_for("voters 1, 2, 3 again", voters_are(cluster, [1, 2, 3]), 60.0)
+    wait_for("node 3 ready", lambda: ready(node))
+    cluster.wait_caught_up(3, last)
+    assert cluster.local_items(3, list(acked)) == acked
+    assert "the cluster exists" in node.log_path.read_text()
+    leader_logs = "".join(cluster.nodes[n].log_path.read_text() for n in (1, 2))
+    assert "voter 3 asks to join with an empty log" in leader_logs
