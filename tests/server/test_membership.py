@@ -8,10 +8,17 @@ from __future__ import annotations
 import trio
 
 from felix.config import load_config
-from felix.proto.raft_messages import ConfChangeKind, ConfState, JoinRequest, MemberAddress
+from felix.proto.raft_messages import (
+    ConfChangeKind,
+    ConfState,
+    JoinReply,
+    JoinRequest,
+    MemberAddress,
+)
 from felix.raft.membership import decode_change
 from felix.server.app import boot_conf
 from felix.server.autopilot import Autopilot, AutopilotSettings, promotion, removal_refusal
+from felix.server.bootstrap import decide, must_probe
 from felix.server.raft_node import NodeSettings, RaftNode
 from felix.testing.cluster import TICK_S, TrioCluster
 from tests.server.test_raft_node import write
@@ -214,4 +221,45 @@ async def test_a_non_member_learns_its_role_from_a_snapshot(
         await _wait(lambda: joiner.applied_index >= index, "node 4 caught up")
         assert joiner.status().snapshot_index > 0  # by InstallSnapshot, not the log
         assert joiner.core.conf == ConfState((1, 2, 3), (4,), (MemberAddress(4, "n4:7001"),))
+        nursery.cancel_scope.cancel()
+
+
+def test_bootstrap_probe_decides_only_on_evidence() -> None:
+    initial = (1, 2, 3)
+    nothing, something = JoinReply(0, 0), JoinReply(1, 23)
+    assert decide(initial, {}) is None  # alone: a majority has not answered
+    assert decide(initial, {2: nothing}) is False  # 2 of 3 (with itself) know of nothing
+    assert decide(initial, {2: nothing, 3: something}) is True  # any log: it exists
+    assert decide(initial, {3: JoinReply(2, 0)}) is True  # a term alone is enough
+    assert decide((1, 2, 3, 4, 5), {2: nothing}) is None  # 2 of 5 is no majority
+    pod = load_config(
+        env={
+            "FELIX_CLUSTER__INITIAL_MEMBERS": "1,2,3",
+            "FELIX_PEERS": "2=a:1,3=b:1",
+        }
+    )
+    assert must_probe(pod, fresh=True)
+    assert not must_probe(pod, fresh=False)  # its log is its own: nothing to ask
+    legacy = load_config(env={"FELIX_PEERS": "2=a:1,3=b:1"})
+    assert not must_probe(legacy, fresh=True)  # no initial_members: the static setup
+
+
+async def test_a_voter_that_asks_to_join_with_an_empty_log_is_removed_then_readded(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = TrioCluster(nursery, [1, 2, 3], seed=16)
+        await cluster.start_all()
+        await write(cluster, "a", b"1")
+        pilots = await _run_autopilots(nursery, cluster, [1, 2, 3], heard_within_s=1.0)
+        leader = await cluster.wait_for_leader()
+        assert leader.node is not None
+        lost = next(n for n in (1, 2, 3) if n != leader.node_id)
+        await pilots[leader.node_id]._answer(JoinRequest(lost, f"n{lost}:7001", 0))
+        assert lost not in leader.node.core.conf.members()
+        await pilots[leader.node_id]._answer(JoinRequest(lost, f"n{lost}:7001", 0))
+        assert leader.node.core.conf.learners == (lost,)
+        # A learner with an empty log is just being added: it is left alone.
+        await pilots[leader.node_id]._answer(JoinRequest(lost, f"n{lost}:7001", 0))
+        assert leader.node.core.conf.learners == (lost,)
         nursery.cancel_scope.cancel()
