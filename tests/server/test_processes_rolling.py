@@ -1,0 +1,187 @@
+"""Real processes that behave like StatefulSet pods (felix-0..2: own address, fixed ports,
+own data dir) are restarted one by one, highest ordinal first, as the StatefulSet
+controller rolls a change out: SIGTERM, wait for the exit, start again, wait for
+``/readyz`` before the next.  Meanwhile a writer keeps writing and 50 brokers watch.
+
+Nothing may be lost: every acknowledged write is on every node; every broker applied
+every version in order from the one snapshot it started with (no second snapshot, no
+resync); and leadership moved only by hand-offs (thesis §3.10), never by an election
+timeout.  The write-unavailable window of each restart is printed, not asserted.
+
+The rolling upgrade is the same roll with the restarted nodes speaking the next protocol
+version (``FELIX_PROTOCOL_NEXT=1``); it runs once `felix.proto.versions` exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import statistics
+from collections.abc import Iterator, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from felix.broker import MetadataView, open_metadata_client
+from felix.testing.processes import ProcessCluster, local_snapshot
+from felix.testing.rolling import (
+    AckedWriter,
+    RecordingCache,
+    Restart,
+    broker_summary,
+    elections,
+    node_history,
+    roll,
+)
+
+pytestmark = pytest.mark.slow
+
+BROKER_IDS = range(101, 151)  # 50 registered brokers
+WRITES_BEFORE = 100  # acknowledged before the roll starts...
+WRITES_AFTER = 100  # ...and after it ends
+
+
+def next_protocol_env() -> dict[str, str] | None:
+    """The environment that makes a node speak the next protocol version, if this build
+    has one (`felix.proto.versions`), else None."""
+    try:
+        versions = importlib.import_module("felix.proto.versions")
+    except ImportError:
+        return None
+    env = {versions.NEXT_ENV: "1"}
+    if versions.supported_versions(env).max <= versions.PROTOCOL_VERSION_MAX:
+        return None
+    return env
+
+
+@pytest.fixture
+def pods(tmp_path: Path) -> Iterator[ProcessCluster]:
+    cluster = ProcessCluster(tmp_path, pods=True)
+    try:
+        cluster.start_all()
+        for node in cluster.nodes.values():
+            node.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop_all()  # every process, by PID
+
+
+async def wait_for_acks(writer: AckedWriter, count: int, timeout_s: float = 30.0) -> None:
+    with trio.fail_after(timeout_s):
+        while len(writer.acked) < count:
+            await trio.sleep(0.02)
+
+
+async def rolling_restart(cluster: ProcessCluster, extra_env: Mapping[str, str] | None) -> None:
+    nodes = [cluster.nodes[n] for n in sorted(cluster.nodes, reverse=True)]
+    endpoints = [node.client_endpoint for node in nodes]
+    assert len({node.host for node in nodes}) == len(nodes)  # a pod IP each (or fallback)
+    baseline = {n: elections(node) for n, node in cluster.nodes.items()}
+    assert sum(c["timeout"] for c in baseline.values()) >= 1  # the first leader's election
+    creds = await cluster.broker_credentials(list(BROKER_IDS))
+    caches = {b: RecordingCache(b) for b in BROKER_IDS}
+    # The writer starts on felix-2, the first pod restarted, and moves on in roll order:
+    # every restart takes its node away from under it.
+    writer = AckedWriter(nodes, cluster.creds)
+    stop = trio.Event()
+    async with AsyncExitStack() as stack:
+        views: dict[int, MetadataView] = {}
+        for b in BROKER_IDS:
+            views[b] = await stack.enter_async_context(
+                open_metadata_client(
+                    endpoints, node_id=b, address=f"10.30.0.{b}:9092", rack=f"r{b % 3}",
+                    token=creds[b].token, ssl_context=creds[b].ssl_context(),
+                    cache=caches[b], rng=random.Random(b), backoff_s_min=0.02,
+                    backoff_s_max=0.2, digest_check_s=None, report_down_on_exit=False,
+                )
+            )  # fmt: skip
+        spread = {view.endpoint for view in views.values()}
+        assert spread == set(endpoints), spread  # brokers on every node
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run, stop)
+            await wait_for_acks(writer, WRITES_BEFORE)
+            restarts = await trio.to_thread.run_sync(lambda: roll(cluster, extra_env=extra_env))
+            acked_at_end = len(writer.acked)
+            await wait_for_acks(writer, acked_at_end + WRITES_AFTER)
+            stop.set()
+        final = max(writer.acked.values())
+        for view in views.values():  # caught up (the registrations and writes: all)
+            with trio.fail_after(30):
+                await view.wait_version(final)
+        stats = {b: views[b].stats for b in BROKER_IDS}
+    report(writer, restarts, caches, stats)
+
+    # Every acknowledged write is on every node.
+    for node_id, node in cluster.nodes.items():
+        await trio.to_thread.run_sync(cluster.wait_caught_up, node_id, final)
+        names = {c.key for c in await local_snapshot(node, cluster.creds) if c.kind == "tenant"}
+        missing = set(writer.acked) - names
+        assert not missing, f"{node.name}: {len(missing)} acknowledged writes missing"
+
+    # Every broker: one snapshot, no resync, every version in order after it.
+    start = min(c.snapshot_versions[0] for c in caches.values())
+    top = max(c.versions[-1] if c.versions else 0 for c in caches.values())
+    history = await node_history(cluster.nodes[1], cluster.creds, start, top)
+    assert set(writer.acked.values()) <= set(history), "an acknowledged write has no delta"
+    for b, cache in caches.items():
+        assert cache.snapshot_versions == cache.snapshot_versions[:1], (b, cache.snapshot_versions)
+        assert stats[b].snapshots == 1, (b, stats[b].snapshots)
+        assert stats[b].resyncs == 0, (b, stats[b].resync_reasons)
+        assert cache.chain_problems() == [], (b, cache.chain_problems()[:5])
+        first = cache.snapshot_versions[0]
+        seen = cache.versions
+        expected = [v for v in history if first < v <= seen[-1]]
+        assert seen == expected, (b, sorted(set(expected) ^ set(seen))[:10])
+
+    # Leadership moved only by hand-offs: no election followed a timeout.  Counters
+    # start at zero in every process: the old one's were read just before its SIGTERM.
+    after = {n: elections(node) for n, node in cluster.nodes.items()}
+    by_process = {
+        f"{r.name} old": {k: v - baseline[r.node_id][k] for k, v in r.elections_before.items()}
+        for r in restarts
+    } | {f"{cluster.nodes[n].name} new": counts for n, counts in after.items()}
+    print(f"  elections during the roll, by process: {by_process}")
+    assert all(c["timeout"] == 0 for c in by_process.values()), by_process
+    transfers = sum(c["transfer"] for c in by_process.values())
+    assert transfers >= sum(r.was_leader for r in restarts) >= 1, by_process
+    assert all(r.exit_code == 0 for r in restarts), [(r.name, r.exit_code) for r in restarts]
+
+
+def report(
+    writer: AckedWriter,
+    restarts: list[Restart],
+    caches: Mapping[int, RecordingCache],
+    stats: Mapping[int, object],
+) -> None:
+    lines = ["", "rolling restart (highest ordinal first):"]
+    gaps = []
+    for r in restarts:
+        gap = writer.max_gap_s(r.sigterm_at, r.ready_at)
+        gaps.append(gap)
+        lines.append(
+            f"  {r.name} (node {r.node_id}{', leader' if r.was_leader else ''}):"
+            f" SIGTERM->exit {r.stop_s:.2f} s, start->ready {r.back_s:.2f} s,"
+            f" longest wait for a write ack {gap * 1000:.0f} ms,"
+            f" acks meanwhile {writer.acked_between(r.sigterm_at, r.ready_at)}"
+        )
+    lines.append(
+        f"  writes: {len(writer.acked)} acknowledged, refused {dict(writer.refused)},"
+        f" unknown outcome {writer.unknown}, node switches {writer.switches};"
+        f" median of the restarts' longest gaps {statistics.median(gaps) * 1000:.0f} ms"
+    )
+    lines.append("  " + broker_summary(caches.values(), stats.values()))
+    print("\n".join(lines))
+
+
+async def test_rolling_restart_loses_nothing(pods: ProcessCluster) -> None:
+    await rolling_restart(pods, None)
+
+
+@pytest.mark.skipif(
+    next_protocol_env() is None,
+    reason="no next protocol version in this build (felix.proto.versions, FELIX_PROTOCOL_NEXT)",
+)
+async def test_rolling_upgrade_to_the_next_protocol_loses_nothing(pods: ProcessCluster) -> None:
+    await rolling_restart(pods, next_protocol_env())
