@@ -134,22 +134,25 @@ class ServeProcess:
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
-    def ready(self) -> bool:
-        """``/readyz`` answers 200 (what a Kubernetes readiness probe checks)."""
+    def probe(self, path: str) -> bool:
+        """``path`` (``/livez``, ``/readyz``: what Kubernetes probes) answers 200."""
         try:
-            code, _ = self.get_text("/readyz", timeout_s=0.5)
+            code, _ = self.get_text(path, timeout_s=0.5)
         except (OSError, urllib.error.URLError, ValueError):
             return False
         return code == 200
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_probe(self, path: str = "/readyz", timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self.ready():
+        while not self.probe(path):
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.node_id} exited ({self.proc.returncode})")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node {self.node_id}: /readyz not 200 within {timeout_s} s")
-            time.sleep(0.02)
+                raise TimeoutError(f"node {self.node_id}: {path} not 200 within {timeout_s} s")
+            time.sleep(0.01)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        self.wait_probe("/readyz", timeout_s)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

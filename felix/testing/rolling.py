@@ -234,7 +234,8 @@ class Restart:
     sigterm_at: float
     exited_at: float
     exit_code: int | None
-    ready_at: float
+    live_at: float  # the new process answers /livez
+    ready_at: float  # ... and /readyz (it knows the leader: it was reached)
     elections_before: dict[str, int]  # the old process's counters, just before SIGTERM
 
     @property
@@ -242,8 +243,12 @@ class Restart:
         return self.exited_at - self.sigterm_at
 
     @property
-    def back_s(self) -> float:
-        return self.ready_at - self.exited_at
+    def boot_s(self) -> float:
+        return self.live_at - self.exited_at
+
+    @property
+    def live_to_ready_s(self) -> float:
+        return self.ready_at - self.live_at
 
 
 def leader_of(cluster: ProcessCluster) -> int | None:
@@ -274,10 +279,12 @@ def roll(
         exit_code = node.stop(grace_s=ready_timeout_s)
         exited_at = time.monotonic()
         node.start(extra_env)
+        node.wait_probe("/livez", ready_timeout_s)
+        live_at = time.monotonic()
         node.wait_ready(ready_timeout_s)
         restart = Restart(
-            node_id, node.name, was_leader, sigterm_at, exited_at, exit_code, time.monotonic(),
-            before,
+            node_id, node.name, was_leader, sigterm_at, exited_at, exit_code, live_at,
+            time.monotonic(), before,
         )  # fmt: skip
         restarts.append(restart)
         if on_restarted is not None:

@@ -162,7 +162,8 @@ def report(
         gaps.append(gap)
         lines.append(
             f"  {r.name} (node {r.node_id}{', leader' if r.was_leader else ''}):"
-            f" SIGTERM->exit {r.stop_s:.2f} s, start->ready {r.back_s:.2f} s,"
+            f" SIGTERM->exit {r.stop_s:.2f} s, start->/livez {r.boot_s:.2f} s,"
+            f" /livez->/readyz {r.live_to_ready_s:.2f} s,"
             f" longest wait for a write ack {gap * 1000:.0f} ms,"
             f" acks meanwhile {writer.acked_between(r.sigterm_at, r.ready_at)}"
         )
