@@ -129,6 +129,7 @@ class TcpTransport:
         self._nursery: trio.Nursery | None = None
         self._queues = PeerQueues(config.peers, config.send_queue_max, self.stats)
         self._links: dict[int, _Link] = {}
+        self._redial: dict[int, trio.Event] = {}  # set: dial that peer now (it is back)
         self._hello = encode_frame(
             PEER.encode(PeerHello(config.cluster_id, config.node_id, PROTOCOL_VERSION))
         )
@@ -227,8 +228,13 @@ class TcpTransport:
                     backoff = self.config.backoff_s_min
                     self.stats.connects += 1
                     await self._pump(peer, stream, tls)
-            # Full jitter keeps restarted nodes from reconnecting in lockstep.
-            await trio.sleep(backoff * (0.5 + self._rng.random() / 2))
+            # Full jitter keeps restarted nodes from reconnecting in lockstep.  A peer
+            # that dials us is back: dial it at once, so a restarted follower hears
+            # from the leader before its election timeout (no needless pre-vote).
+            wake = self._redial[peer] = trio.Event()
+            with trio.move_on_after(backoff * (0.5 + self._rng.random() / 2)):
+                await wake.wait()
+            backoff = self.config.backoff_s_min if wake.is_set() else backoff
             backoff = min(backoff * 2, self.config.backoff_s_max)
 
     async def _secure_outbound(self, peer: int, stream: trio.SocketStream) -> TlsSession | None:
@@ -337,6 +343,8 @@ class TcpTransport:
         sender = self._check_hello(hello, remote)
         if certified is not None and certified != sender:
             raise HandshakeRefused(f"Hello says node {sender}, its certificate names {certified}")
+        if sender in self._redial:
+            self._redial[sender].set()
         while True:
             message = await _read_message(source, decoder)
             if message is None:
