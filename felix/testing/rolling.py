@@ -53,7 +53,9 @@ RETRY_PAUSE_S = 0.01  # between two attempts after a refusal or a lost connectio
 @dataclass
 class AckedWriter:
     """One write at a time (tenant ``<prefix><n>``, a new one each attempt, so every
-    acknowledged write is a distinct record to look for later)."""
+    acknowledged write is a distinct record to look for later).  A refusal that changed
+    nothing from this node (``not_leader``: it is stopping or knows no leader;
+    ``unavailable``) moves the writer to the next node."""
 
     nodes: Sequence[ServeProcess]  # tried in this order, moving on when one fails
     creds: Credentials
@@ -61,7 +63,7 @@ class AckedWriter:
     acked: dict[str, int] = field(default_factory=dict)  # tenant -> version
     acked_at: list[float] = field(default_factory=list)  # time.monotonic of each ack
     refused: Counter[str] = field(default_factory=Counter)  # error code -> count
-    unknown: int = 0  # connection lost or timed out with a write in flight
+    unknown: list[str] = field(default_factory=list)  # in flight when the link broke
     switches: int = 0  # moves to another node
 
     async def run(self, stop: trio.Event) -> None:
@@ -95,7 +97,7 @@ class AckedWriter:
                     await conn.send(request)
                     reply = await self._reply(conn, n)
             except (ConnectionClosed, OSError, trio.TooSlowError):
-                self.unknown += 1
+                self.unknown.append(key)
                 await trio.sleep(RETRY_PAUSE_S)
                 return  # to the next node
             if isinstance(reply, WriteResult):
@@ -106,8 +108,8 @@ class AckedWriter:
                 raise AssertionError(f"write {key} refused: {reply.code}: {reply.detail}")
             self.refused[str(reply.code)] += 1
             await trio.sleep(RETRY_PAUSE_S)
-            if reply.code is ErrorCode.UNAVAILABLE:
-                return  # the node is stopping: the next one
+            if reply.code in (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE):
+                return  # stopping, or it knows no leader (a follower forwards): the next
 
     @staticmethod
     async def _reply(conn: ClientConnection, request_id: int) -> WriteResult | Error:
