@@ -15,6 +15,7 @@ version (``FELIX_PROTOCOL_NEXT=1``); it runs once `felix.proto.versions` exists.
 from __future__ import annotations
 
 import importlib
+import itertools
 import random
 import statistics
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,7 @@ import pytest
 import trio
 
 from felix.broker import MetadataView, open_metadata_client
+from felix.config import RaftTimings
 from felix.testing.processes import ProcessCluster, local_snapshot
 from felix.testing.rolling import (
     AckedWriter,
@@ -58,7 +60,10 @@ def next_protocol_env() -> dict[str, str] | None:
 
 @pytest.fixture
 def pods(tmp_path: Path) -> Iterator[ProcessCluster]:
-    cluster = ProcessCluster(tmp_path, pods=True)
+    # Production timings (election timeout 400-800 ms), not the harness's fast ones: at
+    # 160-320 ms a starved CPU alone can cost the leader its quorum while one of the
+    # three is down, and that election would not be the roll's doing.
+    cluster = ProcessCluster(tmp_path, pods=True, tick_ms=RaftTimings().tick_ms)
     try:
         cluster.start_all()
         for node in cluster.nodes.values():
@@ -160,6 +165,12 @@ def report(
     unknown_applied: int,
 ) -> None:
     lines = ["", "rolling restart (highest ordinal first):"]
+    first_sigterm = restarts[0].sigterm_at
+    steady = [b - a for a, b in itertools.pairwise(writer.acked_at) if b < first_sigterm]
+    lines.append(
+        f"  steady state before the roll: {len(steady) + 1} acks, gap between acks median"
+        f" {statistics.median(steady) * 1000:.1f} ms, longest {max(steady) * 1000:.0f} ms"
+    )
     gaps = []
     for r in restarts:
         gap = writer.max_gap_s(r.sigterm_at, r.ready_at)
