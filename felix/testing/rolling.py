@@ -65,6 +65,7 @@ class AckedWriter:
     refused: Counter[str] = field(default_factory=Counter)  # error code -> count
     unknown: list[str] = field(default_factory=list)  # in flight when the link broke
     switches: int = 0  # moves to another node
+    links: list[tuple[float, str]] = field(default_factory=list)  # (when, "lost"/"open")
 
     async def run(self, stop: trio.Event) -> None:
         seq = itertools.count(1)
@@ -77,6 +78,7 @@ class AckedWriter:
                 self.switches += 1
                 await trio.sleep(RETRY_PAUSE_S)
                 continue
+            self.links.append((time.monotonic(), "open"))
             try:
                 await self._write_until_failure(conn, seq, stop)
             finally:
@@ -98,6 +100,7 @@ class AckedWriter:
                     reply = await self._reply(conn, n)
             except (ConnectionClosed, OSError, trio.TooSlowError):
                 self.unknown.append(key)
+                self.links.append((time.monotonic(), "lost"))
                 await trio.sleep(RETRY_PAUSE_S)
                 return  # to the next node
             if isinstance(reply, WriteResult):
@@ -125,6 +128,12 @@ class AckedWriter:
             b - a for a, b in itertools.pairwise(times) if b >= start and a <= end
         ]  # fmt: skip
         return max(gaps, default=end - start)
+
+    def first_link_event(self, kind: str, after: float) -> float | None:
+        return next((t for t, k in self.links if k == kind and t >= after), None)
+
+    def first_ack(self, after: float) -> float | None:
+        return next((t for t in self.acked_at if t >= after), None)
 
     def acked_between(self, start: float, end: float) -> int:
         return sum(start <= t <= end for t in self.acked_at)

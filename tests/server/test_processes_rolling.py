@@ -98,8 +98,8 @@ async def rolling_restart(cluster: ProcessCluster, extra_env: Mapping[str, str] 
                 open_metadata_client(
                     endpoints, node_id=b, address=f"10.30.0.{b}:9092", rack=f"r{b % 3}",
                     token=creds[b].token, ssl_context=creds[b].ssl_context(),
-                    cache=caches[b], rng=random.Random(b), backoff_s_min=0.02,
-                    backoff_s_max=0.2, digest_check_s=None, report_down_on_exit=False,
+                    cache=caches[b], rng=random.Random(b), digest_check_s=None,
+                    report_down_on_exit=False,  # the library's own reconnect back-off
                 )
             )  # fmt: skip
         spread = {view.endpoint for view in views.values()}
@@ -180,7 +180,8 @@ def report(
             f" SIGTERM->exit {r.stop_s:.2f} s, start->/livez {r.boot_s:.2f} s,"
             f" /livez->/readyz {r.live_to_ready_s:.2f} s,"
             f" longest wait for a write ack {gap * 1000:.0f} ms,"
-            f" acks meanwhile {writer.acked_between(r.sigterm_at, r.ready_at)}"
+            f" acks meanwhile {writer.acked_between(r.sigterm_at, r.ready_at)};"
+            f" writer: {link_story(writer, r.sigterm_at)}"
         )
     lines.append(
         f"  writes: {len(writer.acked)} acknowledged, refused {dict(writer.refused)},"
@@ -190,6 +191,17 @@ def report(
     )
     lines.append("  " + broker_summary(caches.values(), stats.values()))
     print("\n".join(lines))
+
+
+def link_story(writer: AckedWriter, sigterm_at: float) -> str:
+    """From the SIGTERM: the writer's link lost, a new one open, the first ack on it."""
+    lost = writer.first_link_event("lost", sigterm_at)
+    if lost is None:
+        return "kept its link"
+    opened = writer.first_link_event("open", lost)
+    ack = writer.first_ack(opened) if opened is not None else None
+    ms = [f"{(t - sigterm_at) * 1000:.0f}" if t is not None else "-" for t in (lost, opened, ack)]
+    return f"link lost +{ms[0]} ms, new link +{ms[1]} ms, first ack +{ms[2]} ms"
 
 
 async def test_rolling_restart_loses_nothing(pods: ProcessCluster) -> None:
