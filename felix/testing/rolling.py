@@ -65,7 +65,7 @@ class AckedWriter:
     refused: Counter[str] = field(default_factory=Counter)  # error code -> count
     unknown: list[str] = field(default_factory=list)  # in flight when the link broke
     switches: int = 0  # moves to another node
-    links: list[tuple[float, str]] = field(default_factory=list)  # (when, "lost"/"open")
+    links: list[tuple[float, str]] = field(default_factory=list)  # (when, "open"/"lost")
 
     async def run(self, stop: trio.Event) -> None:
         seq = itertools.count(1)
@@ -84,6 +84,7 @@ class AckedWriter:
             finally:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
+            self.links.append((time.monotonic(), "lost"))  # broken, or given up on
             self.switches += 1
 
     async def _write_until_failure(
@@ -100,7 +101,6 @@ class AckedWriter:
                     reply = await self._reply(conn, n)
             except (ConnectionClosed, OSError, trio.TooSlowError):
                 self.unknown.append(key)
-                self.links.append((time.monotonic(), "lost"))
                 await trio.sleep(RETRY_PAUSE_S)
                 return  # to the next node
             if isinstance(reply, WriteResult):

@@ -199,7 +199,8 @@ def report(
 
 
 def link_story(writer: AckedWriter, sigterm_at: float) -> str:
-    """From the SIGTERM: the writer's link lost, a new one open, the first ack on it."""
+    """From the SIGTERM: the writer's link lost (broken, or left after a refusal), a new
+    one open, the first ack on it."""
     lost = writer.first_link_event("lost", sigterm_at)
     if lost is None:
         return "kept its link"
