@@ -262,7 +262,9 @@ def load_config(
 
 
 # Variables with the prefix that are not config keys (used by tests and tools).
-_IGNORED_ENV = frozenset({"FELIX_SIM_SEED", "FELIX_LOG_COLOR", "FELIX_KEEPALIVE_SOAK_S"})
+_IGNORED_ENV = frozenset(
+    {"FELIX_SIM_SEED", "FELIX_LOG_COLOR", "FELIX_KEEPALIVE_SOAK_S", "FELIX_PROTOCOL_NEXT"}
+)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
