@@ -106,8 +106,8 @@ async def rolling_restart(cluster: ProcessCluster, extra_env: Mapping[str, str] 
                     endpoints, node_id=b, address=f"10.30.0.{b}:9092", rack=f"r{b % 3}",
                     token=creds[b].token, ssl_context=creds[b].ssl_context(),
                     cache=caches[b], rng=random.Random(b), digest_check_s=None,
-                    report_down_on_exit=False,  # the library's own reconnect back-off
-                )
+                    report_down_on_exit=False,
+                )  # the library's own reconnect back-off, as a real broker has it
             )  # fmt: skip
         spread = {view.endpoint for view in views.values()}
         assert spread == set(endpoints), spread  # brokers on every node
