@@ -103,6 +103,12 @@ def test_bad_env_names_the_variable() -> None:
         load_config(env={"FELIX_RAFT__TIK_MS": "5"})
 
 
+def test_the_next_protocol_switch_is_not_a_config_key() -> None:
+    """``FELIX_PROTOCOL_NEXT=1`` (felix.proto.versions, tests only) shares the prefix: a
+    node started with it must not refuse it as an unknown key (the rolling upgrade)."""
+    assert load_config(env={"FELIX_PROTOCOL_NEXT": "1"}) == load_config(env={})
+
+
 def test_watch_bounds_of_their_own() -> None:
     """The slow-subscriber bound and the keepalive interval are settings of their own: a
     short history does not shorten the subscriber bound, and both reach the node."""

@@ -30,6 +30,20 @@ class NodeMetrics:
         self.leader_changes = Counter(
             "felix_raft_leader_changes_seen", "Leader changes this node saw", registry=r
         )
+        self.elections = Counter(
+            "felix_raft_elections",
+            "Elections this node started (term bumped), by cause: an election timeout,"
+            " or a leader's TimeoutNow (a leadership transfer)",
+            ["cause"],
+            registry=r,
+        )
+        for cause in ("timeout", "transfer"):
+            self.elections.labels(cause)  # both series exist from the start, at 0
+        self.pre_votes = Counter(
+            "felix_raft_pre_vote_rounds",
+            "Pre-vote rounds this node started after an election timeout (may change nothing)",
+            registry=r,
+        )
         self.commit_index = Gauge("felix_raft_commit_index", "Commit index", registry=r)
         self.applied_index = Gauge("felix_raft_applied_index", "Applied index", registry=r)
         self.proposals_committed = Counter(

@@ -53,6 +53,7 @@ from felix.proto.raft_messages import (
     ForwardResult,
     JoinReply,
     JoinRequest,
+    RequestVote,
     SnapshotMeta,
 )
 from felix.raft.core import RaftCore
@@ -383,6 +384,7 @@ class RaftNode:
     async def _handle_ready(self, ready: Ready) -> None:
         """One Ready through the shared driver (felix/raft/driver.py): the write starts
         before the sends, ``Persisted`` and the apply follow once it is durable."""
+        self._count_elections(ready)
         driver = self._driver
         pending = driver.begin(ready)
         if pending is None:
@@ -395,6 +397,26 @@ class RaftNode:
             await pending.wait()
             self.metrics.fsync_duration.observe(time.perf_counter() - pending.started)
         driver.finish(ready)
+
+    def _count_elections(self, ready: Ready) -> None:
+        """Campaigns this node starts, told apart by their vote requests: a transfer's
+        (thesis §3.10) is marked ``leader_transfer``; any other real one followed an
+        election timeout (after a won pre-vote, thesis §9.6).  Once per campaign, not
+        per voter asked."""
+        causes: set[str] = set()
+        pre_vote = False
+        for messages in (ready.send_now, ready.send_after_persist):
+            for out in messages:
+                m = out.message
+                if type(m) is RequestVote and m.candidate == self.node_id:
+                    if m.pre_vote:
+                        pre_vote = True
+                    else:
+                        causes.add("transfer" if m.leader_transfer else "timeout")
+        if pre_vote:
+            self.metrics.pre_votes.inc()
+        for cause in causes:
+            self.metrics.elections.labels(cause).inc()
 
     # --- the driver's disk, network and applier (felix/raft/driver.py) ---------------
 

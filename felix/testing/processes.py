@@ -5,6 +5,11 @@ Every process is started with its own data dir and free ports, and stopped by it
 is ``secure`` by default, as `felix serve` is: the harness makes a CA, one certificate
 per node and a bootstrap admin token in its root, and talks ``wss://`` with that token;
 ``secure=False`` runs the nodes ``--insecure`` (benches compare the two).
+
+``pods=True`` lays the nodes out the way a StatefulSet does: node ``felix-N`` (id N + 1)
+has its own loopback address (``127.0.k.11``, ``.12``, ...: a pod IP) with the same fixed
+ports on every node, and its own data dir ``felix-N/``; `ServeProcess.start` takes extra
+environment variables, so a restart can run the same node with another environment.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,9 @@ from felix.security.certs import init_ca, issue
 from felix.security.contexts import client_context
 
 HTTP_TIMEOUT_S = 5.0
+LOOPBACK = "127.0.0.1"
+POD_PORTS = (7001, 8001, 9001)  # peer, client, ops: the defaults of felix/config.py
+POD_SUBNETS_TRIED = 32  # 127.k.*: how many /24s are probed for a pod layout
 
 
 def free_ports(count: int) -> list[int]:
@@ -59,6 +67,42 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def pod_hosts(size: int, ports: Sequence[int] = POD_PORTS) -> list[str] | None:
+    """One loopback address per pod (``127.k.0.11`` + ordinal), where every one of
+    ``ports`` is free on every address, or None (no such layout here: use free ports).
+    The /24 is picked at random among `POD_SUBNETS_TRIED`, so concurrent harnesses
+    rarely probe the same one."""
+    start = secrets.randbelow(POD_SUBNETS_TRIED)
+    for k in range(POD_SUBNETS_TRIED):
+        subnet = 100 + (start + k) % POD_SUBNETS_TRIED
+        hosts = [f"127.{subnet}.0.{11 + ordinal}" for ordinal in range(size)]
+        if all(_bindable(host, port) for host in hosts for port in ports):
+            return hosts
+    return None
+
+
+def _bindable(host: str, port: int) -> bool:
+    sock = socket.socket()
+    try:
+        sock.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def pod_identity(ordinal: int, members: Sequence[int]) -> tuple[list[str], dict[str, str]]:
+    """The `felix serve` arguments and environment that make a process pod
+    ``felix-<ordinal>``: the node id from ``POD_NAME`` (ordinal + 1), the cluster formed
+    by ``members`` (docs/architecture.md §15), as one config serves every pod."""
+    args = [
+        "--set", "cluster.pod_identity=true",
+        "--set", f"cluster.initial_members={','.join(map(str, members))}",
+    ]  # fmt: skip
+    return args, {"POD_NAME": f"felix-{ordinal}"}
+
+
 @dataclass
 class ServeProcess:
     node_id: int
@@ -71,16 +115,46 @@ class ServeProcess:
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""  # presented on the ops port (admin routes, status)
     ca: Path | None = None  # the ops port speaks HTTPS (a secure cluster)
+    host: str = LOOPBACK  # every port of this node listens here (a pod IP)
+    env: dict[str, str] = field(default_factory=dict)  # on top of os.environ, every start
+    name: str = ""  # the pod name (felix-N), when the cluster has pods
 
     @property
     def ops(self) -> str:
-        return f"127.0.0.1:{self.ops_port}"
+        return f"{self.host}:{self.ops_port}"
 
-    def start(self) -> None:
+    @property
+    def client_endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    def start(self, extra_env: Mapping[str, str] | None = None) -> None:
+        """Start (again) with the same arguments and data dir; ``extra_env`` is added
+        to this start's environment only (a restart with a changed pod template)."""
         assert self.proc is None or self.proc.poll() is not None
+        env = {**os.environ, **self.env, **(extra_env or {})}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
+
+    def probe(self, path: str) -> bool:
+        """``path`` (``/livez``, ``/readyz``: what Kubernetes probes) answers 200."""
+        try:
+            code, _ = self.get_text(path, timeout_s=0.5)
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        return code == 200
+
+    def wait_probe(self, path: str = "/readyz", timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.probe(path):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.node_id} exited ({self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.node_id}: {path} not 200 within {timeout_s} s")
+            time.sleep(0.01)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        self.wait_probe("/readyz", timeout_s)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -125,15 +199,17 @@ class Credentials:
     def ssl_context(self) -> ssl.SSLContext | None:
         return broker_ssl_context(self.ca) if self.ca is not None else None
 
-    async def open(self, port: int, timeout_s: float = HTTP_TIMEOUT_S) -> ClientConnection:
+    async def open(
+        self, port: int, timeout_s: float = HTTP_TIMEOUT_S, host: str = LOOPBACK
+    ) -> ClientConnection:
         return await ClientConnection.open(
-            "127.0.0.1", port, timeout_s=timeout_s, token=self.token, ssl_context=self.ssl_context()
+            host, port, timeout_s=timeout_s, token=self.token, ssl_context=self.ssl_context()
         )
 
 
-async def _request(port: int, request: WriteRequest, creds: Credentials) -> Any:
+async def _request(node: ServeProcess, request: WriteRequest, creds: Credentials) -> Any:
     with trio.fail_after(HTTP_TIMEOUT_S):
-        conn = await creds.open(port)
+        conn = await creds.open(node.client_port, host=node.host)
         try:
             await conn.send(request)
             return await conn.receive()
@@ -141,9 +217,10 @@ async def _request(port: int, request: WriteRequest, creds: Credentials) -> Any:
             await conn.aclose()
 
 
-async def _snapshot(port: int, creds: Credentials) -> list[Change]:
+async def local_snapshot(node: ServeProcess, creds: Credentials) -> list[Change]:
+    """Every record ``node`` has applied (a local, serializable read)."""
     with trio.fail_after(HTTP_TIMEOUT_S):
-        conn = await creds.open(port)
+        conn = await creds.open(node.client_port, host=node.host)
         try:
             await conn.send(GetSnapshot(1, False))
             records: list[Change] = []
@@ -158,7 +235,7 @@ async def _snapshot(port: int, creds: Credentials) -> list[Change]:
 
 
 async def mint_broker_tokens(
-    port: int, creds: Credentials, node_ids: Sequence[int]
+    port: int, creds: Credentials, node_ids: Sequence[int], host: str = LOOPBACK
 ) -> dict[int, str]:
     """A broker-role token bound to each of ``node_ids``, as `felix ctl token create
     --role broker --node N` makes them: the secret is made here and only its hash is
@@ -169,7 +246,7 @@ async def mint_broker_tokens(
     }
     by_request: dict[int, int] = {}
     with trio.fail_after(HTTP_TIMEOUT_S + len(made) / 100):
-        conn = await creds.open(port)
+        conn = await creds.open(port, host=host)
         try:
             for request_id, (node_id, token) in enumerate(made.items(), start=1):
                 parsed = parse_token(token)
@@ -240,6 +317,7 @@ class ProcessCluster:
     tick_ms: int = 20
     secure: bool = True
     cluster_id: str = "proc-test"
+    pods: bool = False  # StatefulSet-like: felix-N, own address, fixed ports (see above)
     nodes: dict[int, ServeProcess] = field(default_factory=dict)
     creds: Credentials = field(default_factory=Credentials)
     _broker_creds: dict[int, Credentials] = field(default_factory=dict)
@@ -262,8 +340,8 @@ class ProcessCluster:
         while True:
             leader = await trio.to_thread.run_sync(self.wait_for_leader)
             try:
-                port = self.nodes[leader].client_port
-                tokens = await mint_broker_tokens(port, self.creds, node_ids)
+                node = self.nodes[leader]
+                tokens = await mint_broker_tokens(node.client_port, self.creds, node_ids, node.host)
             except (OSError, ConnectionClosed, TokenMintError, trio.TooSlowError):
                 if time.monotonic() > deadline:
                     raise
@@ -295,34 +373,48 @@ class ProcessCluster:
     def __post_init__(self) -> None:
         if self.secure:
             self._make_material()
-        ports = free_ports(3 * self.size)
         ids = list(range(1, self.size + 1))
-        peer_ports = {i: ports[i - 1] for i in ids}
+        hosts = pod_hosts(self.size) if self.pods else None
+        if hosts is not None:
+            addresses = {i: (hosts[i - 1], *POD_PORTS) for i in ids}
+        else:  # every node on 127.0.0.1, each with free ports of its own
+            ports = free_ports(3 * self.size)
+            addresses = {
+                i: (LOOPBACK, ports[i - 1], ports[2 * self.size + i - 1], ports[self.size + i - 1])
+                for i in ids
+            }
         for i in ids:
-            peers = ",".join(f"{p}=127.0.0.1:{peer_ports[p]}" for p in ids if p != i)
-            ops_port = ports[self.size + i - 1]
-            client_port = ports[2 * self.size + i - 1]
-            data_dir = self.root / f"node-{i}"
+            host, peer_port, client_port, ops_port = addresses[i]
+            peers = ",".join(f"{p}={addresses[p][0]}:{addresses[p][1]}" for p in ids if p != i)
+            name = f"felix-{i - 1}" if self.pods else ""
+            data_dir = self.root / (f"{name}/data" if name else f"node-{i}")
+            if self.pods:
+                identity, env = pod_identity(i - 1, ids)
+            else:
+                identity, env = ["--node-id", str(i)], {}
             args = [
                 sys.executable, "-m", "felix.cli", "serve",
-                "--node-id", str(i), "--cluster-id", self.cluster_id,
+                *identity, "--cluster-id", self.cluster_id,
                 "--data-dir", str(data_dir), "--peers", peers,
-                "--listen-peer", f"127.0.0.1:{peer_ports[i]}",
-                "--listen-client", f"127.0.0.1:{client_port}",
-                "--listen-ops", f"127.0.0.1:{ops_port}",
+                "--listen-peer", f"{host}:{peer_port}",
+                "--listen-client", f"{host}:{client_port}",
+                "--listen-ops", f"{host}:{ops_port}",
                 "--set", f"raft.tick_ms={self.tick_ms}",
                 *self._security_args(i),
             ]  # fmt: skip
             self.nodes[i] = ServeProcess(
                 i,
-                peer_ports[i],
+                peer_port,
                 ops_port,
                 client_port,
                 data_dir,
                 args,
-                self.root / f"node-{i}.log",
+                self.root / f"{name or f'node-{i}'}.log",
                 token=self.creds.token,
                 ca=self.creds.ca,
+                host=host,
+                env=env,
+                name=name,
             )
 
     def start_all(self) -> None:
@@ -361,7 +453,7 @@ class ProcessCluster:
             try:
                 leader = self.wait_for_leader(max(0.1, deadline - time.monotonic()))
                 request = WriteRequest(1, "set_tenant", {"name": key, "display_name": value}, None)
-                reply = trio.run(_request, self.nodes[leader].client_port, request, self.creds)
+                reply = trio.run(_request, self.nodes[leader], request, self.creds)
             except (OSError, TimeoutError, ConnectionClosed, trio.TooSlowError):
                 time.sleep(0.02)
                 continue
@@ -372,7 +464,7 @@ class ProcessCluster:
 
     def local_items(self, node_id: int, keys: list[str]) -> dict[str, str | None]:
         """What ``node_id`` has applied for tenants ``keys`` (a local, serializable read)."""
-        records = trio.run(_snapshot, self.nodes[node_id].client_port, self.creds)
+        records = trio.run(local_snapshot, self.nodes[node_id], self.creds)
         names = {
             c.key: c.value.get("display_name") for c in records if c.kind == "tenant" and c.value
         }

@@ -166,6 +166,7 @@ class TcpTransport:
         self._dialers: dict[int, trio.CancelScope] = {}
         self._drops_logged: set[tuple[int, str]] = set()  # (peer, type) said once each
         versions = config.versions
+        self._redial: dict[int, trio.Event] = {}  # set: dial that peer now (it is back)
         self._hello = encode_frame(
             PEER.encode(PeerHello(config.cluster_id, config.node_id, versions.min, versions.max))
         )
@@ -229,6 +230,7 @@ class TcpTransport:
     def remove_peer(self, peer: int) -> None:
         """See `PeerTransport.remove_peer`."""
         self._addresses.pop(peer, None)
+        self._redial.pop(peer, None)
         dialer = self._dialers.pop(peer, None)
         if dialer is not None:
             dialer.cancel()
@@ -299,8 +301,13 @@ class TcpTransport:
                     backoff = self.config.backoff_s_min
                     self.stats.connects += 1
                     await self._pump(peer, stream, tls, version)
-            # Full jitter keeps restarted nodes from reconnecting in lockstep.
-            await trio.sleep(backoff * (0.5 + self._rng.random() / 2))
+            # Full jitter keeps restarted nodes from reconnecting in lockstep.  A peer
+            # that dials us is back: dial it at once, so a restarted follower hears
+            # from the leader before its election timeout (no needless pre-vote).
+            wake = self._redial[peer] = trio.Event()
+            with trio.move_on_after(backoff * (0.5 + self._rng.random() / 2)):
+                await wake.wait()
+            backoff = self.config.backoff_s_min if wake.is_set() else backoff
             backoff = min(backoff * 2, self.config.backoff_s_max)
 
     async def _secure_outbound(self, peer: int, stream: trio.SocketStream) -> TlsSession | None:
@@ -461,6 +468,8 @@ class TcpTransport:
             await _send_handshake(stream, session, HelloAck(version))
         decode = functools.partial(PEER.decode, version=version)
         warned = False
+        if sender in self._redial:
+            self._redial[sender].set()
         while True:
             message = await _read_message(source, decoder, decode)
             if message is None:

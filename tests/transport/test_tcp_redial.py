@@ -1,0 +1,54 @@
+"""A peer that comes back is dialed at once, not after the back-off grown while it was
+away: a restarted follower must hear from the leader before its election timeout, or it
+starts a (needless) pre-vote and is not ready until the leader's next attempt."""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+
+import pytest
+import trio
+
+from felix.proto.raft_messages import RaftMessage
+from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
+from tests.transport.test_tcp_edges import hello
+
+BACKOFF_S = 600.0  # far longer than the test: only the wake-up can make it dial again
+
+
+async def _ignore(sender: int, message: RaftMessage) -> None:
+    pass
+
+
+async def test_a_peer_that_dials_in_is_dialed_back_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="felix.transport")
+    away = socket.socket()  # peer 2's port, bound but not listening: connections refused
+    away.bind(("127.0.0.1", 0))
+    port = away.getsockname()[1]
+    config = TcpTransportConfig(
+        node_id=1, cluster_id="prod", listen_host="127.0.0.1", listen_port=0,
+        peers={2: PeerAddress("127.0.0.1", port)}, backoff_s_min=BACKOFF_S,
+        backoff_s_max=BACKOFF_S,
+    )  # fmt: skip
+    transport = TcpTransport(config, _ignore, random.Random(0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        with trio.fail_after(10):
+            while "peer 2 at" not in caplog.text:  # the first dial failed: backing off
+                await trio.sleep(0.01)
+        away.close()
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")  # peer 2 is back
+        inbound = await trio.open_tcp_stream("127.0.0.1", transport.listen_port)
+        await inbound.send_all(hello(node_id=2))  # ...and dials node 1
+        with trio.fail_after(10):
+            dialed = await listeners[0].accept()  # node 1 dials back without waiting
+            assert await dialed.receive_some(4096)  # its Hello
+        await dialed.aclose()
+        await inbound.aclose()
+        for listener in listeners:
+            await listener.aclose()
+        nursery.cancel_scope.cancel()
