@@ -123,9 +123,30 @@ class NodeMetrics:
         """Export scheduled backups: written, failed, seconds since the last good one."""
         self.registry.register(_BackupCollector(read))
 
+    def peer_link_stats(self, read: Callable[[], dict[int, int]]) -> None:
+        """Export the protocol version each outbound peer link negotiated."""
+        self.registry.register(_PeerLinkCollector(read))
+
     def watch_stats(self, read: Callable[[], Any]) -> None:
         """Export the watch hub's counters, read at scrape time (no per-delta cost)."""
         self.registry.register(_WatchCollector(read))
+
+
+class _PeerLinkCollector(Collector):
+    """``felix_peer_protocol_version{peer}``: what a rolling upgrade is at, per link."""
+
+    def __init__(self, read: Callable[[], dict[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "felix_peer_protocol_version",
+            "Protocol version of the live outbound link to each peer",
+            labels=["peer"],
+        )
+        for peer, version in sorted(self._read().items()):
+            family.add_metric([str(peer)], version)
+        yield family
 
 
 class _ClientCollector(Collector):

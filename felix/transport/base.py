@@ -65,10 +65,10 @@ class PeerQueues:
         self.receivers[peer] = receive
 
     def remove(self, peer: int) -> None:
-        send = self.senders.pop(peer, None)
+        """Forget ``peer``'s queue (its pump is cancelled by the transport; closing the
+        channel instead would end that pump with an error rather than a cancellation)."""
+        self.senders.pop(peer, None)
         self.receivers.pop(peer, None)
-        if send is not None:
-            send.close()
 
     def offer(self, to: int, message: QueueItem) -> None:
         queue = self.senders.get(to)

@@ -227,6 +227,10 @@ class TcpTransport:
     def peer_ids(self) -> frozenset[int]:
         return frozenset(self._addresses)
 
+    def link_versions(self) -> dict[int, int]:
+        """The protocol version of each live outbound link (docs/architecture.md §16)."""
+        return {peer: link.version for peer, link in self._links.items()}
+
     def remove_peer(self, peer: int) -> None:
         """See `PeerTransport.remove_peer`."""
         self._addresses.pop(peer, None)
@@ -369,31 +373,9 @@ class TcpTransport:
                 link = self._links[peer] = _Link(
                     socket.socket(fileno=os.dup(stream.socket.fileno())), tls, version
                 )
-                while True:
-                    try:
-                        first = receiver.receive_nowait()
-                    except trio.WouldBlock:
-                        link.idle = True  # send_nowait may write directly until it queues
-                        first = await receiver.receive()
-                        link.idle = False
-                    # The unsent rest of a direct send (ciphertext already, with TLS)
-                    # goes first, as it is; the messages after it are framed and sealed.
-                    rest = first if isinstance(first, bytes) else b""
-                    head = None if rest else self._frame(first, version, peer)
-                    batch = [] if head is None else [head]
-                    size = len(rest) + sum(map(len, batch))
-                    while size < SEND_BATCH_BYTES_MAX:
-                        try:
-                            frame = self._frame(receiver.receive_nowait(), version, peer)
-                        except trio.WouldBlock:
-                            break
-                        if frame is not None:
-                            batch.append(frame)
-                            size += len(frame)
-                    if not rest and not batch:
-                        continue  # everything taken was too new for this link: dropped
-                    await stream.send_all(rest + seal(b"".join(batch)) if batch else rest)
-                    self.stats.sent += len(batch) + bool(rest)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._until_closed, peer, stream, nursery.cancel_scope)
+                    await self._send_loop(peer, stream, receiver, link, seal, version)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("connection to peer %d lost: %s", peer, exc or type(exc).__name__)
         finally:
@@ -402,6 +384,53 @@ class TcpTransport:
                 if self._links.get(peer) is link:
                     del self._links[peer]
                 link.sock.close()
+
+    async def _until_closed(
+        self, peer: int, stream: trio.SocketStream, pump: trio.CancelScope
+    ) -> None:
+        """The listener writes nothing after its `HelloAck`, so the end of the stream
+        means the peer went away (a restart): end the link now rather than at the next
+        send, so the redial -- and its version negotiation -- happen at once."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            while await stream.receive_some(4096):
+                pass  # at most TLS records after the handshake; nothing to act on
+        log.info("connection to peer %d closed by the peer", peer)
+        pump.cancel()
+
+    async def _send_loop(
+        self,
+        peer: int,
+        stream: trio.SocketStream,
+        receiver: trio.MemoryReceiveChannel[QueueItem],
+        link: _Link,
+        seal: Callable[[bytes], bytes],
+        version: int,
+    ) -> None:
+        while True:
+            try:
+                first = receiver.receive_nowait()
+            except trio.WouldBlock:
+                link.idle = True  # send_nowait may write directly until it queues
+                first = await receiver.receive()
+                link.idle = False
+            # The unsent rest of a direct send (ciphertext already, with TLS)
+            # goes first, as it is; the messages after it are framed and sealed.
+            rest = first if isinstance(first, bytes) else b""
+            head = None if rest else self._frame(first, version, peer)
+            batch = [] if head is None else [head]
+            size = len(rest) + sum(map(len, batch))
+            while size < SEND_BATCH_BYTES_MAX:
+                try:
+                    frame = self._frame(receiver.receive_nowait(), version, peer)
+                except trio.WouldBlock:
+                    break
+                if frame is not None:
+                    batch.append(frame)
+                    size += len(frame)
+            if not rest and not batch:
+                continue  # everything taken was too new for this link: dropped
+            await stream.send_all(rest + seal(b"".join(batch)) if batch else rest)
+            self.stats.sent += len(batch) + bool(rest)
 
     def _frame(self, item: QueueItem, version: int, peer: int) -> bytes | None:
         """``item`` framed at the link's ``version``; None (dropped, logged) if that

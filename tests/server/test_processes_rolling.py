@@ -20,16 +20,18 @@ import importlib
 import itertools
 import random
 import statistics
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from felix.broker import MetadataView, open_metadata_client
 from felix.config import RaftTimings
-from felix.testing.processes import ProcessCluster, local_snapshot
+from felix.testing.processes import ProcessCluster, ServeProcess, local_snapshot
 from felix.testing.rolling import (
     AckedWriter,
     RecordingCache,
@@ -59,6 +61,31 @@ def next_protocol_env() -> dict[str, str] | None:
     if versions.supported_versions(env).max <= versions.PROTOCOL_VERSION_MAX:
         return None
     return env
+
+
+NEXT_VERSION = 2  # the synthetic next protocol version (felix/proto/versions.py)
+
+
+def link_versions(node: ServeProcess) -> dict[str, float]:
+    _, text = node.get_text("/metrics")
+    return {
+        sample.labels["peer"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "felix_peer_protocol_version"
+        for sample in family.samples
+    }
+
+
+def wait_for_links_at(cluster: ProcessCluster, version: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {n: link_versions(node) for n, node in cluster.nodes.items()}
+        peers = len(cluster.nodes) - 1
+        if all(len(v) == peers and set(v.values()) == {version} for v in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"peer links not all at version {version}: {seen}")
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -133,6 +160,8 @@ async def rolling_restart(cluster: ProcessCluster, extra_env: Mapping[str, str] 
     unknown_applied = sum(key in names for key in writer.unknown)
 
     report(writer, restarts, caches, stats, unknown_applied)
+    if extra_env is not None:  # every pod now runs the next version: so do their links
+        await trio.to_thread.run_sync(wait_for_links_at, cluster, NEXT_VERSION)
 
     # Every broker: one snapshot, no resync, every version in order after it.
     start = min(c.snapshot_versions[0] for c in caches.values())

@@ -11,7 +11,8 @@ import socket
 import pytest
 import trio
 
-from felix.proto.raft_messages import RaftMessage
+from felix.proto.frames import encode_frame
+from felix.proto.raft_messages import PEER, HelloAck, RaftMessage
 from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
 from tests.transport.test_tcp_edges import hello
 
@@ -49,6 +50,37 @@ async def test_a_peer_that_dials_in_is_dialed_back_at_once(
             assert await dialed.receive_some(4096)  # its Hello
         await dialed.aclose()
         await inbound.aclose()
+        for listener in listeners:
+            await listener.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_ends_when_the_peer_closes_it_not_at_the_next_send() -> None:
+    """A follower rarely sends to a non-leader peer: when that peer restarts, the old
+    outbound link must end (and be redialed, at a freshly negotiated version) at once."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    config = TcpTransportConfig(
+        node_id=1, cluster_id="prod", listen_host="127.0.0.1", listen_port=0,
+        peers={2: PeerAddress("127.0.0.1", port)}, backoff_s_min=0.01, backoff_s_max=0.01,
+    )  # fmt: skip
+    transport = TcpTransport(config, _ignore, random.Random(0))
+    ack = encode_frame(PEER.encode(HelloAck(1)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        with trio.fail_after(10):
+            first = await listeners[0].accept()
+            assert await first.receive_some(4096)  # its Hello
+            await first.send_all(ack)
+            while transport.link_versions() != {2: 1}:
+                await trio.sleep(0.01)
+            await first.aclose()  # peer 2 goes away; node 1 has nothing to send it
+            while transport.link_versions():
+                await trio.sleep(0.01)
+            second = await listeners[0].accept()  # ...and it is dialed again
+            assert await second.receive_some(4096)
+        assert transport.stats.sent == 0
+        await second.aclose()
         for listener in listeners:
             await listener.aclose()
         nursery.cancel_scope.cancel()
