@@ -28,13 +28,22 @@ log = logging.getLogger("felix.admin")
 APPLIED_LAG_READY_MAX = 1000
 
 
+HAND_OFF_HEARD_WITHIN_S = 1.0  # a voter silent longer is not a hand-off target
+
+
 async def hand_off_leadership(node: RaftNode, why: str = "") -> None:
-    """Thesis §3.10: a leader that is about to stop transfers leadership first."""
+    """Thesis §3.10: a leader that is about to stop transfers leadership first, to the
+    most caught-up voter it still hears from (a stopped one could never take over, and
+    the stop would wait out the whole transfer timeout)."""
     status = node.status()
     if status.role != Role.LEADER.value:
         return
-    candidates = [(m, p) for p, m in status.match_index.items() if p in status.voters]
+    heard = node.heard_recently(HAND_OFF_HEARD_WITHIN_S)
+    candidates = [
+        (m, p) for p, m in status.match_index.items() if p in status.voters and p in heard
+    ]
     if not candidates:
+        log.info("node %d: %sno voter to hand leadership to", node.node_id, why)
         return
     _, target = max(candidates)
     log.info("node %d: %stransferring leadership to node %d", node.node_id, why, target)
