@@ -263,9 +263,9 @@ def _on_append_success(core: RaftCore, sender: int, pr: Progress, match: int) ->
     if pr.state is ProgressState.SNAPSHOT and pr.match >= pr.snap_index:
         pr.become_probe()  # installed: find where its log continues ours
     if pr.state is ProgressState.PROBE and (updated or match >= pr.next - 1):
-        # The probe matched (or news of a match arrived): stream.  Not news but at the
-        # probe's point is an empty probe a caught-up follower answered (etcd-io/raft
-        # too); staying in PROBE would leave it waiting for the next heartbeat round.
+        # The probe matched (or news of a match arrived): stream (§5.3).  Not news but
+        # at the probe's point is an empty probe a caught-up follower answered; staying
+        # in PROBE would hold its next entry back until the next heartbeat round.
         pr.become_replicate()
     if not updated:
         return

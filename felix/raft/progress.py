@@ -10,9 +10,8 @@ of §5.3's "decrement nextIndex and retry"):
   ``next`` back using the fast back-off hint, and an answer of a later heartbeat round
   than the probe's (``probe_seq``: the probe or its answer was lost) allows the next
   one.  Older answers -- stale or duplicated ones of an earlier burst -- allow nothing:
-  if each of them released a probe, a network that duplicates would multiply the probes
-  in flight without bound (etcd-io/raft resumes only on the probe's own answer or a
-  heartbeat's).
+  if each of them released a probe, a network that duplicates messages (which Raft must
+  tolerate, §2) would multiply the probes in flight with every round trip.
 * REPLICATE: the follower matched; stream entries optimistically (``next`` runs ahead of
   ``match``) with at most ``inflight_msgs_max`` messages outstanding, so a slow follower
   cannot make the leader buffer without bound.

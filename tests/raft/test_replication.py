@@ -454,8 +454,8 @@ def test_lost_probe_is_resent_once_per_heartbeat_round() -> None:
 
 def test_probe_answered_by_caught_up_follower_replicates() -> None:
     """A follower in PROBE that holds the whole log answers the empty probe without news
-    of a match; that answer is the probe's own, so the leader streams again (etcd-io/raft
-    does the same) and the next entry goes out at once, not a heartbeat round later."""
+    of a match; that answer is the probe's own, so the leader streams again and the next
+    entry goes out at once, not a heartbeat round later."""
     net = Network()
     net.elect(1)
     net.propose(1, "a")
