@@ -247,8 +247,7 @@ def handle_append_response(core: RaftCore, sender: int, m: AppendResponse) -> No
         core.acked_seq[sender] = m.seq
         if core.reads_pending:
             _release_reads(core)
-    if pr.state is ProgressState.PROBE:
-        pr.probe_sent = False  # any answer allows the next probe
+    pr.answered_round(m.seq)  # a lost probe is resent once per heartbeat round
     if m.success:
         _on_append_success(core, sender, pr, m.match_index)
         oldest = pr.inflights.oldest_seq()
@@ -263,10 +262,13 @@ def _on_append_success(core: RaftCore, sender: int, pr: Progress, match: int) ->
     updated = pr.maybe_update(match, core.seq)
     if pr.state is ProgressState.SNAPSHOT and pr.match >= pr.snap_index:
         pr.become_probe()  # installed: find where its log continues ours
+    if pr.state is ProgressState.PROBE and (updated or match >= pr.next - 1):
+        # The probe matched (or news of a match arrived): stream (§5.3).  Not news but
+        # at the probe's point is an empty probe a caught-up follower answered; staying
+        # in PROBE would hold its next entry back until the next heartbeat round.
+        pr.become_replicate()
     if not updated:
         return
-    if pr.state is ProgressState.PROBE:
-        pr.become_replicate()
     if not pr.is_learner:
         maybe_commit(core)
     if core.transfer_target == sender and pr.match == core.log.last_index:

@@ -6,8 +6,12 @@ A follower is in one of three states (the etcd-io/raft design, an engineering re
 of §5.3's "decrement nextIndex and retry"):
 
 * PROBE: we do not know where the follower's log matches ours.  Send one AppendEntries
-  at ``next`` and wait for its answer (``probe_sent``); a rejection moves ``next`` back
-  using the fast back-off hint, any reply (a heartbeat's too) allows the next probe.
+  at ``next`` and wait for its answer (``probe_sent``); a rejection of that probe moves
+  ``next`` back using the fast back-off hint, and an answer of a later heartbeat round
+  than the probe's (``probe_seq``: the probe or its answer was lost) allows the next
+  one.  Older answers -- stale or duplicated ones of an earlier burst -- allow nothing:
+  if each of them released a probe, a network that duplicates messages (which Raft must
+  tolerate, §2) would multiply the probes in flight with every round trip.
 * REPLICATE: the follower matched; stream entries optimistically (``next`` runs ahead of
   ``match``) with at most ``inflight_msgs_max`` messages outstanding, so a slow follower
   cannot make the leader buffer without bound.
@@ -69,6 +73,7 @@ class Progress:
         "match_seq",
         "next",
         "probe_sent",
+        "probe_seq",
         "recent_active",
         "sent_commit",
         "snap_index",
@@ -85,6 +90,7 @@ class Progress:
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
+        self.probe_seq = 0  # the leader's round the outstanding probe was sent in
         self.inflights = Inflights(inflight_msgs_max)
         self.is_learner = is_learner
         self.recent_active = False  # heard from since the last check-quorum round
@@ -155,3 +161,11 @@ class Progress:
             self.inflights.add(last_index, seq)
         else:
             self.probe_sent = True
+            self.probe_seq = seq
+
+    def answered_round(self, seq: int) -> None:
+        """An answer of the leader's round ``seq`` arrived: in PROBE, one of a later round
+        than the outstanding probe's means the probe or its answer was lost, so probe
+        again -- at most once per round, however often the answer was duplicated."""
+        if self.state is ProgressState.PROBE and seq > self.probe_seq:
+            self.probe_sent = False

@@ -9,11 +9,14 @@ import pytest
 from felix.proto.raft_messages import (
     AppendEntries,
     AppendResponse,
+    ConfChange,
+    ConfChangeKind,
     ConfState,
     Entry,
     EntryKind,
 )
 from felix.raft.core import RaftCore
+from felix.raft.progress import ProgressState
 from felix.raft.ready import ProposalAccepted, ProposalRefused
 from felix.raft.types import (
     BootState,
@@ -22,6 +25,7 @@ from felix.raft.types import (
     HardStatePersisted,
     Persisted,
     Propose,
+    ProposeConfChange,
     RaftConfig,
     Receive,
     Role,
@@ -386,3 +390,80 @@ def test_wiped_follower_rejecting_a_later_round_is_caught_up() -> None:
     assert net.core(1).match_indexes()[3] == 6 and net.core(3).last_index == 6
     assert len(net.applied_data(3)) == 5
     net.assert_logs_match()
+
+
+def _appends_to(net: Network, nid: int) -> list[Message]:
+    return [m for m in net.queue if m.to == nid and isinstance(m.msg, AppendEntries)]
+
+
+def test_duplicated_stale_answers_release_no_extra_probes_5_3() -> None:
+    """A network may duplicate messages (§5.1).  A learner joining with an empty log
+    rejects the leader's first probe, and the rejection arrives five times: the first
+    moves ``next`` back and releases one probe; the copies answer a probe no longer
+    outstanding and release none.  (Each used to release one, so the probes in flight
+    multiplied with every duplicated round trip: the message storm of the membership
+    simulation's seeds 5071 and 5678.)"""
+    net = Network(extra=(4,))
+    net.elect(1)
+    for i in range(10):
+        net.propose(1, f"e{i}")
+    net.deliver()
+    net.step(1, ProposeConfChange(7, ConfChange(ConfChangeKind.ADD_LEARNER, 4)))
+    held = net.deliver_except(lambda m: m.to == 4)
+    probe = held[0]
+    assert isinstance(probe.msg, AppendEntries) and probe.msg.prev_log_index > 0
+    net.deliver_one(probe)
+    [rejection] = net.take(lambda m: m.frm == 4)
+    assert isinstance(rejection.msg, AppendResponse) and not rejection.msg.success
+    for _ in range(5):
+        net.deliver_one(rejection)
+    probes = _appends_to(net, 4)
+    assert len(probes) == 1, probes
+    assert probes[0].msg.prev_log_index == 0  # type: ignore[union-attr]
+    net.deliver()
+    assert net.core(4).last_index == net.core(1).last_index
+    net.assert_logs_match()
+
+
+def test_lost_probe_is_resent_once_per_heartbeat_round() -> None:
+    """A probe whose answer is lost is resent when an answer of a later heartbeat round
+    arrives, once however often that answer was duplicated."""
+    net = Network()
+    net.elect(1)
+    net.propose(1, "a")
+    net.deliver()
+    net.core(1).progress[3].become_probe()
+    net.propose(1, "b")
+    [probe] = _appends_to(net, 3)
+    net.queue = [m for m in net.queue if m is not probe]  # lost
+    net.deliver()
+    assert net.core(3).last_index == 2
+    net.step(1, Tick())
+    [heartbeat] = _appends_to(net, 3)
+    net.queue = [m for m in net.queue if m is not heartbeat]
+    net.deliver()
+    net.deliver_one(heartbeat)
+    [answer] = net.take(lambda m: m.frm == 3)
+    for _ in range(3):
+        net.deliver_one(answer)
+    resent = [m for m in _appends_to(net, 3) if m.msg.entries]  # type: ignore[union-attr]
+    assert len(resent) == 1, resent
+    net.deliver()
+    assert net.applied_data(3) == ["a", "b"]
+
+
+def test_probe_answered_by_caught_up_follower_replicates() -> None:
+    """A follower in PROBE that holds the whole log answers the empty probe without news
+    of a match; that answer is the probe's own, so the leader streams again and the next
+    entry goes out at once, not a heartbeat round later."""
+    net = Network()
+    net.elect(1)
+    net.propose(1, "a")
+    net.deliver()
+    pr = net.core(1).progress[3]
+    pr.become_probe()
+    net.step(1, Tick())
+    net.deliver()
+    assert pr.state is ProgressState.REPLICATE
+    net.propose(1, "b")
+    assert [m.msg.entries[-1].index for m in _appends_to(net, 3)] == [3]  # type: ignore[union-attr]

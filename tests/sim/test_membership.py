@@ -90,6 +90,24 @@ def test_non_member_join_from_the_log_sweep_is_clean() -> None:
     assert sum(r.fired.get("join_from_log", 0) for r in results) >= LOG_JOIN_SEEDS // 4
 
 
+STORM_SEEDS = (5071, 5678)  # a learner catching up from an empty log, dup=0.30
+STORM_EVENTS_MAX = 300_000  # each needs ~30k events; the storm ran past EVENTS_MAX (3M)
+
+
+@pytest.mark.parametrize("seed", STORM_SEEDS)
+def test_duplicated_answers_do_not_multiply_probes(seed: int) -> None:
+    """Regression: a learner joining with an empty log under a duplicating, reordering
+    network.  Every stale or duplicated AppendResponse used to release another probe,
+    so the AppendEntries in flight to the learner grew by the duplication rate with
+    every round trip until the run drowned (liveness: more than 3000000 events).  A
+    probe is now released only by its own answer or a later heartbeat round's
+    (felix/raft/progress.py)."""
+    result = run_seed(seed, membership="non-member", fault_phase_ms=PHASE_MS)
+    assert result.ok, result.report()
+    assert result.events < STORM_EVENTS_MAX, result.events
+    assert result.fired.get("duplicate", 0) and result.fired.get("member_add_learner", 0)
+
+
 def test_a_membership_seed_replays_bit_for_bit() -> None:
     first = run_seed(3, membership="non-member", join_via_snapshot=True, hash_trace=True)
     second = run_seed(3, membership="non-member", join_via_snapshot=True, hash_trace=True)
