@@ -152,7 +152,8 @@ def tcp_transport_for(
     config: NodeConfig, tls: PeerTls | None = None, fenced: AbstractSet[int] = frozenset()
 ) -> Callable[[Deliver], PeerTransport]:
     """``fenced`` peers of the config are left out: not dialed, connections refused
-    (a recovered node's old members, `felix.server.datadir`) until they are added back."""
+    (a recovered node's old members, `felix.server.datadir`) until they are added back;
+    or not asked (the bootstrap probe asks only the initial members)."""
 
     def transport(deliver: Deliver) -> PeerTransport:
         configured = without(config.peers, fenced)
@@ -211,7 +212,9 @@ async def _run_locked(
     try:
         fresh = boot.hard_state.term == 0 and boot.snapshot is None and not boot.entries
         if must_probe(config, fresh):
-            probed = await probe_cluster(config, security.peer_tls())
+            not_initial = set(config.peers) - set(config.cluster.initial_members)
+            transport_for = tcp_transport_for(config, security.peer_tls(), not_initial)
+            probed = await probe_cluster(config, transport_for)
             if probed.cluster_exists:
                 boot = dataclasses.replace(boot, conf=ConfState((), ()))
     except BaseException:

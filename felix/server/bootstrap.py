@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from felix.config import NodeConfig
 from felix.proto.raft_messages import JoinReply, JoinRequest
-from felix.transport.base import PeerPayload, UnknownPeer
-from felix.transport.tcp import PeerAddress, PeerTls, TcpTransport, TcpTransportConfig
+from felix.transport.base import Deliver, PeerPayload, PeerTransport, UnknownPeer
 
 log = logging.getLogger("felix.bootstrap")
 
@@ -69,9 +68,13 @@ def must_probe(config: NodeConfig, fresh: bool) -> bool:
     return fresh and len(initial) > 1 and config.node_id in initial
 
 
-async def probe_cluster(config: NodeConfig, tls: PeerTls | None) -> ProbeResult:
+async def probe_cluster(
+    config: NodeConfig, transport_for: Callable[[Deliver], PeerTransport]
+) -> ProbeResult:
+    """``transport_for`` builds a peer transport to the initial members (closed when
+    the probe returns)."""
     initial = config.cluster.initial_members
-    peers = {n: PeerAddress(e.host, e.port) for n, e in config.peers.items() if n in set(initial)}
+    peers = set(initial) - {config.node_id}
     answers: dict[int, JoinReply] = {}
 
     async def deliver(sender: int, message: PeerPayload) -> None:
@@ -83,19 +86,7 @@ async def probe_cluster(config: NodeConfig, tls: PeerTls | None) -> ProbeResult:
             with contextlib.suppress(trio.WouldBlock, UnknownPeer):
                 transport.send_nowait(sender, JoinReply(0, 0))
 
-    transport = TcpTransport(
-        TcpTransportConfig(
-            node_id=config.node_id,
-            cluster_id=config.cluster_id,
-            listen_host=config.listen.peer.host,
-            listen_port=config.listen.peer.port,
-            peers=peers,
-            frame_bytes_max=config.limits.frame_bytes_max,
-            tls=tls,
-        ),
-        deliver,
-        random.Random(),
-    )
+    transport = transport_for(deliver)
     request = JoinRequest(config.node_id, config.cluster.advertise_peer, 0)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)

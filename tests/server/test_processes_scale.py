@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -29,6 +28,7 @@ from felix.broker import MetadataView
 from felix.security.certs import issue
 from felix.testing.processes import ProcessCluster, ServeProcess, free_ports
 from tests.broker.test_processes_client import Monotonic, Writer, client, endpoints
+from tests.server.test_processes_recover import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -113,14 +113,6 @@ def pods(tmp_path: Path) -> Iterator[ProcessCluster]:
         yield cluster
     finally:
         cluster.stop_all()
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.05)
 
 
 def voters_are(cluster: ProcessCluster, expected: list[int]) -> Callable[[], bool]:
