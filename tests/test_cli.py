@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from felix.cli import build_parser, main
+from felix.metadata.tokens import parse_token
 from felix.proto.frames import encode_frame
 from felix.proto.raft_messages import PEER, TimeoutNow
 
@@ -83,3 +84,15 @@ def test_member_subcommand_without_endpoints_keeps_the_default() -> None:
     args = build_parser().parse_args(["member", "promote", "4"])
     assert args.endpoints == build_parser().parse_args(["status"]).endpoints
     assert args.token is None
+
+
+def test_bootstrap_token_writes_a_token_file_once(tmp_path: Path) -> None:
+    out = tmp_path / "bootstrap-token"
+    assert main(["bootstrap-token", "--out", str(out)]) == 0
+    token = out.read_text().strip()
+    assert parse_token(token).id and out.stat().st_mode & 0o777 == 0o600
+    assert main(["bootstrap-token", "--out", str(out)]) == 1  # never overwritten silently
+    assert out.read_text().strip() == token
+    assert main(["bootstrap-token", "--out", str(out), "--force"]) == 0
+    assert out.read_text().strip() != token
+    assert main(["bootstrap-token", "--out", str(tmp_path / "no" / "dir")]) == 1

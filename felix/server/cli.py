@@ -80,6 +80,13 @@ def register(subparsers: Any) -> None:
     )
     dev.set_defaults(handler=run_dev)
 
+    token = subparsers.add_parser(
+        "bootstrap-token", help="write a new admin token file (auth.bootstrap_token_file)"
+    )
+    token.add_argument("--out", type=Path, required=True, help="the file to create (0600)")
+    token.add_argument("--force", action="store_true", help="replace an existing file")
+    token.set_defaults(handler=run_bootstrap_token)
+
     status = subparsers.add_parser("status", help="members, roles, leader, term, indexes")
     _endpoints_arg(status)
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -336,11 +343,33 @@ def dev_material(data_dir: Path, nodes: int, brokers: int = 0) -> DevMaterial:
         if not (material.tls_dir / f"broker-{i}.crt").exists():
             issue(material.tls_dir, "broker", i)
     if not material.token_file.exists():
-        text = format_token(secrets.token_hex(8), secrets.token_bytes(32))
-        descriptor = os.open(material.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as f:
-            f.write(text + "\n")
+        write_token_file(material.token_file)
     return material
+
+
+def write_token_file(path: Path, *, replace: bool = False) -> None:
+    """A new admin token (``felix.metadata.tokens`` format) in ``path``, mode 0600: the
+    bootstrap token ``auth.bootstrap_token_file`` names.  Refuses an existing file
+    unless ``replace`` (FileExistsError)."""
+    text = format_token(secrets.token_hex(8), secrets.token_bytes(32))
+    if replace:
+        path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(text + "\n")
+
+
+def run_bootstrap_token(args: argparse.Namespace) -> int:
+    try:
+        write_token_file(args.out, replace=args.force)
+    except FileExistsError:
+        print(f"felix: {args.out} exists; --force replaces it", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"felix: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote a new admin token to {args.out} (mode 0600): the nodes' bootstrap token")
+    return 0
 
 
 def dev_configs(
