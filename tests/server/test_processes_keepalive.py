@@ -66,6 +66,7 @@ class Watcher:
     port: int
     closes: list[str] = field(default_factory=list)  # "code reason" of each close
     connects: int = 0
+    refused: int = 0  # connection attempts before the port was open
     version: int | None = None
     deltas: int = 0
 
@@ -96,6 +97,9 @@ class Watcher:
             except websockets.ConnectionClosed as exc:
                 frame = exc.rcvd
                 self.closes.append(f"{frame.code} {frame.reason}" if frame else "1006 (no frame)")
+            except OSError:  # the node's client port is not up yet: try again shortly
+                self.refused += 1
+                await asyncio.sleep(0.05)
 
     async def _read(self, ws: websockets.asyncio.client.ClientConnection) -> None:
         async for message in ws:
