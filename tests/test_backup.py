@@ -151,6 +151,11 @@ def test_save_restore_into_a_new_cluster_that_old_brokers_resync_from_once(
                 ssl_context=new.creds.ssl_context(), **FAST,  # type: ignore[arg-type]
             ) as view:  # fmt: skip
                 now, _, _ = await linearizable_view(new)
+                # Its kept version may be ahead of the new cluster's: wait until it has
+                # heard from the new cluster (a snapshot, or deltas if that were a bug),
+                # not only for a version it may already be past.
+                with trio.fail_after(30):
+                    await view.wait_until(lambda: view.stats.snapshots + view.stats.deltas > 0)
                 await view.wait_version(now)
                 return view.stats, dict(view.cache.records)
 
