@@ -21,7 +21,9 @@ queue is emptied.
 *Subscribe* (``WatchUpdates(from_version)``) starts a subscriber in catch-up mode:
 - ``from_version`` retained in history: the deltas after it are sent from history;
 - ``from_version`` None, or older than the history: a ``Snapshot`` (chunks, end marker)
-  of the view at the current version, then deltas after it — never a silent gap;
+  of the view at the current version, then deltas after it — never a silent gap.  The
+  chunks come from the node's `SnapshotCache` (one encode per version, shared with
+  ``GetSnapshot``), sent in one of its bounded send slots;
 - ``from_version`` ahead of this node (a lagging follower): wait until the node has
   applied it (bounded), else ``Resync``.
 While a subscriber catches up, live messages for it queue (bounded); then it turns live.

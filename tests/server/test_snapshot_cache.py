@@ -255,3 +255,19 @@ async def test_at_most_the_configured_snapshot_sends_run_at_once() -> None:
         for conn in conns:
             await conn.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_counts_are_exported_with_the_watch_metrics() -> None:
+    from felix.server.metrics import NodeMetrics
+
+    records = _records(5)
+    hub = WatchHub(lambda: (0, b"\x00" * 8, records), HubLimits())
+    metrics = NodeMetrics(1)
+    metrics.watch_stats(lambda: hub)
+    for _ in range(3):
+        snapshot = await hub.snapshots.get(0, "", lambda: (0, b"\x00" * 8, records))
+    text = metrics.exposition().decode()
+    assert "felix_snapshot_encodes_total 1.0" in text
+    assert "felix_snapshot_served_total 3.0" in text
+    assert f"felix_snapshot_cache_bytes {float(snapshot.size_bytes)}" in text
+    assert "felix_snapshot_sends_waiting 0.0" in text
