@@ -101,6 +101,12 @@ class WatchConfig:
     # Every client-port connection: a quiet one is pinged after half of this, and one
     # that leaves a ping unanswered for this long is closed (code 1011, with a reason).
     keepalive_interval_ms: int = 10_000
+    # Encoded snapshots, one encode per version shared by every watch start and
+    # GetSnapshot at it (`felix.server.snapshot_cache`): bytes kept, for how long, and
+    # how many snapshot sends run at once (more queue for a slot, none is refused).
+    snapshot_cache_bytes_max: int = 256 * 1024 * 1024
+    snapshot_cache_ttl_ms: int = 5000
+    snapshot_sends_max: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +233,19 @@ class NodeConfig:
                 KEEPALIVE_INTERVAL_MS_MIN <= self.watch.keepalive_interval_ms <= 3_600_000,
                 f"watch.keepalive_interval_ms: must be >= {KEEPALIVE_INTERVAL_MS_MIN}"
                 " and <= 3600000 (an hour)",
+            ),
+            (
+                self.watch.snapshot_cache_bytes_max >= 0,
+                "watch.snapshot_cache_bytes_max: must be >= 0 (0: keep none, share only"
+                " builds in progress)",
+            ),
+            (
+                0 <= self.watch.snapshot_cache_ttl_ms <= 3_600_000,
+                "watch.snapshot_cache_ttl_ms: must be >= 0 and <= 3600000 (an hour)",
+            ),
+            (
+                1 <= self.watch.snapshot_sends_max <= 100_000,
+                "watch.snapshot_sends_max: must be >= 1 and <= 100000",
             ),
             (self.log.format in ("text", "json"), "log.format: must be 'text' or 'json'"),
             (

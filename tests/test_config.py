@@ -87,6 +87,13 @@ def test_peers_and_endpoints_from_strings() -> None:
             "[watch]\nsubscriber_lag_versions_max = 0\n",
             "watch.subscriber_lag_versions_max: must be >= 1",
         ),
+        (
+            "[watch]\nsnapshot_cache_bytes_max = -1\n",
+            "watch.snapshot_cache_bytes_max: must be >= 0",
+        ),
+        ("[watch]\nsnapshot_cache_ttl_ms = -1\n", "watch.snapshot_cache_ttl_ms: must be >= 0"),
+        ("[watch]\nsnapshot_cache_ttl_ms = 3600001\n", "and <= 3600000 (an hour)"),
+        ("[watch]\nsnapshot_sends_max = 0\n", "watch.snapshot_sends_max: must be >= 1"),
     ],
 )
 def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -210,3 +217,16 @@ def test_bootstrap_must_know_where_the_members_are() -> None:
     env = {"FELIX_NODE_ID": "4", "FELIX_CLUSTER__INITIAL_MEMBERS": "1,2,3"}
     with pytest.raises(ConfigError, match="knows no member to ask to join"):
         load_config(env=env)
+
+
+def test_snapshot_cache_settings_reach_the_hub() -> None:
+    from felix.server.app import hub_limits_for
+
+    config = load_config(
+        env={"FELIX_WATCH__SNAPSHOT_SENDS_MAX": "3"},
+        overrides={"watch.snapshot_cache_ttl_ms": "2500", "watch.snapshot_cache_bytes_max": "0"},
+    )
+    snapshots = hub_limits_for(config).snapshot_limits()
+    assert (snapshots.sends_max, snapshots.ttl_s, snapshots.bytes_max) == (3, 2.5, 0)
+    defaults = hub_limits_for(load_config(env={})).snapshot_limits()
+    assert (defaults.sends_max, defaults.ttl_s, defaults.bytes_max) == (16, 5.0, 256 << 20)

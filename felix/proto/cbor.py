@@ -95,6 +95,7 @@ __all__ = [
     "from_plain",
     "safe_loads",
     "schema_depth",
+    "schema_top",
     "to_plain",
     "wire_array",
     "wire_type",
@@ -515,6 +516,12 @@ def from_plain(cls: type[T], value: object) -> T:
 def schema_depth(cls: type) -> int:
     """CBOR nesting depth ``cls`` needs: anything deeper is refused by the decoder."""
     return _SCHEMAS[cls].depth
+
+
+def schema_top(cls: type) -> int:
+    """The newest protocol version any field of ``cls`` (nested ones too) needs: every
+    version at or above it encodes ``cls`` alike (a cache of encodings keys on it)."""
+    return _SCHEMAS[cls].top
 
 
 def field_names(cls: type) -> tuple[str, ...]:

@@ -78,7 +78,8 @@ from felix.server.outcome import Outcome
 from felix.server.raft_node import RaftNode
 from felix.server.requests import NodeError
 from felix.server.sessions import encode_report
-from felix.server.watch_hub import HubLimits, WatchHub, send_snapshot
+from felix.server.snapshot_cache import SnapshotCache, send_snapshot
+from felix.server.watch_hub import HubLimits, WatchHub
 from felix.server.ws_server import (
     ConnectionGone,
     ServeLimits,
@@ -143,6 +144,8 @@ class ClientApi:
         self.store = store
         self.hub = hub
         self.limits = limits or (hub.limits if hub else HubLimits())
+        # One encode per version, shared with the watch hub's snapshots (one per node).
+        self.snapshots = hub.snapshots if hub else SnapshotCache(self.limits.snapshot_limits())
         self.requests_in_flight_max = requests_in_flight_max
         self.connections = 0
         self.port = 0
@@ -442,10 +445,13 @@ class ClientApi:
                 await self.node.read_index()
             except NodeError as exc:
                 return Error(exc.code, str(exc), request.request_id)
-        version, digest, records = store.view()
-        await send_snapshot(
-            conn, version, digest, records, request.request_id, self.limits, store.history()
-        )
+        session = self._sessions.get(conn)
+        protocol_version = BASELINE if session is None else session.protocol_version
+        async with self.snapshots.send_slot():  # the current view: at or past the read point
+            snapshot = await self.snapshots.get(
+                store.version, store.history(), store.view, protocol_version, request.request_id
+            )
+            await send_snapshot(conn, snapshot, request.request_id)
         return None
 
     async def _backup(self, conn: WsConnection, request_id: int) -> Any:

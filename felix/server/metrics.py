@@ -201,6 +201,21 @@ class _WatchCollector(Collector):
             ("felix_watch_snapshots_sent", "Snapshots sent to watchers", stats.snapshots_sent),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
+        snap = hub.snapshots.stats  # shared by watch starts and GetSnapshot
+        for name, help_text, value in (
+            ("felix_snapshot_encodes", "Snapshots encoded (one per version, lineage and"
+             " protocol encoding while cached)", snap.encodes),
+            ("felix_snapshot_served", "Snapshots served to watch starts and GetSnapshot",
+             snap.served),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, help_text, value=value)
+        for name, help_text, value in (
+            ("felix_snapshot_cache_bytes", "Encoded snapshot frames kept", snap.cache_bytes),
+            ("felix_snapshot_sends_in_flight", "Snapshot sends running", snap.sends_in_flight),
+            ("felix_snapshot_sends_waiting", "Snapshot sends queued for a slot",
+             snap.sends_waiting),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, help_text, value=value)
 
 
 class _BackupCollector(Collector):

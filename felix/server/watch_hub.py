@@ -21,7 +21,9 @@ queue is emptied.
 *Subscribe* (``WatchUpdates(from_version)``) starts a subscriber in catch-up mode:
 - ``from_version`` retained in history: the deltas after it are sent from history;
 - ``from_version`` None, or older than the history: a ``Snapshot`` (chunks, end marker)
-  of the view at the current version, then deltas after it — never a silent gap;
+  of the view at the current version, then deltas after it — never a silent gap.  The
+  chunks come from the node's `SnapshotCache` (one encode per version, shared with
+  ``GetSnapshot``), sent in one of its bounded send slots;
 - ``from_version`` ahead of this node (a lagging follower): wait until the node has
   applied it (bounded), else ``Resync``.
 While a subscriber catches up, live messages for it queue (bounded); then it turns live.
@@ -46,7 +48,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from felix.gc_pause import gc_paused
 from felix.proto.client_messages import (
     SERVER_TO_CLIENT,
     Change,
@@ -54,11 +55,11 @@ from felix.proto.client_messages import (
     DeltaPart,
     Deltas,
     Resync,
-    SnapshotChunk,
     WatchProgress,
 )
 from felix.proto.versions import BASELINE
 from felix.proto.ws_frames import server_frame
+from felix.server.snapshot_cache import SnapshotCache, SnapshotLimits, send_snapshot
 from felix.server.ws_server import WsConnection
 
 log = logging.getLogger("felix.watch")
@@ -84,6 +85,18 @@ class HubLimits:
     # many versions it resyncs.  Its own bound: a short history does not cut slow
     # subscribers off sooner (``watch.subscriber_lag_versions_max``).
     subscriber_lag_versions_max: int = 100_000
+    # Encoded snapshots shared per version (`felix.server.snapshot_cache`).
+    snapshot_cache_bytes_max: int = 256 * 1024 * 1024
+    snapshot_cache_ttl_s: float = 5.0
+    snapshot_sends_max: int = 16  # snapshot sends at once; more queue for a slot
+
+    def snapshot_limits(self) -> SnapshotLimits:
+        return SnapshotLimits(
+            chunk_records=self.snapshot_chunk_records,
+            bytes_max=self.snapshot_cache_bytes_max,
+            ttl_s=self.snapshot_cache_ttl_s,
+            sends_max=self.snapshot_sends_max,
+        )
 
 
 @dataclass(slots=True)
@@ -138,6 +151,7 @@ class WatchHub:
         self.limits = limits
         self.stats = HubStats()
         self._snapshot_source = snapshot_source
+        self.snapshots = SnapshotCache(limits.snapshot_limits())  # shared with the client API
         self.history = history
         self._history: deque[tuple[Delta, int]] = deque()  # (delta, encoded size)
         self._history_bytes = 0
@@ -314,6 +328,7 @@ class WatchHub:
             await trio.sleep(tick)
             elapsed += tick
             self._flush_held()
+            self.snapshots.expire()
             if elapsed >= interval:
                 elapsed = 0.0
                 # WatchProgress promises everything <= version was sent: only when idle.
@@ -361,13 +376,13 @@ class WatchHub:
                     await self._advanced.wait()
             if from_version > self.version:
                 return self._refuse_ahead(connection, from_version)
-        self._subscribers.add(sub)
         if from_version is not None and from_version >= self.oldest_resumable():
+            self._subscribers.add(sub)
             sent = self._history_frames_after(from_version)
             sub.version = self.version  # the history covers everything published so far
             await self._send_catch_up(sub, sent)
         else:
-            await self._send_snapshot(sub, request_id=None)
+            await self._send_snapshot(sub)
         await self._go_live(sub)
         await sub.done.wait()
         return sub.reason
@@ -392,13 +407,18 @@ class WatchHub:
                 await sender.drain()
         self.stats.frames_sent += len(frames)
 
-    async def _send_snapshot(self, sub: Subscriber, request_id: int | None) -> None:
-        """Chunks of the current view; ``sub.pending`` holds what is published meanwhile."""
-        version, digest, records = self._snapshot_source()
-        sub.version = version  # what is published from now on waits in sub.pending
-        await send_snapshot(
-            sub.connection, version, digest, records, request_id, self.limits, self.history()
-        )
+    async def _send_snapshot(self, sub: Subscriber) -> None:
+        """The view at the current version, from the node's snapshot cache, in one of its
+        send slots (queued for one first).  The subscriber joins only once it has its
+        slot, at the version the snapshot is of, so what is published meanwhile waits in
+        ``sub.pending`` right after it."""
+        async with self.snapshots.send_slot():
+            self._subscribers.add(sub)
+            sub.version = self.version
+            snapshot = await self.snapshots.get(
+                self.version, self.history(), self._snapshot_source, sub.protocol_version
+            )
+            await send_snapshot(sub.connection, snapshot, None)
         self.stats.snapshots_sent += 1
 
     async def _go_live(self, sub: Subscriber) -> None:
@@ -411,34 +431,6 @@ class WatchHub:
                     return
             await sender.drain()
         sub.live = True
-
-
-async def send_snapshot(
-    connection: WsConnection,
-    version: int,
-    digest: bytes,
-    records: Sequence[Change],
-    request_id: int | None,
-    limits: HubLimits,
-    history: str = "",
-) -> None:
-    """``GetSnapshot`` / watch start: the view in chunks, the last one marked.  Each
-    chunk is built and encoded with the GC paused (`gc_paused`): its thousands of
-    short-lived containers would otherwise trigger collections over the server's whole
-    heap (the state, the log), tens of ms each at 100,000 shards."""
-    size = limits.snapshot_chunk_records
-    chunks = max(1, (len(records) + size - 1) // size)
-    sender = connection.sender
-    for seq in range(chunks):
-        with gc_paused():
-            part = tuple(records[seq * size : (seq + 1) * size])
-            last = seq == chunks - 1
-            chunk = SnapshotChunk(request_id, version, digest, seq, part, last, history)
-            frame = server_frame(SERVER_TO_CLIENT.encode(chunk))
-            del part, chunk
-        if not sender.send(frame):
-            return
-        await sender.drain()  # keeps memory to about one chunk per subscriber
 
 
 def delta_size(delta: Delta) -> int:
