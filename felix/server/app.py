@@ -250,8 +250,7 @@ async def _run_locked(
         cluster_id=config.cluster_id,
     )
     metrics.watch_stats(lambda: parts.hub)
-    link_versions = getattr(node.transport, "link_versions", dict)
-    metrics.peer_link_stats(link_versions)
+    metrics.peer_link_stats(node.transport.link_versions)
     metrics.client_stats(lambda: services.api)
     metrics.rebalance_stats(lambda: services.rebalancer)
     backups = BackupScheduler(node, parts.store, config.backup, config.cluster_id)

@@ -90,6 +90,7 @@ log = logging.getLogger("felix.raft_node")
 INPUTS_BATCH_MAX = 512
 RTT_TRACKED_MAX = 4096
 FORWARDED_QUEUE_MAX = 1024  # Forward / ForwardResult messages not yet taken by the forwarder
+CAMPAIGNING = frozenset({Role.PRE_CANDIDATE, Role.CANDIDATE})
 JOIN_REQUESTS_QUEUE_MAX = 64  # JoinRequests not yet taken by the autopilot; more are dropped
 
 
@@ -384,7 +385,8 @@ class RaftNode:
     async def _handle_ready(self, ready: Ready) -> None:
         """One Ready through the shared driver (felix/raft/driver.py): the write starts
         before the sends, ``Persisted`` and the apply follow once it is durable."""
-        self._count_elections(ready)
+        if self.core.role in CAMPAIGNING:  # only a campaign's Ready holds its vote requests
+            self._count_elections(ready)
         driver = self._driver
         pending = driver.begin(ready)
         if pending is None:

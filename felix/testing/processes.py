@@ -318,6 +318,7 @@ class ProcessCluster:
     secure: bool = True
     cluster_id: str = "proc-test"
     pods: bool = False  # StatefulSet-like: felix-N, own address, fixed ports (see above)
+    initial: int = 0  # pods: nodes 1..initial form the cluster, the others join (0: all)
     nodes: dict[int, ServeProcess] = field(default_factory=dict)
     creds: Credentials = field(default_factory=Credentials)
     _broker_creds: dict[int, Credentials] = field(default_factory=dict)
@@ -389,7 +390,7 @@ class ProcessCluster:
             name = f"felix-{i - 1}" if self.pods else ""
             data_dir = self.root / (f"{name}/data" if name else f"node-{i}")
             if self.pods:
-                identity, env = pod_identity(i - 1, ids)
+                identity, env = pod_identity(i - 1, ids[: self.initial or self.size])
             else:
                 identity, env = ["--node-id", str(i)], {}
             args = [

@@ -109,6 +109,10 @@ class PeerTransport(Protocol):
         """The nodes this transport talks to (configured, or added since)."""
         ...
 
+    def link_versions(self) -> dict[int, int]:
+        """The protocol version of each live outbound link (docs/architecture.md §16)."""
+        ...
+
     def remove_peer(self, peer: int) -> None:
         """Stop talking to a node that left the configuration: no more dialing, its
         queue dropped, and nothing but a `JoinRequest` accepted from it."""

@@ -145,6 +145,9 @@ class MemoryTransport:
     def peer_ids(self) -> frozenset[int]:
         return frozenset(self._queues.senders)
 
+    def link_versions(self) -> dict[int, int]:
+        return {}  # messages travel as objects: no wire, no version
+
     def remove_peer(self, peer: int) -> None:
         """The memory network keeps every id reachable (the simulation's faults decide who
         hears whom); a removed member's messages reach the core, which ignores them."""

@@ -1,8 +1,8 @@
 """Scale 3 → 5 → 3 on real processes that start like StatefulSet pods.
 
 Every node runs with the same settings (``cluster.pod_identity``, ``initial_members``
-1,2,3 and a ``peer_template``), its identity from ``POD_NAME`` and its own loopback
-address (127.0.0.1{id}, like a pod IP), with brokers watching and a writer writing
+1,2,3), its identity from ``POD_NAME`` and its own loopback address, like a pod IP
+(``ProcessCluster(pods=True)``), with brokers watching and a writer writing
 throughout.  Nodes 4 and 5 start with empty data dirs, ask to join, and are promoted
 by the leader once caught up — 4 waits for 5, so the voter count stays odd.  Then the
 scale-down runbook (deploy/README.md): ``felix member remove`` for the highest ordinal,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -25,9 +24,8 @@ import pytest
 import trio
 
 from felix.broker import MetadataView
-from felix.security.certs import issue
-from felix.testing.processes import ProcessCluster, ServeProcess, free_ports
-from tests.broker.test_processes_client import Monotonic, Writer, client, endpoints
+from felix.testing.processes import ProcessCluster, ServeProcess
+from tests.broker.test_processes_client import Monotonic, Writer, client
 from tests.server.test_processes_recover import wait_for
 
 pytestmark = pytest.mark.slow
@@ -37,76 +35,12 @@ JOINERS = (4, 5)
 BROKERS = (20, 21, 22, 23, 24, 25)
 
 
-def pod_host(node_id: int) -> str:
-    return f"127.0.0.1{node_id}"
-
-
-def common_free_port(hosts: list[str]) -> int:
-    """A port free on every host (each pod listens on the same peer port, as in k8s)."""
-    for _ in range(100):
-        port = free_ports(1)[0]
-        sockets: list[socket.socket] = []
-        try:
-            for host in hosts:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no common free port")
-
-
-def as_pod(cluster: ProcessCluster, node_id: int, peer_port: int) -> ServeProcess:
-    """`felix serve` as pod felix-{ordinal} would run it: identity from POD_NAME, peers
-    from the template, the TLS file names from ``{node_id}``."""
-    ops_port, client_port = free_ports(2)
-    tls = cluster.root / "tls"
-    args = [
-        "env", f"POD_NAME=felix-{node_id - 1}", "POD_NAMESPACE=test",
-        sys.executable, "-m", "felix.cli", "serve",
-        "--cluster-id", cluster.cluster_id,
-        "--data-dir", str(cluster.root / f"pod-{node_id}"),
-        "--listen-peer", f"{pod_host(node_id)}:{peer_port}",
-        "--listen-client", f"127.0.0.1:{client_port}",
-        "--listen-ops", f"127.0.0.1:{ops_port}",
-        "--set", "cluster.pod_identity=true",
-        "--set", "cluster.initial_members=1,2,3",
-        "--set", f"cluster.peer_template=127.0.0.1{{id}}:{peer_port}",
-        "--set", "cluster.join_interval_ms=200",
-        "--set", "cluster.promote_stable_ms=1000",
-        "--set", f"raft.tick_ms={cluster.tick_ms}",
-        "--set", f"tls.ca={tls / 'ca.crt'}",
-        "--set", f"tls.cert={tls / 'node-{node_id}.crt'}",
-        "--set", f"tls.key={tls / 'node-{node_id}.key'}",
-        "--set", f"auth.bootstrap_token_file={cluster.root / 'admin-token'}",
-    ]  # fmt: skip
-    return ServeProcess(
-        node_id,
-        peer_port,
-        ops_port,
-        client_port,
-        cluster.root / f"pod-{node_id}",
-        args,
-        cluster.root / f"pod-{node_id}.log",
-        token=cluster.creds.token,
-        ca=cluster.creds.ca,
-    )
-
-
 @pytest.fixture
 def pods(tmp_path: Path) -> Iterator[ProcessCluster]:
-    hosts = [pod_host(n) for n in (*INITIAL, *JOINERS)]
-    try:
-        peer_port = common_free_port(hosts)
-    except OSError:
-        pytest.skip("127.0.0.11-15 cannot be bound here")
-    cluster = ProcessCluster(tmp_path)
-    issue(tmp_path / "tls", "node", 5)  # the harness makes one spare (node 4)
-    cluster.nodes = {n: as_pod(cluster, n, peer_port) for n in (*INITIAL, *JOINERS)}
+    cluster = ProcessCluster(tmp_path, size=len(INITIAL + JOINERS), pods=True, initial=3)
+    for node in cluster.nodes.values():
+        node.args += ["--set", "cluster.join_interval_ms=200"]
+        node.args += ["--set", "cluster.promote_stable_ms=1000"]
     try:
         for n in INITIAL:
             cluster.nodes[n].start()
@@ -150,7 +84,7 @@ async def test_scale_three_to_five_to_three_brokers_never_notice(
 ) -> None:
     cluster = pods
     await trio.to_thread.run_sync(cluster.wait_for_leader)
-    eps = endpoints(cluster)[:3]
+    eps = [cluster.nodes[n].client_endpoint for n in INITIAL]
     async with AsyncExitStack() as stack:
         views = [await stack.enter_async_context(client(eps, b, cluster)) for b in BROKERS]
         writer_view = await stack.enter_async_context(client(eps, None, cluster))
