@@ -159,6 +159,13 @@ class ClusterConfig:
     autopilot: bool = True  # ask to join when not a member; leaders promote caught-up learners
     join_interval_ms: int = 1000  # a non-member's JoinRequest period
     promote_stable_ms: int = 5000  # a learner stays caught up this long before promotion
+    # "voter": may be promoted to vote.  "observer": a permanent non-voting member that
+    # replicates the log and serves brokers (docs/architecture.md, "Observers"); it is
+    # never an initial member and is never promoted.
+    role: str = "voter"
+    # With pod_identity, node id = ordinal + node_id_base: an observer StatefulSet uses
+    # e.g. 101 so that its ids never collide with the voters'.
+    node_id_base: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +275,16 @@ class NodeConfig:
             (self.cluster.join_interval_ms >= 10, "cluster.join_interval_ms: must be >= 10"),
             (self.cluster.promote_stable_ms >= 0, "cluster.promote_stable_ms: must be >= 0"),
             (
+                self.cluster.role in CLUSTER_ROLES,
+                f"cluster.role: {self.cluster.role!r} is not one of {', '.join(CLUSTER_ROLES)}",
+            ),
+            (self.cluster.node_id_base >= 1, "cluster.node_id_base: must be >= 1"),
+            (
+                self.cluster.role != "observer" or self.node_id not in self.cluster.initial_members,
+                f"cluster.role = observer: node {self.node_id} is one of"
+                " cluster.initial_members; observers join a running cluster, they never form it",
+            ),
+            (
                 0 <= self.backup.interval_s <= 30 * 86_400,
                 "backup.interval_s: must be >= 0 (0: no scheduled backups) and <= 30 days",
             ),
@@ -336,16 +353,18 @@ def load_config(
                 f"node_id (from {layers['node_id'].source}) and cluster.pod_identity are both"
                 " set; the pod's ordinal gives the node id, so set only one"
             )
-        config = dataclasses.replace(config, node_id=pod_node_id(env))
+        node_id = pod_node_id(env, config.cluster.node_id_base)
+        config = dataclasses.replace(config, node_id=node_id)
     return resolve_cluster(config, env).validate()
 
 
 POD_NAME_ENV, POD_NAMESPACE_ENV = "POD_NAME", "POD_NAMESPACE"
+CLUSTER_ROLES = ("voter", "observer")
 
 
-def pod_node_id(env: Mapping[str, str]) -> int:
-    """Node id from a StatefulSet pod's name: ``felix-0`` is node 1 (POD_NAME, set from
-    the downward API, else the hostname, which a StatefulSet sets to the pod name)."""
+def pod_node_id(env: Mapping[str, str], base: int = 1) -> int:
+    """Node id from a StatefulSet pod's name: ``felix-0`` is node ``base`` (POD_NAME, set
+    from the downward API, else the hostname, which a StatefulSet sets to the pod name)."""
     name = env.get(POD_NAME_ENV) or socket.gethostname()
     source = POD_NAME_ENV if env.get(POD_NAME_ENV) else "the hostname"
     match = re.fullmatch(r"[A-Za-z0-9.-]*?-(\d{1,6})", name.split(".")[0])
@@ -354,7 +373,7 @@ def pod_node_id(env: Mapping[str, str]) -> int:
             f"cluster.pod_identity: cannot take an ordinal from {name!r} ({source}); expected"
             " a StatefulSet pod name like 'felix-0'"
         )
-    return int(match.group(1)) + 1
+    return int(match.group(1)) + base
 
 
 def resolve_cluster(config: NodeConfig, env: Mapping[str, str]) -> NodeConfig:

@@ -230,3 +230,44 @@ def test_snapshot_cache_settings_reach_the_hub() -> None:
     assert (snapshots.sends_max, snapshots.ttl_s, snapshots.bytes_max) == (3, 2.5, 0)
     defaults = hub_limits_for(load_config(env={})).snapshot_limits()
     assert (defaults.sends_max, defaults.ttl_s, defaults.bytes_max) == (16, 5.0, 256 << 20)
+
+
+def test_an_observer_pod_takes_its_id_from_its_base_and_joins_the_initial_members(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, POD_TOML)
+    env = {
+        "POD_NAME": "felix-observer-1",
+        "POD_NAMESPACE": "streaming",
+        "FELIX_CLUSTER__ROLE": "observer",
+        "FELIX_CLUSTER__NODE_ID_BASE": "101",
+        "FELIX_CLUSTER__ADVERTISE_PEER": "felix-observer-1.felix-observer-peers:7001",
+    }
+    config = load_config(path, env=env)
+    assert config.node_id == 102 and config.cluster.role == "observer"
+    assert sorted(config.peers) == [1, 2, 3]
+    assert config.cluster.advertise_peer == "felix-observer-1.felix-observer-peers:7001"
+    assert load_config(path, env={"POD_NAME": "felix-1"}).cluster.role == "voter"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FELIX_CLUSTER__ROLE": "witness"}, "cluster.role: 'witness' is not one of voter"),
+        (
+            {"FELIX_CLUSTER__NODE_ID_BASE": "0", "POD_NAME": "felix-5"},
+            "cluster.node_id_base: must be >= 1",
+        ),
+        (
+            {"FELIX_CLUSTER__ROLE": "observer", "POD_NAME": "felix-0"},
+            "cluster.role = observer: node 1 is one of cluster.initial_members",
+        ),
+    ],
+)
+def test_role_errors_name_the_key_and_the_value(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    path = write(tmp_path, POD_TOML)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"POD_NAME": "felix-0", **env})
+    assert message in str(info.value)
