@@ -52,6 +52,14 @@ def parse_endpoints(endpoints: Iterable[str], what: str = "endpoint") -> list[En
     return list(dict.fromkeys(parsed))
 
 
+def endpoint_flag(flag: str, text: str) -> tuple[str, ...]:
+    """A command-line list, ``"a:1,b:2"`` -> ("a:1", "b:2"): each entry checked as by
+    `parse_endpoints` and kept once, empty entries skipped; ValueError naming ``flag``."""
+    items = tuple(dict.fromkeys(e.strip() for e in text.split(",") if e.strip()))
+    parse_endpoints(items, flag)
+    return items
+
+
 def endpoint_order(
     endpoints: Sequence[Endpoint], node_id: int | None, rng: random.Random
 ) -> list[Endpoint]:
