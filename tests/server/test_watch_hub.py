@@ -247,13 +247,14 @@ async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
         for _ in range(2000):  # fill its socket and backlog until deltas are held
             model.write(10, changes_each=20)
             await hub.wait_fanned_out()
-            if sub.held:
+            if sub.held is not None:
                 break
-        assert sub.held and hub.stats.resyncs == 0
-        while len(sub.held) < lag_max:  # exactly at the bound, one version at a time
+        assert sub.held is not None and hub.stats.resyncs == 0
+        while sub.held.versions < lag_max:  # exactly at the bound, one version at a time
             model.write(1, changes_each=20)
             await hub.wait_fanned_out()
-        assert len(sub.held) == lag_max and len(sub.held) > 10 * limits.history_versions_max
+            assert sub.held is not None, sub.connection.sender.backlog_frames
+        assert sub.held.versions == lag_max > 10 * limits.history_versions_max
         assert hub.oldest_resumable() == model.version - limits.history_versions_max
         assert hub.stats.resyncs == 0 and hub.watchers == 1  # still subscribed
         model.write(1)  # one more than the bound
