@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -52,12 +53,17 @@ class Model:
 
 
 @asynccontextmanager
-async def serving(limits: HubLimits) -> AsyncIterator[tuple[Model, WatchHub, int]]:
+async def serving(
+    limits: HubLimits, *, send_buffer_bytes: int | None = None
+) -> AsyncIterator[tuple[Model, WatchHub, int]]:
+    """``send_buffer_bytes``: every connection's (locked) kernel send buffer."""
     model = Model()
     hub = WatchHub(model.snapshot, limits)
     model.hub = hub
 
     async def handler(conn: WsConnection) -> None:
+        if send_buffer_bytes is not None:
+            conn.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
         hello = ClientHello  # the first message opens the watch
         from felix.proto.client_messages import CLIENT_TO_SERVER
 
@@ -240,8 +246,11 @@ async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
     limits = HubLimits(
         coalesce_after_frames=4, history_versions_max=5, subscriber_lag_versions_max=lag_max
     )
-    async with serving(limits) as (model, hub, port):
+    # Small (locked) kernel buffers: once held, its deltas stay held (no drain) until
+    # it reads.
+    async with serving(limits, send_buffer_bytes=4096) as (model, hub, port):
         slow = await connect(port, 0)  # never reads until the end
+        slow._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         await trio.testing.wait_all_tasks_blocked()
         (sub,) = hub._subscribers  # white box: how many versions are held for it
         for _ in range(2000):  # fill its socket and backlog until deltas are held
@@ -262,6 +271,7 @@ async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
         assert hub.stats.resyncs == 1 and hub.watchers == 0 and hub.stats.slow_disconnects == 1
         watcher = Watcher()
         watcher.version = 0
+        slow._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # reads again
         reasons = await read_until_closed(slow, watcher)
         assert watcher.version is not None and watcher.version < model.version  # no gap
         assert reasons == [f"subscriber too slow: more than {lag_max} versions held for it"]
