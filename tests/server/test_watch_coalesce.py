@@ -2,9 +2,10 @@
 ONE coalesced delta when it reads again, applied by a real broker cache (digest checked)
 to the server's view at the newest version; past the held-bytes bound it resyncs.
 
-The socket is made full deterministically: both kernel buffers are shrunk (and so
-locked) and the client stops reading, and the test waits on the hub's own state (the
-sender's backlog, the held net delta) after each fan-out -- never on time."""
+The socket is made full deterministically: the server's kernel send buffer is shrunk
+(and so locked), the client stops reading (its receive buffer grows only as it reads),
+and 64 messages of a few KiB are more than both take; the test waits on the hub's own
+state (the sender's backlog, the held net delta) after each fan-out -- never on time."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from felix.server.metrics import NodeMetrics
 from felix.server.watch_hub import HubLimits, Subscriber, WatchHub, delta_size
 from felix.server.ws_server import WsConnection, serve_ws
 
-SMALL_BUFFER_BYTES = 4096  # the kernel doubles it; either way far below 64 messages
+SMALL_BUFFER_BYTES = 4096  # the kernel doubles it: far below 64 messages
 VALUE_BYTES = 200  # each change's value: a version's message is a few KiB
 
 
@@ -141,10 +142,6 @@ class Broker:
         self.cache.apply_delta(delta)  # raises on a gap or a digest mismatch
         self.deltas.append((delta.prev_version, delta.version))
 
-    def read_again(self) -> None:
-        """A normal receive buffer again (a tiny one makes TCP crawl once it reads)."""
-        self.conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-
     async def read_until(self, version: int) -> None:
         with trio.fail_after(20):  # a guard against hanging, not a timing assertion
             while self.cache.version is None or self.cache.version < version:
@@ -158,15 +155,10 @@ class Broker:
                     self.apply(message)
 
 
-async def subscribe(
-    port: int, hub: WatchHub, control: Control, *, slow: bool = True
-) -> tuple[Broker, Subscriber]:
-    """A broker, its snapshot applied, live; ``slow``: with a small (locked) receive
-    buffer, so that once it stops reading the kernel holds only a few KiB for it."""
+async def subscribe(port: int, hub: WatchHub, control: Control) -> tuple[Broker, Subscriber]:
+    """A broker, its snapshot applied, live."""
     before = set(hub._subscribers)
     conn = await ClientConnection.open("127.0.0.1", port)
-    if slow:
-        conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER_BYTES)
     await conn.send(ClientHello(7, None, "t"))
     broker = Broker(conn)
     await broker.read_until(control.version)
@@ -220,7 +212,6 @@ async def test_a_slow_subscriber_gets_one_coalesced_delta_and_the_newest_view() 
         assert f"felix_watch_held_bytes {float(held.size_bytes)}" in exported(hub)
 
         newest = control.version
-        broker.read_again()
         await broker.read_until(newest)
 
         # Every message that was queued arrived one version each; then ONE delta from
@@ -256,7 +247,6 @@ async def test_a_coalesced_delta_bigger_than_a_message_goes_in_parts() -> None:
             await hub.wait_fanned_out()
         assert sub.held is not None and sub.held.size_bytes > 4 * limits.message_bytes_max
         newest = control.version
-        broker.read_again()
         await broker.read_until(newest)
         assert broker.deltas[-1] == (base, newest) and broker.parts > 4
         assert broker.cache.records == control.view
@@ -270,7 +260,7 @@ async def test_past_the_held_bytes_bound_it_resyncs_and_the_others_do_not() -> N
     async with serving(limits) as (control, hub, port):
         control.rewrite(range(10))
         slow, slow_sub = await subscribe(port, hub, control)
-        fast, fast_sub = await subscribe(port, hub, control, slow=False)
+        fast, fast_sub = await subscribe(port, hub, control)
         await fill_until_held_while_reading(control, hub, slow_sub, fast)
         # New records every version: the net delta grows until it passes the bound.
         n = 0
@@ -286,7 +276,6 @@ async def test_past_the_held_bytes_bound_it_resyncs_and_the_others_do_not() -> N
         assert hub.stats.slow_disconnects == 1 and hub.watchers == 1
         assert fast_sub.held is None and fast_sub in hub._subscribers
 
-        slow.read_again()
         await slow.read_until_closed()
         assert slow.resyncs == [
             f"subscriber too slow: more than {held_max} bytes of changes held for it"

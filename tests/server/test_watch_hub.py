@@ -54,7 +54,7 @@ class Model:
 
 @asynccontextmanager
 async def serving(
-    limits: HubLimits, *, send_buffer_bytes: int | None = None
+    limits: HubLimits, *, send_buffer_bytes: int | None = None, backlog_bytes_max: int = 256 << 10
 ) -> AsyncIterator[tuple[Model, WatchHub, int]]:
     """``send_buffer_bytes``: every connection's (locked) kernel send buffer."""
     model = Model()
@@ -75,7 +75,11 @@ async def serving(
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
             lambda task_status: serve_ws(
-                handler, "127.0.0.1", 0, backlog_bytes_max=256 * 1024, task_status=task_status
+                handler,
+                "127.0.0.1",
+                0,
+                backlog_bytes_max=backlog_bytes_max,
+                task_status=task_status,
             )
         )
         nursery.start_soon(hub.run)
@@ -246,15 +250,19 @@ async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
     limits = HubLimits(
         coalesce_after_frames=4, history_versions_max=5, subscriber_lag_versions_max=lag_max
     )
-    # Small (locked) kernel buffers: once held, its deltas stay held (no drain) until
-    # it reads.
-    async with serving(limits, send_buffer_bytes=4096) as (model, hub, port):
+    # A small (locked) send buffer and messages of ~80 KiB: 4 queued are more than the
+    # kernel takes without a read (the receive buffer grows only as the client reads),
+    # so once held, its deltas stay held until it reads.
+    async with serving(limits, send_buffer_bytes=4096, backlog_bytes_max=4 << 20) as (
+        model,
+        hub,
+        port,
+    ):
         slow = await connect(port, 0)  # never reads until the end
-        slow._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         await trio.testing.wait_all_tasks_blocked()
         (sub,) = hub._subscribers  # white box: how many versions are held for it
         for _ in range(2000):  # fill its socket and backlog until deltas are held
-            model.write(10, changes_each=20)
+            model.write(100, changes_each=20)
             await hub.wait_fanned_out()
             if sub.held is not None:
                 break
@@ -271,7 +279,6 @@ async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
         assert hub.stats.resyncs == 1 and hub.watchers == 0 and hub.stats.slow_disconnects == 1
         watcher = Watcher()
         watcher.version = 0
-        slow._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # reads again
         reasons = await read_until_closed(slow, watcher)
         assert watcher.version is not None and watcher.version < model.version  # no gap
         assert reasons == [f"subscriber too slow: more than {lag_max} versions held for it"]
