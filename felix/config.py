@@ -98,6 +98,8 @@ class WatchConfig:
     # A live subscriber whose socket stays full holds its deltas, coalesced; past this
     # many held versions it gets a Resync (its own bound, not the history's).
     subscriber_lag_versions_max: int = 100_000
+    # ...or past this many bytes of net changes held (one per record touched, the latest).
+    subscriber_held_bytes_max: int = 16 * 1024 * 1024
     # Every client-port connection: a quiet one is pinged after half of this, and one
     # that leaves a ping unanswered for this long is closed (code 1011, with a reason).
     keepalive_interval_ms: int = 10_000
@@ -235,6 +237,10 @@ class NodeConfig:
             (
                 self.watch.subscriber_lag_versions_max >= 1,
                 "watch.subscriber_lag_versions_max: must be >= 1",
+            ),
+            (
+                self.watch.subscriber_held_bytes_max >= 4096,
+                "watch.subscriber_held_bytes_max: must be >= 4096",
             ),
             (
                 KEEPALIVE_INTERVAL_MS_MIN <= self.watch.keepalive_interval_ms <= 3_600_000,

@@ -146,6 +146,7 @@ def hub_limits_for(config: NodeConfig) -> HubLimits:
         message_bytes_max=watch.message_bytes_max,
         progress_interval_s=watch.progress_interval_ms / 1000,
         subscriber_lag_versions_max=watch.subscriber_lag_versions_max,
+        subscriber_held_bytes_max=watch.subscriber_held_bytes_max,
         snapshot_cache_bytes_max=watch.snapshot_cache_bytes_max,
         snapshot_cache_ttl_s=watch.snapshot_cache_ttl_ms / 1000,
         snapshot_sends_max=watch.snapshot_sends_max,

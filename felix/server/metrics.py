@@ -192,10 +192,24 @@ class _WatchCollector(Collector):
         yield GaugeMetricFamily(
             "felix_watch_history_bytes", "Retained delta history", hub.history_bytes
         )
+        yield GaugeMetricFamily(
+            "felix_watch_held_bytes",
+            "Net changes held for watchers whose socket is full (estimated bytes)",
+            hub.held_bytes,
+        )
         for name, help_text, value in (
             ("felix_watch_deltas_published", "Deltas published", stats.deltas_published),
             ("felix_watch_frames_sent", "Delta messages sent to watchers", stats.frames_sent),
-            ("felix_watch_coalesced", "Backlogs coalesced into one message", stats.coalesced),
+            (
+                "felix_watch_coalesced",
+                "Coalesced deliveries to slow watchers: one net delta each",
+                stats.coalesced,
+            ),
+            (
+                "felix_watch_coalesced_versions",
+                "Versions those coalesced deliveries covered",
+                stats.coalesced_versions,
+            ),
             ("felix_watch_resyncs", "Resyncs sent", stats.resyncs),
             ("felix_watch_slow_disconnects", "Slow watchers cut off", stats.slow_disconnects),
             ("felix_watch_snapshots_sent", "Snapshots sent to watchers", stats.snapshots_sent),

@@ -29,10 +29,19 @@ queue is emptied.
 While a subscriber catches up, live messages for it queue (bounded); then it turns live.
 
 *Slow subscribers*: a subscriber whose socket is full gets a bounded backlog drained by
-its flusher; past ``coalesce_after_frames`` queued messages its further deltas are held
-and coalesced into one message when the socket drains; past
-``subscriber_lag_versions_max`` held versions, or the backlog's byte bound, it gets a
-``Resync`` and is disconnected.  Nobody else ever waits for it.
+its flusher.  Past ``coalesce_after_frames`` queued messages its further deltas are
+held as their net effect (`felix.server.coalesce.NetDelta`: one change per record, the
+latest; the first ``prev_version``, the newest version and digest), so what is held
+grows with the records touched, not with the versions.  Once its backlog is empty
+(`_flush_held`, every maintenance tick) it gets that as ONE delta from the version it
+was last sent to the newest -- in `DeltaPart`s if bigger than ``message_bytes_max``,
+which the broker applies only at the last part -- and its digest check still holds
+(the digest is a function of the view alone).  Past ``subscriber_lag_versions_max``
+versions or ``subscriber_held_bytes_max`` bytes held, or the backlog's byte bound, it
+gets a ``Resync`` saying which and is disconnected.  Nobody else ever waits for it.
+A resuming subscriber's catch-up from history is *not* coalesced: it resumes with
+exactly the deltas after its version (already packed and paced, and bounded by the
+history), which the rolling-restart test relies on ("every Raft index is a version").
 
 *WatchProgress*: every ``progress_interval_s`` without a publish, one pre-built
 ``WatchProgress{version}`` frame goes to every live subscriber (in order with deltas, since
@@ -59,6 +68,7 @@ from felix.proto.client_messages import (
 )
 from felix.proto.versions import BASELINE
 from felix.proto.ws_frames import server_frame
+from felix.server.coalesce import NetDelta, value_size
 from felix.server.snapshot_cache import SnapshotCache, SnapshotLimits, send_snapshot
 from felix.server.ws_server import WsConnection
 
@@ -85,6 +95,9 @@ class HubLimits:
     # many versions it resyncs.  Its own bound: a short history does not cut slow
     # subscribers off sooner (``watch.subscriber_lag_versions_max``).
     subscriber_lag_versions_max: int = 100_000
+    # ...or past this many (estimated, encoded) bytes of net changes held for it
+    # (``watch.subscriber_held_bytes_max``): they grow with the records touched.
+    subscriber_held_bytes_max: int = 16 * 1024 * 1024
     # Encoded snapshots shared per version (`felix.server.snapshot_cache`).
     snapshot_cache_bytes_max: int = 256 * 1024 * 1024
     snapshot_cache_ttl_s: float = 5.0
@@ -104,7 +117,8 @@ class HubStats:
     deltas_published: int = 0
     frames_built: int = 0
     frames_sent: int = 0
-    coalesced: int = 0
+    coalesced: int = 0  # coalesced deliveries: one net delta each
+    coalesced_versions: int = 0  # versions they covered
     resyncs: int = 0
     slow_disconnects: int = 0
     snapshots_sent: int = 0
@@ -131,7 +145,7 @@ class Subscriber:
     version: int  # the highest version handed to this subscriber (sent, queued or held)
     live: bool = False
     pending: list[bytes] = field(default_factory=list)  # while catching up
-    held: list[Delta] = field(default_factory=list)  # coalescing while the socket is full
+    held: NetDelta | None = None  # the net effect of what came while the socket was full
     done: trio.Event = field(default_factory=trio.Event)
     reason: str = ""
     protocol_version: int = BASELINE  # the connection's (`felix.proto.versions`)
@@ -171,6 +185,11 @@ class WatchHub:
     @property
     def history_bytes(self) -> int:
         return self._history_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Net changes held for slow subscribers now (estimated encoded bytes)."""
+        return sum(s.held.size_bytes for s in self._subscribers if s.held is not None)
 
     def oldest_resumable(self) -> int:
         """The smallest ``from_version`` served from history."""
@@ -265,15 +284,8 @@ class WatchHub:
                 self._resync(sub, "too far behind while catching up")
             return
         sender = sub.connection.sender
-        if sub.held or sender.backlog_frames >= self.limits.coalesce_after_frames:
-            sub.held.extend(batch.deltas)  # coalesced into one message once it drains
-            if len(sub.held) > self.limits.subscriber_lag_versions_max:
-                self.stats.slow_disconnects += 1
-                self._resync(
-                    sub,
-                    f"subscriber too slow: more than {self.limits.subscriber_lag_versions_max}"
-                    " versions held for it",
-                )
+        if sub.held is not None or sender.backlog_frames >= self.limits.coalesce_after_frames:
+            self._hold(sub, batch.deltas)  # one net delta, sent once the socket drains
             return
         for frame in batch.frames:
             if not sender.send(frame):
@@ -300,6 +312,28 @@ class WatchHub:
             _, size = self._history.popleft()
             self._history_bytes -= size
 
+    def _hold(self, sub: Subscriber, deltas: Sequence[Delta]) -> None:
+        """Fold ``deltas`` into what is held for ``sub``; past either bound, Resync."""
+        limits = self.limits
+        try:
+            if sub.held is None:
+                sub.held = NetDelta(deltas[0])
+                sub.held.extend(deltas[1:])
+            else:
+                sub.held.extend(deltas)
+        except ValueError as exc:  # never expected: batches are consecutive
+            self._resync(sub, f"internal: {exc}")
+            return
+        held = sub.held
+        if held.versions > limits.subscriber_lag_versions_max:
+            reason = f"more than {limits.subscriber_lag_versions_max} versions held for it"
+        elif held.size_bytes > limits.subscriber_held_bytes_max:
+            reason = f"more than {limits.subscriber_held_bytes_max} bytes of changes held for it"
+        else:
+            return
+        self.stats.slow_disconnects += 1
+        self._resync(sub, f"subscriber too slow: {reason}")
+
     def _slow(self, sub: Subscriber) -> None:
         self.stats.slow_disconnects += 1
         self._resync(sub, "subscriber too slow: its send buffer overflowed")
@@ -308,6 +342,7 @@ class WatchHub:
         """Tell the subscriber to start over from a snapshot, then disconnect it."""
         self.stats.resyncs += 1
         self._subscribers.discard(sub)
+        sub.held = None
         sub.connection.sender.send_final(server_frame(SERVER_TO_CLIENT.encode(Resync(reason))))
         sub.reason = reason
         sub.done.set()
@@ -342,7 +377,7 @@ class WatchHub:
         progress = WatchProgress(self.version, next_probe=self.version)
         frames: dict[int, bytes] = {}
         for sub in list(self._subscribers):
-            if not sub.live or sub.held:
+            if not sub.live or sub.held is not None:
                 continue
             frame = frames.get(sub.protocol_version)
             if frame is None:
@@ -352,14 +387,21 @@ class WatchHub:
                 self._slow(sub)
 
     def _flush_held(self) -> None:
+        """A drained socket gets what was held for it as ONE delta, from the version it
+        was last sent to the newest (in `DeltaPart`s if big: still applied at once)."""
         for sub in list(self._subscribers):
-            if sub.held and sub.connection.sender.backlog_frames == 0:
-                deltas, sub.held = sub.held, []
+            held = sub.held
+            if held is not None and sub.connection.sender.backlog_frames == 0:
+                sub.held = None
                 self.stats.coalesced += 1
-                for frame in self._frames_for(deltas):
+                self.stats.coalesced_versions += held.versions
+                frames = self._frames_for([held.delta()])
+                for frame in frames:
                     if not sub.connection.sender.send(frame):
                         self._slow(sub)
                         break
+                else:
+                    self.stats.frames_sent += len(frames)
 
     # --- subscribe ----------------------------------------------------------------------
 
@@ -439,16 +481,8 @@ def delta_size(delta: Delta) -> int:
     for change in delta.changes:
         total += 16 + len(change.kind) + len(change.key)
         if change.value:
-            total += sum(8 + len(k) + _value_size(v) for k, v in change.value.items())
+            total += sum(8 + len(k) + value_size(v) for k, v in change.value.items())
     return total
-
-
-def _value_size(value: object) -> int:
-    if isinstance(value, (str, bytes)):
-        return len(value) + 2
-    if isinstance(value, tuple):
-        return sum(_value_size(v) for v in value) + 2
-    return 9
 
 
 def pack_deltas(deltas: Sequence[Delta], message_bytes_max: int) -> list[Deltas | DeltaPart]:

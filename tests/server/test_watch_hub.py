@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -52,12 +53,17 @@ class Model:
 
 
 @asynccontextmanager
-async def serving(limits: HubLimits) -> AsyncIterator[tuple[Model, WatchHub, int]]:
+async def serving(
+    limits: HubLimits, *, send_buffer_bytes: int | None = None, backlog_bytes_max: int = 256 << 10
+) -> AsyncIterator[tuple[Model, WatchHub, int]]:
+    """``send_buffer_bytes``: every connection's (locked) kernel send buffer."""
     model = Model()
     hub = WatchHub(model.snapshot, limits)
     model.hub = hub
 
     async def handler(conn: WsConnection) -> None:
+        if send_buffer_bytes is not None:
+            conn.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
         hello = ClientHello  # the first message opens the watch
         from felix.proto.client_messages import CLIENT_TO_SERVER
 
@@ -69,7 +75,11 @@ async def serving(limits: HubLimits) -> AsyncIterator[tuple[Model, WatchHub, int
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
             lambda task_status: serve_ws(
-                handler, "127.0.0.1", 0, backlog_bytes_max=256 * 1024, task_status=task_status
+                handler,
+                "127.0.0.1",
+                0,
+                backlog_bytes_max=backlog_bytes_max,
+                task_status=task_status,
             )
         )
         nursery.start_soon(hub.run)
@@ -240,20 +250,28 @@ async def test_the_slow_subscriber_bound_is_its_own_not_the_history() -> None:
     limits = HubLimits(
         coalesce_after_frames=4, history_versions_max=5, subscriber_lag_versions_max=lag_max
     )
-    async with serving(limits) as (model, hub, port):
+    # A small (locked) send buffer and messages of ~80 KiB: 4 queued are more than the
+    # kernel takes without a read (the receive buffer grows only as the client reads),
+    # so once held, its deltas stay held until it reads.
+    async with serving(limits, send_buffer_bytes=4096, backlog_bytes_max=4 << 20) as (
+        model,
+        hub,
+        port,
+    ):
         slow = await connect(port, 0)  # never reads until the end
         await trio.testing.wait_all_tasks_blocked()
         (sub,) = hub._subscribers  # white box: how many versions are held for it
         for _ in range(2000):  # fill its socket and backlog until deltas are held
-            model.write(10, changes_each=20)
+            model.write(100, changes_each=20)
             await hub.wait_fanned_out()
-            if sub.held:
+            if sub.held is not None:
                 break
-        assert sub.held and hub.stats.resyncs == 0
-        while len(sub.held) < lag_max:  # exactly at the bound, one version at a time
+        assert sub.held is not None and hub.stats.resyncs == 0
+        while sub.held.versions < lag_max:  # exactly at the bound, one version at a time
             model.write(1, changes_each=20)
             await hub.wait_fanned_out()
-        assert len(sub.held) == lag_max and len(sub.held) > 10 * limits.history_versions_max
+            assert sub.held is not None, sub.connection.sender.backlog_frames
+        assert sub.held.versions == lag_max > 10 * limits.history_versions_max
         assert hub.oldest_resumable() == model.version - limits.history_versions_max
         assert hub.stats.resyncs == 0 and hub.watchers == 1  # still subscribed
         model.write(1)  # one more than the bound
