@@ -7,11 +7,14 @@ those of a linearizable read) across a ``kill -9`` of the voters' leader and acr
 SIGTERM and restart of the observer they watch; a writer that talks only to an observer
 has its writes forwarded to the leader and acknowledged; a registered broker's health
 reports reach the leader through an observer; ``felix status`` lists both observers.
+Without pods: promoting an observer is refused, one restarted with an empty data dir
+is an observer again with every record, and ``felix member remove`` takes it out.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -244,6 +247,18 @@ async def test_observer_without_pods_forwards_writes_refuses_promotion_and_leave
     assert promote.returncode == 1 and "is an observer" in promote.stderr, promote.stderr
     leader = cluster.status(cluster.wait_for_leader()) or {}
     assert leader["observers"] == [101] and 101 not in leader["voters"]
+
+    # A PVC-less restart: the observer comes back with an empty data dir, asks to join
+    # again and is an observer with every record once more.
+    observer.stop()
+    shutil.rmtree(observer.data_dir)
+    observer.start()
+    last = await trio.to_thread.run_sync(cluster.put, "u", "w")
+    await trio.to_thread.run_sync(observers_joined, cluster, [101])
+    await trio.to_thread.run_sync(cluster.wait_caught_up, 101, last)
+    items = await trio.to_thread.run_sync(cluster.local_items, 101, ["t", "u"])
+    assert items == {"t": "v", "u": "w"}
+    assert (cluster.status(101) or {}).get("role") == "observer"
 
     remove = await trio.to_thread.run_sync(felix_cli, cluster, "member", "remove", "101")
     assert remove.returncode == 0, remove.stderr
