@@ -81,6 +81,11 @@ INVARIANTS: tuple[str, ...] = (
     "commit_quorum",
     "single_change",
     "voters_nonempty",
+    # observers (felix/testing/conf_checks.py)
+    "observer_never_voter",
+    "observer_campaigns",
+    "observer_grants_vote",
+    "observer_promoted",
 )
 DIRECT_CHECKS: frozenset[str] = frozenset(
     {"vote_once", "leader_commit_rule", "persist_before_send"}

@@ -26,6 +26,16 @@ Invariants (names in `felix.testing.checkers.INVARIANTS`):
 * ``single_change``: each configuration differs from the previous by at most one voter,
   so any two majorities of consecutive configurations overlap (thesis §4.1).
 * ``voters_nonempty``: no change leaves a configuration without voters.
+
+Observers (docs/architecture.md, "Observers"; ADD_LEARNER marked ``observer``):
+
+* ``observer_never_voter``: no configuration (proposed, or held by a core) has a node
+  that was ever added as an observer among its voters;
+* ``observer_campaigns``: an observer never asks for (pre-)votes;
+* ``observer_grants_vote``: an observer never grants a vote (no candidate should ask
+  one, and none may count one toward an election);
+* ``observer_promoted``: a leader never accepts a PROMOTE of an observer (the
+  membership layer refuses it: `felix.raft.membership.check_change`).
 """
 
 from __future__ import annotations
@@ -52,31 +62,37 @@ class Members:
 
     voters: frozenset[int]
     learners: frozenset[int]
+    observers: frozenset[int] = frozenset()  # a subset of ``learners``
 
     @classmethod
     def of(cls, conf: ConfState) -> Members:
-        return cls(frozenset(conf.voters), frozenset(conf.learners))
+        return cls(frozenset(conf.voters), frozenset(conf.learners), frozenset(conf.observers))
 
     def after(self, change: ConfChange) -> Members | None:
         """The configuration ``change`` gives (None: it does not apply to this one)."""
-        node, voters, learners = change.node, self.voters, self.learners
+        node, voters, learners, observers = change.node, self.voters, self.learners, self.observers
+        if change.observer and change.kind is not ConfChangeKind.ADD_LEARNER:
+            return None
         if change.kind is ConfChangeKind.ADD_LEARNER:
             if node in voters or node in learners:
                 return None
-            return Members(voters, learners | {node})
+            return Members(
+                voters, learners | {node}, observers | {node} if change.observer else observers
+            )
         if change.kind is ConfChangeKind.PROMOTE:
-            if node not in learners:
+            if node not in learners or node in observers:
                 return None
-            return Members(voters | {node}, learners - {node})
+            return Members(voters | {node}, learners - {node}, observers)
         if node not in voters and node not in learners:
             return None
-        return Members(voters - {node}, learners - {node})
+        return Members(voters - {node}, learners - {node}, observers - {node})
 
     def majority(self, holders: set[int]) -> bool:
         return len(holders & self.voters) * 2 > len(self.voters)
 
     def __str__(self) -> str:
-        return f"voters={sorted(self.voters)} learners={sorted(self.learners)}"
+        text = f"voters={sorted(self.voters)} learners={sorted(self.learners)}"
+        return text + (f" observers={sorted(self.observers)}" if self.observers else "")
 
 
 @dataclass(slots=True)
@@ -109,6 +125,7 @@ class MembershipChecker:
         self.views: dict[int, _LogView] = {}
         self.snapshot_conf: dict[tuple[int, int], Members] = {}
         self.ever_voters: set[int] = set(initial.voters)
+        self.ever_observers: set[int] = set(initial.observers)
         self.removed_at: dict[int, int] = {}  # node -> index of its committed removal
         self.removal_of: dict[tuple[int, int], int] = {}  # REMOVE entry -> the node
         self.committed = Members.of(initial)  # the newest configuration anyone applied
@@ -190,6 +207,7 @@ class MembershipChecker:
         the leader checks deferred to this moment (``leader_commit``: it leads, with
         this commit index)."""
         got, expected = Members.of(conf), self.latest(node)
+        self._no_observer_votes(f"node {node} holds", got)
         view = self.views[node]
         if node in expected.learners and node in got.voters:
             how = "a snapshot" if view.from_snapshot else "the log"
@@ -260,11 +278,32 @@ class MembershipChecker:
     def on_vote_request(self, node: int, term: int) -> None:
         """A (pre-)vote request left ``node``: only a voter (or a removed voter not yet
         sure of its removal, §4.2.2) campaigns; a learner never does."""
-        if node not in self.ever_voters:
+        if node in self.ever_observers:
+            self.checker.fail(
+                "observer_campaigns",
+                f"observer {node} asked for votes in term {term} (it holds {self.latest(node)})",
+            )
+        elif node not in self.ever_voters:
             self.checker.fail(
                 "learner_campaigns",
                 f"node {node}, never a voter, asked for votes in term {term} "
                 f"(it holds {self.latest(node)})",
+            )
+
+    def on_vote_granted(self, node: int, to: int, term: int) -> None:
+        """``node`` granted ``to`` its (real or pre-) vote in ``term``."""
+        if node in self.ever_observers:
+            self.checker.fail(
+                "observer_grants_vote",
+                f"observer {node} granted node {to} a vote in term {term}",
+            )
+
+    def _no_observer_votes(self, who: str, conf: Members) -> None:
+        voting = conf.voters & self.ever_observers
+        if voting:
+            self.checker.fail(
+                "observer_never_voter",
+                f"{who} {conf}: observer(s) {sorted(voting)} among the voters",
             )
 
     # ------------------------------------------------------------------ changes
@@ -278,8 +317,14 @@ class MembershipChecker:
     ) -> None:
         """``leader`` appended ``entry`` for ``change``; the core now holds ``conf_after``."""
         before = self.latest(leader)
+        if change.kind is ConfChangeKind.PROMOTE and change.node in self.ever_observers:
+            self.checker.fail(
+                "observer_promoted",
+                f"leader {leader} accepted PROMOTE of observer {change.node} on {before}",
+            )
         expected = before.after(change)
         got = Members.of(conf_after)
+        self._no_observer_votes(f"leader {leader} accepted {change}:", got)
         if not got.voters:
             self.checker.fail("voters_nonempty", f"leader {leader} accepted {change}: no voters")
         if len(got.voters ^ before.voters) > 1:
@@ -295,6 +340,7 @@ class MembershipChecker:
             expected = got
         self.conf_of[(entry.index, entry.term)] = expected
         self.ever_voters |= expected.voters
+        self.ever_observers |= expected.observers
         if change.kind is ConfChangeKind.REMOVE:
             self.removal_of[(entry.index, entry.term)] = change.node
 

@@ -15,6 +15,8 @@ their cores through `core_for`.
 * ``double_vote``: a node grants a second vote in one term (§5.2).
 * ``learner_campaigns``: a learner starts elections (thesis §4.2.1: learners never do);
   it needs membership changes (`felix.testing.sim_membership`) to have learners at all.
+* ``observer_campaigns``: an observer starts elections (docs/architecture.md,
+  "Observers"); it needs membership changes with observers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "CommitOldTermCore",
     "DoubleVoteCore",
     "LearnerCampaignsCore",
+    "ObserverCampaignsCore",
     "core_for",
 ]
 
@@ -67,11 +70,18 @@ class LearnerCampaignsCore(RaftCore):
         return self.node_id in self.conf.learners or super().is_promotable()
 
 
+class ObserverCampaignsCore(RaftCore):
+    def is_promotable(self) -> bool:
+        # SABOTAGE: an observer takes itself for a candidate.
+        return self.node_id in self.conf.observers or super().is_promotable()
+
+
 _CLASSES: dict[str, type[RaftCore]] = {
     "ack_before_persist": AckBeforePersistCore,
     "commit_old_term": CommitOldTermCore,
     "double_vote": DoubleVoteCore,
     "learner_campaigns": LearnerCampaignsCore,
+    "observer_campaigns": ObserverCampaignsCore,
 }
 CORE_SABOTAGE: frozenset[str] = frozenset(_CLASSES)
 _combined: dict[frozenset[str], type[RaftCore]] = {frozenset(): RaftCore}

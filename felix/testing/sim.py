@@ -139,6 +139,8 @@ EVENTS_MAX = 3_000_000  # a runaway (zero-delay loop) fails instead of hanging
 def replay_line(seed: int, membership: MembershipPlan | None = None) -> str:
     if membership is not None:
         via = " --join-via-snapshot" if membership.join_via_snapshot else ""
+        if membership.observers:
+            via += f" --observers {len(membership.observers)}"
         return (
             f"python -m felix.testing.sim --seed {seed} --membership {membership.mode.value}{via}"
         )
@@ -335,13 +337,15 @@ def run_seed(
     voters: int | None = None,
     membership: JoinMode | str | None = None,
     join_via_snapshot: bool = False,
+    observers: int = 0,
 ) -> SimResult:
     """Run one seed: its plan, the simulation, the checkers.  ``script`` makes the seed
     open with that scripted schedule (`felix.testing.faults.SCRIPTS`) whatever it drew.
     ``voters`` makes only that many of the plan's nodes voters, the rest learners (the
     scripts, written for all-voter clusters, are dropped then).  ``membership`` (a
     `JoinMode` or its value) adds spare nodes and the membership operator; with
-    ``join_via_snapshot`` a node is added only once the leader's log is compacted."""
+    ``join_via_snapshot`` a node is added only once the leader's log is compacted, and
+    ``observers`` more spares join as observers (docs/architecture.md, "Observers")."""
     if script is not None:
         plan = script_plan(seed, script, fault_phase_ms)
     else:
@@ -351,7 +355,7 @@ def run_seed(
     member_plan = None
     if membership is not None:
         plan, member_plan = with_membership(
-            plan, JoinMode(membership), join_via_snapshot=join_via_snapshot
+            plan, JoinMode(membership), join_via_snapshot=join_via_snapshot, observers=observers
         )
     sim = Simulation(
         plan,
@@ -388,6 +392,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--join-via-snapshot", action="store_true", help="add nodes only after compaction"
     )
+    parser.add_argument(
+        "--observers", type=int, default=0, help="with --membership: observer spares to add"
+    )
     return parser.parse_args(argv)
 
 
@@ -408,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             script=args.script,
             membership=args.membership,
             join_via_snapshot=args.join_via_snapshot,
+            observers=args.observers,
         )
         for line in trace or ():
             print(line)

@@ -16,6 +16,11 @@ How a joining node boots is the `JoinMode`:
   initial members) as voters.  It then ignores the ADD_LEARNER for itself ("already a
   member") and believes it is a voter: ``learner_stays_learner`` must catch it.
 * ``non-member``: an empty configuration; it learns its role from the log or a snapshot.
+
+``observers`` adds that many more spares that are observers (docs/architecture.md,
+"Observers"): they always boot as non-members, are added with ADD_LEARNER marked
+observer, and are only ever removed; now and then the operator asks the leader to
+PROMOTE one, which the membership layer must refuse (``observer_promoted``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from felix.proto.raft_messages import ConfChange, ConfChangeKind, ConfState
 from felix.testing.conf_checks import Members
 from felix.testing.faults import CrashEpisode, FaultPlan, PartitionEpisode, PartitionKind
 from felix.testing.sim_events import Scheduler, _MemberTick, _Retire
-from felix.testing.sim_world import World
+from felix.testing.sim_world import World, _Node
 
 __all__ = ["JoinMode", "MembershipPlan", "Operator", "with_membership"]
 
@@ -52,23 +57,26 @@ class MembershipPlan:
     interval_ms: float  # how often the operator looks
     retire_ms_max: float  # a removed node's process stops within this after the commit
     join_via_snapshot: bool  # add a node only once the leader's log is compacted
+    observers: tuple[int, ...] = ()  # the spares that join as observers
 
     def describe(self) -> str:
         return (
             f"membership={self.mode.value} initial={self.initial} "
             f"first={self.first_change_ms:.0f}ms every={self.interval_ms:.0f}ms "
             f"retire<={self.retire_ms_max:.0f}ms via_snapshot={self.join_via_snapshot}"
+            f" observers={list(self.observers)}"
         )
 
 
 def with_membership(
-    plan: FaultPlan, mode: JoinMode, *, join_via_snapshot: bool = False
+    plan: FaultPlan, mode: JoinMode, *, join_via_snapshot: bool = False, observers: int = 0
 ) -> tuple[FaultPlan, MembershipPlan]:
-    """The seed's plan grown by two spare nodes (crashed and cut off now and then too),
-    and when and how the operator works.  Drawn from its own random source, so the
-    seed's other faults stay as they were."""
+    """The seed's plan grown by two spare nodes and ``observers`` observer spares (the
+    last ids; crashed and cut off now and then too), and when and how the operator
+    works.  Drawn from its own random source, so the seed's other faults stay as they
+    were."""
     rng = random.Random(f"felix-membership-plan-{plan.seed}")
-    initial, spares = plan.nodes, 2
+    initial, spares = plan.nodes, 2 + observers
     total = initial + spares
     phase = plan.fault_phase_ms
     crashes = list(plan.crashes)
@@ -103,6 +111,7 @@ def with_membership(
         interval_ms=rng.uniform(20.0, 120.0),
         retire_ms_max=rng.uniform(0.0, 400.0),
         join_via_snapshot=join_via_snapshot,
+        observers=tuple(range(total - observers + 1, total + 1)),
     )
     return grown, membership
 
@@ -112,7 +121,7 @@ def boot_confs(membership: MembershipPlan, nodes: int) -> dict[int, ConfState]:
     initial = tuple(range(1, membership.initial + 1))
     confs = {}
     for spare in range(membership.initial + 1, nodes + 1):
-        if membership.mode is JoinMode.LEGACY:
+        if membership.mode is JoinMode.LEGACY and spare not in membership.observers:
             confs[spare] = ConfState(voters=(*initial, spare), learners=())
         else:
             confs[spare] = ConfState(voters=(), learners=())
@@ -143,6 +152,7 @@ class Operator:
         self.stopped = False
         self.retiring: set[int] = set()
         self.done: list[str] = []  # what each change came to: "add 4", "gave up promote 5"
+        self.observers = frozenset(membership.observers)
 
     def start(self) -> None:
         self.sched.at(self.membership.first_change_ms, _MemberTick())
@@ -165,6 +175,10 @@ class Operator:
         core = leader.core
         if _members(core.conf) != _members(core.conf_at(core.commit_index)):
             return  # a change is in its log, not yet committed: one at a time
+        if committed.observers:
+            self.fired["observer_member"] += 1
+            if self.sched.rng.random() < 0.3:
+                self._try_promoting_an_observer(leader, committed)
         if self.target is None:
             self.target = self._choose(committed, core.first_index)
             if self.target is None:
@@ -186,17 +200,22 @@ class Operator:
         rng, world = self.sched.rng, self.world
         running = {n for n, node in world.nodes.items() if node.alive}
         options: list[tuple[float, ConfChangeKind, int]] = []
+        # Observers first (without observers, the order is the spares' own).
         unused = [s for s in self.spares if s in world.unstarted]
+        unused.sort(key=lambda s: s not in self.observers)
         if unused and (not self.membership.join_via_snapshot or leader_first_index > 1):
             options.append((3.0, ConfChangeKind.ADD_LEARNER, unused[0]))
-        if len(conf.voters) < VOTERS_MAX:
+        if len(conf.voters) < VOTERS_MAX:  # observers never: not even with room for voters
             options += [
-                (3.0, ConfChangeKind.PROMOTE, n) for n in sorted(conf.learners) if n in running
+                (3.0, ConfChangeKind.PROMOTE, n)
+                for n in sorted(conf.learners - self.observers)
+                if n in running
             ]
         if len(conf.voters) > 1:
             weight = 1.5 if len(conf.voters) >= 3 else 0.3
             options += [(weight, ConfChangeKind.REMOVE, n) for n in sorted(conf.voters)]
-        options += [(0.7, ConfChangeKind.REMOVE, n) for n in sorted(conf.learners)]
+        options += [(0.7, ConfChangeKind.REMOVE, n) for n in sorted(conf.learners - conf.observers)]
+        options += [(0.2, ConfChangeKind.REMOVE, n) for n in sorted(conf.observers)]
         if not options:
             return None
         weights = [w for w, _, _ in options]
@@ -204,7 +223,19 @@ class Operator:
         if kind is ConfChangeKind.ADD_LEARNER:
             world.boot(world.nodes[node])  # the pod starts, then asks to be added
             self.fired["member_started"] += 1
-        return _Target(ConfChange(kind, node), self.sched.now)
+        observer = kind is ConfChangeKind.ADD_LEARNER and node in self.observers
+        return _Target(ConfChange(kind, node, observer=observer), self.sched.now)
+
+    def _try_promoting_an_observer(self, leader: _Node, conf: Members) -> None:
+        """An operator's mistake the membership layer must refuse; the checker fails
+        the run (``observer_promoted``) if the leader appends it."""
+        node = self.sched.rng.choice(sorted(conf.observers))
+        self.next_request_id += 1
+        change = ConfChange(ConfChangeKind.PROMOTE, node)
+        if self.world.propose_conf_change(leader, self.next_request_id, change):
+            self.fired["observer_promote_accepted"] += 1
+        else:
+            self.fired["observer_promote_refused"] += 1
 
     def _caught_up(self, learner: int) -> bool:
         leader = self.world.current_leader()

@@ -24,7 +24,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from felix.proto.raft_messages import ConfChange, ConfState, EntryKind, RequestVote, SnapshotMeta
+from felix.proto.raft_messages import (
+    ConfChange,
+    ConfState,
+    EntryKind,
+    RequestVote,
+    SnapshotMeta,
+    VoteResponse,
+)
 from felix.raft.core import RaftCore
 from felix.raft.driver import ReadyDriver
 from felix.raft.ready import (
@@ -529,6 +536,12 @@ class World:
             check_send_promise(self.checker, node.node_id, node.model, item)
             if self.members is not None and isinstance(item.message, RequestVote):
                 self.members.on_vote_request(node.node_id, item.message.term)
+            if (
+                self.members is not None
+                and isinstance(item.message, VoteResponse)
+                and item.message.granted
+            ):
+                self.members.on_vote_granted(node.node_id, item.to, item.message.term)
             self.network.transmit(node.node_id, item.to, item.message)
 
     def on_deliver(self, event: _Deliver) -> None:

@@ -7,11 +7,14 @@ those of a linearizable read) across a ``kill -9`` of the voters' leader and acr
 SIGTERM and restart of the observer they watch; a writer that talks only to an observer
 has its writes forwarded to the leader and acknowledged; a registered broker's health
 reports reach the leader through an observer; ``felix status`` lists both observers.
+Without pods: promoting an observer is refused, one restarted with an empty data dir
+is an observer again with every record, and ``felix member remove`` takes it out.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,6 +49,22 @@ def _cluster(root: Path, *, pods: bool, observers: int) -> Iterator[ProcessClust
         yield cluster
     finally:
         cluster.stop_all()  # every process, by PID
+        _print_log_tails(cluster)
+
+
+def _print_log_tails(cluster: ProcessCluster, lines: int = 40) -> None:
+    """Leader changes, warnings and errors of every node: pytest shows them only when
+    the test failed (the logs themselves go with the temporary directory)."""
+    for node in cluster.all_nodes():
+        if not node.log_path.exists():
+            continue
+        kept = [
+            line
+            for line in node.log_path.read_text(errors="replace").splitlines()
+            if "leader is now" in line or "WARN" in line or "ERROR" in line
+        ]
+        print(f"--- node {node.node_id} ({node.log_path.name})")
+        print("\n".join(kept[-lines:]))
 
 
 @pytest.fixture
@@ -201,7 +220,8 @@ async def test_brokers_on_observers_see_every_version_across_failover_and_restar
     for n in OBSERVERS:
         assert rows[str(n)][2] == "observer", status.stdout
     leader_row = next(r for r in rows.values() if r[2] == "leader")
-    assert leader_row[-1] == "101,102" and leader_row[-2] == "-", status.stdout  # no learners
+    assert sorted(leader_row[-1].split(",")) == ["101", "102"], status.stdout  # join order
+    assert leader_row[-2] == "-", status.stdout  # no learners waiting for promotion
     for n in (1, 2, 3):
         assert rows[str(n)][2] in ("leader", "follower"), status.stdout
 
@@ -227,6 +247,18 @@ async def test_observer_without_pods_forwards_writes_refuses_promotion_and_leave
     assert promote.returncode == 1 and "is an observer" in promote.stderr, promote.stderr
     leader = cluster.status(cluster.wait_for_leader()) or {}
     assert leader["observers"] == [101] and 101 not in leader["voters"]
+
+    # A PVC-less restart: the observer comes back with an empty data dir, asks to join
+    # again and is an observer with every record once more.
+    observer.stop()
+    shutil.rmtree(observer.data_dir)
+    observer.start()
+    last = await trio.to_thread.run_sync(cluster.put, "u", "w")
+    await trio.to_thread.run_sync(observers_joined, cluster, [101])
+    await trio.to_thread.run_sync(cluster.wait_caught_up, 101, last)
+    items = await trio.to_thread.run_sync(cluster.local_items, 101, ["t", "u"])
+    assert items == {"t": "v", "u": "w"}
+    assert (cluster.status(101) or {}).get("role") == "observer"
 
     remove = await trio.to_thread.run_sync(felix_cli, cluster, "member", "remove", "101")
     assert remove.returncode == 0, remove.stderr
