@@ -5,8 +5,10 @@ node's *current* version (docs/architecture.md §1, §7): a watch start at the v
 pending deltas follow, a linearizable read at or after its ReadIndex point.  So the
 cache is keyed by (version, lineage, protocol version) and only ever asked for the
 current one: a newer version is a miss and a new encode, and whatever was cached for an
-older version (or another lineage) is dropped when the newer one is stored.  Entries
-live ``ttl_s`` on Trio's clock and the retained frames are bounded by ``bytes_max``,
+older version (or another lineage) is dropped when the newer one is stored.  An entry
+lives until ``ttl_s`` on Trio's clock have passed since it was last served, so a storm
+that takes longer than the TTL to work through (requests queue for send slots) still
+shares one encode; the retained frames are bounded by ``bytes_max``,
 oldest evicted first; a snapshot bigger than the bound is not kept (it still serves the
 requests that waited for its build).  Requests for a version whose build is in progress
 wait for it (one `trio.Event` per build) instead of starting another.
@@ -143,6 +145,7 @@ class SnapshotCache:
             OrderedDict()
         )
         self._building: dict[tuple[int, str, int, int | None], _Build] = {}
+        self._served_at: dict[tuple[int, str, int, int | None], float] = {}  # Trio clock
         self._splices: dict[int, bool] = {}
         self._builds_started = 0
         self._sends = trio.Semaphore(limits.sends_max)
@@ -183,6 +186,7 @@ class SnapshotCache:
         entry = self._entries.get(key)
         if entry is not None:
             self.stats.served += 1
+            self._served_at[key] = trio.current_time()
             return entry
         build = self._building.get(key)
         if build is not None:
@@ -191,6 +195,8 @@ class SnapshotCache:
                 raise RuntimeError(f"the snapshot build of version {version} failed")
             self.stats.served += 1
             self.stats.joined += 1
+            if key in self._entries:
+                self._served_at[key] = trio.current_time()
             return build.result
         got, digest, records = view()
         if got != version:
@@ -208,6 +214,8 @@ class SnapshotCache:
             )  # fmt: skip
             build.result = entry
             self._store(key, entry)
+            if key in self._entries:
+                self._served_at[key] = entry.built_at
         finally:
             del self._building[key]
             build.done.set()
@@ -255,15 +263,16 @@ class SnapshotCache:
 
     def _drop(self, key: tuple[int, str, int, int | None]) -> None:
         self.stats.cache_bytes -= self._entries.pop(key).size_bytes
+        self._served_at.pop(key, None)
 
     def expire(self) -> None:
-        """Drop entries older than ``ttl_s`` (called on every lookup and by the hub's
-        maintenance tick, so an idle node does not hold them)."""
+        """Drop entries not served for ``ttl_s`` (called on every lookup and by the
+        hub's maintenance tick, so an idle node does not hold them)."""
         if not self._entries:
             return
         oldest = trio.current_time() - self.limits.ttl_s
         for key, entry in list(self._entries.items()):
-            if entry.built_at <= oldest:
+            if self._served_at.get(key, entry.built_at) <= oldest:
                 self._drop(key)
 
 
