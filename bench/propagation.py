@@ -82,6 +82,7 @@ DISPLAY_NAME_BYTES = 110  # a set_tenant change of ~200 bytes on the wire
 BROKER_ID_BASE = 1001
 SETTLE_S = 1.5  # after the brokers are ready: registrations turn "up", buffers settle
 DRAIN_S = 10.0
+IDLE_SAMPLE_S = 2.0  # storm: the servers' idle CPU rate is sampled this long
 
 
 # --- small utilities ------------------------------------------------------------------
@@ -1182,15 +1183,21 @@ async def storm_async(
         for node_id in cluster.nodes:
             await trio.to_thread.run_sync(partial(cluster.wait_caught_up, node_id, index, 60))
         timeout = ["--ready-timeout", str(args.storm_timeout_s)]
-        await trio.to_thread.run_sync(brokers.launch, client_endpoints(cluster), timeout)
+        endpoints = client_endpoints(cluster)
+        # (abandon_on_cancel: Ctrl-C must not wait for a worker's answer)
+        await trio.to_thread.run_sync(brokers.launch, endpoints, timeout, abandon_on_cancel=True)
         await trio.sleep(SETTLE_S)  # the workers' start-up CPU is over
+        idle_before, idle_at = server_cpu_s(cluster), now()
+        await trio.sleep(IDLE_SAMPLE_S)  # the servers' idle CPU rate (ticks, heartbeats)
+        idle_rate = (server_cpu_s(cluster) - idle_before) / (now() - idle_at)
         metrics_before = await trio.to_thread.run_sync(snapshot_metrics, cluster)
         cpu_before = process_cpu_s(list(cluster.nodes.values()))
         status_line(f"{label}: releasing {brokers.count} brokers at once")
         released = now()
-        replies = await trio.to_thread.run_sync(brokers.go)
+        replies = await trio.to_thread.run_sync(brokers.go, abandon_on_cancel=True)
         cpu_after = process_cpu_s(list(cluster.nodes.values()))
         metrics_after = await trio.to_thread.run_sync(snapshot_metrics, cluster)
+        worker_stats = await trio.to_thread.run_sync(brokers.stats, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
     ready_at = sorted(t for r in replies for t in r["ready_at"])
     first_versions = sorted({v for r in replies for v in r["versions"]})
@@ -1215,6 +1222,13 @@ async def storm_async(
         "complete_views": complete,
         "first_view_versions": first_versions,
         "server_cpu_s": round(sum(cpu.values()), 3),
+        # what the servers spend anyway over as long (Raft ticks, the heartbeats)
+        "server_idle_cpu_s": round(idle_rate * (ready_at[-1] - released), 3),
+        "server_cpu_above_idle_s": round(
+            sum(cpu.values()) - idle_rate * (ready_at[-1] - released), 3
+        ),
+        # the simulated brokers' CPU (workers' whole process time, start-up included)
+        "worker_cpu_s_per_broker": round(worker_stats["cpu_us"] / 1e6 / brokers.count, 4),
         "server_cpu_s_by_node": cpu,
         "encodes_by_node": encodes,
         "served_by_node": served,
@@ -1241,7 +1255,7 @@ async def storm_async(
 
 def storm_run(args: argparse.Namespace, root: Path, procs: Processes, run: int) -> dict[str, Any]:
     label = f"storm run {run}"
-    with control_plane(root, procs, args.tick_ms) as cluster:
+    with control_plane(root, procs, args.tick_ms, args.storm_set) as cluster:
         brokers = Brokers.plan(root, args.storm_brokers, args.workers, 0)
         procs.add(brokers.stop)
         try:
@@ -1262,6 +1276,8 @@ def storm(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, A
         "shards": args.storm_shards,
         "all_views_s": spread([r["all_views_s"] for r in runs]),
         "server_cpu_s": spread([r["server_cpu_s"] for r in runs]),
+        "server_cpu_above_idle_s": spread([r["server_cpu_above_idle_s"] for r in runs]),
+        "worker_cpu_s_per_broker": spread([r["worker_cpu_s_per_broker"] for r in runs]),
         "encodes": spread([r["encodes"] for r in runs]),
         "served": spread([r["served"] for r in runs]),
         "encodes_per_version_per_node_max": max(
@@ -1374,6 +1390,8 @@ def print_storm(st: dict[str, Any]) -> None:
     )
     print(f"  every broker has its full view after (s): {fmt_spread(st['all_views_s'], 2)}")
     print(f"  servers' CPU during the storm (s, 3 nodes): {fmt_spread(st['server_cpu_s'], 2)}")
+    print(f"  of it above the idle rate (s): {fmt_spread(st['server_cpu_above_idle_s'], 2)}")
+    print(f"  worker CPU per broker (s): {fmt_spread(st['worker_cpu_s_per_broker'], 3)}")
     print(f"  snapshot encodes (all nodes): {fmt_spread(st['encodes'], 0)}")
     print(f"  snapshots served (all nodes): {fmt_spread(st['served'], 0)}")
     print(f"  encodes per version per node, worst: {st['encodes_per_version_per_node_max']:.2f}")
@@ -1481,6 +1499,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storm", action="store_true", help="the cold-start reconnect storm")
     parser.add_argument("--storm-brokers", type=int, default=1000, help="brokers in the storm")
     parser.add_argument("--storm-shards", type=int, default=10_000, help="shards in the state")
+    parser.add_argument(
+        "--storm-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storm: a server setting (felix serve --set), e.g. watch.snapshot_cache_ttl_ms=60000",
+    )
     parser.add_argument(
         "--storm-timeout-s", type=float, default=600.0, help="per broker, for its first view"
     )
