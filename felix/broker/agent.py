@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from felix.broker.agent_identity import IdentityError, credentials, node_id_from_pod
 from felix.broker.agent_ops import AgentMetrics, AgentOps
 from felix.broker.client import WriteError, parse_endpoint
+from felix.broker.endpoints import endpoint_flag
 from felix.broker.example_broker import BrokerSettings, ExampleBroker, unwrap
 from felix.broker.session import CredentialsRefused
 
@@ -49,6 +50,11 @@ DESCRIPTION: Final = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoints", required=True, help="control-plane client API host:port list"
+    )
+    parser.add_argument(
+        "--prefer-endpoints",
+        default="",
+        help="host:port list tried first (observers); --endpoints only when none answers",
     )
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--node-id", type=int, help="this broker's node id (>= 1)")
@@ -94,11 +100,10 @@ def settings_from(
     node_id = node_id_from_pod(env) if args.pod_identity else args.node_id
     if node_id is None or node_id < 1:
         raise IdentityError(f"--node-id must be >= 1, not {node_id}")
-    endpoints = tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
+    endpoints = endpoint_list("--endpoints", args.endpoints)
     if not endpoints:
         raise IdentityError("--endpoints is empty")
-    for endpoint in endpoints:
-        _endpoint("--endpoints", endpoint)
+    preferred = endpoint_list("--prefer-endpoints", args.prefer_endpoints)
     address = args.address or f"{socket.gethostname()}:{DATA_PORT}"
     _endpoint("--address", address)
     ops = _endpoint("--listen-ops", args.listen_ops)
@@ -114,8 +119,17 @@ def settings_from(
         token=creds.token,
         ssl_context=creds.ssl_context,
         copy_s=args.copy_s,
+        preferred_endpoints=preferred,
     )
     return settings, ops
+
+
+def endpoint_list(flag: str, text: str) -> tuple[str, ...]:
+    """`endpoint_flag`, raising `IdentityError` (what `run_agent` reports, exit 2)."""
+    try:
+        return endpoint_flag(flag, text)
+    except ValueError as exc:
+        raise IdentityError(str(exc)) from None
 
 
 def _endpoint(flag: str, text: str) -> tuple[str, int]:
@@ -178,11 +192,14 @@ async def serve(
         async with trio.open_nursery() as nursery:
             port = await nursery.start(ops.run, *ops_at)
             log.info(
-                "broker %d: ops on http://%s:%d (/livez /readyz /metrics); control plane %s",
+                "broker %d: ops on http://%s:%d (/livez /readyz /metrics); control plane %s%s",
                 settings.node_id,
                 ops_at[0],
                 port,
                 ",".join(settings.endpoints),
+                f", preferring {','.join(settings.preferred_endpoints)}"
+                if settings.preferred_endpoints
+                else "",
             )
 
             async def on_signals() -> None:

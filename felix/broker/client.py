@@ -7,13 +7,15 @@ runs, in one nursery:
 
 * the **connection loop**: connect to one control-plane node (the first one tried is
   picked from ``node_id``, so brokers spread over nodes; after that, a per-client
-  shuffled order), send ``Hello(from_version)`` — the cache's version, or None when a
-  snapshot is needed — and apply every message as it arrives (`receive_batch`, no task
-  switch per message).  When the connection drops, reconnect after a jittered
-  exponential back-off to the next node and *resume* from the last applied version, so
-  a failover costs no snapshot.  A ``Resync``, a delta that does not follow (gap), or a
-  digest mismatch (after a delta, a snapshot or the periodic audit) makes the next
-  ``Hello`` ask for a snapshot; each is counted in ``stats.resync_reasons``.
+  shuffled order; with ``preferred_endpoints``, those first and the others only when
+  none of them answers, see `felix.broker.endpoints`), send ``Hello(from_version)`` —
+  the cache's version, or None when a snapshot is needed — and apply every message as
+  it arrives (`receive_batch`, no task switch per message).  When the connection
+  drops, reconnect after a jittered exponential back-off to the next node and
+  *resume* from the last applied version, so a failover costs no snapshot.  A
+  ``Resync``, a delta that does not follow (gap), or a digest mismatch (after a delta,
+  a snapshot or the periodic audit) makes the next ``Hello`` ask for a snapshot; each
+  is counted in ``stats.resync_reasons``.
 * **registration** (``register_node`` through the same connection; the write result's
   version is the node's epoch), then **heartbeats** (``ReportHealth``, every
   ``heartbeat_s`` and at once on every new connection), which start only once the view
@@ -46,7 +48,6 @@ import os
 import random
 import ssl
 import weakref
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,11 +57,15 @@ from typing import Any
 import trio
 
 from felix.broker.cache import MetadataCache, OwnershipEvent, OwnershipLedger, ShardId
+from felix.broker.endpoints import EndpointPlan, parse_endpoints
+from felix.broker.endpoints import endpoint_order as endpoint_order
+from felix.broker.endpoints import parse_endpoint as parse_endpoint
 from felix.broker.requests import Requests
 from felix.broker.requests import WriteError as WriteError
 from felix.broker.session import ClientSettings as ClientSettings
 from felix.broker.session import Counters, CredentialsRefused, Session, Wakeup
 from felix.broker.tasks import BackgroundTasks
+from felix.broker.tiered_session import TieredSession
 from felix.metadata.config import ConfigValue
 from felix.metadata.model import Node, Shard, Stream, Tenant
 from felix.proto.client_messages import Record
@@ -97,28 +102,6 @@ class ClientStats:
     health_errors: int
     ownership_events: int
     ownership_coalesced: int
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6addr]:port"``."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"endpoint {endpoint!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def endpoint_order(
-    endpoints: Sequence[tuple[str, int]], node_id: int | None, rng: random.Random
-) -> list[tuple[str, int]]:
-    """First the node picked by ``node_id`` (brokers spread evenly), then the rest in a
-    per-client random order (a failed node's brokers spread over the others)."""
-    if node_id is None:
-        first = rng.randrange(len(endpoints))
-    else:
-        first = zlib.crc32(node_id.to_bytes(8, "big")) % len(endpoints)
-    rest = [e for i, e in enumerate(endpoints) if i != first]
-    rng.shuffle(rest)
-    return [endpoints[first], *rest]
 
 
 class OwnershipEvents:
@@ -159,9 +142,15 @@ class MetadataView:
         cache: MetadataCache | None,
         rng: random.Random,
         on_ownership: Callable[[OwnershipEvent], None] | None,
+        preferred_endpoints: Sequence[str] = (),
+        preferred_probe_s: float | None = None,
     ) -> None:
-        if not endpoints:
+        fallback = parse_endpoints(endpoints, "endpoint")
+        preferred = parse_endpoints(preferred_endpoints, "preferred endpoint")
+        if not fallback:
             raise ValueError("at least one control-plane endpoint is needed")
+        if preferred_probe_s is not None and not preferred_probe_s > 0:
+            raise ValueError(f"preferred_probe_s must be > 0 or None, not {preferred_probe_s}")
         if register and (node_id is None or not address):
             raise ValueError("registering needs a node_id and an address")
         self.node_id, self.address, self.rack = node_id, address, rack
@@ -183,11 +172,9 @@ class MetadataView:
             rng=rng,
             saw_version=self._saw_version,
         )
-        self._session = Session(
-            self.cache,
+        session: Any = dict(
             node_id=node_id,
             settings=settings,
-            endpoints=endpoint_order([parse_endpoint(e) for e in endpoints], node_id, rng),
             rng=rng,
             counters=self._counters,
             requests=self._requests,
@@ -195,6 +182,16 @@ class MetadataView:
             applied=self._applied,
             connected=self._on_connect,
         )
+        self.plan: EndpointPlan | None = None
+        """The tiers and their order, with preferred endpoints (else None)."""
+        if preferred:
+            self.plan = EndpointPlan(fallback, preferred, node_id, rng)
+            self._session: Session = TieredSession(
+                self.cache, plan=self.plan, probe_s=preferred_probe_s, **session
+            )
+        else:
+            order = endpoint_order(fallback, node_id, rng)
+            self._session = Session(self.cache, endpoints=order, **session)
         self._tasks = BackgroundTasks(
             self.cache,
             self._session,
@@ -432,13 +429,20 @@ async def open_metadata_client(
     metrics: BrokerMetrics | None = None,
     rng: random.Random | None = None,
     on_ownership: Callable[[OwnershipEvent], None] | None = None,
+    preferred_endpoints: Sequence[str] = (),
+    preferred_probe_s: float | None = 30.0,
 ) -> AsyncIterator[MetadataView]:
     """Connect to the control plane and keep a `MetadataView` current; see the module
-    docstring.  ``node_id`` None is a read-only watcher (no registration, heartbeats or
-    ownership).  ``cache`` resumes from a view kept from an earlier client (a warm
-    start).  ``metrics`` exports this view's numbers through `BrokerMetrics`.  ``token``
-    authenticates every connection; ``ssl_context`` (e.g. `broker_ssl_context`) makes
-    them ``wss://``.  Refused credentials raise `CredentialsRefused`."""
+    docstring.  ``preferred_endpoints`` (observers) are tried first, ``endpoints``
+    (voters) only when none of them answers, and the preferred ones again on every
+    reconnect (`felix.broker.endpoints`); one listed in both is used once.  While on
+    a fallback endpoint it probes the preferred ones every ``preferred_probe_s`` (None:
+    never) and moves back, resuming from its version, once one answers.  ``node_id``
+    None is a read-only watcher (no registration, heartbeats or ownership).  ``cache``
+    resumes from a view kept from an earlier client (a warm start).  ``metrics`` exports
+    this view's numbers through `BrokerMetrics`.  ``token`` authenticates every
+    connection; ``ssl_context`` (e.g. `broker_ssl_context`) makes them ``wss://``.
+    Refused credentials raise `CredentialsRefused`."""
     settings = ClientSettings(
         heartbeat_s=heartbeat_s,
         backoff_s_min=backoff_s_min,
@@ -462,6 +466,8 @@ async def open_metadata_client(
         cache=cache,
         rng=rng or random.Random(),
         on_ownership=on_ownership,
+        preferred_endpoints=preferred_endpoints,
+        preferred_probe_s=preferred_probe_s,
     )
     if metrics is not None:
         metrics.track(view)

@@ -39,6 +39,7 @@ class BrokerSettings:
     token: str = ""
     ssl_context: ssl.SSLContext | None = None
     copy_s: float = 1.0  # how long a new replica "copies" before it reports ready
+    preferred_endpoints: tuple[str, ...] = ()  # observers: tried before ``endpoints``
 
 
 class ExampleBroker:
@@ -94,6 +95,7 @@ class ExampleBroker:
         s = self.settings
         async with open_metadata_client(
             list(s.endpoints),
+            preferred_endpoints=list(s.preferred_endpoints),
             node_id=s.node_id,
             address=s.address,
             rack=s.rack,

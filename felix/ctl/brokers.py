@@ -24,6 +24,7 @@ from typing import Any, Final
 import trio
 
 from felix.broker import CredentialsRefused, WriteError, broker_ssl_context
+from felix.broker.endpoints import endpoint_flag
 from felix.broker.example_broker import BrokerSettings, ExampleBroker, unwrap
 from felix.config import ConfigError, client_credentials
 from felix.ctl.args import DEV_CLIENT_ENDPOINTS
@@ -66,6 +67,11 @@ def register(subparsers: Any) -> None:
         default=DEV_CLIENT_ENDPOINTS,
         help=f"client API host:port list (default {DEV_CLIENT_ENDPOINTS})",
     )
+    parser.add_argument(
+        "--prefer-endpoints",
+        default="",
+        help="host:port list tried first (observers); --endpoints only when none answers",
+    )
     parser.add_argument("--racks", type=int, default=3, help="racks r0..r{N-1} (default 3)")
     parser.add_argument(
         "--copy-s", type=float, default=1.0, help="seconds a new replica takes to catch up"
@@ -82,9 +88,10 @@ def run_brokers(args: argparse.Namespace) -> int:
         ids = parse_ids(args.ids)
         if args.racks < 1 or not 0 <= args.copy_s <= 3600:
             raise ValueError("--racks must be >= 1 and --copy-s within 0..3600")
-        endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+        endpoints = list(endpoint_flag("--endpoints", args.endpoints))
         if not endpoints:
             raise ValueError("--endpoints is empty")
+        preferred = endpoint_flag("--prefer-endpoints", args.prefer_endpoints)
         creds = client_credentials(args.token, args.ca)
         contexts = {n: _context(n, args.cert_dir, creds.ca) for n in ids}
     except (ValueError, ConfigError, TlsConfigError, OSError) as exc:
@@ -92,7 +99,7 @@ def run_brokers(args: argparse.Namespace) -> int:
         return 2
     tokens = {n: "" if args.cert_dir and _cert(args.cert_dir, n) else creds.token for n in ids}
     try:
-        trio.run(_run, endpoints, ids, args, contexts, tokens)
+        trio.run(_run, endpoints, ids, args, contexts, tokens, preferred)
     except BaseException as exc:  # sorted by what is inside Trio's exception groups
         cause = unwrap(exc)
         if not isinstance(cause, CredentialsRefused | WriteError):
@@ -122,12 +129,15 @@ async def _run(
     args: argparse.Namespace,
     contexts: dict[int, ssl.SSLContext | None],
     tokens: dict[int, str],
+    preferred: tuple[str, ...],
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
             for n in ids:
-                nursery.start_soon(_broker, endpoints, n, args, contexts[n], tokens[n], stop)
+                nursery.start_soon(
+                    _broker, endpoints, preferred, n, args, contexts[n], tokens[n], stop
+                )
             async for _ in signals:
                 print("felix brokers: stopping (each reports itself down)", flush=True)
                 stop.set()
@@ -137,6 +147,7 @@ async def _run(
 
 async def _broker(
     endpoints: list[str],
+    preferred: tuple[str, ...],
     node_id: int,
     args: argparse.Namespace,
     context: ssl.SSLContext | None,
@@ -155,5 +166,6 @@ async def _broker(
         token=token,
         ssl_context=context,
         copy_s=args.copy_s,
+        preferred_endpoints=preferred,
     )
     await ExampleBroker(settings, say).run(stop)

@@ -358,7 +358,8 @@ def _generate_decoder(shape: _Shape) -> Callable[[object], Any]:
             lines.append(f"        ({targets}) = {items}")
     for i in optional:
         to_wire = codecs[i].encode
-        env[f"p{i}"] = shape.default(i) if to_wire is None else to_wire(shape.default(i))
+        wire = shape.default(i) if to_wire is None else to_wire(shape.default(i))
+        env[f"p{i}"] = list(wire) if type(wire) is tuple else wire  # as CBOR decodes it
         lines.append(f"        v{i} = value.get({names[i]!r}, p{i})")
     if checks:
         lines += [

@@ -26,7 +26,16 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated, Final
 
-from felix.proto.cbor import IntRange, MaxItems, MaxLen, Registry, Since, wire_array, wire_type
+from felix.proto.cbor import (
+    IntRange,
+    MaxItems,
+    MaxLen,
+    OmitDefault,
+    Registry,
+    Since,
+    wire_array,
+    wire_type,
+)
 from felix.proto.codes import ErrorCode
 from felix.proto.versions import PROTOCOL_VERSION_NEXT
 
@@ -76,11 +85,16 @@ class MemberAddress:
 class ConfState:
     """Membership: voters count toward quorums, learners only replicate (thesis §4.2.1).
 
-    ``addresses`` holds the peer address of members that have one (sorted by node)."""
+    ``addresses`` holds the peer address of members that have one (sorted by node).
+    ``observers`` is the subset of ``learners`` that are permanent non-voting members
+    (docs/architecture.md, "Observers"): never promoted.  Sent only when not empty, so
+    a configuration without observers encodes as it did before the field existed, and
+    such bytes (old WAL entries, snapshots) decode with none."""
 
     voters: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX)]
     learners: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX)]
     addresses: Annotated[tuple[MemberAddress, ...], MaxItems(MEMBERS_MAX)] = ()
+    observers: Annotated[tuple[NodeId, ...], MaxItems(MEMBERS_MAX), OmitDefault()] = ()
 
     def members(self) -> frozenset[int]:
         return frozenset(self.voters) | frozenset(self.learners)
@@ -105,12 +119,14 @@ class ConfChange:
     ``result`` is the whole configuration after the change, set by the leader: a server
     applying the entry takes it as is, so a node that joined with no configuration of its
     own learns the voters from the first CONFIG entry it receives (docs/architecture.md,
-    "Membership"); an entry without it is applied as a delta."""
+    "Membership"); an entry without it is applied as a delta.  ``observer`` marks an
+    ADD_LEARNER of a permanent non-voting member (docs/architecture.md, "Observers")."""
 
     kind: ConfChangeKind
     node: NodeId
     address: PeerAddressText = ""
     result: ConfState | None = None
+    observer: Annotated[bool, OmitDefault()] = False
 
 
 @wire_type
@@ -288,11 +304,14 @@ class JoinRequest:
     """A node that is not a member asks to be added as a learner (docs/architecture.md,
     "Membership"): sent to every initial member until it sees itself in a configuration;
     only the leader acts on it.  ``log_last_index`` lets the leader refuse a node that
-    holds an old log (a removed member restarted) instead of silently readmitting it."""
+    holds an old log (a removed member restarted) instead of silently readmitting it.
+    ``observer``: the node runs with ``cluster.role = "observer"`` and asks to be added
+    as a permanent non-voting member (docs/architecture.md, "Observers")."""
 
     node_id: NodeId
     address: PeerAddressText
     log_last_index: int
+    observer: Annotated[bool, OmitDefault()] = False
 
 
 RaftMessage = (

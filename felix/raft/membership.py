@@ -20,6 +20,11 @@ Every CONFIG entry the leader appends carries the whole resulting configuration
 included.  A server applies it as is, so what a node believes does not depend on the
 configuration it booted with: a node that joins with none (docs/architecture.md,
 "Membership") knows the voters from the first CONFIG entry it holds.
+
+Observers (docs/architecture.md, "Observers") are learners marked permanent: an
+ADD_LEARNER with ``observer`` puts the node in ``ConfState.observers`` too, and a PROMOTE
+of one is refused here, on every node alike, whatever asked for it: an observer can only
+leave (REMOVE), never vote.
 """
 
 from __future__ import annotations
@@ -42,10 +47,14 @@ def decode_change(data: bytes) -> ConfChange:
 def check_change(conf: ConfState, change: ConfChange) -> str | None:
     """Why ``change`` cannot be applied to ``conf`` (None if it can)."""
     node = change.node
+    if change.observer and change.kind is not ConfChangeKind.ADD_LEARNER:
+        return f"{change.kind.name} of node {node} marked observer: only an ADD_LEARNER is"
     if change.kind is ConfChangeKind.ADD_LEARNER:
         if node in conf.voters or node in conf.learners:
             return f"node {node} is already a member"
     elif change.kind is ConfChangeKind.PROMOTE:
+        if node in conf.observers:
+            return f"node {node} is an observer: observers are never promoted"
         if node not in conf.learners:
             return f"node {node} is not a learner"
     elif change.kind is ConfChangeKind.REMOVE:
@@ -64,8 +73,11 @@ def apply_change(conf: ConfState, change: ConfChange) -> ConfState:
     node = change.node
     voters = tuple(v for v in conf.voters if v != node)
     learners = tuple(v for v in conf.learners if v != node)
+    observers = tuple(v for v in conf.observers if v != node)
     if change.kind is ConfChangeKind.ADD_LEARNER:
         learners = (*learners, node)
+        if change.observer:
+            observers = (*observers, node)
     elif change.kind is ConfChangeKind.PROMOTE:
         voters = (*voters, node)
     addresses = {m.node: m.address for m in conf.addresses}
@@ -73,19 +85,21 @@ def apply_change(conf: ConfState, change: ConfChange) -> ConfState:
         addresses.pop(node, None)
     elif change.kind is ConfChangeKind.ADD_LEARNER and change.address:
         addresses[node] = change.address
-    return ConfState(voters, learners, _address_list(addresses))
+    return ConfState(voters, learners, _address_list(addresses), observers)
 
 
 def with_result(conf: ConfState, change: ConfChange) -> ConfChange:
     """Leader only: ``change`` carrying the configuration it leads to from ``conf``."""
-    return ConfChange(change.kind, change.node, change.address, apply_change(conf, change))
+    return ConfChange(
+        change.kind, change.node, change.address, apply_change(conf, change), change.observer
+    )
 
 
 def with_addresses(conf: ConfState, addresses: dict[int, str]) -> ConfState:
     """``conf`` with the given addresses of its members (others dropped; empty skipped)."""
     members = conf.members()
     kept = {n: a for n, a in addresses.items() if n in members and a}
-    return ConfState(conf.voters, conf.learners, _address_list(kept))
+    return ConfState(conf.voters, conf.learners, _address_list(kept), conf.observers)
 
 
 def _address_list(addresses: dict[int, str]) -> tuple[MemberAddress, ...]:

@@ -119,8 +119,9 @@ Route = Callable[[Query], Awaitable[Response]]
 
 
 def _health_checks(node: RaftNode, wal: SegmentedWal) -> tuple[dict[str, Check], dict[str, Check]]:
-    """/livez is local only (never depends on peers); /readyz needs a leader, voter
-    membership and applied close to commit."""
+    """/livez is local only (never depends on peers); /readyz needs a leader, voter or
+    observer membership (docs/architecture.md, "Observers") and applied close to the
+    commit index this node knows from the leader."""
 
     def loop_alive() -> tuple[bool, str]:
         return True, "event loop answers"
@@ -137,6 +138,8 @@ def _health_checks(node: RaftNode, wal: SegmentedWal) -> tuple[dict[str, Check],
         conf = node.core.conf
         if node.node_id in conf.voters:
             return True, "voter"
+        if node.node_id in conf.observers:
+            return True, "observer: a permanent non-voting member serving brokers"
         if node.node_id in conf.learners:
             return False, "learner: not a voter until promoted"
         return False, "not a member: asking to join (docs/architecture.md, Membership)"
@@ -185,6 +188,16 @@ def _admin_routes(config: NodeConfig, node: RaftNode) -> tuple[dict[str, Route],
             try:
                 member = _int_param(query, "id")
                 address = query.get("address", [""])[0]
+                if kind is ConfChangeKind.PROMOTE and member in node.core.conf.observers:
+                    return _json(
+                        409,
+                        {
+                            "error": f"node {member} is an observer: observers are never"
+                            " promoted (to make it a voter: felix member remove it, restart"
+                            " it with cluster.role = voter and an empty data dir)",
+                            "refused": "observer",
+                        },
+                    )
                 if kind is ConfChangeKind.REMOVE and node.core.role is Role.LEADER:
                     heard = node.heard_recently(config.raft.election_timeout_s)
                     refusal = removal_refusal(node.core.conf, member, node.node_id, heard)
@@ -199,6 +212,7 @@ def _admin_routes(config: NodeConfig, node: RaftNode) -> tuple[dict[str, Route],
                     "index": index,
                     "voters": node.core.conf.voters,
                     "learners": node.core.conf.learners,
+                    "observers": node.core.conf.observers,
                 },
             )
 

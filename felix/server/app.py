@@ -100,7 +100,11 @@ def boot_conf(config: NodeConfig) -> ConfState:
     (docs/architecture.md, "Membership"): the initial members as voters if this node is
     one of them; nothing if it is not — it asks to join and learns its role from the
     first CONFIG entry or snapshot it receives.  Without ``cluster.initial_members``,
-    {node_id} and its peers (the legacy static setup)."""
+    {node_id} and its peers (the legacy static setup).  An observer (``cluster.role``)
+    always boots with nothing: it is never an initial member (docs/architecture.md,
+    "Observers"), also not of the static setup."""
+    if config.cluster.role == "observer":
+        return ConfState((), ())
     initial = config.cluster.initial_members or tuple(sorted({config.node_id, *config.peers}))
     if config.node_id not in initial:
         return ConfState((), ())
@@ -130,6 +134,7 @@ def autopilot_settings_for(config: NodeConfig) -> AutopilotSettings:
         voters_max=config.raft.voters_max,
         advertise_peer=cluster.advertise_peer,
         heard_within_s=config.raft.election_timeout_s,
+        observer=cluster.role == "observer",
     )
 
 

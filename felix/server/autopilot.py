@@ -16,6 +16,13 @@ Two jobs, each for one kind of node:
   change.  Its timers are leader-only state (`Promoter`) and start over on every new
   leadership.
 
+* **Observers** (docs/architecture.md, "Observers"): a node with ``cluster.role =
+  "observer"`` asks with ``JoinRequest.observer`` and is added as a learner marked
+  observer; it is never promoted (not even with fewer than ``voters_max`` voters) and
+  never counts toward a promotion pair.  One that asks again with an empty log after it
+  acknowledged entries (a lost volume) is removed and added back on its next request, as
+  a voter that lost its disk is, so the leader's view of its log starts over.
+
 `removal_refusal` is the quorum check of ``felix member remove``: refuse a removal that
 would leave fewer reachable voters than a majority of the remaining configuration.
 
@@ -52,6 +59,7 @@ class AutopilotSettings:
     voters_max: int = 5
     advertise_peer: str = ""  # this node's peer address, sent in its JoinRequest
     heard_within_s: float = 0.4  # a voter heard from this recently counts as reachable
+    observer: bool = False  # this node asks to join as an observer (cluster.role)
 
 
 def promotion(
@@ -60,9 +68,10 @@ def promotion(
     voters_max: int,
 ) -> int | None:
     """The learner to promote now, given the learners ``ready`` (caught up and stable,
-    in promotion order), or None.  Keeps the voter count odd and ≤ ``voters_max``."""
+    in promotion order), or None.  Keeps the voter count odd and ≤ ``voters_max``;
+    observers are never candidates."""
     voters = len(conf.voters)
-    candidates = [n for n in ready if n in conf.learners]
+    candidates = [n for n in ready if n in conf.learners and n not in conf.observers]
     if not candidates or voters + 1 > voters_max:
         return None
     if voters % 2 == 0:
@@ -111,14 +120,16 @@ class Promoter:
         now_s: float,
         settings: AutopilotSettings,
     ) -> list[int]:
-        """Learners caught up for at least the stabilisation time, longest first."""
+        """Learners caught up for at least the stabilisation time, longest first
+        (observers are not tracked: they are never promoted)."""
         since = self.caught_up_since_s
-        for learner in conf.learners:
+        promotable = [n for n in conf.learners if n not in conf.observers]
+        for learner in promotable:
             if match.get(learner, 0) + settings.promote_lag_entries_max >= last_index:
                 since.setdefault(learner, now_s)
             else:
                 since.pop(learner, None)
-        for gone in set(since) - set(conf.learners):
+        for gone in set(since) - set(promotable):
             del since[gone]
         stable = [n for n, t in since.items() if now_s - t >= settings.promote_stable_s]
         return sorted(stable, key=lambda n: (since[n], n))
@@ -171,7 +182,12 @@ class Autopilot:
 
     def _ask_to_join(self) -> None:
         node = self.node
-        request = JoinRequest(node.node_id, self.settings.advertise_peer, node.core.last_index)
+        request = JoinRequest(
+            node.node_id,
+            self.settings.advertise_peer,
+            node.core.last_index,
+            observer=self.settings.observer,
+        )
         for peer in sorted(node.known_peers()):
             try:
                 node.transport.send_nowait(peer, request)
@@ -181,10 +197,11 @@ class Autopilot:
         if self.joins_sent and self.joins_sent % 60 == 1:
             removed = f" (removed at or before index {request.log_last_index})"
             log.info(
-                "node %d is not a member%s: asked %s to add it as a learner (address %s)",
+                "node %d is not a member%s: asked %s to add it as %s (address %s)",
                 node.node_id,
                 removed if request.log_last_index else "",
                 ",".join(map(str, sorted(node.known_peers()))) or "nobody",
+                "an observer" if request.observer else "a learner",
                 self.settings.advertise_peer or "unknown",
             )
 
@@ -200,6 +217,13 @@ class Autopilot:
             return
         if joiner in core.conf.voters and request.log_last_index == 0:
             await self._remove_amnesiac(joiner)
+            return
+        if (
+            joiner in core.conf.observers
+            and request.log_last_index == 0
+            and core.match_indexes().get(joiner, 0) > 0
+        ):
+            await self._remove_emptied_observer(joiner)
             return
         if joiner in core.conf.members():
             return
@@ -219,12 +243,29 @@ class Autopilot:
                 log.warning("node %d: not adding node %d: %s", node.node_id, joiner, why)
             return
         log.info(
-            "node %d: adding node %d at %s as a learner (it asked to join)",
+            "node %d: adding node %d at %s as %s (it asked to join)",
             node.node_id,
             joiner,
             request.address,
+            "an observer" if request.observer else "a learner",
         )
-        await self._change(ConfChangeKind.ADD_LEARNER, joiner, request.address)
+        await self._change(
+            ConfChangeKind.ADD_LEARNER, joiner, request.address, observer=request.observer
+        )
+
+    async def _remove_emptied_observer(self, observer: int) -> None:
+        """An observer that acknowledged entries to this leader and now asks to join
+        with an empty log lost its volume (or runs without one; a new observer asking
+        again before its first entry arrives has acknowledged nothing): removed (never a
+        quorum risk), then added back by its next request, so its progress starts over
+        from an empty log instead of a match it no longer has."""
+        log.warning(
+            "node %d: observer %d asks to join with an empty log (its volume was lost):"
+            " removing it, then adding it back as an observer",
+            self.node.node_id,
+            observer,
+        )
+        await self._change(ConfChangeKind.REMOVE, observer)
 
     async def _remove_amnesiac(self, voter: int) -> None:
         """A voter asking to join with an empty log lost its disk (felix/server/
@@ -249,10 +290,12 @@ class Autopilot:
         )
         await self._change(ConfChangeKind.REMOVE, voter)
 
-    async def _change(self, kind: ConfChangeKind, member: int, address: str = "") -> bool:
+    async def _change(
+        self, kind: ConfChangeKind, member: int, address: str = "", *, observer: bool = False
+    ) -> bool:
         try:
             await self.node.change_membership(
-                kind, member, address=address, timeout_s=CHANGE_TIMEOUT_S
+                kind, member, address=address, observer=observer, timeout_s=CHANGE_TIMEOUT_S
             )
         except NodeError as exc:
             log.info(

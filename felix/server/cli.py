@@ -87,7 +87,9 @@ def register(subparsers: Any) -> None:
     token.add_argument("--force", action="store_true", help="replace an existing file")
     token.set_defaults(handler=run_bootstrap_token)
 
-    status = subparsers.add_parser("status", help="members, roles, leader, term, indexes")
+    status = subparsers.add_parser(
+        "status", help="members (voters, learners, observers), roles, leader, term, indexes"
+    )
     _endpoints_arg(status)
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.set_defaults(handler=run_status)
@@ -111,7 +113,9 @@ def register(subparsers: Any) -> None:
     )
     add.set_defaults(handler=lambda a: run_member(a, "add"))
     _endpoints_arg(add, repeated=True)
-    promote = member_sub.add_parser("promote", help="make a caught-up learner a voter")
+    promote = member_sub.add_parser(
+        "promote", help="make a caught-up learner a voter (never an observer)"
+    )
     promote.add_argument("id", type=int)
     promote.set_defaults(handler=lambda a: run_member(a, "promote"))
     _endpoints_arg(promote, repeated=True)
@@ -537,13 +541,12 @@ def run_status(args: argparse.Namespace) -> int:
             "APPLIED",
             "VOTERS",
             "LEARNERS",
+            "OBSERVERS",
         ]
         table = [headers]
         for r in rows:
             if "error" in r:
-                table.append(
-                    [r["endpoint"], "-", f"unreachable ({r['error']})", "", "", "", "", "", ""]
-                )
+                table.append([r["endpoint"], "-", f"unreachable ({r['error']})", *[""] * 7])
                 continue
             table.append(
                 [
@@ -555,13 +558,20 @@ def run_status(args: argparse.Namespace) -> int:
                     str(r["commit_index"]),
                     str(r["applied_index"]),
                     ",".join(map(str, r["voters"])),
-                    ",".join(map(str, r["learners"])) or "-",
+                    ",".join(map(str, _learners_only(r))) or "-",
+                    ",".join(map(str, r.get("observers", ()))) or "-",
                 ]
             )
         widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
         for row in table:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0 if all("error" not in r for r in rows) else 1
+
+
+def _learners_only(row: dict[str, Any]) -> list[int]:
+    """Learners waiting for promotion: observers are learners too, shown apart."""
+    observers = set(row.get("observers", ()))
+    return [n for n in row["learners"] if n not in observers]
 
 
 def _leader_endpoint(endpoints: list[str], creds: ClientCredentials) -> str:

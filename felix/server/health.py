@@ -3,7 +3,8 @@
 ``/livez`` is local only (the event loop answers, storage is writable) and never depends
 on peers: restarting a node because its peers are down would make an outage worse.
 ``/readyz`` says whether this node should get broker traffic: it knows a leader, it is
-not a learner, and its applied index is close to its commit index.  Both follow the
+a voter or an observer (not a learner waiting for promotion), and its applied index is
+close to its commit index.  Both follow the
 Kubernetes convention (etcd's too): 200 or 503, named sub-checks at ``/readyz/<name>``,
 ``?verbose`` lists every check, ``?exclude=<name>`` skips one.
 
@@ -59,6 +60,7 @@ REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    409: "Conflict",
     404: "Not Found",
     405: "Method Not Allowed",
     503: "Service Unavailable",

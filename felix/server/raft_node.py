@@ -161,7 +161,8 @@ class NodeStatus:
     last_index: int
     first_index: int
     voters: tuple[int, ...]
-    learners: tuple[int, ...]
+    learners: tuple[int, ...]  # observers included
+    observers: tuple[int, ...]
     snapshot_index: int
     match_index: dict[int, int]  # leader only: how far each peer's log is known to match
 
@@ -264,13 +265,20 @@ class RaftNode:
         return await self._request(lambda rid: Propose(rid, data), timeout_s)
 
     async def change_membership(
-        self, kind: ConfChangeKind, node: int, *, address: str = "", timeout_s: float | None = None
+        self,
+        kind: ConfChangeKind,
+        node: int,
+        *,
+        address: str = "",
+        observer: bool = False,
+        timeout_s: float | None = None,
     ) -> int:
+        """``observer``: an ADD_LEARNER of a permanent non-voting member
+        (docs/architecture.md, "Observers")."""
         if address:  # the leader must reach the new node before it can replicate to it
             self.transport.add_peer(node, address)
-        index, _ = await self._request(
-            lambda rid: ProposeConfChange(rid, ConfChange(kind, node, address)), timeout_s
-        )
+        change = ConfChange(kind, node, address, observer=observer)
+        index, _ = await self._request(lambda rid: ProposeConfChange(rid, change), timeout_s)
         return index
 
     async def read_index(self, *, timeout_s: float | None = None) -> int:
@@ -313,10 +321,13 @@ class RaftNode:
         await self._leader_changed.wait()
 
     def status(self) -> NodeStatus:
+        """``role`` is the Raft role, except "observer" for a member of
+        ``conf.observers`` (its Raft role is always follower: it never campaigns)."""
         core = self.core
+        observer = self.node_id in core.conf.observers and core.role is Role.FOLLOWER
         return NodeStatus(
             node_id=self.node_id,
-            role=core.role.value,
+            role="observer" if observer else core.role.value,
             term=core.term,
             leader_id=core.leader_id,
             commit_index=core.commit_index,
@@ -325,6 +336,7 @@ class RaftNode:
             first_index=core.first_index,
             voters=core.conf.voters,
             learners=core.conf.learners,
+            observers=core.conf.observers,
             snapshot_index=self._snapshot_index,
             match_index=core.match_indexes() if core.role is Role.LEADER else {},
         )

@@ -10,6 +10,12 @@ per node and a bootstrap admin token in its root, and talks ``wss://`` with that
 has its own loopback address (``127.0.k.11``, ``.12``, ...: a pod IP) with the same fixed
 ports on every node, and its own data dir ``felix-N/``; `ServeProcess.start` takes extra
 environment variables, so a restart can run the same node with another environment.
+
+``observers=K`` adds K observer processes (docs/architecture.md, "Observers"): ids
+101, 102, ... (``cluster.node_id_base`` 101 with pods: pod ``felix-observer-N``), never
+initial members, each joining through the membership path with ``cluster.role =
+observer``; `ProcessCluster.observers` holds them, with the same API as ``nodes``.
+`ProcessCluster.start_all` starts them after the voters.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ HTTP_TIMEOUT_S = 5.0
 LOOPBACK = "127.0.0.1"
 POD_PORTS = (7001, 8001, 9001)  # peer, client, ops: the defaults of felix/config.py
 POD_SUBNETS_TRIED = 32  # 127.k.*: how many /24s are probed for a pod layout
+OBSERVER_ID_BASE = 101  # the first observer's id (an observer StatefulSet's node_id_base)
 
 
 def free_ports(count: int) -> list[int]:
@@ -101,6 +108,18 @@ def pod_identity(ordinal: int, members: Sequence[int]) -> tuple[list[str], dict[
         "--set", f"cluster.initial_members={','.join(map(str, members))}",
     ]  # fmt: skip
     return args, {"POD_NAME": f"felix-{ordinal}"}
+
+
+def observer_pod_identity(ordinal: int, members: Sequence[int]) -> tuple[list[str], dict[str, str]]:
+    """Pod ``felix-observer-<ordinal>`` of an observer StatefulSet: node id ordinal +
+    `OBSERVER_ID_BASE`, asking ``members`` to add it as an observer."""
+    args = [
+        "--set", "cluster.pod_identity=true",
+        "--set", f"cluster.node_id_base={OBSERVER_ID_BASE}",
+        "--set", f"cluster.initial_members={','.join(map(str, members))}",
+        "--set", "cluster.role=observer",
+    ]  # fmt: skip
+    return args, {"POD_NAME": f"felix-observer-{ordinal}"}
 
 
 @dataclass
@@ -320,8 +339,37 @@ class ProcessCluster:
     pods: bool = False  # StatefulSet-like: felix-N, own address, fixed ports (see above)
     initial: int = 0  # pods: nodes 1..initial form the cluster, the others join (0: all)
     nodes: dict[int, ServeProcess] = field(default_factory=dict)
+    observers: list[ServeProcess] = field(default_factory=list)  # ids 101, 102, ...
     creds: Credentials = field(default_factory=Credentials)
     _broker_creds: dict[int, Credentials] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        tick_ms: int = 20,
+        secure: bool = True,
+        cluster_id: str = "proc-test",
+        pods: bool = False,
+        initial: int = 0,
+        observers: int = 0,
+    ) -> None:
+        """``observers``: how many observer processes to add (`observers` holds them)."""
+        self.root, self.size, self.tick_ms, self.secure = root, size, tick_ms, secure
+        self.cluster_id, self.pods, self.initial = cluster_id, pods, initial
+        self.nodes, self.observers = {}, []
+        self.creds, self._broker_creds = Credentials(), {}
+        self._build(observers)
+
+    def node(self, node_id: int) -> ServeProcess:
+        """The voter or observer ``node_id``."""
+        if node_id in self.nodes:
+            return self.nodes[node_id]
+        return next(o for o in self.observers if o.node_id == node_id)
+
+    def all_nodes(self) -> list[ServeProcess]:
+        """Voters, then observers."""
+        return [*self.nodes.values(), *self.observers]
 
     async def credentials_for(self, node_id: int | None) -> Credentials:
         """What a client presents: the admin token for ``None``, otherwise a broker
@@ -361,36 +409,55 @@ class ProcessCluster:
             "--set", f"auth.bootstrap_token_file={self.root / 'admin-token'}",
         ]  # fmt: skip
 
-    def _make_material(self) -> None:
+    def _make_material(self, observers: int) -> None:
         tls = self.root / "tls"
         tls.mkdir(parents=True, exist_ok=True)
         init_ca(tls, self.cluster_id)
         for node_id in range(1, self.size + 2):  # one spare, for a node a test adds
             issue(tls, "node", node_id)
+        for node_id in range(OBSERVER_ID_BASE, OBSERVER_ID_BASE + observers):
+            issue(tls, "node", node_id)
         token = format_token(secrets.token_hex(8), secrets.token_bytes(32))
         (self.root / "admin-token").write_text(token + "\n")
         self.creds = Credentials(token, tls / "ca.crt")
 
-    def __post_init__(self) -> None:
+    def _build(self, observers: int) -> None:
         if self.secure:
-            self._make_material()
+            self._make_material(observers)
         ids = list(range(1, self.size + 1))
-        hosts = pod_hosts(self.size) if self.pods else None
+        obs_ids = list(range(OBSERVER_ID_BASE, OBSERVER_ID_BASE + observers))
+        hosts = pod_hosts(self.size + observers) if self.pods else None
+        addresses: dict[int, tuple[str, int, int, int]]
         if hosts is not None:
-            addresses = {i: (hosts[i - 1], *POD_PORTS) for i in ids}
+            addresses = {n: (hosts[k], *POD_PORTS) for k, n in enumerate(ids + obs_ids)}
         else:  # every node on 127.0.0.1, each with free ports of its own
-            ports = free_ports(3 * self.size)
+            count = self.size + observers
+            ports = free_ports(3 * count)
             addresses = {
-                i: (LOOPBACK, ports[i - 1], ports[2 * self.size + i - 1], ports[self.size + i - 1])
-                for i in ids
+                n: (LOOPBACK, ports[k], ports[2 * count + k], ports[count + k])
+                for k, n in enumerate(ids + obs_ids)
             }
-        for i in ids:
+        initial = ids[: self.initial or self.size]
+        for i in ids + obs_ids:
+            observer = i >= OBSERVER_ID_BASE
             host, peer_port, client_port, ops_port = addresses[i]
             peers = ",".join(f"{p}={addresses[p][0]}:{addresses[p][1]}" for p in ids if p != i)
-            name = f"felix-{i - 1}" if self.pods else ""
-            data_dir = self.root / (f"{name}/data" if name else f"node-{i}")
+            ordinal = i - OBSERVER_ID_BASE if observer else i - 1
+            name = ""
             if self.pods:
-                identity, env = pod_identity(i - 1, ids[: self.initial or self.size])
+                name = f"felix-observer-{ordinal}" if observer else f"felix-{ordinal}"
+            data_dir = self.root / (f"{name}/data" if name else f"node-{i}")
+            identity: list[str]
+            if self.pods:
+                make = observer_pod_identity if observer else pod_identity
+                identity, env = make(ordinal, initial)
+            elif observer:
+                identity = [
+                    "--node-id", str(i),
+                    "--set", f"cluster.initial_members={','.join(map(str, initial))}",
+                    "--set", "cluster.role=observer",
+                ]  # fmt: skip
+                env = {}
             else:
                 identity, env = ["--node-id", str(i)], {}
             args = [
@@ -403,7 +470,7 @@ class ProcessCluster:
                 "--set", f"raft.tick_ms={self.tick_ms}",
                 *self._security_args(i),
             ]  # fmt: skip
-            self.nodes[i] = ServeProcess(
+            process = ServeProcess(
                 i,
                 peer_port,
                 ops_port,
@@ -417,19 +484,24 @@ class ProcessCluster:
                 env=env,
                 name=name,
             )
+            if observer:
+                self.observers.append(process)
+            else:
+                self.nodes[i] = process
 
     def start_all(self) -> None:
-        for node in self.nodes.values():
+        """The voters, then the observers (which ask the voters to add them)."""
+        for node in self.all_nodes():
             node.start()
 
     def stop_all(self) -> None:
-        for node in self.nodes.values():
+        for node in self.all_nodes():
             node.stop()
 
     def status(self, node_id: int) -> dict[str, Any] | None:
         try:
             # short: a paused (SIGSTOP) node accepts connections but never answers
-            code, body = self.nodes[node_id].get("/v1/status", timeout_s=0.3)
+            code, body = self.node(node_id).get("/v1/status", timeout_s=0.3)
         except (OSError, urllib.error.URLError, ValueError):
             return None
         return body if code == 200 and isinstance(body, dict) else None
@@ -465,7 +537,7 @@ class ProcessCluster:
 
     def local_items(self, node_id: int, keys: list[str]) -> dict[str, str | None]:
         """What ``node_id`` has applied for tenants ``keys`` (a local, serializable read)."""
-        records = trio.run(local_snapshot, self.nodes[node_id], self.creds)
+        records = trio.run(local_snapshot, self.node(node_id), self.creds)
         names = {
             c.key: c.value.get("display_name") for c in records if c.kind == "tenant" and c.value
         }

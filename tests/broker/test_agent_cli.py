@@ -4,6 +4,9 @@
   a name without an ordinal is a clear error, exit 2, from the real command.
 * Bad flags (no id, both ids, a certificate without its key or a CA, a token and a
   certificate, an unreadable token file, a bad address) exit 2 naming the flag.
+* ``--prefer-endpoints`` (observers first): parsed, checked and kept once, for
+  ``felix broker-agent`` and ``felix brokers``; an example broker given them connects
+  to one of them (a real in-process control plane).
 * An ops port that is taken: exit 1, saying so.
 * The ops endpoint on a real socket: ``/livez``, ``/readyz`` (503 with the reason while
   the broker has no view), ``/metrics``; 404, 405 and 400 for anything else.
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -20,9 +24,11 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
+from felix.broker.agent import add_arguments, settings_from
 from felix.broker.agent_identity import IdentityError, expand, node_id_from_pod
 from felix.broker.agent_ops import AgentMetrics, AgentOps
 from felix.broker.example_broker import BrokerSettings, ExampleBroker
+from tests.broker.harness import control_plane, wait_for
 from tests.server.test_secure_by_default import FELIX
 
 
@@ -88,12 +94,62 @@ def test_a_bad_pod_name_exits_2_with_a_clear_error() -> None:
         (["--node-id", "1", "--address", "nohost"], "--address: endpoint 'nohost'"),
         (["--node-id", "1", "--listen-ops", "127.0.0.1:99999"], "out of range"),
         (["--node-id", "1", "--copy-s", "-1"], "--copy-s must be within"),
+        (["--node-id", "1", "--prefer-endpoints", "obs"], "--prefer-endpoints: endpoint 'obs'"),
+        (["--node-id", "1", "--prefer-endpoints", "o:1,o:0"], "'o:0': port 0 is not within"),
+        (["--node-id", "1", "--prefer-endpoints", "[]:1"], "'[]:1' has no host"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_problem(args: list[str], message: str) -> None:
     done = agent("--endpoints", "127.0.0.1:1", *args)
     assert done.returncode == 2, done
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_prefer_endpoints_are_parsed_checked_and_kept_once() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--endpoints", "v-0:7000,v-1:7000", "--node-id", "4", "--address", "b:9092",
+         "--prefer-endpoints", " o-0:7000, o-1:7000,,o-0:7000,v-0:7000"]
+    )  # fmt: skip
+    settings, _ = settings_from(args, {})
+    assert settings.endpoints == ("v-0:7000", "v-1:7000")
+    assert settings.preferred_endpoints == ("o-0:7000", "o-1:7000", "v-0:7000")
+    args.prefer_endpoints = ""
+    assert settings_from(args, {})[0].preferred_endpoints == ()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prefer-endpoints", "obs-0"], "--prefer-endpoints: endpoint 'obs-0' is not"),
+        (["--endpoints", "v:99999"], "--endpoints: endpoint 'v:99999': port 99999"),
+    ],
+)
+def test_felix_brokers_refuses_bad_endpoint_lists(args: list[str], message: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FELIX_", "POD_"))}
+    done = subprocess.run(
+        [*FELIX, "brokers", "1-2", "--endpoints", "127.0.0.1:1", *args], env=clean,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+async def test_an_example_broker_prefers_the_endpoints_it_is_given() -> None:
+    async with control_plane(seed=8) as cp:
+        preferred = cp.endpoints[2]  # node 3 stands in for an observer
+        settings = BrokerSettings(
+            endpoints=tuple(cp.endpoints), node_id=7, address="10.0.0.7:9092",
+            preferred_endpoints=(preferred,),
+        )  # fmt: skip
+        broker = ExampleBroker(settings, lambda _: None)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(broker.run, stop)
+            await wait_for(lambda: broker.readiness()[0])
+            assert broker.view is not None and broker.view.endpoint == preferred
+            stop.set()
 
 
 def test_a_taken_ops_port_exits_1_saying_so() -> None:

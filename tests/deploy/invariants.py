@@ -17,6 +17,14 @@ UID = 10001
 GRACE_S_MIN = 30
 HOSTNAME = "kubernetes.io/hostname"
 ZONE = "topology.kubernetes.io/zone"
+OBSERVERS = "felix-observer"  # the observers' StatefulSet (components/observers)
+VOTER_SERVICES = (("felix-peers", "peer"), ("felix", "client"), ("felix-ops", "ops"))
+OBSERVER_SERVICES = (
+    ("felix-observer-peers", "peer"),
+    ("felix-observer", "client"),
+    ("felix-observer-ops", "ops"),
+)
+PROBE_PATHS = {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
 
 
 def is_crd_kind(doc: Doc) -> bool:
@@ -194,14 +202,21 @@ def disruption_budgets(docs: list[Doc]) -> list[str]:
     return problems
 
 
-def service_ports(docs: list[Doc], listen: dict[str, int]) -> list[str]:
+def service_ports(
+    docs: list[Doc],
+    listen: dict[str, int],
+    statefulset: str = "felix",
+    services: tuple[tuple[str, str], ...] = VOTER_SERVICES,
+) -> list[str]:
     """The Services and the container's ports equal felix.toml's listen ports."""
     problems = []
-    container = pod_spec(find(docs, "StatefulSet", "felix"))["containers"][0]
+    container = pod_spec(find(docs, "StatefulSet", statefulset))["containers"][0]
     by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
     if by_name != listen:
-        problems.append(f"container ports {by_name} differ from felix.toml's {listen}")
-    for service, port_name in (("felix-peers", "peer"), ("felix", "client"), ("felix-ops", "ops")):
+        problems.append(
+            f"{statefulset}: container ports {by_name} differ from felix.toml's {listen}"
+        )
+    for service, port_name in services:
         ports = find(docs, "Service", service)["spec"]["ports"]
         if len(ports) != 1:
             problems.append(f"Service/{service}: expected one port, found {len(ports)}")
@@ -216,27 +231,37 @@ def service_ports(docs: list[Doc], listen: dict[str, int]) -> list[str]:
     return problems
 
 
-def network_policy_ports(docs: list[Doc], listen: dict[str, int]) -> list[str]:
-    """Peer port from members only, client port from brokers (and admin tools), ops
-    from the monitoring namespace; nothing else open."""
-    policy = find(docs, "NetworkPolicy", "felix")["spec"]
-    component = {"app.kubernetes.io/name": "felix", "app.kubernetes.io/component": "control-plane"}
-    broker = {"app.kubernetes.io/name": "felix", "app.kubernetes.io/component": "broker"}
+def network_policy_ports(
+    docs: list[Doc], listen: dict[str, int], policy_name: str = "felix"
+) -> list[str]:
+    """Peer port from the members only (voters, and observers when there are any),
+    client port from brokers (and admin tools), ops from the monitoring namespace;
+    nothing else open."""
+    policy = find(docs, "NetworkPolicy", policy_name)["spec"]
+    broker = _selector("broker")
+    members = [{"podSelector": {"matchLabels": _selector("control-plane")}}]
+    if any(w["metadata"]["name"] == OBSERVERS for w in workloads(docs)):
+        members.append({"podSelector": {"matchLabels": _selector("observer")}})
     sources: dict[int, list[Any]] = {}
     for rule in policy["ingress"]:
         for p in rule["ports"]:
             sources.setdefault(p["port"], []).extend(rule["from"])
     problems = []
+    where = f"NetworkPolicy/{policy_name}"
     if set(sources) != set(listen.values()):
-        problems.append(f"NetworkPolicy opens ports {sorted(sources)}, felix.toml {listen}")
+        problems.append(f"{where} opens ports {sorted(sources)}, felix.toml {listen}")
     peer = sources.get(listen["peer"], [])
-    if peer != [{"podSelector": {"matchLabels": component}}]:
-        problems.append(f"NetworkPolicy: peer port must admit control-plane pods only: {peer}")
+    if peer != members:
+        problems.append(f"{where}: peer port must admit the members only: {peer}")
     if {"podSelector": {"matchLabels": broker}} not in sources.get(listen["client"], []):
-        problems.append("NetworkPolicy: client port must admit brokers")
+        problems.append(f"{where}: client port must admit brokers")
     if not any("namespaceSelector" in s for s in sources.get(listen["ops"], [])):
-        problems.append("NetworkPolicy: ops port must admit the monitoring namespace")
+        problems.append(f"{where}: ops port must admit the monitoring namespace")
     return problems
+
+
+def _selector(component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "felix", "app.kubernetes.io/component": component}
 
 
 def grace_period(statefulset: Doc, hand_off_s: float, shutdown_s: float) -> list[str]:
@@ -285,3 +310,64 @@ def flag_value(args: list[str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def observers(docs: list[Doc], listen: dict[str, int], ops_scheme: str) -> list[str]:
+    """The observer StatefulSet runs the voters' image, args, config and security
+    context with the observer role, serves felix.toml's ports through its own Services,
+    is probed on /livez and /readyz, keeps a volume, and no object of the voters
+    selects its pods (nor the reverse): they scale, budget and serve apart."""
+    voters, obs = find(docs, "StatefulSet", "felix"), find(docs, "StatefulSet", OBSERVERS)
+    vspec, ospec = pod_spec(voters), pod_spec(obs)
+    vc, oc = vspec["containers"][0], ospec["containers"][0]
+    where = name_of(obs)
+    problems = service_ports(docs, listen, OBSERVERS, OBSERVER_SERVICES)
+    if ospec.get("securityContext") != vspec.get("securityContext"):
+        problems.append(f"{where}: pod securityContext differs from the voters'")
+    if oc.get("securityContext") != vc.get("securityContext"):
+        problems.append(f"{where}: container securityContext differs from the voters'")
+    if (oc["image"], oc.get("args")) != (vc["image"], vc.get("args")):
+        problems.append(f"{where}: must run the voters' image and args (felix serve --config)")
+    config_maps = [
+        {v.get("configMap", {}).get("name") for v in spec["volumes"]} - {None}
+        for spec in (vspec, ospec)
+    ]
+    if config_maps[0] != config_maps[1]:
+        problems.append(f"{where}: ConfigMaps {config_maps[1]}, the voters' {config_maps[0]}")
+    for kind, path in PROBE_PATHS.items():
+        get = oc.get(kind, {}).get("httpGet", {})
+        port = resolve_port(oc, get.get("port", ""))
+        if (get.get("path"), port, get.get("scheme")) != (path, listen["ops"], ops_scheme):
+            problems.append(
+                f"{where}: {kind} must GET {path} on the ops port {listen['ops']}"
+                f" ({ops_scheme}), not {get.get('path')} on {port} ({get.get('scheme')})"
+            )
+    env = {e["name"]: e.get("value") for e in oc.get("env", [])}
+    if env.get("FELIX_CLUSTER__ROLE") != "observer":
+        problems.append(f"{where}: FELIX_CLUSTER__ROLE must be observer")
+    claims = {t["metadata"]["name"] for t in obs["spec"].get("volumeClaimTemplates", [])}
+    if "data" not in claims or "data" not in {m["name"] for m in oc["volumeMounts"]}:
+        problems.append(f"{where}: needs its own data volume (volumeClaimTemplates)")
+    service = find(docs, "Service", obs["spec"]["serviceName"])["spec"]
+    if service.get("clusterIP") != "None" or service.get("publishNotReadyAddresses") is not True:
+        problems.append(f"{where}: its serviceName must be headless, publishNotReadyAddresses")
+    if obs["spec"].get("podManagementPolicy") != "Parallel":
+        problems.append(f"{where}: podManagementPolicy must be Parallel")
+    return problems + _selected_apart(docs, voters, obs)
+
+
+def _selected_apart(docs: list[Doc], voters: Doc, obs: Doc) -> list[str]:
+    """Each Service and budget selects the pods of one StatefulSet only."""
+    pods = {name_of(w): w["spec"]["template"]["metadata"]["labels"] for w in (voters, obs)}
+    problems = []
+    for doc in docs:
+        if doc["kind"] == "Service":
+            selector = doc["spec"].get("selector", {})
+        elif doc["kind"] == "PodDisruptionBudget":
+            selector = doc["spec"]["selector"]["matchLabels"]
+        else:
+            continue
+        chosen = [w for w, labels_ in pods.items() if selector.items() <= labels_.items()]
+        if len(chosen) > 1:
+            problems.append(f"{name_of(doc)} selects the pods of {' and '.join(chosen)}")
+    return problems

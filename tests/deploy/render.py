@@ -4,6 +4,7 @@ wheel (the test extra installs it; it works offline), and read the ConfigMap's f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod-3", "prod-5")
-COMPONENTS = ("cert-manager", "servicemonitor")
+COMPONENTS = ("cert-manager", "servicemonitor", "observers")
 RENDER_TIMEOUT_S = 60
 
 Doc = dict[str, Any]
@@ -67,6 +68,16 @@ def with_components(workdir: Path) -> Path:
     return workdir
 
 
+def with_observers(workdir: Path, overlay: str = "prod-3") -> Path:
+    """A kustomization in ``workdir``: a production overlay plus the observers
+    component, the way deploy/README.md tells an operator to enable them."""
+    base = os.path.relpath(K8S / "overlays" / overlay, workdir)
+    component = os.path.relpath(K8S / "components" / "observers", workdir)
+    text = f"resources:\n  - {base}\ncomponents:\n  - {component}\n"
+    (workdir / "kustomization.yaml").write_text(text)
+    return workdir
+
+
 def find(docs: list[Doc], kind: str, name: str) -> Doc:
     found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
@@ -83,23 +94,45 @@ def port_of(endpoint: str) -> int:
     return int(endpoint.rpartition(":")[2])
 
 
-def container_env(container: Doc) -> dict[str, str]:
-    """The literal ``FELIX_*`` values a container sets (overlays tune felix.toml so)."""
-    return {
-        e["name"]: e["value"]
-        for e in container.get("env", [])
-        if e["name"].startswith("FELIX_") and "value" in e
-    }
+def container_env(container: Doc, fields: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``FELIX_*`` values a container sets (overlays tune felix.toml so), with
+    ``$(VAR)`` references to earlier variables expanded as the kubelet does; ``fields``
+    gives the downward-API values (``metadata.name`` ...) of ``fieldRef`` variables."""
+    known: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            known[e["name"]] = _expand(e["value"], known)
+        elif fields is not None and "fieldRef" in e.get("valueFrom", {}):
+            known[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    return {k: v for k, v in known.items() if k.startswith("FELIX_")}
 
 
-def node_config(docs: list[Doc], workdir: Path, ordinal: int = 0) -> Any:
-    """The NodeConfig that `felix serve` builds for pod ``felix-<ordinal>`` from the
-    ConfigMap's felix.toml and the container's FELIX_* env."""
+def _expand(value: str, known: dict[str, str]) -> str:
+    """``$(NAME)`` of a defined variable -> its value, ``$$`` -> ``$``, the rest as is."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return known.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, value)
+
+
+def node_config(
+    docs: list[Doc], workdir: Path, ordinal: int = 0, statefulset_name: str = "felix"
+) -> Any:
+    """The NodeConfig that `felix serve` builds for pod ``<statefulset>-<ordinal>`` from
+    the ConfigMap's felix.toml and the container's FELIX_* env (namespace "default")."""
     from felix.config import load_config
 
-    statefulset = find(docs, "StatefulSet", "felix")
+    statefulset = find(docs, "StatefulSet", statefulset_name)
     container = statefulset["spec"]["template"]["spec"]["containers"][0]
-    env = {"POD_NAME": f"felix-{ordinal}", "POD_NAMESPACE": "default", **container_env(container)}
+    pod = {"metadata.name": f"{statefulset_name}-{ordinal}", "metadata.namespace": "default"}
+    env = {
+        "POD_NAME": pod["metadata.name"],
+        "POD_NAMESPACE": pod["metadata.namespace"],
+        **container_env(container, pod),
+    }
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "felix.toml"
     path.write_text(find(docs, "ConfigMap", "felix-config")["data"]["felix.toml"])

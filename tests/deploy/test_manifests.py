@@ -1,6 +1,8 @@
-"""deploy/k8s, offline: every overlay (and the base with every component) renders with
-`kubectl kustomize`, validates strictly against three Kubernetes versions' schemas, and
-keeps the invariants a schema cannot see (tests/deploy/invariants.py)."""
+"""deploy/k8s, offline: every overlay (and the base with every component, and prod-3 with
+the observers component) renders with `kubectl kustomize`, validates strictly against
+three Kubernetes versions' schemas, and keeps the invariants a schema cannot see
+(tests/deploy/invariants.py).  The observers' felix.toml is loaded with `load_config`
+for every observer pod, as `felix serve` would."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import copy
 import functools
 import inspect
 import json
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -35,11 +38,13 @@ from tests.deploy.render import (
     port_of,
     render,
     with_components,
+    with_observers,
 )
 
-TREES = (*OVERLAYS, "base+components")
-REPLICAS = {"dev": 3, "prod-3": 3, "prod-5": 5, "base+components": 3}
-PROD = ("prod-3", "prod-5", "base+components")
+TREES = (*OVERLAYS, "base+components", "prod-3+observers")
+REPLICAS = {"dev": 3, "prod-3": 3, "prod-5": 5, "base+components": 3, "prod-3+observers": 3}
+PROD = ("prod-3", "prod-5", "base+components", "prod-3+observers")
+OBSERVER_TREES = ("base+components", "prod-3+observers")
 CRD_KINDS = {"Certificate", "Issuer", "ServiceMonitor"}
 
 
@@ -57,6 +62,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
     trees = {name: render(K8S / "overlays" / name) for name in OVERLAYS}
     workdir = tmp_path_factory.mktemp("with-components")
     trees["base+components"] = render(with_components(workdir))
+    trees["prod-3+observers"] = render(with_observers(tmp_path_factory.mktemp("observers")))
     return trees
 
 
@@ -424,6 +430,7 @@ BROKER_FLAGS = {
     "--listen-ops",
     "--address",
     "--rack",
+    "--prefer-endpoints",
 }
 BROKER_PROBE_PATHS = {"/livez", "/readyz"}  # the contract's broker ops routes
 
@@ -444,6 +451,11 @@ def test_brokers_reach_the_client_service(
     assert ("--pod-identity" in args) == (broker["kind"] == "StatefulSet")
     client = find(docs, "Service", "felix")["spec"]["ports"][0]["port"]
     assert inv.flag_value(args, "--endpoints") == f"felix:{client}"
+    if tree in OBSERVER_TREES:  # the observers first, the voters as the fallback
+        observer = find(docs, "Service", "felix-observer")["spec"]["ports"][0]["port"]
+        assert inv.flag_value(args, "--prefer-endpoints") == f"felix-observer:{observer}"
+    else:
+        assert "--prefer-endpoints" not in args
     ops_port = port_of(inv.flag_value(args, "--listen-ops") or "")
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
         get = container[kind]["httpGet"]
@@ -505,16 +517,27 @@ def test_service_monitors_scrape_real_ports(
     services = [d for d in docs if d["kind"] == "Service"]
     for monitor in monitors:
         selector = monitor["spec"]["selector"]["matchLabels"]
-        (service,) = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
-        names = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-        for endpoint in monitor["spec"]["endpoints"]:
-            assert endpoint["port"] in names and endpoint["path"] == "/metrics"
-            if service["metadata"]["name"] == "felix-ops":
-                assert names["ops"] == config.listen.ops.port
-                assert endpoint["scheme"] == ("https" if config.tls.ops else "http")
-                assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "felix-ca"
-            else:
-                assert endpoint["scheme"] == "http"
+        chosen = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        assert chosen, inv.name_of(monitor)
+        for service in chosen:  # the voters' and the observers' ops ports share one monitor
+            names = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+            for endpoint in monitor["spec"]["endpoints"]:
+                assert endpoint["port"] in names and endpoint["path"] == "/metrics"
+                if service["metadata"]["name"] in ("felix-ops", "felix-observer-ops"):
+                    assert names["ops"] == config.listen.ops.port
+                    assert endpoint["scheme"] == ("https" if config.tls.ops else "http")
+                    assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "felix-ca"
+                else:
+                    assert endpoint["scheme"] == "http"
+    scraped = {
+        s["metadata"]["name"]
+        for s in services
+        if any(
+            m["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+            for m in monitors
+        )
+    }
+    assert scraped == {"felix-ops", "felix-observer-ops", "felix-broker"}
     assert "/metrics" in config.auth.ops_open_paths.split(",")
 
 
@@ -523,3 +546,158 @@ def test_rendered_config_is_the_base_file(rendered: dict[str, list[Doc]]) -> Non
     base = tomllib.loads((K8S / "base" / "felix.toml").read_text())
     for tree in TREES:
         assert felix_toml(rendered[tree]) == base
+
+
+# --- observers (components/observers) --------------------------------------------------
+
+
+def observer_sts(docs: list[Doc]) -> Doc:
+    return find(docs, "StatefulSet", inv.OBSERVERS)
+
+
+@pytest.mark.parametrize("tree", OBSERVER_TREES)
+def test_observer_pods_load_as_observers_that_join_the_voters(
+    rendered: dict[str, list[Doc]], configs: dict[str, Any], tree: str, tmp_path: Path
+) -> None:
+    """Every observer pod's felix.toml + env, through `load_config`: node 101+ordinal,
+    role observer, never an initial member, the voters as its peers, its own name in the
+    observers' headless Service as its advertised address, and its TLS files projected."""
+    docs = rendered[tree]
+    sts = observer_sts(docs)
+    voters = configs[tree]
+    service = sts["spec"]["serviceName"]
+    container = inv.pod_spec(sts)["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in inv.pod_spec(sts)["volumes"]}
+    tls_files = projected_files(volumes["tls"], mounts["tls"])
+    replicas = sts["spec"]["replicas"]
+    assert replicas == 2
+    voter_ids = set(range(1, felix_toml(docs)["raft"]["voters_max"] + 1))
+    for ordinal in range(replicas):
+        pod = node_config(docs, tmp_path / f"observer-{ordinal}", ordinal, inv.OBSERVERS)
+        assert pod.node_id == 101 + ordinal and pod.node_id not in voter_ids
+        assert pod.cluster.role == "observer"
+        assert pod.node_id not in pod.cluster.initial_members
+        # Its peers are the initial members, at the addresses they advertise themselves.
+        assert sorted(pod.peers) == sorted(pod.cluster.initial_members)
+        for member, address in pod.peers.items():
+            voter = node_config(docs, tmp_path / f"voter-{member}", member - 1)
+            assert str(address) == voter.cluster.advertise_peer
+        assert pod.cluster.advertise_peer == (
+            f"felix-observer-{ordinal}.{service}.default.svc.cluster.local:{pod.listen.peer.port}"
+        )
+        assert pod.tls.cert in tls_files and pod.tls.key in tls_files
+        assert pod.tls.ca in tls_files
+        assert pod.security_problem() is None and not pod.insecure
+        assert str(pod.data_dir).startswith(mounts["data"] + "/")
+        assert inv.listen_ports(pod) == inv.listen_ports(voters)
+    env = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete"
+
+
+@pytest.mark.parametrize("tree", OBSERVER_TREES)
+def test_observers_keep_the_invariants(
+    rendered: dict[str, list[Doc]], configs: dict[str, Any], tree: str
+) -> None:
+    docs, config = rendered[tree], configs[tree]
+    listen = inv.listen_ports(config)
+    scheme = "HTTPS" if config.tls.ops else "HTTP"
+    assert inv.observers(docs, listen, scheme) == []
+    assert inv.network_policy_ports(docs, listen, "felix-observer") == []
+    assert inv.network_policy_ports(docs, listen) == []  # the voters admit the observers
+    assert inv.anti_affinity(observer_sts(docs), required=True) == []
+    assert inv.grace_period(observer_sts(docs), hand_off_timeout_s(), app.SHUTDOWN_GRACE_S) == []
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert {b["metadata"]["name"] for b in budgets} >= {"felix", "felix-observer"}
+
+
+def _broken(docs: list[Doc], how: str) -> list[Doc]:
+    docs = copy.deepcopy(docs)
+    sts = observer_sts(docs)
+    container = inv.pod_spec(sts)["containers"][0]
+    if how == "role":
+        for e in container["env"]:
+            if e["name"] == "FELIX_CLUSTER__ROLE":
+                e["value"] = "voter"
+    elif how == "probe":
+        container["readinessProbe"]["httpGet"]["path"] = "/livez"
+    elif how == "probe-port":
+        container["livenessProbe"]["httpGet"]["port"] = "client"
+    elif how == "security":
+        inv.pod_spec(sts)["securityContext"]["runAsUser"] = 10002
+    elif how == "container-security":
+        container["securityContext"]["readOnlyRootFilesystem"] = False
+    elif how == "port":
+        find(docs, "Service", "felix-observer")["spec"]["ports"][0]["port"] = 8002
+    elif how == "container-port":
+        container["ports"][0]["containerPort"] = 7002
+    elif how == "volume":
+        sts["spec"].pop("volumeClaimTemplates")
+    elif how == "voter-labels":  # the voters' Services and budget would pick observers
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        labels["app.kubernetes.io/component"] = "control-plane"
+    elif how == "headless":
+        find(docs, "Service", "felix-observer-peers")["spec"].pop("publishNotReadyAddresses")
+    elif how == "config":
+        for v in inv.pod_spec(sts)["volumes"]:
+            if "configMap" in v:
+                v["configMap"]["name"] = "felix-observer-config"
+    return docs
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["role", "probe", "probe-port", "security", "container-security", "port",
+     "container-port", "volume", "voter-labels", "headless", "config"],
+)  # fmt: skip
+def test_a_broken_observer_is_refused(
+    rendered: dict[str, list[Doc]], configs: dict[str, Any], how: str
+) -> None:
+    config = configs["prod-3+observers"]
+    scheme = "HTTPS" if config.tls.ops else "HTTP"
+    docs = _broken(rendered["prod-3+observers"], how)
+    assert inv.observers(docs, inv.listen_ports(config), scheme) != []
+
+
+def test_observers_admitted_only_where_they_must_be(rendered: dict[str, list[Doc]]) -> None:
+    """Without the observers' peer rule the voters' policy is wrong once observers
+    exist, and with it where there are none."""
+    listen = {"peer": 7001, "client": 8001, "ops": 9001}
+    docs = copy.deepcopy(rendered["prod-3+observers"])
+    find(docs, "NetworkPolicy", "felix")["spec"]["ingress"][0]["from"].pop()
+    assert inv.network_policy_ports(docs, listen) != []
+    docs = copy.deepcopy(rendered["prod-3"])
+    observers_rule = find(rendered["prod-3+observers"], "NetworkPolicy", "felix")
+    find(docs, "NetworkPolicy", "felix")["spec"] = copy.deepcopy(observers_rule["spec"])
+    assert inv.network_policy_ports(docs, listen) != []
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"FELIX_CLUSTER__NODE_ID_BASE": "1"}, "node 1 is one of cluster.initial_members"),
+        ({"FELIX_CLUSTER__ADVERTISE_PEER": "$(POD_NAME)"}, "invalid cluster.advertise_peer"),
+    ],
+)
+def test_a_broken_observer_env_fails_to_load(
+    rendered: dict[str, list[Doc]], tmp_path: Path, env: dict[str, str], error: str
+) -> None:
+    from felix.config import ConfigError
+
+    docs = copy.deepcopy(rendered["prod-3+observers"])
+    container = inv.pod_spec(observer_sts(docs))["containers"][0]
+    for e in container["env"]:
+        if e["name"] in env:
+            e["value"] = env[e["name"]]
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        node_config(docs, tmp_path, 0, inv.OBSERVERS)
+
+
+def test_the_observers_component_is_opt_in(rendered: dict[str, list[Doc]]) -> None:
+    for tree in OVERLAYS:  # no overlay has observers: a component the operator adds
+        assert not any(d["metadata"]["name"].startswith("felix-observer") for d in rendered[tree])
