@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import os
 import random
@@ -46,6 +47,7 @@ from felix.broker.cache import CacheUpdate, MetadataCache
 from felix.broker.client import MetadataView, broker_ssl_context, open_metadata_client
 from felix.proto.client_messages import Delta
 
+HAS_PREFERRED = "preferred_endpoints" in inspect.signature(open_metadata_client).parameters
 CONNECT_WAVE = 50  # brokers started together, then a short pause (no SYN flood)
 CONNECT_PAUSE_S = 0.02
 
@@ -117,11 +119,13 @@ class Worker:
     async def broker(self, broker_id: int, register: bool) -> None:
         cache = TimingCache(broker_id)
         self.caches[broker_id] = cache
-        # observers first (the observer mode): only passed when given, so the worker
-        # also runs against a library without the option
-        prefer: dict[str, Any] = {"preferred_endpoints": self.preferred} if self.preferred else {}
+        endpoints, prefer = self.endpoints, {}
+        if self.preferred and HAS_PREFERRED:  # observers first, the voters as fallback
+            prefer = {"preferred_endpoints": self.preferred}
+        elif self.preferred:  # a library without the option: the observers only
+            endpoints = self.preferred
         async with open_metadata_client(
-            self.endpoints,
+            endpoints,
             **prefer,
             node_id=broker_id,
             address=f"127.0.0.1:{10_000 + broker_id % 50_000}",

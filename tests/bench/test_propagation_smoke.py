@@ -142,3 +142,19 @@ def test_storm_smoke(tmp_path: Path) -> None:
         assert run["encodes_per_version_by_node"][node] <= 1.0  # never two of one version
     assert min(run["first_view_versions"]) >= run["state_version"]
     assert run["all_views_s"] > 0 and run["server_cpu_s"] >= 0
+
+
+def test_observers_smoke(tmp_path: Path) -> None:
+    """``--observers 2``: every broker watches an observer (the voters serve none), each
+    applied every change, and the voters' and observers' CPU per write are reported."""
+    payload = run_bench(
+        tmp_path,
+        "--brokers", "10", "--observers", "2", "--rate", "20", "--duration", "1",
+        "--runs", "1", "--register", "2",
+    )  # fmt: skip
+    result = payload["steady"]["10"]
+    assert result["changes_written"] == 20 and result["missed"] == 0
+    by_node = result["runs"][0]["propagation_ms_by_node"]
+    assert set(by_node) <= {"node 101 (observer)", "node 102 (observer)"}, by_node
+    assert sum(f["brokers"] for f in by_node.values()) == 10
+    assert result["voters_cpu_ms_per_write"] > 0 and result["observers_cpu_ms_per_write"] > 0
