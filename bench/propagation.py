@@ -34,6 +34,13 @@ time taken in a worker process compare directly.
   shards over 5 registered, heartbeating nodes); time for a new control-plane node
   (added as a learner, caught up by InstallSnapshot since the leader's log is compacted)
   to apply the leader's commit index, and for a fresh broker to get its first full view.
+* N = 0 (``--brokers 0,...``): the commit latency with no watching broker; every steady
+  run also reports the voters' CPU per committed write.
+* ``--observers K``: the steady mode with K observer nodes, brokers preferring them
+  (the voters as fallback); the voters' and the observers' CPU per write.
+* ``--storm``: a cold-start storm: ``--storm-brokers`` brokers with no version released
+  at once on a ``--storm-shards`` state; time until every full view, servers' CPU, and
+  snapshot encodes / served per node (``/metrics``).
 """
 
 from __future__ import annotations
