@@ -34,6 +34,13 @@ time taken in a worker process compare directly.
   shards over 5 registered, heartbeating nodes); time for a new control-plane node
   (added as a learner, caught up by InstallSnapshot since the leader's log is compacted)
   to apply the leader's commit index, and for a fresh broker to get its first full view.
+* N = 0 (``--brokers 0,...``): the commit latency with no watching broker; every steady
+  run also reports the voters' CPU per committed write.
+* ``--observers K``: the steady mode with K observer nodes, brokers preferring them
+  (the voters as fallback); the voters' and the observers' CPU per write.
+* ``--storm``: a cold-start storm: ``--storm-brokers`` brokers with no version released
+  at once on a ``--storm-shards`` state; time until every full view, servers' CPU, and
+  snapshot encodes / served per node (``/metrics``).
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ DISPLAY_NAME_BYTES = 110  # a set_tenant change of ~200 bytes on the wire
 BROKER_ID_BASE = 1001
 SETTLE_S = 1.5  # after the brokers are ready: registrations turn "up", buffers settle
 DRAIN_S = 10.0
+IDLE_SAMPLE_S = 2.0  # storm: the servers' idle CPU rate is sampled this long
 
 
 # --- small utilities ------------------------------------------------------------------
@@ -177,11 +185,12 @@ class WorkerProcess:
     log_path: Path
     proc: subprocess.Popen[str] | None = None
 
-    def start(self, endpoints: str, security: Sequence[str] = ()) -> None:
+    def start(self, endpoints: str, extra: Sequence[str] = ()) -> None:
+        """``extra``: more worker arguments (security, preferred endpoints, storm)."""
         args = [
             sys.executable, "-m", "bench.propagation_worker",
             "--endpoints", endpoints, "--first-id", str(self.first_id),
-            "--count", str(self.count), "--register", str(self.register), *security,
+            "--count", str(self.count), "--register", str(self.register), *extra,
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -255,16 +264,36 @@ class Brokers:
     def ids(self) -> range:
         return range(BROKER_ID_BASE, BROKER_ID_BASE + self.count)
 
-    def start(self, endpoints: str, security: Sequence[str] = ()) -> float:
+    def start(self, endpoints: str, extra: Sequence[str] = ()) -> float:
         """Start every worker; returns once every broker has its first view."""
         started = now()
         for worker in self.workers:
-            worker.start(endpoints, security)
+            worker.start(endpoints, extra)
+        self.wait_ready()
+        return now() - started
+
+    def launch(self, endpoints: str, extra: Sequence[str] = ()) -> None:
+        """Start every worker with no broker connected yet (``--wait-start``); returns
+        once each has started up, so process start-up is not in what `go` times."""
+        for worker in self.workers:
+            worker.start(endpoints, [*extra, "--wait-start"])
         for worker in self.workers:
             reply = worker.read()
+            if "started" not in reply:
+                raise RuntimeError(f"unexpected worker reply {reply}")
+
+    def go(self) -> list[dict[str, Any]]:
+        """Release every launched broker at once; the workers' ready replies."""
+        for worker in self.workers:
+            worker.send("go")
+        return self.wait_ready()
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        replies = [worker.read() for worker in self.workers]
+        for reply in replies:
             if "ready" not in reply:
                 raise RuntimeError(f"unexpected worker reply {reply}")
-        return now() - started
+        return replies
 
     def ask(self, line: str) -> list[dict[str, Any]]:
         for worker in self.workers:
@@ -273,12 +302,12 @@ class Brokers:
 
     def stats(self) -> dict[str, Any]:
         replies = self.ask("stats")
-        total: dict[str, Any] = {}
+        total: dict[str, Any] = {"cpu_us": 0, "messages": 0, "deltas": 0, "snapshots": 0}
         for reply in replies:
             for key, value in reply.items():
                 if isinstance(value, int) and key not in ("min_version", "max_version"):
                     total[key] = total.get(key, 0) + value
-        total["min_version"] = min(r["min_version"] for r in replies)
+        total["min_version"] = min((r["min_version"] for r in replies), default=0)
         reasons: dict[str, int] = {}
         for reply in replies:
             for reason, n in reply["resync_reasons"].items():
@@ -358,24 +387,60 @@ class Processes:
 
 @contextmanager
 def control_plane(
-    root: Path, procs: Processes, tick_ms: int, extra: Sequence[str] = (), secure: bool = False
+    root: Path,
+    procs: Processes,
+    tick_ms: int,
+    extra: Sequence[str] = (),
+    secure: bool = False,
+    observers: int = 0,
 ) -> Iterator[ProcessCluster]:
+    """A fresh 3-voter cluster (plus ``observers`` observer nodes), stopped on exit."""
     root.mkdir(parents=True, exist_ok=True)
-    cluster = ProcessCluster(root, size=3, tick_ms=tick_ms, secure=secure)
-    for node in cluster.nodes.values():
+    if observers:  # the observer mode: ProcessCluster(..., observers=K) (issue 16 contract)
+        cluster = ProcessCluster(
+            root,
+            size=3,
+            tick_ms=tick_ms,
+            secure=secure,
+            observers=observers,  # type: ignore[call-arg]
+        )
+    else:
+        cluster = ProcessCluster(root, size=3, tick_ms=tick_ms, secure=secure)
+    for node in [*cluster.nodes.values(), *observers_of(cluster)]:
         for item in extra:
             node.args += ["--set", item]
     procs.add(cluster.stop_all)
     try:
         cluster.start_all()
         cluster.wait_for_leader(timeout_s=30)
+        for observer in observers_of(cluster):
+            if observer.proc is None:  # in case start_all starts the voters only
+                observer.start()
+            observer.wait_ready(timeout_s=60)
         yield cluster
     finally:
+        for observer in observers_of(cluster):
+            observer.stop()
         cluster.stop_all()
 
 
+def observers_of(cluster: ProcessCluster) -> list[ServeProcess]:
+    """The cluster's observer nodes (none on a harness without observers)."""
+    return list(getattr(cluster, "observers", None) or [])
+
+
 def client_endpoints(cluster: ProcessCluster) -> str:
+    """The voters' client endpoints (every broker's fallback list)."""
     return ",".join(f"127.0.0.1:{n.client_port}" for n in cluster.nodes.values())
+
+
+def broker_args(cluster: ProcessCluster) -> list[str]:
+    """Worker arguments for where brokers connect: with observers, to them first
+    (``preferred_endpoints``), the voters only as the fallback."""
+    observers = observers_of(cluster)
+    if not observers:
+        return []
+    return ["--prefer-endpoints", ",".join(o.client_endpoint for o in observers)]
 
 
 def broker_security(cluster: ProcessCluster, ids: Sequence[int], root: Path) -> list[str]:
@@ -391,21 +456,31 @@ def broker_security(cluster: ProcessCluster, ids: Sequence[int], root: Path) -> 
     return ["--ca", str(cluster.creds.ca), "--tokens", str(path)]
 
 
-def server_cpu_s(cluster: ProcessCluster) -> float:
-    """User + system CPU seconds of the running servers so far."""
-    total = 0.0
-    for node in cluster.nodes.values():
+def process_cpu_s(nodes: Sequence[ServeProcess]) -> dict[int, float]:
+    """User + system CPU seconds of each running node so far (``/proc/<pid>/stat``)."""
+    out: dict[int, float] = {}
+    for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
             with open(f"/proc/{node.proc.pid}/stat") as stat:
                 fields = stat.read().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            out[node.node_id] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def server_cpu_s(cluster: ProcessCluster) -> float:
+    """User + system CPU seconds of the running voters so far."""
+    return sum(process_cpu_s(list(cluster.nodes.values())).values())
+
+
+def observers_cpu_s(cluster: ProcessCluster) -> float:
+    return sum(process_cpu_s(observers_of(cluster)).values())
 
 
 def server_rss(cluster: ProcessCluster) -> dict[int, int]:
+    """VmRSS KiB of every running server, voters and observers."""
     return {
-        i: rss_kib(n.proc.pid)
-        for i, n in cluster.nodes.items()
+        n.node_id: rss_kib(n.proc.pid)
+        for n in [*cluster.nodes.values(), *observers_of(cluster)]
         if n.proc is not None and n.proc.poll() is None
     }
 
@@ -604,27 +679,32 @@ def steady_run(
 ) -> dict[str, Any]:
     register = n if args.register == "all" else min(n, int(args.register))
     label = f"N={n} run {run}{' tls' if tls else ''}"
-    with control_plane(root, procs, args.tick_ms, secure=tls) as cluster:
+    observers = getattr(args, "observers", 0)
+    with control_plane(root, procs, args.tick_ms, secure=tls, observers=observers) as cluster:
         brokers = Brokers.plan(root, n, args.workers, register)
-        security = broker_security(cluster, brokers.ids, root)
+        extra = [*broker_security(cluster, brokers.ids, root), *broker_args(cluster)]
         time.sleep(0.5)
         before = server_rss(cluster)
         procs.add(brokers.stop)
         try:
-            status_line(
-                f"{label}: starting {n} brokers "
-                f"({brokers.registered} registered) in {len(brokers.workers)} worker(s)"
-            )
-            ready_s = brokers.start(client_endpoints(cluster), security)
+            ready_s = 0.0
+            if n:  # N = 0: commit latency with no watching broker
+                status_line(
+                    f"{label}: starting {n} brokers "
+                    f"({brokers.registered} registered) in {len(brokers.workers)} worker(s)"
+                    + (f", on {observers} observer(s)" if observers else "")
+                )
+                ready_s = brokers.start(client_endpoints(cluster), extra)
             time.sleep(SETTLE_S)
             after = server_rss(cluster)
             leader = cluster.wait_for_leader()
             bar = ProgressBar(f"{label} writes", max(1, round(args.rate * args.duration)))
             stats_before = brokers.stats()
-            cpu_before = server_cpu_s(cluster)
+            cpu_before = server_cpu_s(cluster), observers_cpu_s(cluster)
             port = cluster.nodes[leader].client_port
             writes = trio.run(steady_writes, port, cluster.creds, args.rate, args.duration, bar)
-            server_cpu = server_cpu_s(cluster) - cpu_before
+            server_cpu = server_cpu_s(cluster) - cpu_before[0]
+            observer_cpu = observers_cpu_s(cluster) - cpu_before[1]
             newest = max((w.version for w in writes if w.version is not None), default=0)
             behind = brokers.drain(newest, DRAIN_S)
             bar.close(f"drained (behind: {behind})")
@@ -633,22 +713,22 @@ def steady_run(
             records = brokers.dump(root)
         finally:
             brokers.stop()
-    labels = {
-        f"127.0.0.1:{p.client_port}": f"node {i} ({'leader' if i == leader else 'follower'})"
-        for i, p in cluster.nodes.items()
-    }
-    figures, raw = analyse(writes, records, labels)
+    figures, raw = analyse(writes, records, endpoint_labels(cluster, leader))
     growth = {i: after.get(i, 0) - before.get(i, 0) for i in before}
     changes = max(1, figures["changes_written"])
     figures.update(
         {
             "tls": tls,
-            "server_cpu_us_per_broker_change": round(server_cpu * 1e6 / (n * changes), 3),
+            "observers": observers,
+            "server_cpu_us_per_broker_change": (
+                round(server_cpu * 1e6 / (n * changes), 3) if n else math.nan
+            ),
+            **cpu_per_write(server_cpu, observer_cpu if observers else math.nan, changes),
             "brokers": n,
             "registered": register,
             "workers": len(brokers.workers),
             "ready_s": round(ready_s, 3),
-            "server_kib_per_broker": sum(growth.values()) / n,
+            "server_kib_per_broker": sum(growth.values()) / n if n else math.nan,
             "server_rss_kib": {"before": before, "after": after},
             "client_stats": stats,
             **receive,
@@ -656,6 +736,29 @@ def steady_run(
         }
     )
     return figures
+
+
+def cpu_per_write(voters_s: float, observers_s: float, changes: int) -> dict[str, float]:
+    """The voters' CPU per committed write (the observer target: flat in N), and the
+    observers'; over the writes, everything the processes did is charged to them."""
+    return {
+        "voters_cpu_s": round(voters_s, 3),
+        "observers_cpu_s": round(observers_s, 3),
+        "voters_cpu_ms_per_write": round(voters_s * 1e3 / changes, 4),
+        "observers_cpu_ms_per_write": round(observers_s * 1e3 / changes, 4),
+    }
+
+
+def endpoint_labels(cluster: ProcessCluster, leader: int) -> dict[str, str]:
+    """Client endpoint -> which node it is (leader, follower, observer)."""
+    labels = {
+        f"127.0.0.1:{p.client_port}": f"node {i} ({'leader' if i == leader else 'follower'})"
+        for i, p in cluster.nodes.items()
+    }
+    for o in observers_of(cluster):
+        labels[o.client_endpoint] = f"node {o.node_id} (observer)"
+        labels[f"127.0.0.1:{o.client_port}"] = f"node {o.node_id} (observer)"
+    return labels
 
 
 FIGURES = ("commit_ms", "propagation_ms", "all_brokers_ms")
@@ -695,7 +798,13 @@ def steady(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, 
     return results
 
 
-PER_RUN_FIGURES = ("server_kib_per_broker", "server_cpu_us_per_broker_change", *RECEIVE_FIGURES)
+PER_RUN_FIGURES = (
+    "server_kib_per_broker",
+    "server_cpu_us_per_broker_change",
+    "voters_cpu_ms_per_write",
+    "observers_cpu_ms_per_write",
+    *RECEIVE_FIGURES,
+)
 
 
 def over_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -1036,6 +1145,155 @@ def catchup(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str,
         return trio.run(catchup_async, args, cluster, root, procs)
 
 
+# --- storm mode -------------------------------------------------------------------------
+
+
+SNAPSHOT_METRICS = (
+    "felix_snapshot_encodes_total",
+    "felix_snapshot_served_total",
+    "felix_watch_snapshots_sent_total",
+)
+
+
+def snapshot_metrics(cluster: ProcessCluster) -> dict[int, dict[str, int]]:
+    """Each node's snapshot counters from its ops ``/metrics``."""
+    out: dict[int, dict[str, int]] = {}
+    for node_id, node in cluster.nodes.items():
+        code, text = node.get_text("/metrics")
+        if code != 200:
+            raise RuntimeError(f"node {node_id} /metrics: {code}")
+        values = dict.fromkeys(SNAPSHOT_METRICS, 0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in values:
+                values[name] = int(float(value))
+        out[node_id] = values
+    return out
+
+
+def metric_growth(
+    before: dict[int, dict[str, int]], after: dict[int, dict[str, int]], name: str
+) -> dict[int, int]:
+    return {i: after[i][name] - before[i][name] for i in before}
+
+
+async def storm_async(
+    args: argparse.Namespace, cluster: ProcessCluster, brokers: Brokers, label: str
+) -> dict[str, Any]:
+    """Build the state (its nodes kept up by heartbeats all along), wait until every
+    node applied it, start the workers, then release every broker at once."""
+    shards = args.storm_shards
+    async with trio.open_nursery() as nursery:
+        version, _ = await build_state(cluster, shards, nursery, 0)
+        leader = cluster.wait_for_leader()
+        index = cluster.status(leader)["commit_index"]  # type: ignore[index]
+        for node_id in cluster.nodes:
+            await trio.to_thread.run_sync(partial(cluster.wait_caught_up, node_id, index, 60))
+        timeout = ["--ready-timeout", str(args.storm_timeout_s)]
+        endpoints = client_endpoints(cluster)
+        # (abandon_on_cancel: Ctrl-C must not wait for a worker's answer)
+        await trio.to_thread.run_sync(brokers.launch, endpoints, timeout, abandon_on_cancel=True)
+        await trio.sleep(SETTLE_S)  # the workers' start-up CPU is over
+        idle_before, idle_at = server_cpu_s(cluster), now()
+        await trio.sleep(IDLE_SAMPLE_S)  # the servers' idle CPU rate (ticks, heartbeats)
+        idle_rate = (server_cpu_s(cluster) - idle_before) / (now() - idle_at)
+        metrics_before = await trio.to_thread.run_sync(snapshot_metrics, cluster)
+        cpu_before = process_cpu_s(list(cluster.nodes.values()))
+        status_line(f"{label}: releasing {brokers.count} brokers at once")
+        released = now()
+        replies = await trio.to_thread.run_sync(brokers.go, abandon_on_cancel=True)
+        cpu_after = process_cpu_s(list(cluster.nodes.values()))
+        metrics_after = await trio.to_thread.run_sync(snapshot_metrics, cluster)
+        worker_stats = await trio.to_thread.run_sync(brokers.stats, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+    ready_at = sorted(t for r in replies for t in r["ready_at"])
+    first_versions = sorted({v for r in replies for v in r["versions"]})
+    complete = sum(1 for r in replies for n in r["shards"] if n == shards)
+    node_of = {f"127.0.0.1:{n.client_port}": i for i, n in cluster.nodes.items()}
+    versions_by_node: dict[int, set[int]] = {i: set() for i in cluster.nodes}
+    for r in replies:
+        for endpoint, v in zip(r["endpoints"], r["versions"], strict=True):
+            versions_by_node[node_of[endpoint]].add(v)
+    encodes = metric_growth(metrics_before, metrics_after, "felix_snapshot_encodes_total")
+    served = metric_growth(metrics_before, metrics_after, "felix_snapshot_served_total")
+    cpu = {i: round(cpu_after[i] - cpu_before[i], 3) for i in cpu_before}
+    result = {
+        "brokers": brokers.count,
+        "workers": len(brokers.workers),
+        "shards": shards,
+        "state_version": version,
+        "all_views_s": ready_at[-1] - released,
+        "first_view_s": {
+            k: v - released if not math.isnan(v) else v for k, v in summary(ready_at).items()
+        },
+        "complete_views": complete,
+        "first_view_versions": first_versions,
+        "server_cpu_s": round(sum(cpu.values()), 3),
+        # what the servers spend anyway over as long (Raft ticks, the heartbeats)
+        "server_idle_cpu_s": round(idle_rate * (ready_at[-1] - released), 3),
+        "server_cpu_above_idle_s": round(
+            sum(cpu.values()) - idle_rate * (ready_at[-1] - released), 3
+        ),
+        # the simulated brokers' CPU (workers' whole process time, start-up included)
+        "worker_cpu_s_per_broker": round(worker_stats["cpu_us"] / 1e6 / brokers.count, 4),
+        "server_cpu_s_by_node": cpu,
+        "encodes_by_node": encodes,
+        "served_by_node": served,
+        "watch_snapshots_sent_by_node": metric_growth(
+            metrics_before, metrics_after, "felix_watch_snapshots_sent_total"
+        ),
+        "encodes": sum(encodes.values()),
+        "served": sum(served.values()),
+        # the target: one encode per version per node (1.0)
+        "encodes_per_version_by_node": {
+            i: encodes[i] / max(1, len(versions_by_node[i])) for i in encodes
+        },
+        "brokers_by_node": {
+            i: sum(1 for r in replies for e in r["endpoints"] if node_of[e] == i)
+            for i in cluster.nodes
+        },
+    }
+    status_line(
+        f"{label}: every view after {result['all_views_s']:.2f} s; server CPU "
+        f"{result['server_cpu_s']:.2f} s; encodes {encodes}, served {served}"
+    )
+    return result
+
+
+def storm_run(args: argparse.Namespace, root: Path, procs: Processes, run: int) -> dict[str, Any]:
+    label = f"storm run {run}"
+    with control_plane(root, procs, args.tick_ms, args.storm_set) as cluster:
+        brokers = Brokers.plan(root, args.storm_brokers, args.workers, 0)
+        procs.add(brokers.stop)
+        try:
+            return trio.run(storm_async, args, cluster, brokers, label)
+        finally:
+            brokers.stop()
+
+
+def storm(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, Any]:
+    """A cold-start storm per run, each on a fresh cluster (so no snapshot is cached)."""
+    runs = []
+    for run in range(1, args.runs + 1):
+        run_root = root / f"run{run}"
+        runs.append(storm_run(args, run_root, procs, run))
+        shutil.rmtree(run_root, ignore_errors=True)
+    return {
+        "brokers": args.storm_brokers,
+        "shards": args.storm_shards,
+        "all_views_s": spread([r["all_views_s"] for r in runs]),
+        "server_cpu_s": spread([r["server_cpu_s"] for r in runs]),
+        "server_cpu_above_idle_s": spread([r["server_cpu_above_idle_s"] for r in runs]),
+        "worker_cpu_s_per_broker": spread([r["worker_cpu_s_per_broker"] for r in runs]),
+        "encodes": spread([r["encodes"] for r in runs]),
+        "served": spread([r["served"] for r in runs]),
+        "encodes_per_version_per_node_max": max(
+            max(r["encodes_per_version_by_node"].values()) for r in runs
+        ),
+        "runs": runs,
+    }
+
+
 # --- report -----------------------------------------------------------------------------
 
 
@@ -1053,6 +1311,7 @@ def print_steady(title: str, steady_results: dict[str, Any], runs: int) -> None:
         "N", "changes", "missed",
         "commit p50", "commit p99", "prop p50", "prop p99", "prop max",
         "all p50", "all p99", "all max", "KiB/broker", "srv µs/b·chg", "rx µs/delta",
+        "voters ms/write", "obs ms/write",
     ]  # fmt: skip
     rows = []
     for n, r in steady_results.items():
@@ -1068,6 +1327,8 @@ def print_steady(title: str, steady_results: dict[str, Any], runs: int) -> None:
                 fmt_spread(o["server_kib_per_broker"]),
                 fmt_spread(o["server_cpu_us_per_broker_change"], 2),
                 fmt_spread(o["receive_us_per_delta"]),
+                fmt_spread(o["voters_cpu_ms_per_write"], 3),
+                fmt_spread(o["observers_cpu_ms_per_write"], 3),
             ]
         )  # fmt: skip
     print_table(headers, rows)
@@ -1087,7 +1348,12 @@ def print_report(payload: dict[str, Any]) -> None:
     steady_results = payload.get("steady") or {}
     if steady_results:
         runs = payload["settings"]["runs"]
-        print_steady("steady rate, plaintext", steady_results, runs)
+        where = (
+            f", brokers on {payload['settings']['observers']} observers"
+            if payload["settings"].get("observers")
+            else ""
+        )
+        print_steady(f"steady rate, plaintext{where}", steady_results, runs)
         if payload.get("steady_tls"):
             print_steady("steady rate, TLS and broker tokens", payload["steady_tls"], runs)
             print_tls_ratios(payload["tls_vs_plain"])
@@ -1119,6 +1385,32 @@ def print_report(payload: dict[str, Any]) -> None:
         print(f"  new control-plane node (from its start): {fmt_spread(cu['learner_s'])}")
         print(f"  new control-plane node (from member add): {fmt_spread(cu['learner_from_add_s'])}")
         print(f"  fresh broker's first full view: {fmt_spread(cu['fresh_broker_s'])}")
+    st = payload.get("storm")
+    if st:
+        print_storm(st)
+
+
+def print_storm(st: dict[str, Any]) -> None:
+    print(
+        f"\nstorm: {st['brokers']:,} brokers, no version, released at once; "
+        f"{st['shards']:,} shards; min/median/max over {len(st['runs'])} run(s)"
+    )
+    print(f"  every broker has its full view after (s): {fmt_spread(st['all_views_s'], 2)}")
+    print(f"  servers' CPU during the storm (s, 3 nodes): {fmt_spread(st['server_cpu_s'], 2)}")
+    print(f"  of it above the idle rate (s): {fmt_spread(st['server_cpu_above_idle_s'], 2)}")
+    print(f"  worker CPU per broker (s): {fmt_spread(st['worker_cpu_s_per_broker'], 3)}")
+    print(f"  snapshot encodes (all nodes): {fmt_spread(st['encodes'], 0)}")
+    print(f"  snapshots served (all nodes): {fmt_spread(st['served'], 0)}")
+    print(f"  encodes per version per node, worst: {st['encodes_per_version_per_node_max']:.2f}")
+    rows = [
+        [
+            run_no, node, r["brokers_by_node"][node], r["encodes_by_node"][node],
+            r["served_by_node"][node], r["server_cpu_s_by_node"][node],
+        ]
+        for run_no, r in enumerate(st["runs"], start=1)
+        for node in r["encodes_by_node"]
+    ]  # fmt: skip
+    print_table(["run", "node", "brokers", "encodes", "served", "CPU s"], rows)
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
@@ -1208,6 +1500,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--failover-brokers", type=int, default=0, help="0: the largest N")
     parser.add_argument("--catchup-shards", type=int, default=0, help="0: no catch-up mode")
     parser.add_argument("--catchup-snapshot-entries", type=int, default=20)
+    parser.add_argument(
+        "--observers", type=int, default=0, help="steady mode: brokers on K observer nodes"
+    )
+    parser.add_argument("--storm", action="store_true", help="the cold-start reconnect storm")
+    parser.add_argument("--storm-brokers", type=int, default=1000, help="brokers in the storm")
+    parser.add_argument("--storm-shards", type=int, default=10_000, help="shards in the state")
+    parser.add_argument(
+        "--storm-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storm: a server setting (felix serve --set), e.g. watch.snapshot_cache_ttl_ms=60000",
+    )
+    parser.add_argument(
+        "--storm-timeout-s", type=float, default=600.0, help="per broker, for its first view"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "propagation.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the CDFs")
     parser.add_argument("--keep-dir", action="store_true", help="keep logs and WALs")
@@ -1257,6 +1565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload["failover"] = failover(args, root / "failover", procs)
         if args.catchup_shards:
             payload["catchup"] = catchup(args, root / "catchup", procs)
+        if args.storm:
+            payload["storm"] = storm(args, root / "storm", procs)
     except BaseException as exc:
         if not _interrupted(exc):
             raise

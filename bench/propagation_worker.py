@@ -14,7 +14,10 @@ parent process.
 The parent drives the worker with one command per line on stdin and reads one JSON line
 per answer on stdout:
 
-* (no command) ``{"ready": n, "seconds": s}`` once every broker has its first view;
+* (no command) ``{"ready": n, "seconds": s, ...}`` once every broker has its first view;
+  with ``--wait-start`` the worker first answers ``{"started": n}`` and connects no
+  broker until it reads ``go``: then all of them at once (a cold-start storm; the
+  ready answer adds each broker's first-view time, version and shard count);
 * ``stats`` -> summed client counters (snapshots, resyncs, reconnects, messages, ...)
   and the process's CPU time so far (``cpu_us``);
 * ``drain V SECONDS`` -> waits until every broker has applied version ``V`` (or the time
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import os
 import random
@@ -43,6 +47,7 @@ from felix.broker.cache import CacheUpdate, MetadataCache
 from felix.broker.client import MetadataView, broker_ssl_context, open_metadata_client
 from felix.proto.client_messages import Delta
 
+HAS_PREFERRED = "preferred_endpoints" in inspect.signature(open_metadata_client).parameters
 CONNECT_WAVE = 50  # brokers started together, then a short pause (no SYN flood)
 CONNECT_PAUSE_S = 0.02
 
@@ -101,6 +106,8 @@ class Worker:
         self.views: dict[int, MetadataView] = {}
         self.caches: dict[int, TimingCache] = {}
         self.all_ready = trio.Event()
+        self.ready_at: dict[int, float] = {}  # broker id -> when its first view was there
+        self.preferred: list[str] = [e for e in args.prefer_endpoints.split(",") if e]
         # secure clusters: one context for the process (trusting the cluster CA), and
         # each broker's own broker-role token
         self.ssl_context = broker_ssl_context(args.ca) if args.ca else None
@@ -112,8 +119,14 @@ class Worker:
     async def broker(self, broker_id: int, register: bool) -> None:
         cache = TimingCache(broker_id)
         self.caches[broker_id] = cache
+        endpoints, prefer = self.endpoints, {}
+        if self.preferred and HAS_PREFERRED:  # observers first, the voters as fallback
+            prefer = {"preferred_endpoints": self.preferred}
+        elif self.preferred:  # a library without the option: the observers only
+            endpoints = self.preferred
         async with open_metadata_client(
-            self.endpoints,
+            endpoints,
+            **prefer,
             node_id=broker_id,
             address=f"127.0.0.1:{10_000 + broker_id % 50_000}",
             register=register,
@@ -124,6 +137,7 @@ class Worker:
             token=self.tokens.get(str(broker_id), ""),
             ssl_context=self.ssl_context,
         ) as view:
+            self.ready_at[broker_id] = time.monotonic()
             self.views[broker_id] = view
             if len(self.views) == len(self.ids):
                 self.all_ready.set()
@@ -198,20 +212,48 @@ class Worker:
             else:
                 emit({"error": f"unknown command {command!r}"})
 
+    async def wait_go(self) -> bool:
+        """``--wait-start``: say so, then wait for ``go`` (False: stdin closed first)."""
+        emit({"started": len(self.ids)})
+        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        return line.strip() == "go"
+
+    def first_views(self) -> dict[str, Any]:
+        """Each broker's first view: when it was there, its version and shard count."""
+        ids = sorted(self.ready_at)
+        return {
+            "ready_at": [self.ready_at[i] for i in ids],
+            "versions": [self.views[i].version or 0 for i in ids],
+            "shards": [len(self.views[i].shards) for i in ids],
+            "endpoints": [self.views[i].endpoint for i in ids],
+        }
+
     async def run(self) -> None:
+        if self.args.wait_start and not await self.wait_go():
+            return
+        if self.args.wait_start:
+            # A storm's brokers all apply a big snapshot at once in this one heap: the
+            # collector would rescan every view built so far at each collection
+            # (quadratic in the brokers; one real broker per process has no such cost).
+            gc.disable()
         started = time.monotonic()
         async with trio.open_nursery() as nursery:
             for n, broker_id in enumerate(self.ids):
                 nursery.start_soon(self.broker, broker_id, n < self.args.register)
-                if n % CONNECT_WAVE == CONNECT_WAVE - 1:
-                    await trio.sleep(CONNECT_PAUSE_S)
+                if not self.args.wait_start and n % CONNECT_WAVE == CONNECT_WAVE - 1:
+                    await trio.sleep(CONNECT_PAUSE_S)  # a storm connects all at once
             await self.all_ready.wait()
+            ready: dict[str, Any] = {"ready": len(self.views), "started_at": started}
+            ready["seconds"] = time.monotonic() - started
+            if self.args.wait_start:
+                ready.update(self.first_views())
             # Hundreds of brokers share this heap, which real brokers (one per process)
             # do not: keep the collector from rescanning all their views (a 10+ ms full
             # collection otherwise lands on a delta now and then).
             gc.collect()
             gc.freeze()
-            emit({"ready": len(self.views), "seconds": time.monotonic() - started})
+            gc.enable()
+            emit(ready)
             await self.commands()
             nursery.cancel_scope.cancel()
 
@@ -225,6 +267,12 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument("--ca", default="", help="the cluster CA (wss:// and a secure cluster)")
     parser.add_argument("--tokens", default="", help="JSON file: broker id -> its token")
+    parser.add_argument(
+        "--prefer-endpoints", default="", help="host:port list tried first (observers)"
+    )
+    parser.add_argument(
+        "--wait-start", action="store_true", help="connect no broker before 'go' on stdin"
+    )
     args = parser.parse_args()
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):  # the parent stops us by PID

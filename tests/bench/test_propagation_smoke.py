@@ -108,3 +108,53 @@ def test_tls_pairs_smoke(tmp_path: Path) -> None:
     ratio = payload["tls_vs_plain"]["10"]["all_brokers_p99"]
     expected = tls["all_brokers_ms"]["p99"] / plain["all_brokers_ms"]["p99"]
     assert ratio["median"] == expected
+
+
+def test_no_brokers_smoke(tmp_path: Path) -> None:
+    """N = 0: the commit latency with no watching broker (no worker is started)."""
+    payload = run_bench(
+        tmp_path, "--brokers", "0", "--rate", "20", "--duration", "1", "--runs", "1"
+    )  # fmt: skip
+    alone = payload["steady"]["0"]
+    assert alone["brokers"] == 0 and alone["workers"] == 0
+    assert alone["changes_written"] == 20 and alone["missed"] == 0
+    assert 0 < alone["commit_ms"]["p50"] <= alone["commit_ms"]["p99"] < 5000
+    assert alone["runs"][0]["raw"]["propagation_ms"] == [[] for _ in range(20)]
+    assert alone["voters_cpu_ms_per_write"] > 0
+
+
+def test_storm_smoke(tmp_path: Path) -> None:
+    """``--storm``: 20 cold brokers released at once on a 200-shard state; each gets
+    the whole state, and each node encodes its snapshot once for all its brokers."""
+    payload = run_bench(
+        tmp_path,
+        "--no-steady", "--storm", "--storm-brokers", "20", "--storm-shards", "200",
+        "--runs", "1",
+    )  # fmt: skip
+    storm = payload["storm"]
+    run = storm["runs"][0]
+    assert run["complete_views"] == 20
+    assert sum(run["brokers_by_node"].values()) == 20
+    assert run["served"] == 20  # one snapshot per broker
+    for node, brokers in run["brokers_by_node"].items():
+        assert run["served_by_node"][node] == brokers
+        assert (run["encodes_by_node"][node] > 0) == (brokers > 0)
+        assert run["encodes_per_version_by_node"][node] <= 1.0  # never two of one version
+    assert min(run["first_view_versions"]) >= run["state_version"]
+    assert run["all_views_s"] > 0 and run["server_cpu_s"] >= 0
+
+
+def test_observers_smoke(tmp_path: Path) -> None:
+    """``--observers 2``: every broker watches an observer (the voters serve none), each
+    applied every change, and the voters' and observers' CPU per write are reported."""
+    payload = run_bench(
+        tmp_path,
+        "--brokers", "10", "--observers", "2", "--rate", "20", "--duration", "1",
+        "--runs", "1", "--register", "2",
+    )  # fmt: skip
+    result = payload["steady"]["10"]
+    assert result["changes_written"] == 20 and result["missed"] == 0
+    by_node = result["runs"][0]["propagation_ms_by_node"]
+    assert set(by_node) <= {"node 101 (observer)", "node 102 (observer)"}, by_node
+    assert sum(f["brokers"] for f in by_node.values()) == 10
+    assert result["voters_cpu_ms_per_write"] > 0 and result["observers_cpu_ms_per_write"] > 0
