@@ -309,6 +309,7 @@ class Brokers:
                     total[key] = total.get(key, 0) + value
         total["min_version"] = min((r["min_version"] for r in replies), default=0)
         reasons: dict[str, int] = {}
+        total.setdefault("cpu_us", 0)  # N = 0: no worker
         for reply in replies:
             for reason, n in reply["resync_reasons"].items():
                 reasons[reason] = reasons.get(reason, 0) + n
@@ -702,7 +703,9 @@ def steady_run(
             stats_before = brokers.stats()
             cpu_before = server_cpu_s(cluster), observers_cpu_s(cluster)
             port = cluster.nodes[leader].client_port
+            profiles = start_profiles(args, cluster, brokers, leader, f"n{n}-run{run}")
             writes = trio.run(steady_writes, port, cluster.creds, args.rate, args.duration, bar)
+            stop_profiles(profiles)
             server_cpu = server_cpu_s(cluster) - cpu_before[0]
             observer_cpu = observers_cpu_s(cluster) - cpu_before[1]
             newest = max((w.version for w in writes if w.version is not None), default=0)
@@ -761,6 +764,47 @@ def endpoint_labels(cluster: ProcessCluster, leader: int) -> dict[str, str]:
     return labels
 
 
+def start_profiles(
+    args: argparse.Namespace, cluster: ProcessCluster, brokers: Brokers, leader: int, tag: str
+) -> list[subprocess.Popen[bytes]]:
+    """``--py-spy DIR``: one ``py-spy record --pid`` per server and for the first broker
+    worker, over the writes (speedscope files in DIR, named by tag and role)."""
+    if args.py_spy is None:
+        return []
+    args.py_spy.mkdir(parents=True, exist_ok=True)
+    targets = [
+        (f"node{i}-{'leader' if i == leader else 'follower'}", node.proc.pid)
+        for i, node in cluster.nodes.items()
+        if node.proc is not None
+    ]
+    if brokers.workers and brokers.workers[0].proc is not None:
+        targets.append(("worker0", brokers.workers[0].proc.pid))
+    local = Path(sys.executable).with_name("py-spy")  # the venv's, if it is not on PATH
+    exe = str(local) if local.exists() else "py-spy"
+    spies = []
+    for role, pid in targets:
+        out = args.py_spy / f"{tag}-{role}.speedscope.json"
+        spies.append(
+            subprocess.Popen(
+                [exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+                 "--format", "speedscope", "--output", str(out),
+                 "--duration", str(math.ceil(args.duration))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+    time.sleep(0.5)  # attached before the first write
+    return spies
+
+
+def stop_profiles(spies: Sequence[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        try:
+            spy.wait(15)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
 FIGURES = ("commit_ms", "propagation_ms", "all_brokers_ms")
 RECEIVE_FIGURES = ("receive_us_per_message", "receive_us_per_delta")
 
@@ -773,8 +817,8 @@ def receive_cost(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
     received; ``per_delta`` charges everything to the deltas, so it is the upper bound.
     """
     cpu_us = after["cpu_us"] - before["cpu_us"]
-    messages = after["messages"] - before["messages"]
-    deltas = after["deltas"] - before["deltas"]
+    messages = after.get("messages", 0) - before.get("messages", 0)
+    deltas = after.get("deltas", 0) - before.get("deltas", 0)
     return {
         "receive_us_per_message": round(cpu_us / messages, 2) if messages else 0.0,
         "receive_us_per_delta": round(cpu_us / deltas, 2) if deltas else 0.0,
@@ -1519,6 +1563,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "propagation.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the CDFs")
     parser.add_argument("--keep-dir", action="store_true", help="keep logs and WALs")
+    parser.add_argument(
+        "--py-spy", type=Path, default=None, metavar="DIR",
+        help="py-spy record every server and one broker worker over the writes, into DIR",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 

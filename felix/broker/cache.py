@@ -94,6 +94,7 @@ from felix.metadata.model import (
     Stream,
     Tenant,
 )
+from felix.proto.cbor import dataclass_slot_setters
 from felix.proto.client_messages import Change, Delta, Record
 
 __all__ = [
@@ -131,6 +132,31 @@ class CacheUpdate:
     ownership: tuple[OwnershipEvent, ...]
     routes: tuple[ShardId, ...]
     replaced: bool = False  # a snapshot replaced the whole view
+
+
+_UPDATE_SETTERS: Final = dataclass_slot_setters(
+    CacheUpdate, ("version", "changes", "ownership", "routes", "replaced")
+)
+
+
+def _delta_update(
+    version: int,
+    changes: tuple[Change, ...],
+    ownership: tuple[OwnershipEvent, ...],
+    routes: tuple[ShardId, ...],
+) -> CacheUpdate:
+    """``CacheUpdate(version, changes, ownership, routes)`` without the frozen
+    dataclass's per-field ``object.__setattr__`` (one per delta, on the hot path)."""
+    if _UPDATE_SETTERS is None:  # pragma: no cover - a plain frozen dataclass
+        return CacheUpdate(version, changes, ownership, routes)
+    update = object.__new__(CacheUpdate)
+    set_version, set_changes, set_ownership, set_routes, set_replaced = _UPDATE_SETTERS
+    set_version(update, version)
+    set_changes(update, changes)
+    set_ownership(update, ownership)
+    set_routes(update, routes)
+    set_replaced(update, False)
+    return update
 
 
 class MetadataCache:
@@ -319,7 +345,7 @@ class MetadataCache:
         events = _NO_EVENTS
         if self._events:
             events, self._events = tuple(self._events), []
-        return CacheUpdate(
+        return _delta_update(
             delta.version, changes, events, tuple(touched) if touched else _NO_SHARDS
         )
 

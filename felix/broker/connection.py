@@ -174,7 +174,9 @@ class ClientConnection:
         if self._tls is not None:
             data = await self._decrypt(self._tls, data)
         self._parser.feed(data)
-        await self._parse()
+        pongs = self._parse_now()
+        if pongs:
+            await self._answer(pongs)
 
     async def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
         try:
@@ -202,6 +204,20 @@ class ClientConnection:
         self.protocol_version = ack.protocol_version
 
     async def _parse(self) -> None:
+        """Decode what the parser holds; answer its pings."""
+        pongs = self._parse_now()
+        if pongs:
+            await self._answer(pongs)
+
+    async def _answer(self, pongs: list[bytes]) -> None:
+        for payload in pongs:
+            await self.send_raw(client_frame(payload, os.urandom(4), OP_PONG))
+
+    def _parse_now(self) -> list[bytes] | None:
+        """Decode every whole message the parser holds into ``_ready`` (no schedule
+        point: a delta costs no coroutine of its own); returns the pings' payloads to
+        answer, in order (None: none)."""
+        pongs: list[bytes] | None = None
         for opcode, payload in self._parser.messages():
             if opcode == OP_BINARY:
                 if len(payload) < GC_PAUSE_BYTES:
@@ -213,16 +229,19 @@ class ClientConnection:
                     self._acknowledged(message)  # before the messages behind it decode
                 self._ready.append(message)
             elif opcode == OP_PING:
-                await self.send_raw(client_frame(payload, os.urandom(4), OP_PONG))
+                if pongs is None:
+                    pongs = []
+                pongs.append(payload)
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
                 closed = ConnectionClosed(code, payload[2:].decode("utf-8", "replace"))
                 if self._ready:
                     self._closing = closed  # deliver what came before the close first
-                    return
+                    return pongs
                 raise closed
             elif opcode != OP_PONG:
                 raise ProtocolError(f"unexpected WebSocket opcode {opcode:#x}")
+        return pongs
 
     async def aclose(self) -> None:
         """Close the socket; a task blocked in a receive or send gets `ConnectionClosed`."""

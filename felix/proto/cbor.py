@@ -89,8 +89,10 @@ __all__ = [
     "Registry",
     "ScalarValue",
     "Since",
+    "Specialised",
     "dataclass_slot_setters",
     "dumps",
+    "field_decoder",
     "field_names",
     "from_plain",
     "safe_loads",
@@ -529,6 +531,19 @@ def field_names(cls: type) -> tuple[str, ...]:
     return _SCHEMAS[cls].names
 
 
+def field_decoder(cls: type, name: str) -> Callable[[object], Any]:
+    """The compiled decoder of one field of ``cls`` (all versions alike): what a
+    hand-written decoder calls so that it checks that field exactly as the schema does."""
+    schema = _SCHEMAS[cls]
+    return schema.codecs[schema.names.index(name)].decode
+
+
+Specialised = Callable[[Callable[[object], Any]], Callable[[object], Any]]
+"""Given a message type's generated decoder, a faster one for the same plain value: it
+must return an equal object for every value the generated one accepts, and hand every
+other value to the generated one (so the errors stay the schema's own)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Table:
     """One registry's decoders and encoders at one protocol version."""
@@ -545,6 +560,7 @@ class Registry:
         self._by_class: dict[type, str] = {}
         self._since: dict[str, int] = {}
         self._tables: dict[int, _Table] = {}
+        self._specialised: dict[str, Specialised] = {}
         self.max_depth = 1
 
     def message(self, type_name: str, *, since: int = BASELINE) -> Callable[[type[T]], type[T]]:
@@ -565,6 +581,12 @@ class Registry:
             return cls
 
         return register
+
+    def specialise(self, type_name: str, make: Specialised) -> None:
+        """Decode ``type_name`` with ``make(generated decoder)`` at every version whose
+        schema of it is the full one (a hot message: `Deltas` on the broker)."""
+        self._specialised[type_name] = make
+        self._tables.clear()
 
     @property
     def classes(self) -> tuple[type, ...]:
@@ -588,6 +610,9 @@ class Registry:
                 if self._since[name] <= version:
                     schema = _at(cls, version)
                     decoders[name] = schema.decode
+                    make = self._specialised.get(name)
+                    if make is not None and version >= _SCHEMAS[cls].top:
+                        decoders[name] = make(schema.decode)
                     encoders[cls] = (name, schema.encode)
             table = self._tables[version] = _Table(decoders, encoders)
         return table

@@ -20,10 +20,12 @@ before sending anything else.  A Hello without a range (an older client) gets no
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from felix.proto.cbor import (
+    U63_MAX,
     IntRange,
     MaxItems,
     MaxLen,
@@ -31,9 +33,12 @@ from felix.proto.cbor import (
     Registry,
     ScalarValue,
     Since,
+    dataclass_slot_setters,
+    field_decoder,
     wire_array,
 )
 from felix.proto.codes import ErrorCode as ErrorCode  # re-exported: part of this protocol
+from felix.proto.errors import SchemaError
 from felix.proto.versions import PROTOCOL_VERSION_NEXT
 
 CHANGES_PER_DELTA_MAX: Final = 1_000_000
@@ -308,3 +313,98 @@ ServerMessage = (
     | TokenList
     | HelloAck
 )
+
+
+# --- the broker's hot path -------------------------------------------------------------
+
+
+def _setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]]:
+    setters = dataclass_slot_setters(cls, names)
+    if setters is None:  # pragma: no cover - these are plain frozen dataclasses
+        raise TypeError(f"{cls.__name__}: no slot setters")
+    return setters
+
+
+NAME_CHARS_MAX: Final = 256  # `Name`
+DIGEST_BYTES_MAX: Final = 64  # `Digest`
+
+
+def deltas_decoder(generated: Callable[[object], Any]) -> Callable[[object], Any]:
+    """`Deltas` decoded in one function: every message a watching broker receives is
+    one, and the generated decoders spend most of their time calling each other (one
+    per level: message, tuple, delta, tuple, change).  The same checks in the same
+    places (the record values through the schema's own field decoder); anything it does
+    not accept as it goes is handed whole to ``generated``, which refuses it with the
+    schema's error (or accepts it: never more than the schema would)."""
+    new = object.__new__
+    (set_deltas,) = _setters(Deltas, ("deltas",))
+    set_prev, set_version, set_digest, set_changes = _setters(
+        Delta, ("prev_version", "version", "digest", "changes")
+    )
+    set_kind, set_key, set_value = _setters(Change, ("kind", "key", "value"))
+    record = field_decoder(Change, "value")
+    name_max, digest_max = NAME_CHARS_MAX, DIGEST_BYTES_MAX
+    deltas_max, changes_max, u63 = DELTAS_PER_MESSAGE_MAX, CHANGES_PER_DELTA_MAX, U63_MAX
+
+    def decode(value: object) -> Any:
+        message = fast(value)
+        return generated(value) if message is None else message
+
+    def fast(value: object) -> Any:
+        """The message, or None: hand ``value`` to the generated decoder."""
+        if type(value) is not dict or len(value) != 1:
+            return None
+        items = value.get("deltas")
+        if type(items) is not list or len(items) > deltas_max:
+            return None
+        deltas = []
+        for item in items:
+            if type(item) is not list or len(item) != 4:
+                return None
+            prev, version, digest, raw = item
+            if not (
+                type(prev) is int
+                and 0 <= prev <= u63
+                and type(version) is int
+                and 0 <= version <= u63
+                and type(digest) is bytes
+                and len(digest) <= digest_max
+                and type(raw) is list
+                and len(raw) <= changes_max
+            ):
+                return None
+            changes = []
+            for entry in raw:
+                if type(entry) is not list or len(entry) != 3:
+                    return None
+                kind, key, fields = entry
+                if not (
+                    type(kind) is str
+                    and len(kind) <= name_max
+                    and type(key) is str
+                    and len(key) <= name_max
+                ):
+                    return None
+                try:
+                    fields = record(fields)
+                except SchemaError:
+                    return None
+                change = new(Change)
+                set_kind(change, kind)
+                set_key(change, key)
+                set_value(change, fields)
+                changes.append(change)
+            delta = new(Delta)
+            set_prev(delta, prev)
+            set_version(delta, version)
+            set_digest(delta, digest)
+            set_changes(delta, tuple(changes))
+            deltas.append(delta)
+        message = new(Deltas)
+        set_deltas(message, tuple(deltas))
+        return message
+
+    return decode
+
+
+SERVER_TO_CLIENT.specialise("Deltas", deltas_decoder)

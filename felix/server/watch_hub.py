@@ -234,12 +234,16 @@ class WatchHub:
         Runs as its own task, not inside the Raft loop: on loopback each send also pays
         for the receiver's side of TCP, so a fan-out to hundreds of brokers takes
         milliseconds, and the loop's acks, commits and fsyncs must not wait for it.  It
-        yields every `FANOUT_YIELD_EVERY` subscribers for the same reason."""
+        yields every `FANOUT_YIELD_EVERY` subscribers for the same reason, and once
+        before the first: the writers' replies that the same apply woke go out first
+        (on a small machine each send here wakes a broker process that competes with
+        the writer for a core)."""
         while True:
             if not self._fanout:
                 self._fanned_out.set()
                 self._fanout_wake = trio.Event()
                 await self._fanout_wake.wait()
+                await trio.lowlevel.checkpoint()
                 continue
             self._fanned_out = trio.Event()
             batch = self._fanout.popleft()

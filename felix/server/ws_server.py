@@ -69,6 +69,7 @@ class FrameSender:
         self.backlog_bytes_max = backlog_bytes_max
         self._backlog: deque[memoryview] = deque()
         self._corked: list[bytes] = []
+        self._sent_at_once = False  # a `send_soon` wrote since the flusher last ran
         self.backlog_bytes = 0
         self.broken = False
         self.overflowed = False
@@ -77,11 +78,18 @@ class FrameSender:
         self.frames_sent = 0
 
     def send_soon(self, frame: bytes) -> bool:
-        """Write ``frame`` together with whatever else is sent before the flusher runs
-        (replies made in one scheduler batch — e.g. a commit waking many requests —
-        leave in one syscall).  Order with `send` is kept."""
+        """Write ``frame`` now if it is the first since the flusher last ran, else
+        together with whatever else is sent before the flusher runs: a lone reply (a
+        writer's acknowledgement) leaves at once, ahead of anything that runs after its
+        task (the watch fan-out), and the rest of the replies made in one scheduler
+        batch — e.g. a commit waking many requests — leave in one syscall.  Order with
+        `send` is kept."""
         if self.broken or self.overflowed:
             return False
+        if not self._corked and not self._sent_at_once:
+            self._sent_at_once = True
+            self._wake.set()  # the flusher's next pass ends this batch
+            return self._send_now(frame)
         self._corked.append(frame)
         self._wake.set()
         return True
@@ -155,6 +163,7 @@ class FrameSender:
             while not self.broken:
                 if self._corked and not self.overflowed:
                     self._uncork()
+                self._sent_at_once = False
                 if not self._backlog:
                     self._emptied.set()
                     self._wake = trio.Event()
