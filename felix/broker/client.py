@@ -182,16 +182,15 @@ class MetadataView:
             applied=self._applied,
             connected=self._on_connect,
         )
-        self.plan: EndpointPlan | None = None
+        plan = EndpointPlan(fallback, preferred, node_id, rng)
+        self.plan: EndpointPlan | None = plan if preferred else None
         """The tiers and their order, with preferred endpoints (else None)."""
         if preferred:
-            self.plan = EndpointPlan(fallback, preferred, node_id, rng)
             self._session: Session = TieredSession(
-                self.cache, plan=self.plan, probe_s=preferred_probe_s, **session
+                self.cache, plan=plan, probe_s=preferred_probe_s, **session
             )
         else:
-            order = endpoint_order(fallback, node_id, rng)
-            self._session = Session(self.cache, endpoints=order, **session)
+            self._session = Session(self.cache, plan=plan, **session)
         self._tasks = BackgroundTasks(
             self.cache,
             self._session,

@@ -14,12 +14,11 @@ not a restart: the next session resumes from the cache's version (docs/architect
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from felix.broker.cache import (
     SnapshotAssembler,
 )
 from felix.broker.connection import ClientConnection, ConnectionClosed
+from felix.broker.endpoints import EndpointPlan
 from felix.broker.requests import Requests, backoff
 from felix.gc_pause import gc_paused
 from felix.proto.client_messages import (
@@ -150,7 +150,7 @@ class Session:
         *,
         node_id: int | None,
         settings: ClientSettings,
-        endpoints: Sequence[tuple[str, int]],
+        plan: EndpointPlan,
         rng: random.Random,
         counters: Counters,
         requests: Requests,
@@ -161,7 +161,7 @@ class Session:
         self.cache = cache
         self.node_id = node_id
         self.settings = settings
-        self._endpoints = endpoints
+        self.plan = plan  # which endpoint next (felix/broker/endpoints.py)
         self._rng = rng
         self.counters = counters
         self.requests = requests
@@ -203,10 +203,14 @@ class Session:
     # --- connections --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sessions forever, over the endpoints in turn, with a back-off in between."""
+        """Sessions forever, each on the endpoint the plan names (docs/architecture.md
+        §8), with a back-off in between; a session the server ended before saying
+        anything counts as a failed attempt (a node that accepts and drops must not hold
+        a broker in its tier)."""
         failures = 0
-        counters, settings = self.counters, self.settings
-        for host, port in itertools.cycle(self._endpoints):
+        counters, settings, plan = self.counters, self.settings, self.plan
+        while True:
+            host, port = plan.next()
             try:
                 conn = await ClientConnection.open(
                     host,
@@ -218,6 +222,7 @@ class Session:
             except (OSError, trio.TooSlowError, ConnectionClosed, ProtocolError) as exc:
                 counters.connect_failures += 1
                 failures += 1
+                plan.failed()
                 log.debug("broker %s: cannot connect to %s:%d: %s", self.node_id, host, port, exc)
                 await trio.sleep(self._backoff(failures))
                 continue
@@ -227,7 +232,12 @@ class Session:
             self.endpoint = f"{host}:{port}"
             messages_before = counters.messages
             await self._run_one(conn)
-            failures = 0 if counters.messages > messages_before else failures + 1
+            if counters.messages > messages_before:
+                failures = 0
+                plan.ended()
+            else:
+                failures += 1
+                plan.failed()
             await trio.sleep(self._backoff(failures))
 
     def _backoff(self, failures: int) -> float:
