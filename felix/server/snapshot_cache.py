@@ -6,9 +6,9 @@ pending deltas follow, a linearizable read at or after its ReadIndex point.  So 
 cache is keyed by (version, lineage, protocol version) and only ever asked for the
 current one: a newer version is a miss and a new encode, and whatever was cached for an
 older version (or another lineage) is dropped when the newer one is stored.  An entry
-lives until ``ttl_s`` on Trio's clock have passed since it was last served, so a storm
-that takes longer than the TTL to work through (requests queue for send slots) still
-shares one encode; the retained frames are bounded by ``bytes_max``,
+lives until ``ttl_s`` on Trio's clock have passed since it was last served or a send
+ended, and never expires while snapshot sends are in flight or queued, so a storm that takes longer than
+the TTL to work through still shares one encode; the retained frames are bounded by ``bytes_max``,
 oldest evicted first; a snapshot bigger than the bound is not kept (it still serves the
 requests that waited for its build).  Requests for a version whose build is in progress
 wait for it (one `trio.Event` per build) instead of starting another.
@@ -166,6 +166,9 @@ class SnapshotCache:
         finally:
             stats.sends_in_flight -= 1
             self._sends.release()
+            now = trio.current_time()  # a send just ended: the TTL runs from here
+            for key in self._served_at:
+                self._served_at[key] = now
 
     async def get(
         self,
@@ -267,8 +270,11 @@ class SnapshotCache:
 
     def expire(self) -> None:
         """Drop entries not served for ``ttl_s`` (called on every lookup and by the
-        hub's maintenance tick, so an idle node does not hold them)."""
-        if not self._entries:
+        hub's maintenance tick, so an idle node does not hold them).  Nothing expires
+        while snapshot sends are in flight or queued: in a storm every slot can be held
+        by slow receivers for longer than the TTL, and the requests queued behind them
+        want the same version (the byte bound still holds)."""
+        if not self._entries or self.stats.sends_in_flight or self.stats.sends_waiting:
             return
         oldest = trio.current_time() - self.limits.ttl_s
         for key, entry in list(self._entries.items()):

@@ -278,3 +278,36 @@ async def test_the_counts_are_exported_with_the_watch_metrics() -> None:
     assert "felix_snapshot_served_total 3.0" in text
     assert f"felix_snapshot_cache_bytes {float(snapshot.size_bytes)}" in text
     assert "felix_snapshot_sends_waiting 0.0" in text
+
+
+async def test_nothing_expires_while_sends_are_in_flight_or_queued(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The storm: every send slot held by a slow receiver for longer than the TTL, more
+    requests queued behind them; the version they all want stays encoded once."""
+    cache = SnapshotCache(SnapshotLimits(chunk_records=10, ttl_s=5.0, sends_max=1))
+    records = _records(25)
+
+    def view() -> tuple[int, bytes, Sequence[Change]]:
+        return 4, b"\x00" * 8, records
+
+    first = await cache.get(4, "h", view)
+    held, release = trio.Event(), trio.Event()
+
+    async def slow_send() -> None:
+        async with cache.send_slot():
+            held.set()
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_send)
+        await held.wait()
+        mock_clock.jump(30.0)
+        cache.expire()
+        assert cache.stats.cache_bytes > 0  # a send in flight: kept
+        release.set()
+    mock_clock.jump(1.0)
+    assert await cache.get(4, "h", view) is first and cache.stats.encodes == 1
+    mock_clock.jump(5.1)
+    cache.expire()  # no send in flight or queued, not served for 5.1 s: dropped
+    assert cache.stats.cache_bytes == 0
