@@ -111,9 +111,9 @@ async def linearizable_view(cluster: ProcessCluster) -> tuple[int, bytes, Record
     """A linearizable snapshot from whoever leads now (retried across leader changes)."""
     with trio.fail_after(20):
         while True:
-            leader = await trio.to_thread.run_sync(cluster.wait_for_leader)
+            leader = cluster.nodes[await trio.to_thread.run_sync(cluster.wait_for_leader)]
             try:
-                conn = await cluster.creds.open(cluster.nodes[leader].client_port)
+                conn = await cluster.creds.open(leader.client_port, host=leader.host)
             except OSError:
                 await trio.sleep(0.02)
                 continue

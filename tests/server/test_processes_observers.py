@@ -26,11 +26,10 @@ import pytest
 import trio
 
 from felix.broker import MetadataView
-from felix.broker.connection import ConnectionClosed
-from felix.proto.client_messages import GetSnapshot, SnapshotChunk, WriteRequest, WriteResult
+from felix.proto.client_messages import WriteRequest, WriteResult
 from felix.testing.processes import ProcessCluster, ServeProcess
 from tests.broker.test_client import all_up
-from tests.broker.test_processes_client import Monotonic, Writer, client
+from tests.broker.test_processes_client import Monotonic, Writer, client, linearizable_view
 from tests.server.test_processes_recover import wait_for
 
 pytestmark = pytest.mark.slow
@@ -109,33 +108,6 @@ def felix_cli(cluster: ProcessCluster, *args: str) -> subprocess.CompletedProces
         timeout=60,
         check=False,
     )
-
-
-async def linearizable_view(cluster: ProcessCluster) -> tuple[int, bytes, Records]:
-    """A linearizable snapshot from whoever leads now (retried across leader changes)."""
-    with trio.fail_after(20):
-        while True:
-            leader = cluster.nodes[await trio.to_thread.run_sync(cluster.wait_for_leader)]
-            try:
-                conn = await cluster.creds.open(leader.client_port, host=leader.host)
-            except OSError:
-                await trio.sleep(0.02)
-                continue
-            try:
-                await conn.send(GetSnapshot(1, True))
-                records: Records = {}
-                while True:
-                    chunk = await conn.receive()
-                    if not isinstance(chunk, SnapshotChunk):
-                        break  # an Error: not the leader any more
-                    records.update({(c.kind, c.key): c.value for c in chunk.records})
-                    if chunk.last:
-                        return chunk.version, chunk.digest, records
-            except ConnectionClosed:
-                pass
-            finally:
-                await conn.aclose()
-            await trio.sleep(0.02)
 
 
 def _status_rows(stdout: str) -> dict[str, list[str]]:
