@@ -7,11 +7,12 @@ cache is keyed by (version, lineage, protocol version) and only ever asked for t
 current one: a newer version is a miss and a new encode, and whatever was cached for an
 older version (or another lineage) is dropped when the newer one is stored.  An entry
 lives until ``ttl_s`` on Trio's clock have passed since it was last served or a send
-ended, and never expires while snapshot sends are in flight or queued, so a storm that takes longer than
-the TTL to work through still shares one encode; the retained frames are bounded by ``bytes_max``,
-oldest evicted first; a snapshot bigger than the bound is not kept (it still serves the
-requests that waited for its build).  Requests for a version whose build is in progress
-wait for it (one `trio.Event` per build) instead of starting another.
+ended, and never expires while snapshot sends are in flight or queued, so a storm that
+takes longer than the TTL to work through still shares one encode.  The retained frames
+are bounded by ``bytes_max``, oldest evicted first; a snapshot bigger than the bound is
+not kept (it still serves the requests that waited for its build).  Requests for a
+version whose build is in progress wait for it (one `trio.Event` per build) instead of
+starting another.
 
 The build encodes chunk by chunk with the GC paused and a checkpoint between chunks,
 as the per-request encode did, so the event loop is blocked no longer than before.  The
