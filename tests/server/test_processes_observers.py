@@ -29,7 +29,13 @@ from felix.broker import MetadataView
 from felix.proto.client_messages import WriteRequest, WriteResult
 from felix.testing.processes import ProcessCluster, ServeProcess
 from tests.broker.test_client import all_up
-from tests.broker.test_processes_client import Monotonic, Writer, client, linearizable_view
+from tests.broker.test_processes_client import (
+    Monotonic,
+    Writer,
+    all_at,
+    client,
+    linearizable_view,
+)
 from tests.server.test_processes_recover import wait_for
 
 pytestmark = pytest.mark.slow
@@ -167,9 +173,7 @@ async def test_brokers_on_observers_see_every_version_across_failover_and_restar
 
             version, digest, records = await linearizable_view(cluster)
             assert version >= writer.versions[-1]
-            with trio.fail_after(30):
-                for view in everyone:
-                    await view.wait_until(lambda v=view: v.version == version)  # type: ignore[misc]
+            await all_at(everyone, version, timeout_s=30)
             for view, monitor in zip(everyone, monitors, strict=True):
                 stats = view.stats
                 assert view.cache.records == records, view.node_id
