@@ -765,10 +765,17 @@ def endpoint_labels(cluster: ProcessCluster, leader: int) -> dict[str, str]:
 
 
 def start_profiles(
-    args: argparse.Namespace, cluster: ProcessCluster, brokers: Brokers, leader: int, tag: str
+    args: argparse.Namespace,
+    cluster: ProcessCluster,
+    brokers: Brokers | None,
+    leader: int,
+    tag: str,
+    *,
+    until_stopped: bool = False,
 ) -> list[subprocess.Popen[bytes]]:
-    """``--py-spy DIR``: one ``py-spy record --pid`` per server and for the first broker
-    worker, over the writes (speedscope files in DIR, named by tag and role)."""
+    """``--py-spy DIR``: one ``py-spy record --pid`` per server and (``brokers`` given)
+    for the first broker worker, over the writes' duration or, ``until_stopped``, until
+    `stop_profiles` interrupts them (speedscope files in DIR, named by tag and role)."""
     if args.py_spy is None:
         return []
     args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -777,18 +784,18 @@ def start_profiles(
         for i, node in cluster.nodes.items()
         if node.proc is not None
     ]
-    if brokers.workers and brokers.workers[0].proc is not None:
+    if brokers is not None and brokers.workers and brokers.workers[0].proc is not None:
         targets.append(("worker0", brokers.workers[0].proc.pid))
     local = Path(sys.executable).with_name("py-spy")  # the venv's, if it is not on PATH
     exe = str(local) if local.exists() else "py-spy"
+    duration = [] if until_stopped else ["--duration", str(math.ceil(args.duration))]
     spies = []
     for role, pid in targets:
         out = args.py_spy / f"{tag}-{role}.speedscope.json"
         spies.append(
             subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
-                 "--format", "speedscope", "--output", str(out),
-                 "--duration", str(math.ceil(args.duration))],
+                 "--format", "speedscope", "--output", str(out), *duration],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         )  # fmt: skip
@@ -796,8 +803,12 @@ def start_profiles(
     return spies
 
 
-def stop_profiles(spies: Sequence[subprocess.Popen[bytes]]) -> None:
+def stop_profiles(spies: Sequence[subprocess.Popen[bytes]], *, interrupt: bool = False) -> None:
+    """Wait for the profilers (``interrupt``: stop them first; py-spy writes its file
+    on SIGINT)."""
     for spy in spies:
+        if interrupt:
+            spy.send_signal(signal.SIGINT)
         try:
             spy.wait(15)
         except subprocess.TimeoutExpired:
@@ -1241,13 +1252,24 @@ async def storm_async(
         idle_before, idle_at = server_cpu_s(cluster), now()
         await trio.sleep(IDLE_SAMPLE_S)  # the servers' idle CPU rate (ticks, heartbeats)
         idle_rate = (server_cpu_s(cluster) - idle_before) / (now() - idle_at)
+        spies = start_profiles(
+            args, cluster, None, leader, label.replace(" ", "-"), until_stopped=True
+        )
         metrics_before = await trio.to_thread.run_sync(snapshot_metrics, cluster)
         cpu_before = process_cpu_s(list(cluster.nodes.values()))
         status_line(f"{label}: releasing {brokers.count} brokers at once")
         released = now()
-        replies = await trio.to_thread.run_sync(brokers.go, abandon_on_cancel=True)
+        try:
+            replies = await trio.to_thread.run_sync(brokers.go, abandon_on_cancel=True)
+        finally:
+            stop_profiles(spies, interrupt=True)
         cpu_after = process_cpu_s(list(cluster.nodes.values()))
         metrics_after = await trio.to_thread.run_sync(snapshot_metrics, cluster)
+        # the same idle rate with every broker connected and watching (keepalives,
+        # WatchProgress): what the storm's connections cost over its length anyway
+        connected_before, connected_at = server_cpu_s(cluster), now()
+        await trio.sleep(IDLE_SAMPLE_S)
+        connected_rate = (server_cpu_s(cluster) - connected_before) / (now() - connected_at)
         worker_stats = await trio.to_thread.run_sync(brokers.stats, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
     ready_at = sorted(t for r in replies for t in r["ready_at"])
@@ -1277,6 +1299,10 @@ async def storm_async(
         "server_idle_cpu_s": round(idle_rate * (ready_at[-1] - released), 3),
         "server_cpu_above_idle_s": round(
             sum(cpu.values()) - idle_rate * (ready_at[-1] - released), 3
+        ),
+        "server_connected_idle_cpu_s": round(connected_rate * (ready_at[-1] - released), 3),
+        "server_cpu_above_connected_idle_s": round(
+            sum(cpu.values()) - connected_rate * (ready_at[-1] - released), 3
         ),
         # the simulated brokers' CPU (workers' whole process time, start-up included)
         "worker_cpu_s_per_broker": round(worker_stats["cpu_us"] / 1e6 / brokers.count, 4),
@@ -1328,6 +1354,9 @@ def storm(args: argparse.Namespace, root: Path, procs: Processes) -> dict[str, A
         "all_views_s": spread([r["all_views_s"] for r in runs]),
         "server_cpu_s": spread([r["server_cpu_s"] for r in runs]),
         "server_cpu_above_idle_s": spread([r["server_cpu_above_idle_s"] for r in runs]),
+        "server_cpu_above_connected_idle_s": spread(
+            [r["server_cpu_above_connected_idle_s"] for r in runs]
+        ),
         "worker_cpu_s_per_broker": spread([r["worker_cpu_s_per_broker"] for r in runs]),
         "encodes": spread([r["encodes"] for r in runs]),
         "served": spread([r["served"] for r in runs]),
@@ -1442,6 +1471,8 @@ def print_storm(st: dict[str, Any]) -> None:
     print(f"  every broker has its full view after (s): {fmt_spread(st['all_views_s'], 2)}")
     print(f"  servers' CPU during the storm (s, 3 nodes): {fmt_spread(st['server_cpu_s'], 2)}")
     print(f"  of it above the idle rate (s): {fmt_spread(st['server_cpu_above_idle_s'], 2)}")
+    above = fmt_spread(st["server_cpu_above_connected_idle_s"], 2)
+    print(f"  above the idle rate with every broker connected (s): {above}")
     print(f"  worker CPU per broker (s): {fmt_spread(st['worker_cpu_s_per_broker'], 3)}")
     print(f"  snapshot encodes (all nodes): {fmt_spread(st['encodes'], 0)}")
     print(f"  snapshots served (all nodes): {fmt_spread(st['served'], 0)}")
