@@ -696,6 +696,7 @@ def steady_run(
                     + (f", on {observers} observer(s)" if observers else "")
                 )
                 ready_s = brokers.start(client_endpoints(cluster), extra)
+            pinned = pin_cpus(cluster, brokers) if args.pin_brokers else {}
             time.sleep(SETTLE_S)
             after = server_rss(cluster)
             leader = cluster.wait_for_leader()
@@ -716,6 +717,9 @@ def steady_run(
             records = brokers.dump(root)
         finally:
             brokers.stop()
+            if args.pin_brokers:  # later runs (and the storm) start from the whole machine
+                for task in os.listdir(f"/proc/{os.getpid()}/task"):
+                    os.sched_setaffinity(int(task), range(os.cpu_count() or 1))
     figures, raw = analyse(writes, records, endpoint_labels(cluster, leader))
     growth = {i: after.get(i, 0) - before.get(i, 0) for i in before}
     changes = max(1, figures["changes_written"])
@@ -723,6 +727,7 @@ def steady_run(
         {
             "tls": tls,
             "observers": observers,
+            "pinned_cpus": pinned,
             "server_cpu_us_per_broker_change": (
                 round(server_cpu * 1e6 / (n * changes), 3) if n else math.nan
             ),
@@ -764,6 +769,27 @@ def endpoint_labels(cluster: ProcessCluster, leader: int) -> dict[str, str]:
     return labels
 
 
+def pin_cpus(cluster: ProcessCluster, brokers: Brokers) -> dict[str, list[int]]:
+    """``--pin-brokers``: every thread of the servers and of this process (the writer)
+    on CPU 0, every thread of the broker workers on CPU 1 — brokers on a core of their
+    own, as on their own machines, so what is left of the N = 100 rise is the control
+    plane's, not the simulated brokers' CPU taking the servers' core. Returns the CPUs
+    each side's threads are on, read back from the kernel."""
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--pin-brokers needs two CPUs")
+    servers = [n.proc.pid for n in [*cluster.nodes.values(), *observers_of(cluster)] if n.proc]
+    workers = [w.proc.pid for w in brokers.workers if w.proc is not None]
+    pinned: dict[str, list[int]] = {}
+    for side, pids, cpu in (("servers", [*servers, os.getpid()], 0), ("workers", workers, 1)):
+        cpus: set[int] = set()
+        for pid in pids:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(task), {cpu})
+                cpus |= os.sched_getaffinity(int(task))
+        pinned[side] = sorted(cpus)
+    return pinned
+
+
 def start_profiles(
     args: argparse.Namespace,
     cluster: ProcessCluster,
@@ -784,6 +810,7 @@ def start_profiles(
         for i, node in cluster.nodes.items()
         if node.proc is not None
     ]
+    targets += [(f"node{o.node_id}-observer", o.proc.pid) for o in observers_of(cluster) if o.proc]
     if brokers is not None and brokers.workers and brokers.workers[0].proc is not None:
         targets.append(("worker0", brokers.workers[0].proc.pid))
     local = Path(sys.executable).with_name("py-spy")  # the venv's, if it is not on PATH
@@ -1568,6 +1595,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0, help="broker processes (0: auto)")
     parser.add_argument("--tick-ms", type=int, default=50, help="raft.tick_ms of the servers")
     parser.add_argument("--no-steady", action="store_true", help="skip the steady-rate mode")
+    parser.add_argument(
+        "--pin-brokers",
+        action="store_true",
+        help="steady mode: servers and the writer on CPU 0, the broker workers on CPU 1",
+    )
     parser.add_argument(
         "--tls", action="store_true", help="each steady run plaintext and with TLS + tokens"
     )
