@@ -90,6 +90,10 @@ BROKER_ID_BASE = 1001
 SETTLE_S = 1.5  # after the brokers are ready: registrations turn "up", buffers settle
 DRAIN_S = 10.0
 IDLE_SAMPLE_S = 2.0  # storm: the servers' idle CPU rate is sampled this long
+# ...and with every broker connected, this long after SETTLE_S: one whole round of the
+# servers' keepalive pings (watch.keepalive_interval_ms, 10 s by default) and ten of
+# WatchProgress, so the sample holds each per-connection cost once per period
+CONNECTED_SAMPLE_S = 10.0
 
 
 # --- small utilities ------------------------------------------------------------------
@@ -1293,9 +1297,11 @@ async def storm_async(
         cpu_after = process_cpu_s(list(cluster.nodes.values()))
         metrics_after = await trio.to_thread.run_sync(snapshot_metrics, cluster)
         # the same idle rate with every broker connected and watching (keepalives,
-        # WatchProgress): what the storm's connections cost over its length anyway
+        # WatchProgress): what the storm's connections cost over its length anyway;
+        # after a settle, so the last sends' and the workers' tail are not in it
+        await trio.sleep(SETTLE_S)
         connected_before, connected_at = server_cpu_s(cluster), now()
-        await trio.sleep(IDLE_SAMPLE_S)
+        await trio.sleep(CONNECTED_SAMPLE_S)
         connected_rate = (server_cpu_s(cluster) - connected_before) / (now() - connected_at)
         worker_stats = await trio.to_thread.run_sync(brokers.stats, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
