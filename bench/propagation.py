@@ -39,8 +39,11 @@ time taken in a worker process compare directly.
 * ``--observers K``: the steady mode with K observer nodes, brokers preferring them
   (the voters as fallback); the voters' and the observers' CPU per write.
 * ``--storm``: a cold-start storm: ``--storm-brokers`` brokers with no version released
-  at once on a ``--storm-shards`` state; time until every full view, servers' CPU, and
+  at once on a ``--storm-shards`` state; time until every full view, servers' CPU
+  (also above their idle rate before the storm and with every broker connected), and
   snapshot encodes / served per node (``/metrics``).
+* ``--py-spy DIR``: py-spy profiles of the servers (and one worker) in both modes.
+* ``--pin-brokers``: the steady mode with the servers on CPU 0, the workers on CPU 1.
 """
 
 from __future__ import annotations
