@@ -43,7 +43,7 @@ time taken in a worker process compare directly.
   (also above their idle rate before the storm and with every broker connected), and
   snapshot encodes / served per node (``/metrics``).
 * ``--py-spy DIR``: py-spy profiles of the servers (and one worker) in both modes.
-* ``--pin-brokers``: the steady mode with the servers on CPU 0, the workers on CPU 1.
+* ``--pin-brokers``: the steady mode with the servers on one CPU, the workers on another.
 """
 
 from __future__ import annotations
@@ -703,7 +703,8 @@ def steady_run(
                     + (f", on {observers} observer(s)" if observers else "")
                 )
                 ready_s = brokers.start(client_endpoints(cluster), extra)
-            pinned = pin_cpus(cluster, brokers) if args.pin_brokers else {}
+            allowed = os.sched_getaffinity(0)
+            pinned = pin_cpus(cluster, brokers, allowed) if args.pin_brokers else {}
             time.sleep(SETTLE_S)
             after = server_rss(cluster)
             leader = cluster.wait_for_leader()
@@ -726,7 +727,7 @@ def steady_run(
             brokers.stop()
             if args.pin_brokers:  # later runs (and the storm) start from the whole machine
                 for task in os.listdir(f"/proc/{os.getpid()}/task"):
-                    os.sched_setaffinity(int(task), range(os.cpu_count() or 1))
+                    os.sched_setaffinity(int(task), allowed)
     figures, raw = analyse(writes, records, endpoint_labels(cluster, leader))
     growth = {i: after.get(i, 0) - before.get(i, 0) for i in before}
     changes = max(1, figures["changes_written"])
@@ -776,18 +777,21 @@ def endpoint_labels(cluster: ProcessCluster, leader: int) -> dict[str, str]:
     return labels
 
 
-def pin_cpus(cluster: ProcessCluster, brokers: Brokers) -> dict[str, list[int]]:
+def pin_cpus(cluster: ProcessCluster, brokers: Brokers, allowed: set[int]) -> dict[str, list[int]]:
     """``--pin-brokers``: every thread of the servers and of this process (the writer)
-    on CPU 0, every thread of the broker workers on CPU 1 — brokers on a core of their
-    own, as on their own machines, so what is left of the N = 100 rise is the control
-    plane's, not the simulated brokers' CPU taking the servers' core. Returns the CPUs
-    each side's threads are on, read back from the kernel."""
-    if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("--pin-brokers needs two CPUs")
+    on the first CPU of ``allowed`` (this process's), every thread of the broker workers
+    on the second — brokers on a core of their own, as on their own machines, so what
+    is left of the N = 100 rise is the control plane's, not the simulated brokers' CPU
+    taking the servers' core. Returns the CPUs each side's threads are on, read back
+    from the kernel."""
+    if len(allowed) < 2:
+        raise SystemExit(f"--pin-brokers needs two CPUs; this process may use {len(allowed)}")
+    first, second = sorted(allowed)[:2]
     servers = [n.proc.pid for n in [*cluster.nodes.values(), *observers_of(cluster)] if n.proc]
     workers = [w.proc.pid for w in brokers.workers if w.proc is not None]
     pinned: dict[str, list[int]] = {}
-    for side, pids, cpu in (("servers", [*servers, os.getpid()], 0), ("workers", workers, 1)):
+    sides = (("servers", [*servers, os.getpid()], first), ("workers", workers, second))
+    for side, pids, cpu in sides:
         cpus: set[int] = set()
         for pid in pids:
             for task in os.listdir(f"/proc/{pid}/task"):
@@ -1607,7 +1611,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pin-brokers",
         action="store_true",
-        help="steady mode: servers and the writer on CPU 0, the broker workers on CPU 1",
+        help="steady mode: servers and the writer on one CPU, the broker workers on another",
     )
     parser.add_argument(
         "--tls", action="store_true", help="each steady run plaintext and with TLS + tokens"
