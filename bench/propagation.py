@@ -93,9 +93,9 @@ BROKER_ID_BASE = 1001
 SETTLE_S = 1.5  # after the brokers are ready: registrations turn "up", buffers settle
 DRAIN_S = 10.0
 IDLE_SAMPLE_S = 2.0  # storm: the servers' idle CPU rate is sampled this long
-# ...and with every broker connected, this long after SETTLE_S: one whole round of the
-# servers' keepalive pings (watch.keepalive_interval_ms, 10 s by default) and ten of
-# WatchProgress, so the sample holds each per-connection cost once per period
+# ...and with every broker connected, this long after SETTLE_S: one keepalive interval
+# (watch.keepalive_interval_ms, 10 s by default: two pings to a broker that never
+# sends) and ten WatchProgress rounds, so every per-connection cost is in the sample
 CONNECTED_SAMPLE_S = 10.0
 
 
