@@ -414,7 +414,7 @@ def control_plane(
         )
     else:
         cluster = ProcessCluster(root, size=3, tick_ms=tick_ms, secure=secure)
-    for node in [*cluster.nodes.values(), *observers_of(cluster)]:
+    for node in servers_of(cluster):
         for item in extra:
             node.args += ["--set", item]
     procs.add(cluster.stop_all)
@@ -435,6 +435,11 @@ def control_plane(
 def observers_of(cluster: ProcessCluster) -> list[ServeProcess]:
     """The cluster's observer nodes (none on a harness without observers)."""
     return list(getattr(cluster, "observers", None) or [])
+
+
+def servers_of(cluster: ProcessCluster) -> list[ServeProcess]:
+    """Every server process of the cluster: the voters, then the observers."""
+    return [*cluster.nodes.values(), *observers_of(cluster)]
 
 
 def client_endpoints(cluster: ProcessCluster) -> str:
@@ -488,7 +493,7 @@ def server_rss(cluster: ProcessCluster) -> dict[int, int]:
     """VmRSS KiB of every running server, voters and observers."""
     return {
         n.node_id: rss_kib(n.proc.pid)
-        for n in [*cluster.nodes.values(), *observers_of(cluster)]
+        for n in servers_of(cluster)
         if n.proc is not None and n.proc.poll() is None
     }
 
@@ -726,8 +731,7 @@ def steady_run(
         finally:
             brokers.stop()
             if args.pin_brokers:  # later runs (and the storm) start from the whole machine
-                for task in os.listdir(f"/proc/{os.getpid()}/task"):
-                    os.sched_setaffinity(int(task), allowed)
+                set_threads_affinity(os.getpid(), allowed)
     figures, raw = analyse(writes, records, endpoint_labels(cluster, leader))
     growth = {i: after.get(i, 0) - before.get(i, 0) for i in before}
     changes = max(1, figures["changes_written"])
@@ -787,18 +791,23 @@ def pin_cpus(cluster: ProcessCluster, brokers: Brokers, allowed: set[int]) -> di
     if len(allowed) < 2:
         raise SystemExit(f"--pin-brokers needs two CPUs; this process may use {len(allowed)}")
     first, second = sorted(allowed)[:2]
-    servers = [n.proc.pid for n in [*cluster.nodes.values(), *observers_of(cluster)] if n.proc]
+    servers = [n.proc.pid for n in servers_of(cluster) if n.proc]
     workers = [w.proc.pid for w in brokers.workers if w.proc is not None]
-    pinned: dict[str, list[int]] = {}
     sides = (("servers", [*servers, os.getpid()], first), ("workers", workers, second))
-    for side, pids, cpu in sides:
-        cpus: set[int] = set()
-        for pid in pids:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setaffinity(int(task), {cpu})
-                cpus |= os.sched_getaffinity(int(task))
-        pinned[side] = sorted(cpus)
-    return pinned
+    return {
+        side: sorted(set().union(*(set_threads_affinity(pid, {cpu}) for pid in pids)))
+        for side, pids, cpu in sides
+    }
+
+
+def set_threads_affinity(pid: int, cpus: set[int]) -> set[int]:
+    """Every thread of ``pid`` on ``cpus`` (affinity is per thread on Linux); returns
+    the CPUs its threads are on now, read back from the kernel."""
+    now: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), cpus)
+        now |= os.sched_getaffinity(int(task))
+    return now
 
 
 def start_profiles(
