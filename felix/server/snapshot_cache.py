@@ -271,16 +271,26 @@ class SnapshotCache:
 
     def expire(self) -> None:
         """Drop entries not served for ``ttl_s`` (called on every lookup and by the
-        hub's maintenance tick, so an idle node does not hold them).  Nothing expires
-        while snapshot sends are in flight or queued: in a storm every slot can be held
-        by slow receivers for longer than the TTL, and the requests queued behind them
-        want the same version (the byte bound still holds)."""
+        hub's maintenance, at `next_expiry`, so an idle node does not hold them).
+        Nothing expires while snapshot sends are in flight or queued: in a storm every
+        slot can be held by slow receivers for longer than the TTL, and the requests
+        queued behind them want the same version (the byte bound still holds)."""
         if not self._entries or self.stats.sends_in_flight or self.stats.sends_waiting:
             return
-        oldest = trio.current_time() - self.limits.ttl_s
-        for key, entry in list(self._entries.items()):
-            if self._served_at.get(key, entry.built_at) <= oldest:
+        now = trio.current_time()
+        for key in list(self._entries):
+            if self._due(key) <= now:
                 self._drop(key)
+
+    def next_expiry(self) -> float | None:
+        """When `expire` drops the next entry (Trio clock); None while nothing can
+        expire (no entries, or snapshot sends in flight or queued)."""
+        if not self._entries or self.stats.sends_in_flight or self.stats.sends_waiting:
+            return None
+        return min(map(self._due, self._entries))
+
+    def _due(self, key: tuple[int, str, int, int | None]) -> float:
+        return self._served_at.get(key, self._entries[key].built_at) + self.limits.ttl_s
 
 
 async def send_snapshot(

@@ -46,6 +46,17 @@ history), which the rolling-restart test relies on ("every Raft index is a versi
 *WatchProgress*: every ``progress_interval_s`` without a publish, one pre-built
 ``WatchProgress{version}`` frame goes to every live subscriber (in order with deltas, since
 it travels the same socket path).
+
+*Maintenance* (`WatchHub._maintain`) wakes only when there is work: at the next progress
+time, every `HELD_FLUSH_INTERVAL_S` while some subscriber has deltas held (`_held`), and
+when a cached snapshot falls due (at most ``min(progress_interval_s,
+snapshot_cache_ttl_s)`` late, when it fell due during snapshot sends; a TTL of 0 counts
+as the interval).  An idle node with no slow subscriber wakes once per progress
+interval, not on a fixed short tick.
+
+A subscriber leaves the hub when its watch ends for any reason -- a ``Resync``, or the
+connection closing under it (`WatchHub.watch` cancelled) -- so ``watchers`` counts only
+open watches, and a broker that went away is never counted as a slow one.
 """
 
 from __future__ import annotations
@@ -137,6 +148,7 @@ class _Batch:
 
 
 FANOUT_YIELD_EVERY = 32  # subscribers served between two yields to the Raft loop
+HELD_FLUSH_INTERVAL_S = 0.05  # how often a subscriber with held deltas is checked
 
 
 @dataclass(eq=False)
@@ -171,8 +183,10 @@ class WatchHub:
         self._history_bytes = 0
         self.version = version  # last published version
         self._subscribers: set[Subscriber] = set()
+        self._held: set[Subscriber] = set()  # subscribers with deltas held: `_flush_held`
         self._advanced = trio.Event()
         self._published_since_progress = False
+        self._maintain_wake = trio.Event()  # set when a subscriber starts being held
         self._fanout: deque[_Batch] = deque()  # bounded: see `_fanout_overflow`
         self._fanout_bytes = 0
         self._fanout_wake = trio.Event()
@@ -189,7 +203,7 @@ class WatchHub:
     @property
     def held_bytes(self) -> int:
         """Net changes held for slow subscribers now (estimated encoded bytes)."""
-        return sum(s.held.size_bytes for s in self._subscribers if s.held is not None)
+        return sum(s.held.size_bytes for s in self._held if s.held is not None)
 
     def oldest_resumable(self) -> int:
         """The smallest ``from_version`` served from history."""
@@ -323,6 +337,8 @@ class WatchHub:
             if sub.held is None:
                 sub.held = NetDelta(deltas[0])
                 sub.held.extend(deltas[1:])
+                self._held.add(sub)
+                self._maintain_wake.set()
             else:
                 sub.held.extend(deltas)
         except ValueError as exc:  # never expected: batches are consecutive
@@ -338,6 +354,11 @@ class WatchHub:
         self.stats.slow_disconnects += 1
         self._resync(sub, f"subscriber too slow: {reason}")
 
+    def _leave(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+        self._held.discard(sub)
+        sub.held = None
+
     def _slow(self, sub: Subscriber) -> None:
         self.stats.slow_disconnects += 1
         self._resync(sub, "subscriber too slow: its send buffer overflowed")
@@ -345,8 +366,7 @@ class WatchHub:
     def _resync(self, sub: Subscriber, reason: str) -> None:
         """Tell the subscriber to start over from a snapshot, then disconnect it."""
         self.stats.resyncs += 1
-        self._subscribers.discard(sub)
-        sub.held = None
+        self._leave(sub)
         sub.connection.sender.send_final(server_frame(SERVER_TO_CLIENT.encode(Resync(reason))))
         sub.reason = reason
         sub.done.set()
@@ -360,16 +380,27 @@ class WatchHub:
             await self._maintain()
 
     async def _maintain(self) -> None:
-        interval = self.limits.progress_interval_s
-        tick = min(interval, 0.05)
-        elapsed = 0.0
+        """Progress, held flushes and snapshot expiry, each only when it falls due."""
+        interval, ttl = self.limits.progress_interval_s, self.limits.snapshot_cache_ttl_s
+        idle_wait = min(interval, ttl) if ttl > 0 else interval  # (a TTL of 0: no spin)
+        held_wait = min(interval, HELD_FLUSH_INTERVAL_S)
+        next_progress = trio.current_time() + interval
         while True:
-            await trio.sleep(tick)
-            elapsed += tick
+            now = trio.current_time()
+            deadline = min(next_progress, now + (held_wait if self._held else idle_wait))
+            due = self.snapshots.next_expiry()
+            if due is not None:
+                deadline = min(deadline, due)
+            with trio.move_on_at(deadline):
+                await self._maintain_wake.wait()
+            self._maintain_wake = trio.Event()
             self._flush_held()
             self.snapshots.expire()
-            if elapsed >= interval:
-                elapsed = 0.0
+            now = trio.current_time()
+            if now >= next_progress:
+                next_progress += interval
+                if next_progress <= now:  # woke a whole interval late: no burst to catch up
+                    next_progress = now + interval
                 # WatchProgress promises everything <= version was sent: only when idle.
                 if not self._published_since_progress and not self._fanout:
                     self._broadcast_progress()
@@ -393,10 +424,13 @@ class WatchHub:
     def _flush_held(self) -> None:
         """A drained socket gets what was held for it as ONE delta, from the version it
         was last sent to the newest (in `DeltaPart`s if big: still applied at once)."""
-        for sub in list(self._subscribers):
+        for sub in list(self._held):
             held = sub.held
-            if held is not None and sub.connection.sender.backlog_frames == 0:
+            if held is None:  # left meanwhile
+                self._held.discard(sub)
+            elif sub.connection.sender.backlog_frames == 0:
                 sub.held = None
+                self._held.discard(sub)
                 self.stats.coalesced += 1
                 self.stats.coalesced_versions += held.versions
                 frames = self._frames_for([held.delta()])
@@ -416,6 +450,13 @@ class WatchHub:
         why (the caller closes the connection).  ``protocol_version``: the connection's;
         only `WatchProgress` differs between the versions so far."""
         sub = Subscriber(connection, from_version or 0, protocol_version=protocol_version)
+        try:
+            return await self._serve(sub, from_version)
+        finally:
+            self._leave(sub)  # ended, resynced, or its connection closed under it
+
+    async def _serve(self, sub: Subscriber, from_version: int | None) -> str:
+        connection = sub.connection
         if from_version is not None and from_version > self.version:
             with trio.move_on_after(self.limits.wait_ahead_s):
                 while from_version > self.version:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
+import trio.testing
 
 from felix.broker.connection import ClientConnection, ConnectionClosed
 from felix.metadata.digest import digest_bytes, digest_int
@@ -35,6 +36,7 @@ from felix.proto.client_messages import (
 from felix.server.graph import MetadataServices
 from felix.server.metadata_sm import MetadataStateMachine
 from felix.server.raft_node import NodeSettings
+from felix.server.watch_hub import HubLimits
 from felix.testing.cluster import TrioCluster, write_metadata
 from felix.testing.processes import Credentials
 
@@ -289,4 +291,48 @@ async def test_get_snapshot_linearizable_and_bad_writes() -> None:
         assert isinstance(reply, Error) and reply.code.value == "rejected"
         await conn.aclose()
         await fconn.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broker_that_disconnects_leaves_the_hub_and_is_not_counted_slow() -> None:
+    """A closed watch connection takes its subscriber out of the hub at once: the
+    ``felix_watchers`` count drops, and neither the next delta nor the next
+    ``WatchProgress`` finds it and counts it as a slow subscriber or a resync."""
+    settings = NodeSettings(tick_s=0.01, snapshot_in_thread=False)
+    async with trio.open_nursery() as nursery:
+        cluster = TrioCluster(
+            nursery, [1], seed=4, settings=settings, state_machine_factory=MetadataStateMachine
+        )
+        _, services = await cluster.start_metadata(1, HubLimits(progress_interval_s=0.05))
+        ports = {1: await nursery.start(services.run, "127.0.0.1", 0)}
+        await write(ports, cluster, "set_tenant", {"name": "acme"})
+        hub = services.hub
+        brokers = [Broker(f"b{i}") for i in range(3)]
+        conns = []
+        for broker in brokers:
+            conn = await ClientConnection.open("127.0.0.1", ports[1])
+            await conn.send(ClientHello(None, None, ""))
+            with trio.fail_after(10):
+                while broker.version is None:
+                    for message in await conn.receive_batch():
+                        broker.on_message(message)
+            conns.append(conn)
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.watchers == 3
+        for conn in conns[:2]:
+            await conn.aclose()
+        with trio.fail_after(10):  # the server reads each close, then the watch ends
+            while hub.watchers > 1:
+                await trio.testing.wait_all_tasks_blocked()
+        version = await write(ports, cluster, "set_tenant", {"name": "bravo"})
+        with trio.fail_after(10):  # the delta, then WatchProgress (every 50 ms when idle)
+            progress = 0
+            while progress < 2:
+                for message in await conns[2].receive_batch():
+                    brokers[2].on_message(message)
+                    progress += isinstance(message, WatchProgress)
+        assert brokers[2].version == version
+        assert hub.watchers == 1
+        assert hub.stats.slow_disconnects == 0 and hub.stats.resyncs == 0
+        await conns[2].aclose()
         nursery.cancel_scope.cancel()

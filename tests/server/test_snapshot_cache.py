@@ -172,8 +172,10 @@ async def test_ttl_expiry_on_the_mock_clock(mock_clock: trio.testing.MockClock) 
     def view() -> tuple[int, bytes, Sequence[Change]]:
         return 9, b"\x00" * 8, records
 
+    assert cache.next_expiry() is None  # nothing cached
     first = await cache.get(9, "h", view)
     assert cache.stats.encodes == 1 and len(first.frames) == 3
+    assert cache.next_expiry() == trio.current_time() + 5.0
     # A storm served for longer than the TTL, a request every 4.9 s: one encode, since
     # the TTL counts from the last serve, not from the build.
     for _ in range(4):
@@ -305,9 +307,11 @@ async def test_nothing_expires_while_sends_are_in_flight_or_queued(
         mock_clock.jump(30.0)
         cache.expire()
         assert cache.stats.cache_bytes > 0  # a send in flight: kept
+        assert cache.next_expiry() is None  # ...and nothing falls due while it lasts
         release.set()
     mock_clock.jump(1.0)
     assert await cache.get(4, "h", view) is first and cache.stats.encodes == 1
+    assert cache.next_expiry() == trio.current_time() + 5.0
     mock_clock.jump(5.1)
     cache.expire()  # no send in flight or queued, not served for 5.1 s: dropped
-    assert cache.stats.cache_bytes == 0
+    assert cache.stats.cache_bytes == 0 and cache.next_expiry() is None

@@ -188,7 +188,9 @@ def exported(hub: WatchHub) -> str:
 
 
 async def test_a_slow_subscriber_gets_one_coalesced_delta_and_the_newest_view() -> None:
-    limits = HubLimits()  # coalesce past 64 queued messages, as in production
+    # Coalesce past 64 queued messages, as in production; WatchProgress and snapshot
+    # expiry only hourly, so the flush of what is held cannot ride on their wake-ups.
+    limits = HubLimits(progress_interval_s=3600.0, snapshot_cache_ttl_s=3600.0)
     assert limits.coalesce_after_frames == 64
     keys = range(20)
     async with serving(limits) as (control, hub, port):

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from felix.broker.connection import ClientConnection, ConnectionClosed
 from felix.proto.client_messages import (
@@ -354,3 +355,60 @@ async def test_one_batch_over_the_fanout_byte_bound_alone_is_delivered() -> None
         model.write(1, changes_each=50)  # one batch, far over 100 bytes, queue empty
         await watch_until(conn, watcher, 1)
         assert hub.stats.fanout_overflows == 0 and watcher.items == model.items
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler steps of the tasks whose name ends with ``suffix``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+@pytest.mark.parametrize("ttl_s", [5.0, 0.0])
+async def test_an_idle_hub_wakes_once_per_progress_interval(
+    autojump_clock: trio.testing.MockClock, ttl_s: float
+) -> None:
+    """No subscriber held, no snapshot cached: the maintenance wakes for WatchProgress
+    only, not on a short fixed tick (an idle node's CPU); a snapshot TTL of 0 (allowed)
+    does not make it spin."""
+    model = Model()
+    hub = WatchHub(model.snapshot, HubLimits(progress_interval_s=1.0, snapshot_cache_ttl_s=ttl_s))
+    model.hub = hub
+    steps = TaskSteps("WatchHub.run")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        await trio.sleep(10.0)
+        trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    assert 9 <= steps.steps <= 11  # one step per second (a 50 ms tick made 200)
+
+
+async def test_the_hub_expires_a_cached_snapshot_when_it_falls_due(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The maintenance sleeps until the entry's due time (last serve + TTL), also when a
+    serve during its sleep moves that time later; the progress interval is far longer."""
+    model = Model()
+    hub = WatchHub(model.snapshot, HubLimits(progress_interval_s=60.0, snapshot_cache_ttl_s=5.0))
+    model.hub = hub
+    model.write(3)
+    stats = hub.snapshots.stats
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        await hub.snapshots.get(3, "", model.snapshot)
+        await trio.sleep_until(start + 3.0)
+        await hub.snapshots.get(3, "", model.snapshot)  # served again: due at start + 8
+        await trio.sleep_until(start + 7.99)
+        assert stats.cache_bytes > 0 and stats.encodes == 1
+        await trio.sleep_until(start + 8.01)
+        assert stats.cache_bytes == 0
+        nursery.cancel_scope.cancel()
