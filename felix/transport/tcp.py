@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import socket
@@ -276,10 +277,18 @@ class TcpTransport:
                     del self._dialers[peer]
 
     async def _dial_forever(self, peer: int) -> None:
+        """Dial ``peer`` and pump its queue, again and again, until it is removed.
+
+        `remove_peer` cancels this task, but a cancel arrives only at the task's next
+        checkpoint: a task whose connect or handshake had already finished when the
+        peer was removed runs on until then, so every step that needs the peer's
+        address or queue checks that it is still there."""
         backoff = self.config.backoff_s_min
         failures = 0
         while True:
-            address = self._addresses[peer]
+            address = self._addresses.get(peer)
+            if address is None:
+                return  # removed
             try:
                 with trio.fail_after(self.config.connect_timeout_s):
                     stream = await trio.open_tcp_stream(address.host, address.port)
@@ -305,6 +314,8 @@ class TcpTransport:
                     backoff = self.config.backoff_s_min
                     self.stats.connects += 1
                     await self._pump(peer, stream, tls, version)
+            if not self._known_peer(peer):
+                return  # removed while connected or connecting
             # Full jitter keeps restarted nodes from reconnecting in lockstep.  A peer
             # that dials us is back: dial it at once, so a restarted follower hears
             # from the leader before its election timeout (no needless pre-vote).
@@ -365,7 +376,13 @@ class TcpTransport:
     async def _pump(
         self, peer: int, stream: trio.SocketStream, tls: TlsSession | None, version: int
     ) -> None:
-        receiver = self._queues.receivers[peer]
+        receiver = self._queues.receivers.get(peer)
+        if receiver is None or trio.current_effective_deadline() == -math.inf:
+            # Removed (`remove_peer`: its queue is gone, this task's cancel pending)
+            # after the handshake finished: close the connection, take over nothing.
+            with contextlib.suppress(trio.BrokenResourceError, OSError):
+                await stream.aclose()
+            return
         link: _Link | None = None
         seal = tls.encrypt if tls is not None else _plain
         try:

@@ -12,9 +12,10 @@ import pytest
 import trio
 
 from felix.proto.frames import encode_frame
-from felix.proto.raft_messages import PEER, HelloAck, RaftMessage
+from felix.proto.raft_messages import PEER, HelloAck, RaftMessage, TimeoutNow
+from felix.security.tls import TlsSession
 from felix.transport.tcp import PeerAddress, TcpTransport, TcpTransportConfig
-from tests.transport.test_tcp_edges import hello
+from tests.transport.test_tcp_edges import closed_by_server, hello
 
 BACKOFF_S = 600.0  # far longer than the test: only the wake-up can make it dial again
 
@@ -82,5 +83,53 @@ async def test_a_link_ends_when_the_peer_closes_it_not_at_the_next_send() -> Non
         assert transport.stats.sent == 0
         await second.aclose()
         for listener in listeners:
+            await listener.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_removed_as_its_handshake_completes_is_let_go() -> None:
+    """The leader removes a voter (`remove_peer`: a wiped member asking to rejoin) just
+    as the dialer's handshake with it has finished: that task runs on until its next
+    checkpoint with its cancel pending and the peer's queue gone.  It must close the
+    connection and end -- raising there took the whole node down -- while the other
+    peer's link carries on."""
+    listeners = {n: (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for n in (2, 3)}
+    config = TcpTransportConfig(
+        node_id=1, cluster_id="prod", listen_host="127.0.0.1", listen_port=0,
+        peers={n: PeerAddress("127.0.0.1", lis.socket.getsockname()[1])
+               for n, lis in listeners.items()},
+        backoff_s_min=0.01, backoff_s_max=0.01,
+    )  # fmt: skip
+    transport = TcpTransport(config, _ignore, random.Random(0))
+    handshake = transport._hello_outbound  # white box: the moment the race needs
+
+    async def removed_as_it_completes(
+        peer: int, stream: trio.SocketStream, tls: TlsSession | None
+    ) -> int:
+        version = await handshake(peer, stream, tls)
+        if peer == 2:
+            transport.remove_peer(2)  # before this task's next checkpoint
+        return version
+
+    transport._hello_outbound = removed_as_it_completes  # type: ignore[method-assign]
+    ack = encode_frame(PEER.encode(HelloAck(1)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        with trio.fail_after(10):
+            accepted = {}
+            for n, listener in listeners.items():
+                accepted[n] = await listener.accept()
+                assert await accepted[n].receive_some(4096)  # its Hello
+                await accepted[n].send_all(ack)
+            assert await closed_by_server(accepted[2])  # let go, not a crash
+            while transport.link_versions() != {3: 1}:
+                await trio.sleep(0.01)
+        assert transport.peer_ids() == {3}
+        transport.send_nowait(3, TimeoutNow(4, 1))
+        with trio.fail_after(10):
+            assert await accepted[3].receive_some(4096)  # the link to 3 still works
+        for stream in accepted.values():
+            await stream.aclose()
+        for listener in listeners.values():
             await listener.aclose()
         nursery.cancel_scope.cancel()
