@@ -149,6 +149,11 @@ class _Link:
         self.idle = False  # the pump waits on an empty queue, nothing half sent
 
 
+def _cancel_pending() -> bool:
+    """This task's scope is cancelled, the cancel not delivered yet (no checkpoint)."""
+    return trio.current_effective_deadline() == -math.inf
+
+
 class TcpTransport:
     def __init__(self, config: TcpTransportConfig, deliver: Deliver, rng: random.Random) -> None:
         if config.node_id in config.peers:
@@ -314,7 +319,7 @@ class TcpTransport:
                     backoff = self.config.backoff_s_min
                     self.stats.connects += 1
                     await self._pump(peer, stream, tls, version)
-            if not self._known_peer(peer):
+            if _cancel_pending() or not self._known_peer(peer):
                 return  # removed while connected or connecting
             # Full jitter keeps restarted nodes from reconnecting in lockstep.  A peer
             # that dials us is back: dial it at once, so a restarted follower hears
@@ -377,7 +382,7 @@ class TcpTransport:
         self, peer: int, stream: trio.SocketStream, tls: TlsSession | None, version: int
     ) -> None:
         receiver = self._queues.receivers.get(peer)
-        if receiver is None or trio.current_effective_deadline() == -math.inf:
+        if receiver is None or _cancel_pending():
             # Removed (`remove_peer`: its queue is gone, this task's cancel pending)
             # after the handshake finished: close the connection, take over nothing.
             with contextlib.suppress(trio.BrokenResourceError, OSError):

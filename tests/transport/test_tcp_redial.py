@@ -87,13 +87,16 @@ async def test_a_link_ends_when_the_peer_closes_it_not_at_the_next_send() -> Non
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_removed_as_its_handshake_completes_is_let_go() -> None:
+@pytest.mark.parametrize("added_back", [False, True])
+async def test_a_peer_removed_as_its_handshake_completes_is_let_go(added_back: bool) -> None:
     """The leader removes a voter (`remove_peer`: a wiped member asking to rejoin) just
     as the dialer's handshake with it has finished: that task runs on until its next
     checkpoint with its cancel pending and the peer's queue gone.  It must close the
     connection and end -- raising there took the whole node down -- while the other
-    peer's link carries on."""
+    peer's link carries on.  Added back at once (as a learner), the peer is dialed
+    afresh by a new dialer, and the old one takes nothing over."""
     listeners = {n: (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for n in (2, 3)}
+    address = {n: f"127.0.0.1:{lis.socket.getsockname()[1]}" for n, lis in listeners.items()}
     config = TcpTransportConfig(
         node_id=1, cluster_id="prod", listen_host="127.0.0.1", listen_port=0,
         peers={n: PeerAddress("127.0.0.1", lis.socket.getsockname()[1])
@@ -102,17 +105,23 @@ async def test_a_peer_removed_as_its_handshake_completes_is_let_go() -> None:
     )  # fmt: skip
     transport = TcpTransport(config, _ignore, random.Random(0))
     handshake = transport._hello_outbound  # white box: the moment the race needs
+    removed = False
 
     async def removed_as_it_completes(
         peer: int, stream: trio.SocketStream, tls: TlsSession | None
     ) -> int:
+        nonlocal removed
         version = await handshake(peer, stream, tls)
-        if peer == 2:
+        if peer == 2 and not removed:
+            removed = True
             transport.remove_peer(2)  # before this task's next checkpoint
+            if added_back:
+                transport.add_peer(2, address[2])
         return version
 
     transport._hello_outbound = removed_as_it_completes  # type: ignore[method-assign]
     ack = encode_frame(PEER.encode(HelloAck(1)))
+    expected = {2: 1, 3: 1} if added_back else {3: 1}
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.run)
         with trio.fail_after(10):
@@ -122,12 +131,17 @@ async def test_a_peer_removed_as_its_handshake_completes_is_let_go() -> None:
                 assert await accepted[n].receive_some(4096)  # its Hello
                 await accepted[n].send_all(ack)
             assert await closed_by_server(accepted[2])  # let go, not a crash
-            while transport.link_versions() != {3: 1}:
+            if added_back:
+                accepted[2] = await listeners[2].accept()  # the new dialer's connection
+                assert await accepted[2].receive_some(4096)
+                await accepted[2].send_all(ack)
+            while transport.link_versions() != expected:
                 await trio.sleep(0.01)
-        assert transport.peer_ids() == {3}
-        transport.send_nowait(3, TimeoutNow(4, 1))
-        with trio.fail_after(10):
-            assert await accepted[3].receive_some(4096)  # the link to 3 still works
+        assert transport.peer_ids() == set(expected)
+        for n in expected:
+            transport.send_nowait(n, TimeoutNow(4, 1))
+            with trio.fail_after(10):
+                assert await accepted[n].receive_some(4096)  # each live link carries it
         for stream in accepted.values():
             await stream.aclose()
         for listener in listeners.values():
