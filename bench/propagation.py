@@ -92,7 +92,9 @@ DISPLAY_NAME_BYTES = 110  # a set_tenant change of ~200 bytes on the wire
 BROKER_ID_BASE = 1001
 SETTLE_S = 1.5  # after the brokers are ready: registrations turn "up", buffers settle
 DRAIN_S = 10.0
-IDLE_SAMPLE_S = 2.0  # storm: the servers' idle CPU rate is sampled this long
+# storm: the servers' idle CPU rate is sampled this long.  /proc counts CPU in clock
+# ticks (10 ms): over 2 s that was +-15 ms/s of ~40, +-1.5 s scaled to a 100 s storm
+IDLE_SAMPLE_S = 10.0
 # ...and with every broker connected, this long after SETTLE_S: one keepalive interval
 # (watch.keepalive_interval_ms, 10 s by default: two pings to a broker that never
 # sends) and ten WatchProgress rounds, so every per-connection cost is in the sample
