@@ -275,9 +275,9 @@ class SnapshotCache:
         Nothing expires while snapshot sends are in flight or queued: in a storm every
         slot can be held by slow receivers for longer than the TTL, and the requests
         queued behind them want the same version (the byte bound still holds)."""
-        if not self._entries or self.stats.sends_in_flight or self.stats.sends_waiting:
+        due, now = self.next_expiry(), trio.current_time()
+        if due is None or due > now:
             return
-        now = trio.current_time()
         for key in list(self._entries):
             if self._due(key) <= now:
                 self._drop(key)

@@ -426,9 +426,8 @@ class WatchHub:
         was last sent to the newest (in `DeltaPart`s if big: still applied at once)."""
         for sub in list(self._held):
             held = sub.held
-            if held is None:  # left meanwhile
-                self._held.discard(sub)
-            elif sub.connection.sender.backlog_frames == 0:
+            assert held is not None  # in `_held` exactly while something is held
+            if sub.connection.sender.backlog_frames == 0:
                 sub.held = None
                 self._held.discard(sub)
                 self.stats.coalesced += 1
