@@ -327,37 +327,43 @@ async def keepalive(
     """Ping a quiet client; close one that leaves a ping unanswered for ``interval_s``
     (a dead peer would otherwise hold its slot until TCP gives up, minutes later).
 
-    Checks every half interval.  A client heard from less than half an interval ago is
-    left alone; otherwise it gets a PING.  It is closed only when a PING is outstanding
-    -- sent, and not one byte heard since -- for a whole interval, so however the
-    checks drift against the client's traffic, a client that answers pings is never
-    closed (docs/architecture.md §12, "Keepalive").  A dead peer is closed at most two
-    intervals after the last byte heard, with a close frame (1011) giving the reason."""
-    check_s = interval_s / 2
+    Deadline-driven: it sleeps until the client has been quiet for half an interval
+    (then it sends a PING), or until a PING has been out for a whole interval (then,
+    if not one byte was heard since, it closes the connection; if the client answered,
+    it has been quiet since the answer for about half an interval at least, and gets the
+    next PING at once).  So a quiet client that answers is pinged once per interval, a
+    client that writes more often than every half interval never, and one that answers
+    is never closed however late the wake-ups come; a dead peer is closed about one and
+    a half intervals after the last byte heard, with a close frame (1011) giving the
+    reason (docs/architecture.md §12, "Keepalive")."""
+    quiet_s = interval_s / 2
     ping_sent: float | None = None
     while True:
-        await trio.sleep(check_s)
+        if ping_sent is None:
+            await trio.sleep_until(connection.last_heard + quiet_s)
+        else:
+            await trio.sleep_until(ping_sent + interval_s)
         now, heard = trio.current_time(), connection.last_heard
         if ping_sent is not None and heard >= ping_sent:
             ping_sent = None  # answered (any frame counts)
         if ping_sent is None:
-            if now - heard >= check_s:
+            if now >= heard + quiet_s:  # the deadline's own sum: no rounding gap
                 ping_sent = now
                 connection.sender.send(server_frame(b"felix", OP_PING))
             continue
-        if now - ping_sent >= interval_s:
-            reason = f"keepalive: no frame for {now - heard:.0f} s"
-            log.info("closing the client connection from %s: %s", connection.remote, reason)
-            if stats is not None:
-                stats.keepalive_closes += 1
-            await connection.close(CLOSE_KEEPALIVE, reason)
-            # The closing handshake: the client answers with its own close frame, which
-            # ends the reader (and the connection).  Closing the socket before that
-            # answer is read would reset it, and the client could lose our reason.
-            with trio.move_on_after(CLOSE_LINGER_S):
-                await connection.peer_closed.wait()
-            done.cancel()
-            return
+        # woken a whole interval after a PING, and not one byte heard since
+        reason = f"keepalive: no frame for {now - heard:.0f} s"
+        log.info("closing the client connection from %s: %s", connection.remote, reason)
+        if stats is not None:
+            stats.keepalive_closes += 1
+        await connection.close(CLOSE_KEEPALIVE, reason)
+        # The closing handshake: the client answers with its own close frame, which
+        # ends the reader (and the connection).  Closing the socket before that
+        # answer is read would reset it, and the client could lose our reason.
+        with trio.move_on_after(CLOSE_LINGER_S):
+            await connection.peer_closed.wait()
+        done.cancel()
+        return
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """WebSocket keepalive on MockClock, over real loopback sockets and a wsproto client.
 
 The clock drifts: a seeded "stall" task jumps virtual time forward at random moments (a
-GC pause, a busy event loop), so the server's checks wake late by random amounts, and the
-client answers each PING after a random delay -- its PONG lands just after the check
-that sent the PING.  Checks every interval that ping only after a whole interval of
-silence close such a client (the next check sees 9.99 s, the one after 20.01 s); the
-keepalive here must never close a client that answers, and must close a silent one with
-a close frame and a reason (docs/architecture.md §12, "Keepalive").
+GC pause, a busy event loop), so the server's wake-ups come late by random amounts, and
+the client answers each PING after a random delay -- its PONG lands just after the wake-up
+that sent the PING.  Periodic checks that ping only after a whole interval of silence
+close such a client (the next check sees 9.99 s, the one after 20.01 s); the keepalive
+here must never close a client that answers, must ping a quiet one only once per
+interval (each PING is a wake-up and a PONG to parse, per connection), and must close a
+silent one with a close frame and a reason (docs/architecture.md §12, "Keepalive").
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ async def stall(clock: trio.testing.MockClock, rng: random.Random, stall_max_s: 
 async def test_a_client_that_answers_is_never_closed_however_the_checks_drift(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """200 intervals of drift: PONGs land just after the check that pinged (up to 1 s
-    later), checks wake up to 2 s late at random.  Nothing is ever closed."""
+    """200 intervals of drift: PONGs land just after the wake-up that pinged (up to 1 s
+    later), wake-ups come up to 2 s late at random.  Nothing is ever closed, and the
+    quiet client is pinged about once per interval, not once per half interval."""
     for seed in range(5):
         rng = random.Random(seed)
         client = Client(rng, pong_delay_max_s=1.0)
@@ -149,6 +151,7 @@ async def test_a_client_that_answers_is_never_closed_however_the_checks_drift(
             assert stats.connections == 1
             # the client was quiet between answers: the server kept pinging it
             assert len(client.pings) >= 100 and len(client.pongs) >= len(client.pings) - 1
+            assert len(client.pings) <= 201, f"seed {seed}: {len(client.pings)} pings"
             nursery.cancel_scope.cancel()
 
 
@@ -156,8 +159,8 @@ async def test_a_silent_client_is_closed_with_a_close_frame_and_a_reason(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A client that never answers is pinged, then closed with 1011 and
-    "keepalive: no frame for N s", at most two intervals (plus a stall) after it was last
-    heard (its upgrade request); the TCP connection then ends."""
+    "keepalive: no frame for N s", one and a half intervals (plus two late wake-ups)
+    after it was last heard (its upgrade request); the TCP connection then ends."""
     for seed in range(5):
         rng = random.Random(100 + seed)
         client = Client(rng, pong_delay_max_s=None)
@@ -173,7 +176,7 @@ async def test_a_silent_client_is_closed_with_a_close_frame_and_a_reason(
         assert client.pings, "closed without being pinged first"
         assert client.closed_at is not None
         assert client.closed_at - client.pings[0] >= INTERVAL_S  # a whole interval to answer
-        assert client.closed_at - started <= 2 * INTERVAL_S + 2.0
+        assert client.closed_at - started <= 1.5 * INTERVAL_S + 2 * 2.0
         assert stats.keepalive_closes == 1
 
 
