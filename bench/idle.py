@@ -1,11 +1,14 @@
 """What idle client connections cost a server: CPU per second with N quiet brokers.
 
     python -m bench.idle [--connections 1000] [--keepalive-s 10] [--sample-s 30] [--runs 3]
+        [--open-over-s 0]
 
 A server process runs the client port's connection layer, `serve_ws` (its keepalive
 included), with a handler that only reads, as the client API does for a watch-only
 broker; a client process opens ``--connections`` `ClientConnection`s that send nothing
-and answer PINGs, as the broker library does.  After a settle, the figure is the server
+and answer PINGs, as the broker library does: at once, or evenly over
+``--open-over-s`` (brokers arriving over a while, as after a storm, so their keepalive
+deadlines spread).  After a settle, the figure is the server
 process's CPU (user + system, from ``/proc``) over ``--sample-s`` divided by the time:
 with nothing written, the whole cost is the keepalive (docs/architecture.md §12,
 "Keepalive").  It is what each connected broker adds to a node's idle rate, and to a
@@ -64,7 +67,7 @@ def serve(keepalive_s: float) -> None:
     trio.run(main)
 
 
-def connect(port: int, connections: int) -> None:
+def connect(port: int, connections: int, open_over_s: float) -> None:
     """The client process: opens every connection, prints ``connected``, then answers
     PINGs (inside `ClientConnection.receive`) until killed."""
     from felix.broker.connection import ClientConnection
@@ -77,6 +80,7 @@ def connect(port: int, connections: int) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(connections):
                 nursery.start_soon(quiet, await ClientConnection.open("127.0.0.1", port))
+                await trio.sleep(open_over_s / connections)
             print("connected", flush=True)
 
     raise_fd_limit()
@@ -90,7 +94,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(connections: int, keepalive_s: float, sample_s: float) -> float:
+def run_once(connections: int, keepalive_s: float, sample_s: float, open_over_s: float) -> float:
     """Server CPU ms per second over the sample, with every connection open."""
     me = [sys.executable, "-m", "bench.idle"]
     server = subprocess.Popen(
@@ -102,11 +106,12 @@ def run_once(connections: int, keepalive_s: float, sample_s: float) -> float:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         client = subprocess.Popen(
-            [*me, "--role", "client", "--port", str(port), "--connections", str(connections)],
+            [*me, "--role", "client", "--port", str(port), "--connections", str(connections),
+             "--open-over-s", str(open_over_s)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert client.stdout is not None
-        ready, _, _ = select.select([client.stdout], [], [], READY_TIMEOUT_S)
+        ready, _, _ = select.select([client.stdout], [], [], READY_TIMEOUT_S + open_over_s)
         line = client.stdout.readline().strip() if ready else "nothing in time"
         if line != "connected":
             raise RuntimeError(f"the client process did not connect (said {line!r})")
@@ -128,6 +133,7 @@ def main() -> None:
     parser.add_argument("--keepalive-s", type=float, default=10.0, help="keepalive interval")
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--open-over-s", type=float, default=0.0, help="0: all at once")
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/")
     parser.add_argument("--role", choices=("bench", "server", "client"), default="bench")
     parser.add_argument("--port", type=int, default=0)
@@ -136,13 +142,17 @@ def main() -> None:
         serve(args.keepalive_s)
         return
     if args.role == "client":
-        connect(args.port, args.connections)
+        connect(args.port, args.connections, args.open_over_s)
         return
-    rates = [run_once(args.connections, args.keepalive_s, args.sample_s) for _ in range(args.runs)]
+    rates = [
+        run_once(args.connections, args.keepalive_s, args.sample_s, args.open_over_s)
+        for _ in range(args.runs)
+    ]
     per = [rate * 1000 / args.connections for rate in rates]  # µs per second per connection
     print(
         f"\nidle connections: server CPU with {args.connections:,} quiet brokers"
-        f" (keepalive {args.keepalive_s:g} s, {args.sample_s:g} s samples, {args.runs} runs)"
+        f" (keepalive {args.keepalive_s:g} s, opened over {args.open_over_s:g} s,"
+        f" {args.sample_s:g} s samples, {args.runs} runs)"
     )
     print_table(
         ["figure", "min", "median", "max"],

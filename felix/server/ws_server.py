@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import ssl
 from collections import deque
@@ -314,8 +315,15 @@ class WsConnection:
 Handler = Callable[[WsConnection], Awaitable[None]]
 
 KEEPALIVE_INTERVAL_S = 10.0
+KEEPALIVE_SLACK = 0.1  # deadlines rounded up to a grid of this share of the interval
 CLOSE_KEEPALIVE = CloseReason.INTERNAL_ERROR  # 1011, as the `websockets` library does
 CLOSE_LINGER_S = 1.0  # how long a closed connection waits for the client's close frame
+
+
+def coalesced(deadline: float, grid_s: float) -> float:
+    """``deadline`` rounded up to the next multiple of ``grid_s`` (never earlier than
+    ``deadline``, whatever the float rounding)."""
+    return max(deadline, math.ceil(deadline / grid_s) * grid_s)
 
 
 async def keepalive(
@@ -333,16 +341,22 @@ async def keepalive(
     it has been quiet since the answer for about half an interval at least, and gets the
     next PING at once).  So a quiet client that answers is pinged once per interval, a
     client that writes more often than every half interval never, and one that answers
-    is never closed however late the wake-ups come; a dead peer is closed about one and
-    a half intervals after the last byte heard, with a close frame (1011) giving the
-    reason (docs/architecture.md §12, "Keepalive")."""
+    is never closed however late the wake-ups come; a dead peer is closed one and a half
+    intervals (and at most two grid steps, below) after the last byte heard, with a
+    close frame (1011) giving the reason (docs/architecture.md §12, "Keepalive").
+
+    Every deadline is rounded up to the next multiple of ``interval_s *
+    KEEPALIVE_SLACK`` on Trio's clock, so the keepalives of connections opened at
+    different moments wake in the same scheduler pass (one event-loop turn for all of
+    them, and their PONGs arrive together) instead of one turn each."""
     quiet_s = interval_s / 2
+    grid_s = interval_s * KEEPALIVE_SLACK
     ping_sent: float | None = None
     while True:
         if ping_sent is None:
-            await trio.sleep_until(connection.last_heard + quiet_s)
+            await trio.sleep_until(coalesced(connection.last_heard + quiet_s, grid_s))
         else:
-            await trio.sleep_until(ping_sent + interval_s)
+            await trio.sleep_until(coalesced(ping_sent + interval_s, grid_s))
         now, heard = trio.current_time(), connection.last_heard
         if ping_sent is not None and heard >= ping_sent:
             ping_sent = None  # answered (any frame counts)

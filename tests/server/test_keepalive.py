@@ -33,6 +33,7 @@ from wsproto.utilities import LocalProtocolError
 
 from felix.server.ws_server import (
     CLOSE_KEEPALIVE,
+    KEEPALIVE_SLACK,
     ConnectionGone,
     ServeLimits,
     ServeStats,
@@ -41,6 +42,7 @@ from felix.server.ws_server import (
 )
 
 INTERVAL_S = 10.0
+GRID_S = INTERVAL_S * KEEPALIVE_SLACK  # the keepalive's deadlines fall on this grid
 
 
 @asynccontextmanager
@@ -159,8 +161,8 @@ async def test_a_silent_client_is_closed_with_a_close_frame_and_a_reason(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A client that never answers is pinged, then closed with 1011 and
-    "keepalive: no frame for N s", one and a half intervals (plus two late wake-ups)
-    after it was last heard (its upgrade request); the TCP connection then ends."""
+    "keepalive: no frame for N s", one and a half intervals (plus two late wake-ups and
+    two grid steps) after it was last heard (its upgrade request); the TCP connection then ends."""
     for seed in range(5):
         rng = random.Random(100 + seed)
         client = Client(rng, pong_delay_max_s=None)
@@ -176,7 +178,8 @@ async def test_a_silent_client_is_closed_with_a_close_frame_and_a_reason(
         assert client.pings, "closed without being pinged first"
         assert client.closed_at is not None
         assert client.closed_at - client.pings[0] >= INTERVAL_S  # a whole interval to answer
-        assert client.closed_at - started <= 1.5 * INTERVAL_S + 2 * 2.0
+        # one and a half intervals, two late wake-ups, two steps of the deadline grid
+        assert client.closed_at - started <= 1.5 * INTERVAL_S + 2 * 2.0 + 2 * GRID_S
         assert stats.keepalive_closes == 1
 
 
@@ -208,3 +211,26 @@ async def test_a_client_that_keeps_sending_is_not_pinged(
         assert stats.keepalive_closes == 0 and stats.connections == 1
         nursery.cancel_scope.cancel()
     assert pinged == []
+
+
+async def test_quiet_clients_opened_at_different_moments_are_pinged_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Twenty quiet clients connect at random moments (no stalls): every PING leaves on
+    the keepalive's deadline grid, so the twenty share a handful of wake-up moments
+    instead of one each; and each is still pinged about once per interval."""
+    rng = random.Random(11)
+    clients = [Client(rng, pong_delay_max_s=0.0) for _ in range(20)]
+    async with server(INTERVAL_S) as (port, stats), trio.open_nursery() as nursery:
+        for client in clients:
+            await trio.sleep(rng.uniform(0, GRID_S / 5))  # ~4 grid steps for all twenty
+            nursery.start_soon(client.run, port)
+        await trio.sleep(20 * INTERVAL_S)
+        nursery.cancel_scope.cancel()
+    assert stats.keepalive_closes == 0
+    pings = [at for client in clients for at in client.pings]
+    off_grid = [at for at in pings if abs(at / GRID_S - round(at / GRID_S)) > 1e-6]
+    assert off_grid == []
+    assert all(19 <= len(client.pings) <= 21 for client in clients)
+    # opened over ~4 grid steps, the twenty share ~5 moments per interval, not twenty
+    assert len({round(at / GRID_S) for at in pings}) <= 6 * 21 < len(pings) // 3
