@@ -349,6 +349,7 @@ async def keepalive(
     KEEPALIVE_SLACK`` on Trio's clock, so the keepalives of connections opened at
     different moments wake in the same scheduler pass (one event-loop turn for all of
     them, and their PONGs arrive together) instead of one turn each."""
+    assert interval_s > 0, interval_s  # the config's bound (`KEEPALIVE_INTERVAL_MS_MIN`)
     quiet_s = interval_s / 2
     grid_s = interval_s * KEEPALIVE_SLACK
     ping_sent: float | None = None
