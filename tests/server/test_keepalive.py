@@ -162,7 +162,8 @@ async def test_a_silent_client_is_closed_with_a_close_frame_and_a_reason(
 ) -> None:
     """A client that never answers is pinged, then closed with 1011 and
     "keepalive: no frame for N s", one and a half intervals (plus two late wake-ups and
-    two grid steps) after it was last heard (its upgrade request); the TCP connection then ends."""
+    two grid steps) after it was last heard (its upgrade request); the TCP connection
+    then ends."""
     for seed in range(5):
         rng = random.Random(100 + seed)
         client = Client(rng, pong_delay_max_s=None)
@@ -223,7 +224,7 @@ async def test_quiet_clients_opened_at_different_moments_are_pinged_together(
     clients = [Client(rng, pong_delay_max_s=0.0) for _ in range(20)]
     async with server(INTERVAL_S) as (port, stats), trio.open_nursery() as nursery:
         for client in clients:
-            await trio.sleep(rng.uniform(0, GRID_S / 5))  # ~4 grid steps for all twenty
+            await trio.sleep(rng.uniform(0, GRID_S / 5))  # all twenty within 4 grid steps
             nursery.start_soon(client.run, port)
         await trio.sleep(20 * INTERVAL_S)
         nursery.cancel_scope.cancel()
