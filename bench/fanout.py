@@ -18,7 +18,6 @@ subscriber), and the report adds the per-run TLS / plaintext ratio.
 from __future__ import annotations
 
 import argparse
-import resource
 import ssl
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import trio
 
+from bench._os import raise_fd_limit
 from bench._report import print_table, write_json
 from felix.broker.connection import ClientConnection
 from felix.proto.client_messages import Change, ClientHello, Delta
@@ -99,12 +99,6 @@ async def measure(
         "us_per_subscriber": median * 1e6 / subscribers,
         "slow_disconnects": hub.stats.slow_disconnects,
     }
-
-
-def raise_fd_limit() -> None:
-    """Each subscriber costs ~3 descriptors here (client, server, the sender's handle)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 def main() -> None:

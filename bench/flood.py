@@ -33,8 +33,9 @@ from typing import Any
 
 import trio
 
+from bench._os import raise_fd_limit
 from bench._report import print_table, write_json
-from bench.propagation import percentile, raise_fd_limit, server_cpu_s
+from bench.propagation import percentile, server_cpu_s
 from felix.broker.connection import ClientConnection
 from felix.proto.client_messages import ClientHello, Deltas, WriteRequest, WriteResult
 from felix.proto.ws_frames import client_handshake

@@ -19,8 +19,6 @@ processes afresh and stops them by PID.
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import select
 import statistics
 import subprocess
@@ -30,15 +28,11 @@ from pathlib import Path
 
 import trio
 
+from bench._os import pid_cpu_s, raise_fd_limit
 from bench._report import print_table, write_json
 
 SETTLE_S = 3.0  # after the last connection opened, before the sample
 READY_TIMEOUT_S = 120.0  # to open every connection
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 def serve(keepalive_s: float) -> None:
@@ -87,13 +81,6 @@ def connect(port: int, connections: int, open_over_s: float) -> None:
     trio.run(main)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_once(connections: int, keepalive_s: float, sample_s: float, open_over_s: float) -> float:
     """Server CPU ms per second over the sample, with every connection open."""
     me = [sys.executable, "-m", "bench.idle"]
@@ -116,9 +103,9 @@ def run_once(connections: int, keepalive_s: float, sample_s: float, open_over_s:
         if line != "connected":
             raise RuntimeError(f"the client process did not connect (said {line!r})")
         time.sleep(SETTLE_S)  # a settle, not a synchronisation: the sample starts later
-        before, started = cpu_s(server.pid), time.monotonic()
+        before, started = pid_cpu_s(server.pid), time.monotonic()
         time.sleep(sample_s)
-        used, elapsed = cpu_s(server.pid) - before, time.monotonic() - started
+        used, elapsed = pid_cpu_s(server.pid) - before, time.monotonic() - started
         return used / elapsed * 1000
     finally:
         for proc in (client, server):

@@ -55,7 +55,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
@@ -73,6 +72,7 @@ from typing import Any
 
 import trio
 
+from bench._os import pid_cpu_s, raise_fd_limit
 from bench._report import RESULTS_DIR, print_table
 from felix.broker.client import open_metadata_client
 from felix.broker.connection import ClientConnection, ConnectionClosed
@@ -106,11 +106,6 @@ CONNECTED_SAMPLE_S = 10.0
 
 def now() -> float:
     return time.monotonic()
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -476,9 +471,7 @@ def process_cpu_s(nodes: Sequence[ServeProcess]) -> dict[int, float]:
     out: dict[int, float] = {}
     for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
-            with open(f"/proc/{node.proc.pid}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-            out[node.node_id] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out[node.node_id] = pid_cpu_s(node.proc.pid)
     return out
 
 

@@ -35,7 +35,6 @@ import inspect
 import json
 import os
 import random
-import resource
 import sys
 import time
 from array import array
@@ -43,6 +42,7 @@ from typing import Any
 
 import trio
 
+from bench._os import raise_fd_limit
 from felix.broker.cache import CacheUpdate, MetadataCache
 from felix.broker.client import MetadataView, broker_ssl_context, open_metadata_client
 from felix.proto.client_messages import Delta
@@ -73,11 +73,6 @@ class TimingCache(MetadataCache):
         self.applied_versions.append(version)
         self.applied_times.append(time.monotonic())
         return update
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 def emit(payload: dict[str, Any]) -> None:

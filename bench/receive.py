@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import socket
 import statistics
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import trio
 
+from bench._os import raise_fd_limit
 from bench._report import print_table, write_json
 from felix.broker.cache import MetadataCache
 from felix.broker.client import open_metadata_client
@@ -220,8 +220,7 @@ def main() -> None:
     parser.add_argument("--impl", default="view,lean,trio-stream")
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    raise_fd_limit()
     impls = [name.strip() for name in args.impl.split(",") if name.strip()]
     samples: dict[str, list[float]] = {name: [] for name in impls}
     for _ in range(args.repeats):  # interleaved, so drift hits every impl alike
